@@ -1,0 +1,31 @@
+"""Every number the .bin formats fix, in one place (see FORMATS.md)."""
+
+from typing import Final
+
+# v1/v2 header: uint32 magic "ak42", int32 version, 7 int32 params, uint8 shared_classifier,
+# int32 group_size at the unaligned offset 37, zero padding to 256 bytes.
+MAGIC: Final = 0x616B3432
+V0_HEADER_SIZE: Final = 28
+QHEADER_SIZE: Final = 256
+QHEADER_SHARED_OFFSET: Final = 36
+QHEADER_GROUP_SIZE_OFFSET: Final = 37
+QHEADER_USED_BYTES: Final = 41
+
+DEFAULT_GROUP_SIZE: Final = 64
+Q8_MAX: Final = 127.0
+
+# The C readers hard-code this rotary base; a model trained with another one cannot be expressed.
+ROPE_THETA: Final = 10000.0
+
+# Versions this project writes to a single .bin file ("hf" is a directory, handled elsewhere).
+BIN_VERSIONS: Final = (0, 1, 2)
+
+# Sanity bounds for header fields read from untrusted files: large enough for any released
+# LLaMA-family model (70B: dim 8192, hidden 28672, 80 layers, vocab 128256), small enough that
+# no size computation on them can ask for an absurd allocation.
+MAX_DIM: Final = 1 << 17
+MAX_HIDDEN_DIM: Final = 1 << 19
+MAX_LAYERS: Final = 1 << 10
+MAX_HEADS: Final = 1 << 12
+MAX_VOCAB: Final = 1 << 22
+MAX_SEQ_LEN: Final = 1 << 22

@@ -1,0 +1,21 @@
+"""v0: the legacy float32 layout (the seed's `legacy_export`; llama2.c `run.c`)."""
+
+from ..model import ModelConfig
+from .layout import F32, ROPE_COS, ROPE_SIN, FormatSpec, SectionSpec, params_ints, v0_weight_order
+
+
+def _order(cfg: ModelConfig) -> list[SectionSpec]:
+    order = [(name, F32) for name in v0_weight_order(cfg)] + [(ROPE_COS, F32), (ROPE_SIN, F32)]
+    # Departure from the seed: an untied classifier is appended (and vocab_size negated)
+    # instead of silently dropped.
+    return order + ([] if cfg.shared_classifier else [("output", F32)])
+
+
+SPEC = FormatSpec(
+    version=0,
+    quantized=False,
+    header=lambda cfg, _gs: params_ints(cfg, signed_vocab=True),
+    order=_order,
+    read_by="llama2.c run.c",
+    loses="nothing of the weights (float32); rope_theta and norm_eps are not stored (run.c assumes 10000 and 1e-5)",
+)

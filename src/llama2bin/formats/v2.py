@@ -1,0 +1,21 @@
+"""v2: the interleaved Q8_0 layout llama2.c `runq.c` reads (each tensor's q, then its scales)."""
+
+from ..model import ModelConfig
+from .layout import F32, Q8, SCALE, FormatSpec, SectionSpec, norm_order, quantized_header, quantized_order
+
+
+def _order(cfg: ModelConfig) -> list[SectionSpec]:
+    order = [(n, F32) for n in norm_order(cfg)]
+    for name in quantized_order(cfg):
+        order += [(name, Q8), (name, SCALE)]
+    return order
+
+
+SPEC = FormatSpec(
+    version=2,
+    quantized=True,
+    header=lambda cfg, gs: quantized_header(2, cfg, gs),
+    order=_order,
+    read_by="llama2.c runq.c",
+    loses="Q8_0 precision (error <= scale/2 per weight); rope_theta and norm_eps are not stored",
+)

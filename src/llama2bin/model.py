@@ -1,0 +1,102 @@
+"""The canonical model: hyper-parameters and the llama2.c/Meta tensor names and shapes.
+
+Every source maps its checkpoint onto these names; every format orders them; the reader
+yields them back. This module is the one place that says what a LLaMA model consists of.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import Llama2binError
+
+# Per-layer tensors, in the order the v0 format lists its per-layer sections.
+LAYER_TENSORS: tuple[str, ...] = (
+    "attention_norm",
+    "attention.wq",
+    "attention.wk",
+    "attention.wv",
+    "attention.wo",
+    "ffn_norm",
+    "feed_forward.w1",
+    "feed_forward.w2",
+    "feed_forward.w3",
+)
+LAYER_NORMS: tuple[str, ...] = ("attention_norm", "ffn_norm")
+LAYER_MATRICES: tuple[str, ...] = tuple(t for t in LAYER_TENSORS if t not in LAYER_NORMS)
+
+
+def layer_name(i: int, kind: str) -> str:
+    return f"layers.{i}.{kind}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a .bin header records, plus what the C readers assume and a source may contradict."""
+
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    max_seq_len: int
+    shared_classifier: bool
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # Departures from what the formats can express that the user explicitly accepted
+    # (e.g. "rope_theta=500000"); recorded in verification and reports.
+    accepted_departures: tuple[str, ...] = field(default=())
+
+    @property
+    def head_size(self) -> int:
+        return self.dim // self.n_heads
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical name -> shape for every weight of the model, `output` only when unshared."""
+        kv_dim = self.n_kv_heads * self.head_size
+        per_layer = {
+            "attention_norm": (self.dim,),
+            "attention.wq": (self.dim, self.dim),
+            "attention.wk": (kv_dim, self.dim),
+            "attention.wv": (kv_dim, self.dim),
+            "attention.wo": (self.dim, self.dim),
+            "ffn_norm": (self.dim,),
+            "feed_forward.w1": (self.hidden_dim, self.dim),
+            "feed_forward.w2": (self.dim, self.hidden_dim),
+            "feed_forward.w3": (self.hidden_dim, self.dim),
+        }
+        shapes: dict[str, tuple[int, ...]] = {"tok_embeddings": (self.vocab_size, self.dim)}
+        for i in range(self.n_layers):
+            for kind in LAYER_TENSORS:
+                shapes[layer_name(i, kind)] = per_layer[kind]
+        shapes["norm"] = (self.dim,)
+        if not self.shared_classifier:
+            shapes["output"] = (self.vocab_size, self.dim)
+        return shapes
+
+    def validate(self, where: str) -> None:
+        """Refuse hyper-parameters no C reader can run; `where` names the file they came from."""
+        for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise Llama2binError(f"{where}: {name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise Llama2binError(f"{where}: dim {self.dim} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise Llama2binError(
+                f"{where}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
+            )
+        if self.head_size % 2:
+            raise Llama2binError(f"{where}: head size {self.head_size} is odd; rotary embeddings need pairs")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accepted_departures"] = list(self.accepted_departures)
+        return d
+
+
+def canonical_names(cfg: ModelConfig) -> list[str]:
+    """Every tensor name in the v0 order (the order sources are streamed in)."""
+    return list(cfg.shapes())

@@ -1,0 +1,36 @@
+"""Progress for long runs: a tqdm bar on a terminal, plain periodic lines in a log file."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class Progress:
+    def __init__(self, total: int, desc: str, unit: str = "B", quiet: bool = False):
+        self.total = max(total, 1)
+        self.desc = desc
+        self.done = 0
+        self.quiet = quiet
+        self._bar = None
+        self._next_pct = 10
+        self._start = time.monotonic()
+        if not quiet and sys.stderr.isatty():
+            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024, leave=False)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif not self.quiet:
+            pct = 100 * self.done // self.total
+            if pct >= self._next_pct:
+                elapsed = time.monotonic() - self._start
+                print(f"{self.desc}: {pct}% ({elapsed:.1f} s)", file=sys.stderr, flush=True)
+                self._next_pct = (pct // 10 + 1) * 10
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,167 @@
+"""The source seam: a checkpoint opened as a lazy map from canonical name to tensor reference.
+
+A `TensorRef` knows its shape and how to read a range of rows as float32; nothing is read
+until a writer or verifier asks for rows, and then only those rows. Writers therefore hold
+one chunk at a time, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import Llama2binError
+from ..model import ModelConfig
+
+# Bytes of float32 a chunk holds. Peak memory of an export is a small multiple of this,
+# whatever the model size: 16 MiB keeps numpy's per-call overhead negligible.
+CHUNK_BYTES = 16 << 20
+
+# Storage dtypes we can read, by the names safetensors and torch use.
+DTYPE_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+
+
+def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Convert raw little-endian storage to float32 (bf16/f16 -> f32 are exact)."""
+    if dtype == "F32":
+        return raw.view("<f4")
+    if dtype == "BF16":
+        # bf16 is the top half of a float32: widen by shifting into the high 16 bits.
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16":
+        return raw.view("<f2").astype(np.float32)
+    if dtype == "F64":
+        return raw.view("<f8").astype(np.float32)
+    raise Llama2binError(f"unsupported dtype {dtype}")
+
+
+class TensorRef(ABC):
+    """A tensor not yet read. 1-D tensors count as one row."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if len(self.shape) > 1 else 1
+
+    @property
+    def cols(self) -> int:
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else math.prod(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @abstractmethod
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a C-contiguous float32 array of shape (stop - start, cols)."""
+
+    def identity(self) -> Any:
+        """A key equal for two refs that certainly hold the same bytes (tied weights), else None."""
+        return None
+
+
+class FilePool:
+    """Keeps one read-only descriptor per file so that many small reads cost no re-opens."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise Llama2binError(f"{path}: cannot open: {e.strerror}") from None
+            self._fds[path] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+@dataclass
+class RawTensor(TensorRef):
+    """A contiguous tensor stored at a byte offset of a file (torch zip member, safetensors)."""
+
+    name: str
+    shape: tuple[int, ...]
+    path: str
+    offset: int
+    dtype: str
+    pool: FilePool = field(repr=False, compare=False)
+    key: Any = None
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        itemsize = DTYPE_ITEMSIZE[self.dtype]
+        cols = self.cols
+        count = (stop - start) * cols
+        buf = np.empty(count * itemsize, dtype=np.uint8)
+        # preadv fills the numpy buffer straight from the page cache: one copy, no mmap'd pages
+        # accumulating in this process's RSS.
+        got = os.preadv(self.pool.fd(self.path), [buf], self.offset + start * cols * itemsize)
+        if got != buf.size:
+            raise Llama2binError(f"{self.path}: tensor {self.name} is truncated (file too short)")
+        return to_float32(buf, self.dtype).reshape(stop - start, cols)
+
+    def identity(self) -> Any:
+        return None if self.key is None else (self.path, self.key, self.offset)
+
+
+class Source(ABC):
+    """An opened checkpoint: its config and a lazy canonical-name -> TensorRef map."""
+
+    kind: str
+    path: str
+    config: ModelConfig
+    # Files that came with the checkpoint and other outputs may use (e.g. tokenizer.model).
+    tokenizer_path: str | None = None
+
+    @abstractmethod
+    def tensor(self, name: str) -> TensorRef: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What verification and reports record about the source (no absolute paths)."""
+        return {"kind": self.kind, "name": os.path.basename(os.path.normpath(self.path))}
+
+
+def row_chunks(t: TensorRef, align_elems: int = 1, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
+    """Row ranges of about `chunk_bytes` of float32 whose element counts are multiples of
+    `align_elems` (a Q8_0 group must never straddle two chunks)."""
+    rows, cols = t.rows, t.cols
+    step_unit = align_elems // math.gcd(cols, align_elems)  # rows per aligned unit
+    step = max(step_unit, (chunk_bytes // 4 // max(cols, 1)) // step_unit * step_unit)
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
+def tensors_equal(a: TensorRef, b: TensorRef) -> bool:
+    """Chunked comparison, so checking for a tied classifier never loads two whole tensors."""
+    if a.shape != b.shape:
+        return False
+    ida = a.identity()
+    if ida is not None and ida == b.identity():
+        return True
+    for start, stop in row_chunks(a):
+        if not np.array_equal(a.read_rows(start, stop), b.read_rows(start, stop)):
+            return False
+    return True

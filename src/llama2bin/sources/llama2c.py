@@ -1,0 +1,88 @@
+"""llama2.c training checkpoints: `{"model": state_dict, "model_args": {...}, ...}` in a torch zip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Llama2binError
+from ..model import ModelConfig
+from .base import FilePool, Source, TensorRef, tensors_equal
+from .torchzip import TorchTensor, TorchZip
+
+_COMPILED_PREFIX = "_orig_mod."  # torch.compile wraps the model; its state_dict keys carry this
+
+
+class Llama2cSource(Source):
+    kind = "llama2c"
+
+    def __init__(self, path: str, max_seq_len: int | None = None):
+        self.path = path
+        self._pool = FilePool()
+        ckpt = TorchZip(path, self._pool)
+        obj = ckpt.obj
+        if not isinstance(obj, dict) or "model" not in obj or "model_args" not in obj:
+            raise Llama2binError(f"{path}: not a llama2.c training checkpoint (needs 'model' and 'model_args')")
+        args: dict[str, Any] = obj["model_args"]
+        state: dict[str, Any] = obj["model"]
+        if not isinstance(args, dict) or not isinstance(state, dict):
+            raise Llama2binError(f"{path}: 'model' and 'model_args' must be dicts")
+
+        refs: dict[str, TensorRef] = {}
+        for key, value in state.items():
+            name = key[len(_COMPILED_PREFIX):] if key.startswith(_COMPILED_PREFIX) else key
+            if not isinstance(value, TorchTensor):
+                raise Llama2binError(f"{path}: state_dict entry {key} is not a tensor")
+            if not name.endswith(".weight"):
+                # llama2.c models have no biases; anything else would be silently dropped.
+                raise Llama2binError(f"{path}: unexpected tensor {key}: this format holds only weights")
+            refs[name[: -len(".weight")]] = ckpt.tensor(value, key)
+
+        for field in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len"):
+            if field not in args:
+                raise Llama2binError(f"{path}: model_args has no {field}")
+        for needed in ("tok_embeddings", "layers.0.feed_forward.w1"):
+            if needed not in refs:
+                raise Llama2binError(f"{path}: missing tensor {needed}.weight")
+        output = refs.pop("output", None)
+        shared = output is None or tensors_equal(output, refs["tok_embeddings"])
+        if not shared:
+            refs["output"] = output
+
+        n_heads = args["n_heads"]
+        config = ModelConfig(
+            dim=args["dim"],
+            hidden_dim=refs["layers.0.feed_forward.w1"].shape[0],  # multiple_of rounding: trust the tensors
+            n_layers=args["n_layers"],
+            n_heads=n_heads,
+            n_kv_heads=args.get("n_kv_heads") or n_heads,
+            vocab_size=args["vocab_size"],
+            max_seq_len=max_seq_len if max_seq_len is not None else args["max_seq_len"],
+            shared_classifier=shared,
+            norm_eps=float(args.get("norm_eps", 1e-5)),
+        )
+        config.validate(path)
+        check_tensors(path, config, refs, suffix=".weight")
+        self.config = config
+        self._refs = refs
+
+    def tensor(self, name: str) -> TensorRef:
+        return self._refs[name]
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def check_tensors(path: str, config: ModelConfig, refs: dict[str, TensorRef], suffix: str = "") -> None:
+    """Every canonical tensor present with the shape the config implies, and nothing else."""
+    expected = config.shapes()
+    for name, shape in expected.items():
+        ref = refs.get(name)
+        if ref is None:
+            raise Llama2binError(f"{path}: missing tensor {name}{suffix}")
+        if tuple(ref.shape) != shape:
+            raise Llama2binError(
+                f"{path}: tensor {name}{suffix} has shape {list(ref.shape)}, the config implies {list(shape)}"
+            )
+    extra = sorted(set(refs) - set(expected))
+    if extra:
+        raise Llama2binError(f"{path}: unexpected tensor {extra[0]}{suffix}: not part of a LLaMA model")
