@@ -1,0 +1,192 @@
+"""`llama2bin`: the command line over the library. Thin by design: parse, call, report.
+
+Every user-facing failure is a `Llama2binError` (or an OS error about a named file) and
+becomes one line on stderr and exit status 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .atomic import write_atomic
+from .errors import Llama2binError
+from .formats import FORMATS
+
+VERSION_HELP = "\n".join(
+    f"  {spec.version}: read by {spec.read_by}; loses {spec.loses}" for spec in FORMATS.values()
+)
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("source (exactly one)")
+    g = src.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint", metavar="CKPT.pt", help="llama2.c training checkpoint")
+    g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
+    g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
+    p.add_argument("--max-seq-len", type=int, help="override max_seq_len (C readers size their KV cache by it)")
+
+
+def _open_source(args: argparse.Namespace):
+    from .sources import open_source
+
+    if args.checkpoint:
+        kind, path = "llama2c", args.checkpoint
+    elif args.meta_llama:
+        kind, path = "meta", args.meta_llama
+    else:
+        kind, path = "hf", args.hf
+    return open_source(kind, path, max_seq_len=args.max_seq_len)
+
+
+def _dump_json(obj: object) -> str:
+    return json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
+# ---- export -------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .writer import export
+
+    if len(args.outputs) != len(args.version):
+        raise Llama2binError(
+            f"{len(args.outputs)} output path(s) but {len(args.version)} version(s): give one version per output"
+        )
+    for v in args.version:
+        if v not in {str(k) for k in FORMATS}:
+            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(str(k) for k in FORMATS)})")
+    with _open_source(args) as source:
+        result = export(
+            source,
+            [(int(v), out) for v, out in zip(args.version, args.outputs, strict=True)],
+            group_size=args.group_size,
+            threads=args.threads,
+            quiet=args.quiet,
+        )
+    line = result.summary_line()
+    if line:
+        print(line)
+    for path, layout in result.layouts.items():
+        print(f"wrote {path} (v{layout.version}, {layout.size} bytes)")
+    return 0
+
+
+# ---- verify -------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    if args.json and len(args.json) != len(args.files):
+        raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    ok = True
+    with _open_source(args) as source:
+        for i, path in enumerate(args.files):
+            result = verify(path, source, quiet=args.quiet)
+            if args.json:
+                write_atomic(args.json[i], _dump_json(result.to_json()))
+            if result.passed:
+                print(f"{path}: OK (v{result.version}, {len(result.tensors)} tensors, sha256 {result.sha256[:16]}…)")
+            else:
+                ok = False
+                for failure in result.failures:
+                    print(f"{path}: FAILED: {failure}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+# ---- inspect ------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .reader import BinFile
+
+    with BinFile(args.file) as bf:
+        info = {
+            "file": args.file,
+            "header": bf.header_json(),
+            "size": bf.size,
+            "expected_size": bf.layout.size,
+            "size_matches": bf.size == bf.layout.size,
+            "tensors": [
+                {
+                    "name": t.name,
+                    "shape": list(t.shape),
+                    "dtype": t.dtype,
+                    "offset": t.offset,
+                    "nbytes": t.values.nbytes,
+                    **({"scales_offset": t.scales_offset} if t.scales is not None else {}),
+                }
+                for t in bf.tensors.values()
+            ],
+        }
+    if args.json:
+        sys.stdout.write(_dump_json(info))
+        return 0
+    h = info["header"]
+    print(f"{args.file}: version {h['version']}, {bf.size} bytes (header implies {bf.layout.size}: "
+          f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
+    print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
+    for t in info["tensors"]:
+        print(f"  {t['offset']:>12}  {t['nbytes']:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+    return 0
+
+
+# ---- entry point --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "export",
+        help="write one or more .bin versions in one pass over the checkpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write OUT.bin (several outputs pair up with several --version values).",
+        epilog="versions:\n" + VERSION_HELP,
+    )
+    p.add_argument("outputs", nargs="+", metavar="OUT.bin")
+    _add_source_args(p)
+    p.add_argument("--version", nargs="+", default=["0"], metavar="V", help="format version(s): 0, 1, 2 (default 0)")
+    p.add_argument("--group-size", type=int, default=64, help="Q8_0 group size, halved until it divides dim (64)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: min(2, cores))")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="read .bin files back and compare every tensor with the checkpoint")
+    p.add_argument("files", nargs="+", metavar="OUT.bin")
+    _add_source_args(p)
+    p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("inspect", help="show a .bin file's header and tensor table")
+    p.add_argument("file", metavar="OUT.bin")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except Llama2binError as e:
+        print(f"llama2bin: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"llama2bin: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("llama2bin: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

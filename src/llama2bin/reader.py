@@ -1,0 +1,209 @@
+"""Read a .bin back: parse the header, rebuild its layout, expose tensors as memmap views.
+
+Nothing is copied on open; a tensor's bytes are touched only when asked for. Every header
+field is checked against sane bounds before any size is computed from it, so hostile files
+(dim = 2**31-1, negative layer counts, truncation, trailing bytes) are refused cleanly.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import constants as C
+from .errors import Llama2binError
+from .formats import FORMATS
+from .formats.layout import F32, Q8, SCALE, Layout
+from .model import ModelConfig
+
+_HEADER_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
+_BOUNDS = {
+    "dim": C.MAX_DIM,
+    "hidden_dim": C.MAX_HIDDEN_DIM,
+    "n_layers": C.MAX_LAYERS,
+    "n_heads": C.MAX_HEADS,
+    "n_kv_heads": C.MAX_HEADS,
+    "vocab_size": C.MAX_VOCAB,
+    "max_seq_len": C.MAX_SEQ_LEN,
+}
+
+
+@dataclass(frozen=True)
+class BinTensor:
+    """One tensor of a .bin file: float32 values, or int8 q plus float32 group scales."""
+
+    name: str
+    shape: tuple[int, ...]
+    encoding: str  # F32 or Q8
+    offset: int  # of the values (q for Q8)
+    values: np.ndarray  # memmap view, flat: float32 or int8
+    scales: np.ndarray | None  # memmap view, flat float32 (Q8 only)
+    scales_offset: int | None
+    group_size: int | None
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.encoding == F32 else f"q8_0(group_size={self.group_size})"
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1] if len(self.shape) > 1 else self.shape[0]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Flat float32 elements [start, stop) (dequantized for Q8_0)."""
+        stop = self.values.size if stop is None else stop
+        if self.encoding == F32:
+            return np.asarray(self.values[start:stop])
+        gs = self.group_size
+        assert gs and start % gs == 0 and stop % gs == 0
+        q = self.values[start:stop].reshape(-1, gs).astype(np.float32)
+        return (q * self.scales[start // gs : stop // gs, None]).reshape(-1)
+
+    def dequantize(self) -> np.ndarray:
+        """The whole tensor as float32 in its canonical shape (allocates the tensor)."""
+        return self.read().reshape(self.shape)
+
+
+class BinFile:
+    """An opened .bin file of any version."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                self.size = os.fstat(f.fileno()).st_size
+                head = f.read(C.QHEADER_SIZE)
+        except FileNotFoundError:
+            raise Llama2binError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise Llama2binError(f"{path}: is a directory") from None
+        except OSError as e:
+            raise Llama2binError(f"{path}: cannot read: {e.strerror}") from None
+        self.version, cfg, self.group_size = self._parse_header(head)
+        self.config = cfg
+        self.layout: Layout = FORMATS[self.version].layout(cfg, self.group_size)
+        if self.size != self.layout.size:
+            what = "truncated" if self.size < self.layout.size else "trailing bytes"
+            raise Llama2binError(
+                f"{path}: file size {self.size} bytes does not match the {self.layout.size} bytes "
+                f"its v{self.version} header implies ({what})"
+            )
+        self._file = open(path, "rb")
+        self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._buf = np.frombuffer(self._mmap, dtype=np.uint8)
+        self.tensors: dict[str, BinTensor] = self._index()
+
+    # ---- header -----------------------------------------------------------------------
+
+    def _parse_header(self, head: bytes) -> tuple[int, ModelConfig, int | None]:
+        if len(head) < 4:
+            raise Llama2binError(f"{self.path}: too short ({len(head)} bytes) to hold a header")
+        (magic,) = struct.unpack_from("<I", head, 0)
+        if magic == C.MAGIC:
+            if len(head) < C.QHEADER_SIZE:
+                raise Llama2binError(f"{self.path}: truncated header ({len(head)} of {C.QHEADER_SIZE} bytes)")
+            (version,) = struct.unpack_from("<i", head, 4)
+            if version not in FORMATS or not FORMATS[version].quantized:
+                raise Llama2binError(f"{self.path}: unsupported version {version} at byte 4 (this reads 1 and 2)")
+            fields = dict(zip(_HEADER_FIELDS, struct.unpack_from("<7i", head, 8), strict=True))
+            shared = head[C.QHEADER_SHARED_OFFSET]
+            (group_size,) = struct.unpack_from("<i", head, C.QHEADER_GROUP_SIZE_OFFSET)
+            if shared not in (0, 1):
+                raise Llama2binError(f"{self.path}: shared_classifier byte at offset 36 is {shared}, not 0 or 1")
+            padding = head[C.QHEADER_USED_BYTES : C.QHEADER_SIZE]
+            if any(padding):
+                first = C.QHEADER_USED_BYTES + next(i for i, b in enumerate(padding) if b)
+                raise Llama2binError(f"{self.path}: header padding is not zero (byte {first})")
+            self._check_fields(fields)
+            if group_size <= 0 or fields["dim"] % group_size:
+                raise Llama2binError(
+                    f"{self.path}: group_size {group_size} at byte 37 does not divide dim {fields['dim']}"
+                )
+            return version, self._config(fields, bool(shared)), group_size
+        if len(head) < C.V0_HEADER_SIZE:
+            raise Llama2binError(f"{self.path}: too short ({len(head)} bytes) for a v0 header")
+        fields = dict(zip(_HEADER_FIELDS, struct.unpack_from("<7i", head, 0), strict=True))
+        shared = fields["vocab_size"] > 0
+        fields["vocab_size"] = abs(fields["vocab_size"])
+        try:
+            self._check_fields(fields)
+        except Llama2binError as e:
+            raise Llama2binError(f"{e} (no 'ak42' magic, so read as a v0 header)") from None
+        return 0, self._config(fields, shared), None
+
+    def _check_fields(self, fields: dict[str, int]) -> None:
+        for i, name in enumerate(_HEADER_FIELDS):
+            value = fields[name]
+            if not 0 < value <= _BOUNDS[name]:
+                raise Llama2binError(f"{self.path}: header field {name} = {value} (int {i}) is out of range")
+
+    def _config(self, fields: dict[str, int], shared: bool) -> ModelConfig:
+        cfg = ModelConfig(**fields, shared_classifier=shared)
+        cfg.validate(self.path)
+        return cfg
+
+    # ---- tensors ----------------------------------------------------------------------
+
+    def _index(self) -> dict[str, BinTensor]:
+        values: dict[str, tuple] = {}
+        scales: dict[str, tuple] = {}
+        for sec in self.layout.sections:
+            if sec.encoding == F32:
+                values[sec.tensor] = (sec, self._buf[sec.offset : sec.offset + sec.nbytes].view("<f4"))
+            elif sec.encoding == Q8:
+                values[sec.tensor] = (sec, self._buf[sec.offset : sec.offset + sec.nbytes].view(np.int8))
+            elif sec.encoding == SCALE:
+                scales[sec.tensor] = (sec, self._buf[sec.offset : sec.offset + sec.nbytes].view("<f4"))
+        tensors = {}
+        for name, (sec, view) in values.items():
+            scale_sec, scale_view = scales.get(name, (None, None))
+            tensors[name] = BinTensor(
+                name=name,
+                shape=sec.shape,
+                encoding=sec.encoding,
+                offset=sec.offset,
+                values=view,
+                scales=scale_view,
+                scales_offset=scale_sec.offset if scale_sec else None,
+                group_size=self.group_size if sec.encoding == Q8 else None,
+            )
+        return tensors
+
+    def weights(self) -> Iterator[BinTensor]:
+        """The model's weights in canonical order (rope tables excluded)."""
+        for name in self.config.shapes():
+            yield self.tensors[name]
+
+    def release(self, t: BinTensor) -> None:
+        """Drop a tensor's pages from this process (they stay in the page cache), so reading a
+        file front to back keeps RSS at one tensor's worth, not the file's."""
+        page = mmap.PAGESIZE
+        for offset, nbytes in ((t.offset, t.values.nbytes), (t.scales_offset, 0 if t.scales is None else t.scales.nbytes)):
+            if offset is None or nbytes == 0:
+                continue
+            start = offset // page * page
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
+
+    def header_json(self) -> dict:
+        return {"version": self.version, **{k: getattr(self.config, k) for k in _HEADER_FIELDS},
+                "shared_classifier": self.config.shared_classifier, "group_size": self.group_size}
+
+    def close(self) -> None:
+        self._buf = None  # type: ignore[assignment]
+        self.tensors = {}
+        try:
+            self._mmap.close()
+        except BufferError:  # a caller still holds a view; the OS unmaps at exit
+            pass
+        self._file.close()
+
+    def __enter__(self) -> BinFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
