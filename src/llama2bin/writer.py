@@ -154,7 +154,9 @@ def _stream_tensors(
 
 
 def _write_rope(cfg: ModelConfig, layouts: dict[str, Layout], outputs: dict[str, AtomicOutput]) -> None:
-    rope_sections = [(path, sec) for path, layout in layouts.items() for sec in layout.sections if sec.tensor in (ROPE_COS, ROPE_SIN)]
+    rope_sections = [
+        (path, sec) for path, layout in layouts.items() for sec in layout.sections if sec.tensor in (ROPE_COS, ROPE_SIN)
+    ]
     if not rope_sections:
         return
     cos, sin = rope_tables(cfg.head_size, cfg.max_seq_len)
