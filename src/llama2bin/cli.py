@@ -135,6 +135,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- demo / report / summary ------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import write_demo_checkpoint
+
+    write_demo_checkpoint(args.preset, args.output)
+    print(f"wrote {args.output} (demo preset {args.preset})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_reports
+
+    for path in write_reports(args.model, args.verify_json, args.out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .report import write_summary
+
+    write_summary(args.reports, args.md, args.json)
+    print(f"wrote {args.md} and {args.json}")
+    return 0
+
+
 # ---- entry point --------------------------------------------------------------------------
 
 
@@ -168,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="OUT.bin")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="write a small deterministic llama2.c checkpoint (offline demo data)")
+    p.add_argument("output", metavar="OUT.pt")
+    p.add_argument("--preset", required=True, help="mha, gqa_backoff or untied")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="quantization-error reports (JSON + Markdown) from verify --json results")
+    p.add_argument("verify_json", nargs="+", metavar="NAME.vN.verify.json")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json and .md")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("summary", help="one table of every model x version from report JSONs")
+    p.add_argument("reports", nargs="+", metavar="REPORT.json")
+    p.add_argument("--md", required=True)
+    p.add_argument("--json", required=True)
+    p.set_defaults(func=cmd_summary)
     return parser
 
 

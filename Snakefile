@@ -1,0 +1,27 @@
+# llama2bin: checkpoints -> llama2.c .bin files, verified and reported.
+# This file only validates the config, includes one rule file per step and builds `all`.
+
+# `--configfile FILE` replaces the default config instead of merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/checkpoints.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/verify.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+localrules:
+    report,
+    summary,
+
+
+rule all:
+    input:
+        all_outputs(),

@@ -1,0 +1,127 @@
+# Helpers shared by every rule: config validation, checkpoint locations, resources.
+import os
+import re
+import sys
+
+import yaml
+from snakemake.utils import validate
+
+
+# jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first.
+for _name, _model in (config.get("models") or {}).items():
+    if isinstance(_model, dict):
+        _where = [k for k in ("path", "url", "repo", "demo") if k in _model]
+        if len(_where) != 1:
+            raise WorkflowError(
+                f"model {_name}: give exactly one of path, url (+sha256), repo (+revision) or demo; got {_where or 'none'}"
+            )
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML silently keeps the last of two equal keys; a duplicated model name is an error."""
+
+
+def _construct_unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+for _configfile in dict.fromkeys([*workflow.configfiles, *(workflow.overwrite_configfiles or [])]):
+    with open(_configfile) as _f:
+        try:
+            yaml.load(_f, Loader=_UniqueKeyLoader)
+        except ValueError as _e:
+            raise WorkflowError(f"{_configfile}: {_e}")
+
+for _name, _model in config["models"].items():
+    if "demo" in _model and _model["source"] != "llama2c":
+        raise WorkflowError(f"model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)")
+
+
+# Every job runs the CLI of the interpreter running Snakemake, as its own process, so the same
+# workflow runs unchanged on a cluster (the venv path is the same on every node).
+LLAMA2BIN = f'"{sys.executable}" -m llama2bin'
+
+MODELS = list(config["models"])
+BIN_VERSIONS = [v for v in config["versions"] if v != "hf"]
+WRITE_HF = "hf" in config["versions"]
+SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf"}
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    version=r"\d+",
+
+
+def model_cfg(wildcards):
+    return config["models"][wildcards.model]
+
+
+def checkpoint_path(model):
+    """Where the checkpoint of `model` is once located: the file or directory the CLI reads."""
+    m = config["models"][model]
+    if "demo" in m:
+        return f"resources/checkpoints/{model}/demo.pt"
+    if "path" in m:
+        return m["path"]
+    raise WorkflowError(f"model {model}: url/repo sources need the fetch step (not in this version)")
+
+
+def checkpoint_input(wildcards):
+    return {"checkpoint": checkpoint_path(wildcards.model)}
+
+
+def source_args(wildcards):
+    """The CLI flags that name the source, shared by export and verify."""
+    m = model_cfg(wildcards)
+    args = [SOURCE_FLAGS[m["source"]], f'"{checkpoint_path(wildcards.model)}"']
+    if "max_seq_len" in m:
+        args += ["--max-seq-len", str(m["max_seq_len"])]
+    return " ".join(args)
+
+
+def bins(model):
+    return [f"results/{model}/{model}.v{v}.bin" for v in BIN_VERSIONS]
+
+
+def verify_jsons(model):
+    return [f"results/{model}/{model}.v{v}.verify.json" for v in BIN_VERSIONS]
+
+
+def report_files(model):
+    return [f"reports/{model}/{model}.v{v}.{ext}" for v in BIN_VERSIONS for ext in ("json", "md")]
+
+
+def input_mb(input):
+    """Size of a job's checkpoint input in MB (a directory counts its files)."""
+    total = 0
+    for path in input:
+        if os.path.isdir(path):
+            total += sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+        elif os.path.exists(path):
+            total += os.path.getsize(path)
+    return total / 1e6
+
+
+# Measured peak RSS (bench/results.md): a job streams in fixed-size chunks, so memory does not
+# grow with the checkpoint beyond a small per-MB term for file metadata; the constant is
+# Python + numpy + torch (imported for v0 rope tables) + the in-flight chunks.
+def export_mem_mb(wildcards, input):
+    return int(600 + min(input_mb(input) * 0.02, 400))
+
+
+def verify_mem_mb(wildcards, input):
+    return int(600 + min(input_mb(input) * 0.02, 400))
+
+
+def all_outputs():
+    outputs = ["reports/summary.md", "reports/summary.json"]
+    for model in MODELS:
+        outputs += report_files(model)
+    return outputs
