@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ from .formats import FORMATS
 
 VERSION_HELP = "\n".join(
     f"  {spec.version}: read by {spec.read_by}; loses {spec.loses}" for spec in FORMATS.values()
-)
+) + "\n  hf: a Hugging Face Llama directory (config.json, float32 model.safetensors); OUT is a directory"
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -55,22 +56,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise Llama2binError(
             f"{len(args.outputs)} output path(s) but {len(args.version)} version(s): give one version per output"
         )
+    from .formats.hf import HF_VERSION, check_hf_target, export_hf
+
+    known = [str(k) for k in FORMATS] + [HF_VERSION]
     for v in args.version:
-        if v not in {str(k) for k in FORMATS}:
-            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(str(k) for k in FORMATS)})")
+        if v not in known:
+            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(known)})")
+    pairs = list(zip(args.version, args.outputs, strict=True))
+    hf_dirs = [out for v, out in pairs if v == HF_VERSION]
+    bin_targets = [(int(v), out) for v, out in pairs if v != HF_VERSION]
+    for out in hf_dirs:  # refuse a bad directory target before writing any .bin
+        check_hf_target(out)
     with _open_source(args) as source:
-        result = export(
-            source,
-            [(int(v), out) for v, out in zip(args.version, args.outputs, strict=True)],
-            group_size=args.group_size,
-            threads=args.threads,
-            quiet=args.quiet,
-        )
-    line = result.summary_line()
-    if line:
-        print(line)
-    for path, layout in result.layouts.items():
-        print(f"wrote {path} (v{layout.version}, {layout.size} bytes)")
+        if bin_targets:  # every .bin version in one pass over the source
+            result = export(source, bin_targets, group_size=args.group_size, threads=args.threads, quiet=args.quiet)
+            line = result.summary_line()
+            if line:
+                print(line)
+            for path, layout in result.layouts.items():
+                print(f"wrote {path} (v{layout.version}, {layout.size} bytes)")
+        for out in hf_dirs:  # a directory of float32 safetensors: its own pass
+            hf_result = export_hf(source, out, quiet=args.quiet)
+            print(f"wrote {out}/ (hf, model.safetensors {hf_result.size} bytes)")
     return 0
 
 
@@ -85,11 +92,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ok = True
     with _open_source(args) as source:
         for i, path in enumerate(args.files):
-            result = verify(path, source, quiet=args.quiet)
+            if os.path.isdir(path):  # a --version hf export
+                from .formats.hf import verify_hf_dir
+
+                result = verify_hf_dir(path, source, quiet=args.quiet)
+            else:
+                result = verify(path, source, quiet=args.quiet)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             if result.passed:
-                print(f"{path}: OK (v{result.version}, {len(result.tensors)} tensors, sha256 {result.sha256[:16]}…)")
+                label = result.version if isinstance(result.version, str) else f"v{result.version}"  # "hf" or v0/v1/v2
+                print(f"{path}: OK ({label}, {len(result.tensors)} tensors, sha256 {result.sha256[:16]}…)")
             else:
                 ok = False
                 for failure in result.failures:
@@ -162,6 +175,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- tokenizer ----------------------------------------------------------------------------
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from .tokenizer import write_tokenizer_bin
+
+    content = write_tokenizer_bin(args.model, args.output, vocab_size=args.vocab_size)
+    print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length})")
+    return 0
+
+
 # ---- entry point --------------------------------------------------------------------------
 
 
@@ -178,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("outputs", nargs="+", metavar="OUT.bin")
     _add_source_args(p)
-    p.add_argument("--version", nargs="+", default=["0"], metavar="V", help="format version(s): 0, 1, 2 (default 0)")
+    p.add_argument("--version", nargs="+", default=["0"], metavar="V", help="format version(s): 0, 1, 2, hf (default 0)")
     p.add_argument("--group-size", type=int, default=64, help="Q8_0 group size, halved until it divides dim (64)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: min(2, cores))")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -195,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="OUT.bin")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin")
+    p.add_argument("model", metavar="TOKENIZER.model")
+    p.add_argument("output", metavar="OUT.bin")
+    p.add_argument("--vocab-size", type=int, help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
+    p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("demo", help="write a small deterministic llama2.c checkpoint (offline demo data)")
     p.add_argument("output", metavar="OUT.pt")

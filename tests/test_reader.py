@@ -1,0 +1,121 @@
+"""The round-trip reader and `inspect`: header parsing, tensor table, refusal of bad files."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from helpers import DATA, assert_one_line_error, run_cli
+
+from llama2bin.errors import Llama2binError
+from llama2bin.reader import BinFile
+
+GOLDEN = os.path.join(DATA, "tiny_a.v0.bin")
+
+
+def test_reader_reads_v0_tensors_at_seed_offsets():
+    raw = open(GOLDEN, "rb").read()
+    with BinFile(GOLDEN) as bf:
+        assert bf.version == 0 and bf.config.dim == 32 and bf.config.shared_classifier
+        emb = bf.tensors["tok_embeddings"]
+        # v0 puts the embeddings right after the 28-byte header
+        assert emb.offset == 28 and emb.shape == (64, 32)
+        np.testing.assert_array_equal(emb.dequantize().reshape(-1), np.frombuffer(raw, "<f4", 64 * 32, 28))
+        assert isinstance(emb.values, np.ndarray) and not emb.values.flags.owndata  # a view, not a copy
+
+
+def test_reader_dequantizes_q8_like_the_format_says():
+    raw = open(os.path.join(DATA, "tiny_b.v2.bin"), "rb").read()
+    with BinFile(os.path.join(DATA, "tiny_b.v2.bin")) as bf:
+        assert bf.version == 2 and bf.group_size == 8
+        t = bf.tensors["tok_embeddings"]
+        q = np.frombuffer(raw, np.int8, 80 * 40, t.offset)
+        s = np.frombuffer(raw, "<f4", 80 * 40 // 8, t.offset + 80 * 40)  # v2: scales right after q
+        np.testing.assert_array_equal(t.dequantize().reshape(-1), (q.reshape(-1, 8) * s[:, None]).reshape(-1))
+
+
+def test_inspect_json_lists_every_tensor():
+    proc = run_cli("inspect", os.path.join(DATA, "tiny_b.v1.bin"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["header"]["version"] == 1 and info["header"]["n_kv_heads"] == 2 and info["header"]["group_size"] == 8
+    assert info["size_matches"] and info["size"] == os.path.getsize(os.path.join(DATA, "tiny_b.v1.bin"))
+    names = [t["name"] for t in info["tensors"]]
+    assert names[:5] == ["layers.0.attention_norm", "layers.1.attention_norm", "layers.0.ffn_norm",
+                         "layers.1.ffn_norm", "norm"]
+    assert len(names) == 5 + 1 + 7 * 2
+    # v1 keeps all q values together, so consecutive q sections are adjacent
+    q = [t for t in info["tensors"] if t["dtype"].startswith("q8_0")]
+    for a, b in zip(q, q[1:]):
+        assert a["offset"] + a["nbytes"] == b["offset"]
+
+
+def test_inspect_text_output():
+    proc = run_cli("inspect", GOLDEN)
+    assert proc.returncode == 0
+    assert "version 0" in proc.stdout and "matches" in proc.stdout and "freqs_cos" in proc.stdout
+
+
+def _mutated(tmp_path, data: bytes) -> str:
+    path = tmp_path / "bad.bin"
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda raw: raw[:-4], "truncated"),
+        (lambda raw: raw + b"\0" * 8, "trailing bytes"),
+        (lambda raw: struct.pack("<i", 2**31 - 1) + raw[4:], "dim = 2147483647"),
+        (lambda raw: raw[:8] + struct.pack("<i", -1) + raw[12:], "n_layers = -1"),
+        (lambda raw: raw[:10], "too short"),
+        (lambda raw: b"", "too short"),
+    ],
+)
+def test_bad_v0_files_are_refused(tmp_path, make, needle):
+    path = _mutated(tmp_path, make(open(GOLDEN, "rb").read()))
+    with pytest.raises(Llama2binError, match=needle.replace("(", r"\(")):
+        BinFile(path)
+    assert_one_line_error(run_cli("inspect", path), needle)
+
+
+@pytest.mark.parametrize(
+    "offset,value,needle",
+    [
+        (4, struct.pack("<i", 3), "unsupported version 3"),
+        (36, b"\x02", "shared_classifier"),
+        (37, struct.pack("<i", 7), "group_size 7"),
+        (100, b"\x01", "padding"),
+    ],
+)
+def test_bad_quantized_headers_are_refused(tmp_path, offset, value, needle):
+    raw = bytearray(open(os.path.join(DATA, "tiny_b.v2.bin"), "rb").read())
+    raw[offset : offset + len(value)] = value
+    path = _mutated(tmp_path, bytes(raw))
+    assert_one_line_error(run_cli("inspect", path), needle)
+
+
+def test_wrong_magic_is_read_as_v0_and_refused(tmp_path):
+    raw = bytearray(open(os.path.join(DATA, "tiny_b.v2.bin"), "rb").read())
+    raw[0:4] = b"ak43"
+    assert_one_line_error(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "no 'ak42' magic")
+
+
+def test_random_headers_never_crash(tmp_path):
+    """Fuzz the header: every outcome is a clean refusal or a consistent file, never an exception."""
+    rng = np.random.default_rng(0)
+    base = open(os.path.join(DATA, "tiny_b.v1.bin"), "rb").read()
+    for i in range(300):
+        raw = bytearray(base)
+        for pos in rng.integers(0, 64, size=rng.integers(1, 4)):
+            raw[pos] = int(rng.integers(0, 256))
+        if rng.random() < 0.3:
+            raw = raw[: int(rng.integers(0, len(raw)))]
+        path = _mutated(tmp_path, bytes(raw))
+        try:
+            with BinFile(path) as bf:
+                assert bf.size == bf.layout.size
+        except Llama2binError:
+            pass
