@@ -28,6 +28,11 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
     g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
     p.add_argument("--max-seq-len", type=int, help="override max_seq_len (C readers size their KV cache by it)")
+    p.add_argument(
+        "--allow-rope-theta",
+        action="store_true",
+        help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000); recorded as an accepted departure",
+    )
 
 
 def _open_source(args: argparse.Namespace):
@@ -39,7 +44,7 @@ def _open_source(args: argparse.Namespace):
         kind, path = "meta", args.meta_llama
     else:
         kind, path = "hf", args.hf
-    return open_source(kind, path, max_seq_len=args.max_seq_len)
+    return open_source(kind, path, max_seq_len=args.max_seq_len, allow_rope_theta=args.allow_rope_theta)
 
 
 def _dump_json(obj: object) -> str:

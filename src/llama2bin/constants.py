@@ -17,6 +17,11 @@ Q8_MAX: Final = 127.0
 # The C readers hard-code this rotary base; a model trained with another one cannot be expressed.
 ROPE_THETA: Final = 10000.0
 
+# Meta's params.json carries no context length, yet every .bin header needs max_seq_len (the C
+# readers size their KV cache and rope tables by it). Without --max-seq-len we use Llama 2's
+# context, 2048 (also transformers' LlamaConfig default for max_position_embeddings).
+DEFAULT_MAX_SEQ_LEN: Final = 2048
+
 # Versions this project writes to a single .bin file ("hf" is a directory, handled elsewhere).
 BIN_VERSIONS: Final = (0, 1, 2)
 

@@ -1,0 +1,372 @@
+"""Hugging Face Llama directories: config.json plus safetensors or pytorch_model*.bin weights.
+
+Weights are found the way transformers looks for them (safetensors first): model.safetensors,
+model.safetensors.index.json (+ shards), pytorch_model.bin, pytorch_model.bin.index.json
+(+ shards). Every tensor is opened lazily at its byte offset (our own safetensors header
+parser; TorchZip for .bin), so nothing is read until rows are asked for. No code from the
+directory is ever run: transformers is not even imported, so `trust_remote_code` cannot apply.
+
+HF stores q_proj/k_proj with each head's rows permuted for "rotate halves" RoPE; `HfRotaryRef`
+undoes that per head (with n_heads for q, n_kv_heads for k) while reading.
+
+What the .bin formats cannot express is refused with the config field or tensor named:
+other architectures, biases, rope scaling, a rotary base other than 10000 (unless
+allow_rope_theta), a head_dim that is not hidden_size / num_attention_heads, activations
+other than SiLU, a tied config with a different lm_head.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from ..constants import DEFAULT_MAX_SEQ_LEN
+from ..errors import Llama2binError
+from ..model import ModelConfig
+from .base import FilePool, Source, TensorRef, tensors_equal
+from .policy import load_json_object, require_dir, rope_theta_departure
+from .safetensors import SafetensorsFile
+from .torchzip import TorchTensor, TorchZip
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+# HF name (after an optional "model." prefix) -> canonical name, per layer.
+_LAYER_NAMES = {
+    "input_layernorm": "attention_norm",
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+# A buffer older transformers versions saved with the weights; recomputed, not a weight.
+_INV_FREQ_RE = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+# Rotary parameters that are only the plain base: anything else (factor, partial_rotary_factor,
+# original_max_position_embeddings, ...) is a kind of scaling the C readers do not do.
+_PLAIN_ROPE_KEYS = {"rope_type", "type", "rope_theta"}
+
+
+def canonical_name(hf_name: str) -> str | None:
+    """Canonical name of an HF Llama weight, or None if it is not one."""
+    if hf_name == "model.embed_tokens.weight":
+        return "tok_embeddings"
+    if hf_name == "model.norm.weight":
+        return "norm"
+    if hf_name == "lm_head.weight":
+        return "output"
+    m = _LAYER_RE.match(hf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"layers.{int(m.group(1))}.{_LAYER_NAMES[m.group(2)]}"
+    return None
+
+
+def hf_name(name: str) -> str:
+    """The HF name of canonical tensor `name` (for messages)."""
+    fixed = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight", "output": "lm_head.weight"}
+    if name in fixed:
+        return fixed[name]
+    _, i, kind = name.split(".", 2)
+    hf_kind = next(k for k, v in _LAYER_NAMES.items() if v == kind)
+    return f"model.layers.{i}.{hf_kind}.weight"
+
+
+def _check_tensors(path: str, config_path: str, config: ModelConfig, refs: dict[str, TensorRef]) -> None:
+    """Every tensor config.json implies is present with its shape, and nothing else (HF names in messages)."""
+    expected = config.shapes()
+    for name, shape in expected.items():
+        ref = refs.get(name)
+        if ref is None:
+            raise Llama2binError(f"{path}: missing tensor {hf_name(name)}")
+        if tuple(ref.shape) != shape:
+            raise Llama2binError(
+                f"{path}: tensor {hf_name(name)} has shape {list(ref.shape)}, {os.path.basename(config_path)} "
+                f"implies {list(shape)}"
+            )
+    extra = sorted(set(refs) - set(expected))
+    if extra:
+        raise Llama2binError(
+            f"{path}: unexpected tensor {hf_name(extra[0])}: config.json has num_hidden_layers {config.n_layers}"
+        )
+
+
+class HfRotaryRef(TensorRef):
+    """HF q_proj/k_proj read back in the interleaved (llama2.c/Meta) rotary layout.
+
+    Canonical = w.reshape(n, 2, hd // 2, dim).transpose(1, 2).reshape(n * hd, dim): within each
+    head, canonical row 2j + s is HF row s * hd/2 + j. A row range is served by one contiguous
+    read of the heads it spans, permuted in memory.
+    """
+
+    def __init__(self, src: TensorRef, head_size: int):
+        self.src = src
+        self.name = src.name
+        self.shape = src.shape
+        self.head_size = head_size
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        hd = self.head_size
+        first_head, end_head = start // hd, -(-stop // hd)
+        block = self.src.read_rows(first_head * hd, end_head * hd)
+        heads, cols = end_head - first_head, block.shape[1]
+        canonical = block.reshape(heads, 2, hd // 2, cols).transpose(0, 2, 1, 3).reshape(heads * hd, cols)
+        offset = first_head * hd
+        return np.ascontiguousarray(canonical[start - offset : stop - offset])
+
+
+def _field(cfg: dict[str, Any], path: str, name: str) -> Any:
+    if cfg.get(name) is None:
+        raise Llama2binError(f"{path}: no {name}")
+    return cfg[name]
+
+
+def _check_config(cfg: dict[str, Any], path: str, allow_rope_theta: bool) -> tuple[float, tuple[str, ...]]:
+    """Refuse every config.json setting the formats cannot express; returns (rope_theta, departures)."""
+    model_type = cfg.get("model_type")
+    if model_type not in _ARCHITECTURES:
+        raise Llama2binError(f"{path}: model_type {model_type!r} is not supported (llama, or mistral without sliding window)")
+    if model_type == "mistral" and cfg.get("sliding_window", 4096) is not None:
+        # MistralConfig's default is 4096 when the key is absent.
+        raise Llama2binError(
+            f"{path}: sliding_window = {cfg.get('sliding_window', 4096)!r}: sliding-window attention cannot be expressed"
+        )
+    archs = cfg.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or _ARCHITECTURES[model_type] not in archs):
+        raise Llama2binError(f"{path}: architectures {archs!r} does not include {_ARCHITECTURES[model_type]}")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise Llama2binError(f"{path}: {flag} = {cfg[flag]!r}: the .bin formats have no biases")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise Llama2binError(f"{path}: hidden_act = {act!r}: llama2.c's feed-forward is SwiGLU (silu)")
+    if cfg.get("quantization_config") is not None:
+        raise Llama2binError(f"{path}: quantization_config is set: pre-quantized checkpoints are not read")
+    partial = cfg.get("partial_rotary_factor")
+    if partial not in (None, 1, 1.0):
+        raise Llama2binError(f"{path}: partial_rotary_factor = {partial!r}: llama2.c rotates whole heads")
+
+    dim, n_heads = _field(cfg, path, "hidden_size"), _field(cfg, path, "num_attention_heads")
+    head_dim = cfg.get("head_dim")
+    if head_dim is not None and (not isinstance(n_heads, int) or n_heads <= 0 or head_dim * n_heads != dim):
+        raise Llama2binError(
+            f"{path}: head_dim = {head_dim!r} but hidden_size / num_attention_heads = {dim}/{n_heads}: "
+            "llama2.c derives the head size from dim"
+        )
+
+    # Rotary settings: transformers < 5 wrote top-level rope_theta and rope_scaling (null when
+    # plain); transformers 5 writes rope_parameters {rope_theta, rope_type}. Any rope type but
+    # "default", or any extra parameter, is scaling.
+    theta = cfg.get("rope_theta")
+    theta_field = "rope_theta"
+    for key in ("rope_scaling", "rope_parameters"):
+        params = cfg.get(key)
+        if params is None:
+            continue
+        if not isinstance(params, dict):
+            raise Llama2binError(f"{path}: {key} = {params!r}: rope scaling cannot be expressed")
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        extra = sorted(set(params) - _PLAIN_ROPE_KEYS)
+        if rope_type != "default" or extra:
+            what = f"rope_type {rope_type!r}" if rope_type != "default" else f"{extra[0]} = {params[extra[0]]!r}"
+            raise Llama2binError(f"{path}: {key} has {what}: rope scaling cannot be expressed in the .bin formats")
+        if "rope_theta" in params:
+            if theta is not None and params["rope_theta"] != theta:
+                raise Llama2binError(f"{path}: {key}.rope_theta = {params['rope_theta']!r} contradicts rope_theta = {theta!r}")
+            theta, theta_field = params["rope_theta"], f"{key}.rope_theta"
+    return rope_theta_departure(path, theta_field, 10000.0 if theta is None else theta, allow_rope_theta)
+
+
+class HfSource(Source):
+    kind = "hf"
+
+    def __init__(self, path: str, max_seq_len: int | None = None, allow_rope_theta: bool = False):
+        self.path = path
+        require_dir(path, "Hugging Face")
+        config_path = os.path.join(path, CONFIG_FILE)
+        if not os.path.exists(config_path):
+            raise Llama2binError(f"{path}: no {CONFIG_FILE} (not a Hugging Face model directory)")
+        cfg = load_json_object(config_path, "Hugging Face config")
+        theta, departures = _check_config(cfg, config_path, allow_rope_theta)
+        self._pool = FilePool()
+        try:
+            raw, self._weights_desc = self._find_weights(path)
+            self._open(path, config_path, cfg, raw, theta, departures, max_seq_len)
+        except BaseException:
+            self._pool.close()
+            raise
+        tokenizer = os.path.join(path, TOKENIZER_FILE)
+        self.tokenizer_path = tokenizer if os.path.isfile(tokenizer) else None
+
+    # ---- weights ----------------------------------------------------------------------
+
+    def _find_weights(self, path: str) -> tuple[dict[str, TensorRef], dict[str, Any]]:
+        """HF name -> lazy raw tensor, from whichever weight files the directory has."""
+        has = {f: os.path.isfile(os.path.join(path, f)) for f in (SAFETENSORS_FILE, SAFETENSORS_INDEX, BIN_FILE, BIN_INDEX)}
+        if has[SAFETENSORS_FILE] and has[SAFETENSORS_INDEX]:
+            raise Llama2binError(f"{path}: both {SAFETENSORS_FILE} and {SAFETENSORS_INDEX}: which weights are meant?")
+        if has[BIN_FILE] and has[BIN_INDEX]:
+            raise Llama2binError(f"{path}: both {BIN_FILE} and {BIN_INDEX}: which weights are meant?")
+        if has[SAFETENSORS_FILE]:
+            return self._safetensors_files(path, None, [SAFETENSORS_FILE]), {"format": "safetensors", "files": 1}
+        if has[SAFETENSORS_INDEX]:
+            weight_map = self._index(path, SAFETENSORS_INDEX, r"model-\d+-of-\d+\.safetensors")
+            files = sorted(set(weight_map.values()))
+            return self._safetensors_files(path, weight_map, files), {"format": "safetensors", "files": len(files)}
+        if has[BIN_FILE]:
+            return self._bin_files(path, None, [BIN_FILE]), {"format": "pytorch_bin", "files": 1}
+        if has[BIN_INDEX]:
+            weight_map = self._index(path, BIN_INDEX, r"pytorch_model-\d+-of-\d+\.bin")
+            files = sorted(set(weight_map.values()))
+            return self._bin_files(path, weight_map, files), {"format": "pytorch_bin", "files": len(files)}
+        if any(f.endswith(".safetensors") or f.endswith(".bin") for f in os.listdir(path)):
+            raise Llama2binError(
+                f"{path}: weight files without {SAFETENSORS_INDEX} or {BIN_INDEX}: cannot tell which tensors they hold"
+            )
+        raise Llama2binError(f"{path}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {BIN_FILE} or {BIN_INDEX})")
+
+    def _index(self, path: str, index_name: str, shard_pattern: str) -> dict[str, str]:
+        """The index's weight_map, checked: plain file names that exist, and no shard left out."""
+        index_path = os.path.join(path, index_name)
+        index = load_json_object(index_path, "shard index")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise Llama2binError(f"{index_path}: no weight_map")
+        for name, file in weight_map.items():
+            if not isinstance(file, str) or os.path.basename(file) != file or file in ("", ".", ".."):
+                raise Llama2binError(f"{index_path}: tensor {name} maps to {file!r}, not a file in the directory")
+            if not os.path.isfile(os.path.join(path, file)):
+                raise Llama2binError(f"{index_path}: tensor {name} is in {file}, which does not exist")
+        named = set(weight_map.values())
+        for entry in sorted(os.listdir(path)):
+            if re.fullmatch(shard_pattern, entry) and entry not in named:
+                raise Llama2binError(f"{index_path}: shard {entry} is in the directory but missing from the index")
+        return weight_map
+
+    def _safetensors_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, TensorRef]:
+        raw: dict[str, TensorRef] = {}
+        opened = {f: SafetensorsFile(os.path.join(path, f), self._pool) for f in files}
+        for file, st in opened.items():
+            for name in st.names:
+                if weight_map is not None and weight_map.get(name) != file:
+                    where = weight_map.get(name)
+                    raise Llama2binError(
+                        f"{st.path}: tensor {name} is "
+                        + (f"mapped to {where} by the index" if where else "missing from the index")
+                    )
+                raw[name] = st.tensor(name)
+        if weight_map is not None:
+            for name, file in weight_map.items():
+                if name not in opened[file]:
+                    raise Llama2binError(f"{opened[file].path}: has no tensor {name}, which the index puts there")
+        return raw
+
+    def _bin_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, TensorRef]:
+        raw: dict[str, TensorRef] = {}
+        for file in files:
+            shard = os.path.join(path, file)
+            z = TorchZip(shard, self._pool)
+            if not isinstance(z.obj, dict) or not all(isinstance(k, str) for k in z.obj):
+                raise Llama2binError(f"{shard}: not a state dict (expected a dict of tensor names to tensors)")
+            for name, value in z.obj.items():
+                if not isinstance(value, TorchTensor):
+                    raise Llama2binError(f"{shard}: entry {name} is not a tensor")
+                if weight_map is not None and weight_map.get(name) != file:
+                    where = weight_map.get(name)
+                    raise Llama2binError(
+                        f"{shard}: tensor {name} is " + (f"mapped to {where} by the index" if where else "missing from the index")
+                    )
+                if _INV_FREQ_RE.match(name):
+                    continue
+                raw[name] = z.tensor(value, name)
+        if weight_map is not None:
+            missing = sorted(n for n in weight_map if n not in raw and not _INV_FREQ_RE.match(n))
+            if missing:
+                shard = os.path.join(path, weight_map[missing[0]])
+                raise Llama2binError(f"{shard}: has no tensor {missing[0]}, which the index puts there")
+        return raw
+
+    # ---- config and canonical tensors -------------------------------------------------
+
+    def _open(
+        self,
+        path: str,
+        config_path: str,
+        cfg: dict[str, Any],
+        raw: dict[str, TensorRef],
+        theta: float,
+        departures: tuple[str, ...],
+        max_seq_len: int | None,
+    ) -> None:
+        n_heads = _field(cfg, config_path, "num_attention_heads")
+        n_kv_heads = cfg.get("num_key_value_heads") or n_heads
+        dim = _field(cfg, config_path, "hidden_size")
+        head_size = dim // n_heads if isinstance(dim, int) and isinstance(n_heads, int) and n_heads > 0 else 0
+
+        refs: dict[str, TensorRef] = {}
+        for hf_name, ref in raw.items():
+            if _INV_FREQ_RE.match(hf_name):
+                continue
+            name = canonical_name(hf_name)
+            if name is None:
+                what = "bias" if hf_name.endswith(".bias") else "tensor"
+                raise Llama2binError(f"{path}: unexpected {what} {hf_name}: the .bin formats hold only LLaMA weights")
+            if name.endswith("attention.wq") or name.endswith("attention.wk"):
+                ref = HfRotaryRef(ref, head_size)
+            refs[name] = ref
+
+        tied = cfg.get("tie_word_embeddings", False)  # LlamaConfig's default
+        output = refs.pop("output", None)
+        if "tok_embeddings" not in refs:
+            raise Llama2binError(f"{path}: missing tensor model.embed_tokens.weight")
+        if output is None:
+            if not tied:
+                raise Llama2binError(f"{config_path}: tie_word_embeddings is false but there is no lm_head.weight")
+            shared = True
+        else:
+            shared = tensors_equal(output, refs["tok_embeddings"])
+            if tied and not shared:
+                raise Llama2binError(
+                    f"{config_path}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
+                )
+            if not shared:
+                refs["output"] = output
+
+        config = ModelConfig(
+            dim=dim,
+            hidden_dim=_field(cfg, config_path, "intermediate_size"),
+            n_layers=_field(cfg, config_path, "num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            vocab_size=_field(cfg, config_path, "vocab_size"),
+            max_seq_len=max_seq_len if max_seq_len is not None else cfg.get("max_position_embeddings", DEFAULT_MAX_SEQ_LEN),
+            shared_classifier=shared,
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default
+            rope_theta=theta,
+            accepted_departures=departures,
+        )
+        config.validate(config_path)
+        _check_tensors(path, config_path, config, refs)
+        self.config = config
+        self._refs = refs
+
+    def tensor(self, name: str) -> TensorRef:
+        return self._refs[name]
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "weights": dict(self._weights_desc)}

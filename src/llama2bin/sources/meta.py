@@ -1,0 +1,278 @@
+"""Meta Llama checkpoints: DIR/params.json plus DIR/consolidated.NN.pth (one or several shards).
+
+Meta's tensors already use the canonical names and the interleaved rotary layout; the work is
+model-parallel shards. Each shard is opened lazily (TorchZip: only its pickle is read), and
+every tensor becomes a `ConcatTensor` over its per-shard pieces that reads, for a row range,
+just those rows from each shard. No shard and no whole tensor is ever held in memory.
+
+How Meta splits (FORMATS.md): norms are replicated in every shard; tok_embeddings,
+attention.wo and feed_forward.w2 are split along dim 1 (columns); wq, wk, wv, w1, w3 and
+output along dim 0 (rows).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from ..constants import DEFAULT_MAX_SEQ_LEN
+from ..errors import Llama2binError
+from ..model import ModelConfig
+from .base import FilePool, Source, TensorRef, tensors_equal
+from .llama2c import check_tensors
+from .policy import load_json_object, require_dir, rope_theta_departure
+from .torchzip import TorchTensor, TorchZip
+
+PARAMS_FILE = "params.json"
+TOKENIZER_FILE = "tokenizer.model"
+_SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+
+# Not a weight: the rotary frequencies Meta's model.py precomputes (our formats recompute them).
+_IGNORED_TENSORS = {"rope.freqs"}
+
+# params.json keys and what we do with them. Anything else may change the architecture, so it is
+# refused rather than silently ignored.
+_PARAMS_USED = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "norm_eps", "rope_theta", "max_seq_len"}
+_PARAMS_HARMLESS = {
+    "multiple_of",  # only rounds hidden_dim, which we read from the tensors
+    "ffn_dim_multiplier",  # likewise
+    "max_batch_size",  # a runtime setting of Meta's generator
+    "use_scaled_rope",  # checked: must be false
+}
+
+SPLIT_ROWS, SPLIT_COLS, REPLICATED = "rows", "cols", "replicated"
+
+
+def split_of(name: str) -> str | None:
+    """How Meta's model parallelism splits canonical tensor `name`; None for names not in a LLaMA."""
+    if name == "tok_embeddings":
+        return SPLIT_COLS
+    if name in ("norm",):
+        return REPLICATED
+    if name == "output":
+        return SPLIT_ROWS
+    m = re.fullmatch(r"layers\.\d+\.(.+)", name)
+    if not m:
+        return None
+    kind = m.group(1)
+    if kind in ("attention_norm", "ffn_norm"):
+        return REPLICATED
+    if kind in ("attention.wo", "feed_forward.w2"):
+        return SPLIT_COLS
+    if kind in ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3"):
+        return SPLIT_ROWS
+    return None
+
+
+class ConcatTensor(TensorRef):
+    """The concatenation of per-shard pieces along rows (axis 0) or columns (axis 1), read lazily.
+
+    A row range costs one contiguous read per shard that holds any of those rows: along
+    columns every shard holds part of every row; along rows only the overlapping shards are read.
+    """
+
+    def __init__(self, name: str, parts: list[TensorRef], axis: int):
+        if axis not in (0, 1) or not parts:
+            raise ValueError("ConcatTensor needs parts and axis 0 or 1")
+        self.name = name
+        self.parts = parts
+        self.axis = axis
+        first = parts[0].shape
+        if axis == 0:
+            self.shape = (sum(p.shape[0] for p in parts), *first[1:])
+        else:
+            self.shape = (first[0], sum(p.shape[1] for p in parts), *first[2:])
+        # Row (axis 0) or column (axis 1) at which each part starts.
+        sizes = [p.rows if axis == 0 else p.cols for p in parts]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        if len(self.parts) == 1:
+            return self.parts[0].read_rows(start, stop)
+        out = np.empty((stop - start, self.cols), dtype=np.float32)
+        if self.axis == 1:
+            for part, c0, c1 in zip(self.parts, self._starts, self._starts[1:], strict=False):
+                out[:, c0:c1] = part.read_rows(start, stop)
+            return out
+        for part, r0, r1 in zip(self.parts, self._starts, self._starts[1:], strict=False):
+            lo, hi = max(start, r0), min(stop, r1)
+            if lo < hi:
+                if lo == start and hi == stop:  # the range lies inside one shard: no copy
+                    return part.read_rows(lo - r0, hi - r0)
+                out[lo - start : hi - start] = part.read_rows(lo - r0, hi - r0)
+        return out
+
+    def identity(self) -> Any:
+        ids = tuple(p.identity() for p in self.parts)
+        return None if any(i is None for i in ids) else (self.axis, ids)
+
+
+def shard_paths(path: str) -> list[str]:
+    """consolidated.00.pth, consolidated.01.pth, ...: numbered from 0 with none missing."""
+    found: dict[int, str] = {}
+    for entry in os.listdir(path):
+        m = _SHARD_RE.match(entry)
+        if m:
+            i = int(m.group(1))
+            if i in found:
+                raise Llama2binError(f"{path}: {found[i]} and {entry} both claim to be shard {i}")
+            found[i] = entry
+    if not found:
+        raise Llama2binError(f"{path}: no consolidated.NN.pth files (not a Meta Llama checkpoint directory)")
+    for i in range(max(found) + 1):
+        if i not in found:
+            have = ", ".join(found[k] for k in sorted(found))
+            raise Llama2binError(f"{path}: consolidated.{i:02d}.pth is missing (have {have})")
+    return [os.path.join(path, found[i]) for i in range(len(found))]
+
+
+class MetaSource(Source):
+    kind = "meta"
+
+    def __init__(self, path: str, max_seq_len: int | None = None, allow_rope_theta: bool = False):
+        self.path = path
+        require_dir(path, "Meta Llama")
+        params_path = os.path.join(path, PARAMS_FILE)
+        if not os.path.exists(params_path):
+            raise Llama2binError(f"{path}: no {PARAMS_FILE} (not a Meta Llama checkpoint directory)")
+        params = load_json_object(params_path, "Meta params")
+        shards = shard_paths(path)
+        self._pool = FilePool()
+        try:
+            self._open(path, params_path, params, shards, max_seq_len, allow_rope_theta)
+        except BaseException:
+            self._pool.close()
+            raise
+        tokenizer = os.path.join(path, TOKENIZER_FILE)
+        self.tokenizer_path = tokenizer if os.path.isfile(tokenizer) else None
+        self._shard_names = [os.path.basename(s) for s in shards]
+
+    def _open(
+        self,
+        path: str,
+        params_path: str,
+        params: dict[str, Any],
+        shards: list[str],
+        max_seq_len: int | None,
+        allow_rope_theta: bool,
+    ) -> None:
+        unknown = sorted(set(params) - _PARAMS_USED - _PARAMS_HARMLESS)
+        if unknown:
+            raise Llama2binError(
+                f"{params_path}: unknown field {unknown[0]} = {params[unknown[0]]!r}: it may change the architecture"
+            )
+        if params.get("use_scaled_rope"):
+            raise Llama2binError(
+                f"{params_path}: use_scaled_rope = {params['use_scaled_rope']!r}: scaled rotary embeddings "
+                "(Llama 3.1) cannot be expressed in the .bin formats"
+            )
+        for field in ("dim", "n_layers", "n_heads"):
+            if field not in params:
+                raise Llama2binError(f"{params_path}: no {field}")
+        theta, departures = rope_theta_departure(
+            params_path, "rope_theta", params.get("rope_theta", 10000.0), allow_rope_theta
+        )
+
+        refs = self._concatenated_tensors(shards)
+        for needed in ("tok_embeddings", "layers.0.feed_forward.w1", "output"):
+            if needed not in refs:
+                raise Llama2binError(f"{shards[0]}: missing tensor {needed}.weight")
+
+        vocab = params.get("vocab_size", -1)
+        if vocab == -1:  # Meta's convention: the tokenizer decides; the embeddings record it
+            vocab = refs["tok_embeddings"].shape[0]
+        if max_seq_len is None:
+            max_seq_len = params.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
+        output = refs.pop("output")
+        # Meta always stores output separately; it is "shared" only if it equals the embeddings.
+        shared = tensors_equal(output, refs["tok_embeddings"])
+        if not shared:
+            refs["output"] = output
+        n_heads = params["n_heads"]
+        config = ModelConfig(
+            dim=params["dim"],
+            hidden_dim=refs["layers.0.feed_forward.w1"].shape[0],  # multiple_of rounding: trust the tensors
+            n_layers=params["n_layers"],
+            n_heads=n_heads,
+            n_kv_heads=params.get("n_kv_heads") or n_heads,
+            vocab_size=vocab,
+            max_seq_len=max_seq_len,
+            shared_classifier=shared,
+            norm_eps=float(params.get("norm_eps", 1e-5)),
+            rope_theta=theta,
+            accepted_departures=departures,
+        )
+        config.validate(params_path)
+        check_tensors(path, config, refs, suffix=".weight")
+        self.config = config
+        self._refs = refs
+
+    def _concatenated_tensors(self, shards: list[str]) -> dict[str, TensorRef]:
+        """Canonical name -> ConcatTensor over every shard; shards must agree on names and shapes."""
+        per_shard: list[dict[str, TorchTensor]] = []
+        zips: list[TorchZip] = []
+        for shard in shards:
+            z = TorchZip(shard, self._pool)
+            if not isinstance(z.obj, dict) or not all(isinstance(k, str) for k in z.obj):
+                raise Llama2binError(f"{shard}: not a Meta state dict (expected a dict of tensor names to tensors)")
+            for key, value in z.obj.items():
+                if not isinstance(value, TorchTensor):
+                    raise Llama2binError(f"{shard}: entry {key} is not a tensor")
+            zips.append(z)
+            per_shard.append(z.obj)
+
+        first = per_shard[0]
+        names0 = set(first)
+        for shard, state in zip(shards[1:], per_shard[1:], strict=True):
+            if set(state) != names0:
+                missing = sorted(names0 - set(state))
+                if missing:
+                    raise Llama2binError(f"{shard}: missing tensor {missing[0]} (present in {os.path.basename(shards[0])})")
+                extra = sorted(set(state) - names0)[0]
+                raise Llama2binError(f"{shard}: tensor {extra} is not in {os.path.basename(shards[0])}")
+            for key in first:
+                if state[key].shape != first[key].shape:
+                    raise Llama2binError(
+                        f"{shard}: tensor {key} has shape {list(state[key].shape)}, but "
+                        f"{os.path.basename(shards[0])} has {list(first[key].shape)} (Meta shards split evenly)"
+                    )
+
+        refs: dict[str, TensorRef] = {}
+        for key in first:
+            if key in _IGNORED_TENSORS:
+                continue
+            if not key.endswith(".weight"):
+                what = "bias" if key.endswith(".bias") else "tensor"
+                raise Llama2binError(f"{shards[0]}: unexpected {what} {key}: the .bin formats hold only LLaMA weights")
+            name = key[: -len(".weight")]
+            split = split_of(name)
+            if split is None:
+                raise Llama2binError(f"{shards[0]}: unexpected tensor {key}: not part of a LLaMA model")
+            parts = [z.tensor(state[key], key) for z, state in zip(zips, per_shard, strict=True)]
+            ndim = len(parts[0].shape)
+            if split == REPLICATED:
+                if ndim != 1:
+                    raise Llama2binError(f"{shards[0]}: tensor {key} has shape {list(parts[0].shape)}, expected 1-D")
+                for shard, part in zip(shards[1:], parts[1:], strict=True):
+                    if not tensors_equal(parts[0], part):
+                        raise Llama2binError(
+                            f"{shard}: tensor {key} differs from {os.path.basename(shards[0])} (norms are replicated)"
+                        )
+                refs[name] = parts[0]
+                continue
+            if ndim != 2:
+                raise Llama2binError(f"{shards[0]}: tensor {key} has shape {list(parts[0].shape)}, expected a matrix")
+            refs[name] = ConcatTensor(name, parts, 0 if split == SPLIT_ROWS else 1)
+        return refs
+
+    def tensor(self, name: str) -> TensorRef:
+        return self._refs[name]
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "shards": list(self._shard_names)}
