@@ -47,7 +47,7 @@ def test_inspect_json_lists_every_tensor():
     assert len(names) == 5 + 1 + 7 * 2
     # v1 keeps all q values together, so consecutive q sections are adjacent
     q = [t for t in info["tensors"] if t["dtype"].startswith("q8_0")]
-    for a, b in zip(q, q[1:]):
+    for a, b in zip(q, q[1:], strict=False):
         assert a["offset"] + a["nbytes"] == b["offset"]
 
 
@@ -107,7 +107,7 @@ def test_random_headers_never_crash(tmp_path):
     """Fuzz the header: every outcome is a clean refusal or a consistent file, never an exception."""
     rng = np.random.default_rng(0)
     base = open(os.path.join(DATA, "tiny_b.v1.bin"), "rb").read()
-    for i in range(300):
+    for _ in range(300):
         raw = bytearray(base)
         for pos in rng.integers(0, 64, size=rng.integers(1, 4)):
             raw[pos] = int(rng.integers(0, 256))

@@ -1,0 +1,115 @@
+"""The Snakemake pipeline end to end on the shipped default config, in clean directories."""
+
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow")
+
+
+def fresh_copy(dest) -> str:
+    os.makedirs(dest)
+    for name in WORKFLOW_FILES:
+        src = os.path.join(ROOT, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(dest, name))
+    return str(dest)
+
+
+def snakemake(workdir: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "4", *args], cwd=workdir,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    workdir = fresh_copy(tmp_path_factory.mktemp("run") / "a")
+    proc = snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_default_config_converts_verifies_and_reports(default_run):
+    summary = json.load(open(os.path.join(default_run, "reports", "summary.json")))["files"]
+    assert {(r["model"], r["version"]) for r in summary} == {
+        (m, v) for m in ("demo-mha", "demo-gqa", "demo-untied") for v in (0, 1, 2)
+    }
+    assert all(r["verified"] for r in summary)
+    for r in summary:
+        bin_path = os.path.join(default_run, "results", r["model"], r["file"])
+        assert os.path.getsize(bin_path) == r["size"]
+        assert os.path.exists(os.path.join(default_run, "logs", "export", f"{r['model']}.log"))
+        assert os.path.exists(os.path.join(default_run, "benchmarks", "export", f"{r['model']}.tsv"))
+    gqa = json.load(open(os.path.join(default_run, "reports", "demo-gqa", "demo-gqa.v2.json")))
+    assert gqa["group_size"] == 16  # dim 48 backs off 64 -> 16
+    untied = json.load(open(os.path.join(default_run, "reports", "demo-untied", "demo-untied.v0.json")))
+    assert untied["header"]["shared_classifier"] is False
+
+
+def test_tracked_reports_are_what_a_fresh_run_produces(default_run):
+    """reports/ in the repository is reproduced byte for byte: no timestamps, no absolute paths."""
+    tracked = os.path.join(ROOT, "reports")
+    fresh = os.path.join(default_run, "reports")
+    cmp = filecmp.dircmp(tracked, fresh)
+    names = []
+    for d, sub in [("", cmp)] + [(k, v) for k, v in cmp.subdirs.items()]:
+        assert not sub.left_only and not sub.right_only, (d, sub.left_only, sub.right_only)
+        names += [os.path.join(d, f) for f in sub.common_files]
+    match, mismatch, errors = filecmp.cmpfiles(tracked, fresh, names, shallow=False)
+    assert not mismatch and not errors
+    assert str(default_run) not in open(os.path.join(fresh, "summary.md")).read()
+
+
+def test_second_clean_run_is_byte_identical(default_run, tmp_path):
+    other = fresh_copy(tmp_path / "b")
+    proc = snakemake(other)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for model in ("demo-mha", "demo-gqa", "demo-untied"):
+        for v in (0, 1, 2):
+            for rel in (f"results/{model}/{model}.v{v}.bin", f"reports/{model}/{model}.v{v}.md"):
+                assert filecmp.cmp(os.path.join(default_run, rel), os.path.join(other, rel), shallow=False), rel
+
+
+def test_nothing_to_do_on_rerun(default_run):
+    proc = snakemake(default_run, "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "config,needle",
+    [
+        ("models: {'../x': {source: llama2c, demo: mha}}", "does not match"),
+        ("models: {a: {source: llama2c, demo: mha, colour: red}}", "'colour' was unexpected"),
+        ("models: {a: {source: llama2c, demo: mha}}\nversions: [0, 7]", "7 is not one of"),
+        ("models:\n  a: {source: llama2c, demo: mha}\n  a: {source: llama2c, demo: untied}", "duplicate key 'a'"),
+        ("models: {a: {source: llama2c}}", "give exactly one of path"),
+        ("models: {a: {source: meta, demo: mha}}", "demo checkpoints are llama2c"),
+    ],
+)
+def test_bad_configs_are_refused_clearly(tmp_path, config, needle):
+    workdir = fresh_copy(tmp_path / "w")
+    (tmp_path / "c.yaml").write_text(config + "\n")
+    proc = snakemake(workdir, "-n", "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode != 0 and needle in proc.stdout + proc.stderr
+
+
+def test_failed_verification_fails_the_run(tmp_path):
+    """A job whose file does not verify makes the whole run fail (and leaves no verify JSON)."""
+    workdir = fresh_copy(tmp_path / "w")
+    ckpt = os.path.join(ROOT, "tests", "data", "tiny_a.pt")
+    (tmp_path / "c.yaml").write_text(f"models: {{a: {{source: llama2c, path: '{ckpt}'}}}}\nversions: [1]\n")
+    assert snakemake(workdir, "results/a/a.v1.bin", "--configfile", str(tmp_path / "c.yaml")).returncode == 0
+    with open(os.path.join(workdir, "results/a/a.v1.bin"), "r+b") as f:  # corrupt one q byte
+        f.seek(300)
+        b = f.read(1)[0]
+        f.seek(300)
+        f.write(bytes([b ^ 0x40]))
+    proc = snakemake(workdir, "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode != 0
+    assert "FAILED" in open(os.path.join(workdir, "logs/verify/a.log")).read()
+    assert not os.path.exists(os.path.join(workdir, "results/a/a.v1.verify.json"))
