@@ -113,3 +113,54 @@ def test_failed_verification_fails_the_run(tmp_path):
     assert proc.returncode != 0
     assert "FAILED" in open(os.path.join(workdir, "logs/verify/a.log")).read()
     assert not os.path.exists(os.path.join(workdir, "results/a/a.v1.verify.json"))
+
+
+def _train_tokenizer(folder, vocab_size: int) -> str:
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "llama", "tensor", "quant", "group", "scale", "model"]
+    text = folder / "text.txt"
+    text.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)))
+    prefix = folder / f"tok{vocab_size}"
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
+                                   hard_vocab_limit=False, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   minloglevel=2)
+    return f"{prefix}.model"
+
+
+def test_hf_source_with_tokenizer_and_hf_output(tmp_path):
+    """A Hugging Face directory -> v0, v2 (byte-identical to golden), an hf directory and tokenizer.bin."""
+    import sentencepiece as spm
+
+    workdir = fresh_copy(tmp_path / "w")
+    tok = _train_tokenizer(tmp_path, 64)
+    assert spm.SentencePieceProcessor(model_file=tok).vocab_size() == 64
+    hf_dir = os.path.join(ROOT, "tests", "data", "tiny_hf_untied")
+    (tmp_path / "c.yaml").write_text(
+        f"models: {{hfu: {{source: hf, path: '{hf_dir}', tokenizer: '{tok}'}}}}\nversions: [0, 2, hf]\n")
+    proc = snakemake(workdir, "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for v in (0, 2):
+        assert filecmp.cmp(os.path.join(workdir, f"results/hfu/hfu.v{v}.bin"),
+                           os.path.join(ROOT, f"tests/data/tiny_hf_untied.v{v}.bin"), shallow=False)
+    hf_files = sorted(f for f in os.listdir(os.path.join(workdir, "results/hfu/hf")) if f != ".snakemake_timestamp")
+    assert hf_files == ["config.json", "model.safetensors"]
+    summary = json.load(open(os.path.join(workdir, "reports/summary.json")))["files"]
+    assert [(r["version"], r["verified"]) for r in summary] == [(0, True), (2, True), ("hf", True)]
+    with open(os.path.join(workdir, "results/hfu/tokenizer.bin"), "rb") as f:
+        assert int.from_bytes(f.read(4), "little") > 0  # max_token_length; fields are tested in test_tokenizer
+
+
+def test_tokenizer_vocab_mismatch_fails_the_run(tmp_path):
+    workdir = fresh_copy(tmp_path / "w")
+    tok = _train_tokenizer(tmp_path, 80)
+    hf_dir = os.path.join(ROOT, "tests", "data", "tiny_hf_untied")
+    (tmp_path / "c.yaml").write_text(f"models: {{m: {{source: hf, path: '{hf_dir}', tokenizer: '{tok}'}}}}\nversions: [0]\n")
+    proc = snakemake(workdir, "results/m/tokenizer.bin", "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode != 0
+    log = open(os.path.join(workdir, "logs/tokenizer/m.log")).read()
+    assert "80" in log and "64" in log and "Traceback" not in log
+    assert not os.path.exists(os.path.join(workdir, "results/m/tokenizer.bin"))

@@ -18,6 +18,10 @@ class AtomicOutput:
             self.fd, self.tmp_path = tempfile.mkstemp(
                 prefix=f".{os.path.basename(final_path)}.", suffix=".part", dir=folder
             )
+            # mkstemp creates 0600; give the output the mode a plain open() would (0666 & ~umask).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(self.fd, 0o666 & ~umask)
         except OSError as e:
             raise Llama2binError(f"{final_path}: cannot create output: {e.strerror}") from None
 

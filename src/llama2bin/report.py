@@ -55,7 +55,8 @@ def build_report(model: str, verify_result: dict[str, Any]) -> dict[str, Any]:
         "verified": verify_result["passed"],
         "failures": verify_result["failures"],
         "group_size": verify_result["group_size"],
-        "header": verify_result["header"],
+        "header": verify_result["header"],  # the file's own header (config.json for an hf directory)
+        "model_config": verify_result["source"]["config"],
         "source": {"kind": verify_result["source"]["kind"], "name": verify_result["source"]["name"]},
         "accepted_departures": verify_result["source"]["config"].get("accepted_departures", []),
         "worst_tensor": worst,
@@ -68,16 +69,16 @@ def _fmt(x: float | None, spec: str = ".3e") -> str:
 
 
 def render_markdown(r: dict[str, Any]) -> str:
-    h = r["header"]
+    h = r["model_config"]
     status = "passed" if r["verified"] else "FAILED: " + "; ".join(r["failures"])
     lines = [
-        f"# {r['model']} — version {r['version']}",
+        f"# {r['model']} — {'Hugging Face directory' if r['version'] == 'hf' else 'version ' + str(r['version'])}",
         "",
         f"- file: `{r['file']}` ({r['size']} bytes), sha256 `{r['sha256']}`",
         f"- source: {r['source']['kind']} `{r['source']['name']}`",
         f"- header: dim {h['dim']}, hidden_dim {h['hidden_dim']}, {h['n_layers']} layers, {h['n_heads']} heads "
         f"({h['n_kv_heads']} kv), vocab {h['vocab_size']}, max_seq_len {h['max_seq_len']}, "
-        f"classifier {'shared' if h['shared_classifier'] else 'separate'}",
+        f"classifier {'shared' if h['shared_classifier'] else 'separate'}, rope_theta {h['rope_theta']:g}",
         f"- quantization: {'Q8_0, group size ' + str(r['group_size']) if r['group_size'] else 'none (float32)'}",
         f"- round-trip verification: {status}",
     ]

@@ -50,13 +50,14 @@ for _name, _model in config["models"].items():
 LLAMA2BIN = f'"{sys.executable}" -m llama2bin'
 
 MODELS = list(config["models"])
+# Output labels in the order export writes them: .bin versions first ("v0", ...), then "hf".
 BIN_VERSIONS = [v for v in config["versions"] if v != "hf"]
 WRITE_HF = "hf" in config["versions"]
+LABELS = [f"v{v}" for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
 SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf"}
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
-    version=r"\d+",
 
 
 def model_cfg(wildcards):
@@ -78,24 +79,42 @@ def checkpoint_input(wildcards):
 
 
 def source_args(wildcards):
-    """The CLI flags that name the source, shared by export and verify."""
+    """The CLI flags that name the source, shared by export, verify and tokenizer."""
     m = model_cfg(wildcards)
     args = [SOURCE_FLAGS[m["source"]], f'"{checkpoint_path(wildcards.model)}"']
     if "max_seq_len" in m:
         args += ["--max-seq-len", str(m["max_seq_len"])]
+    if m.get("allow_rope_theta"):
+        args.append("--allow-rope-theta")
     return " ".join(args)
 
 
-def bins(model):
-    return [f"results/{model}/{model}.v{v}.bin" for v in BIN_VERSIONS]
+def export_versions():
+    """--version arguments matching export_outputs() one to one."""
+    return " ".join([str(v) for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else []))
+
+
+def export_paths(model):
+    return [f"results/{model}/{model}.v{v}.bin" for v in BIN_VERSIONS] + ([f"results/{model}/hf"] if WRITE_HF else [])
 
 
 def verify_jsons(model):
-    return [f"results/{model}/{model}.v{v}.verify.json" for v in BIN_VERSIONS]
+    return [f"results/{model}/{model}.{label}.verify.json" for label in LABELS]
 
 
 def report_files(model):
-    return [f"reports/{model}/{model}.v{v}.{ext}" for v in BIN_VERSIONS for ext in ("json", "md")]
+    return [f"reports/{model}/{model}.{label}.{ext}" for label in LABELS for ext in ("json", "md")]
+
+
+def tokenizer_model(model):
+    """The sentencepiece model that comes with `model`, if any: named in config, or
+    tokenizer.model inside a Meta or Hugging Face checkpoint directory."""
+    m = config["models"][model]
+    if "tokenizer" in m:
+        return m["tokenizer"]
+    if "path" in m and os.path.isfile(os.path.join(m["path"], "tokenizer.model")):
+        return os.path.join(m["path"], "tokenizer.model")
+    return None
 
 
 def input_mb(input):
@@ -124,4 +143,6 @@ def all_outputs():
     outputs = ["reports/summary.md", "reports/summary.json"]
     for model in MODELS:
         outputs += report_files(model)
+        if tokenizer_model(model):
+            outputs.append(f"results/{model}/tokenizer.bin")
     return outputs

@@ -6,10 +6,11 @@ rule export:
     input:
         unpack(checkpoint_input),
     output:
-        expand("results/{{model}}/{{model}}.v{version}.bin", version=BIN_VERSIONS),
+        expand("results/{{model}}/{{model}}.v{version}.bin", version=BIN_VERSIONS)
+        + ([directory("results/{model}/hf")] if WRITE_HF else []),
     params:
         source=source_args,
-        versions=" ".join(str(v) for v in BIN_VERSIONS),
+        versions=export_versions(),
         group_size=config["group_size"],
     log:
         "logs/export/{model}.log",
@@ -21,3 +22,23 @@ rule export:
     shell:
         "{LLAMA2BIN} export {output} {params.source} --version {params.versions}"
         " --group-size {params.group_size} --threads {threads} > {log} 2>&1"
+
+
+rule tokenizer:
+    input:
+        unpack(checkpoint_input),
+        tokenizer=lambda wc: tokenizer_model(wc.model),
+    output:
+        "results/{model}/tokenizer.bin",
+    params:
+        source=source_args,
+    log:
+        "logs/tokenizer/{model}.log",
+    benchmark:
+        "benchmarks/tokenizer/{model}.tsv"
+    threads: 1
+    resources:
+        mem_mb=300,
+    shell:
+        # The source flags make the command refuse a tokenizer whose size is not the model's vocab.
+        "{LLAMA2BIN} tokenizer {input.tokenizer} {output} {params.source} > {log} 2>&1"

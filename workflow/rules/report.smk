@@ -5,7 +5,7 @@ rule report:
     input:
         lambda wc: verify_jsons(wc.model),
     output:
-        expand("reports/{{model}}/{{model}}.v{version}.{ext}", version=BIN_VERSIONS, ext=["json", "md"]),
+        expand("reports/{{model}}/{{model}}.{label}.{ext}", label=LABELS, ext=["json", "md"]),
     log:
         "logs/report/{model}.log",
     benchmark:
@@ -19,7 +19,7 @@ rule report:
 
 rule summary:
     input:
-        [f"reports/{m}/{m}.v{v}.json" for m in MODELS for v in BIN_VERSIONS],
+        [f"reports/{m}/{m}.{label}.json" for m in MODELS for label in LABELS],
     output:
         md=report("reports/summary.md", caption="../report/summary.rst", category="Summary"),
         json="reports/summary.json",

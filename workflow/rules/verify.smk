@@ -5,9 +5,9 @@
 rule verify:
     input:
         unpack(checkpoint_input),
-        bins=lambda wc: bins(wc.model),
+        bins=lambda wc: export_paths(wc.model),
     output:
-        expand("results/{{model}}/{{model}}.v{version}.verify.json", version=BIN_VERSIONS),
+        expand("results/{{model}}/{{model}}.{label}.verify.json", label=LABELS),
     params:
         source=source_args,
     log:
