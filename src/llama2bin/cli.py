@@ -191,6 +191,61 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- fetch --------------------------------------------------------------------------------
+
+
+def _add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
+    p = sub.add_parser(
+        "fetch",
+        help="download or locate a model's checkpoint; record it in DEST/SOURCE.json",
+        description="Obtain a checkpoint reproducibly. Writes DEST/<filename> (--url), DEST/snapshot/ (--repo) or "
+        "nothing (--path, used in place), then DEST/SOURCE.json last: source, resolved revision, sha256 and size of "
+        "every file. Credentials only from HF_TOKEN or the Hugging Face login cache.",
+    )
+    p.add_argument("--model", required=True, metavar="NAME", help="model name (recorded in SOURCE.json)")
+    p.add_argument("--dest", metavar="DIR", help="output folder (default resources/checkpoints/NAME)")
+    src = p.add_argument_group("source (exactly one)")
+    g = src.add_mutually_exclusive_group(required=True)
+    g.add_argument("--path", metavar="P", help="local checkpoint file or directory, used in place")
+    g.add_argument("--url", metavar="URL", help="download one file (resumable, retried, checksum-verified)")
+    g.add_argument("--repo", metavar="ORG/NAME", help="Hugging Face Hub repo (needs --revision)")
+    src.add_argument("--sha256", metavar="HEX", help="with --url: expected sha256 (without it a warning prints the one to pin)")
+    src.add_argument("--filename", metavar="F", help="with --url: file name in DEST (default: the URL's last segment)")
+    src.add_argument("--revision", metavar="REV", help="with --repo: commit hash to pin (a branch works, with a warning)")
+    src.add_argument("--files", nargs="+", metavar="PATTERN", help="with --repo: glob patterns of files to fetch (default all)")
+    p.add_argument("--retries", type=int, default=5, help="retries of a transient failure without progress (5)")
+    p.add_argument("--retry-delay", type=float, default=1.0, metavar="S", help="first back-off delay, doubled per retry (1.0)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="timeout of every socket operation (60)")
+    p.add_argument("--hf-cache", metavar="DIR", help="Hugging Face cache (default HF_HUB_CACHE, else ~/.cache/huggingface/hub)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_fetch)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .fetch import FetchSpec, RetryPolicy, fetch
+
+    if args.path is not None:
+        spec = FetchSpec("path", path=args.path)
+    elif args.url is not None:
+        spec = FetchSpec("url", url=args.url, sha256=args.sha256.lower() if args.sha256 else None, filename=args.filename)
+    else:
+        files = tuple(args.files) if args.files else None
+        spec = FetchSpec("repo", repo=args.repo, revision=args.revision, files=files)
+    for flag, value, kind in (("--sha256", args.sha256, "url"), ("--filename", args.filename, "url"),
+                              ("--revision", args.revision, "repo"), ("--files", args.files, "repo")):
+        if value is not None and spec.kind != kind:
+            raise Llama2binError(f"{flag} goes with --{kind}, not --{spec.kind}")
+    if args.retries < 0 or args.retry_delay < 0 or args.timeout <= 0:
+        raise Llama2binError("--retries and --retry-delay must be >= 0, --timeout > 0")
+    retry = RetryPolicy(retries=args.retries, base_delay=args.retry_delay, timeout=args.timeout)
+    result = fetch(args.model, spec, args.dest, retry=retry, quiet=args.quiet, hf_cache_dir=args.hf_cache)
+    n = len(result.record["files"])
+    state = "already present" if result.reused else "ok"
+    print(f"{args.model}: {result.checkpoint} ({state}; {n} file{'s' if n != 1 else ''}, {result.total_bytes} bytes)")
+    print(f"wrote {result.source_json}")
+    return 0
+
+
 # ---- entry point --------------------------------------------------------------------------
 
 
@@ -247,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md", required=True)
     p.add_argument("--json", required=True)
     p.set_defaults(func=cmd_summary)
+
+    _add_fetch_parser(sub)
     return parser
 
 
