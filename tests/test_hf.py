@@ -251,11 +251,13 @@ def assert_refused(argv: list[str], out_dir, capsys, *needles: str) -> str:
     rc, stdout, err = run(argv, capsys)
     lines = err.strip().splitlines()
     assert rc == 1, (stdout, err)
-    assert len(lines) == 1 and lines[0].startswith("llama2bin: error: "), err
+    # one error line, last; only informational lines (e.g. the group-size BACKOFF note) before it
+    errors = [line for line in lines if line.startswith("llama2bin: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert needle in errors[0], errors[0]
     assert not os.path.exists(out_dir) or os.listdir(out_dir) == [], os.listdir(out_dir)
-    return lines[0]
+    return errors[0]
 
 
 def edited_copy(src: str, dst, config_changes: dict | None = None, drop: tuple[str, ...] = ()) -> str:

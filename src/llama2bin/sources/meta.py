@@ -265,7 +265,8 @@ class MetaSource(Source):
                 continue
             if ndim != 2:
                 raise Llama2binError(f"{shards[0]}: tensor {key} has shape {list(parts[0].shape)}, expected a matrix")
-            refs[name] = ConcatTensor(name, parts, 0 if split == SPLIT_ROWS else 1)
+            # Named as in the shards, so messages about it (e.g. NaN found while writing) match the files.
+            refs[name] = ConcatTensor(key, parts, 0 if split == SPLIT_ROWS else 1)
         return refs
 
     def tensor(self, name: str) -> TensorRef:
