@@ -164,3 +164,29 @@ def test_tokenizer_vocab_mismatch_fails_the_run(tmp_path):
     log = open(os.path.join(workdir, "logs/tokenizer/m.log")).read()
     assert "80" in log and "64" in log and "Traceback" not in log
     assert not os.path.exists(os.path.join(workdir, "results/m/tokenizer.bin"))
+
+
+def test_url_source_is_fetched_pinned_and_converted(tmp_path):
+    """url + sha256 through the fetch rule (a real HTTP server on 127.0.0.1), then export and verify."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    data = os.path.join(ROOT, "tests", "data")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=data)
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        digest = hashlib.sha256(open(os.path.join(data, "tiny_b.pt"), "rb").read()).hexdigest()
+        url = f"http://127.0.0.1:{server.server_address[1]}/tiny_b.pt"
+        workdir = fresh_copy(tmp_path / "w")
+        (tmp_path / "c.yaml").write_text(f"models: {{b: {{source: llama2c, url: '{url}', sha256: {digest}}}}}\nversions: [2]\n")
+        proc = snakemake(workdir, "--configfile", str(tmp_path / "c.yaml"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        server.shutdown()
+    assert filecmp.cmp(os.path.join(workdir, "results/b/b.v2.bin"), os.path.join(data, "tiny_b.v2.bin"), shallow=False)
+    record = json.load(open(os.path.join(workdir, "resources/checkpoints/b/SOURCE.json")))
+    assert record["files"][0]["sha256"] == digest and "HF_TOKEN" not in json.dumps(record)

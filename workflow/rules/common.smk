@@ -1,10 +1,13 @@
 # Helpers shared by every rule: config validation, checkpoint locations, resources.
 import os
 import re
+import shlex
 import sys
 
 import yaml
 from snakemake.utils import validate
+
+from llama2bin.fetch import FetchSpec
 
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first.
@@ -64,18 +67,34 @@ def model_cfg(wildcards):
     return config["models"][wildcards.model]
 
 
+def checkpoint_dir(model):
+    return f"resources/checkpoints/{model}"
+
+
+def fetch_spec(model):
+    return FetchSpec.from_config(model, config["models"][model])
+
+
 def checkpoint_path(model):
-    """Where the checkpoint of `model` is once located: the file or directory the CLI reads."""
+    """Where the checkpoint of `model` is once located: the file or directory the CLI reads.
+    Known before anything is fetched, so the DAG can be built up front."""
     m = config["models"][model]
     if "demo" in m:
-        return f"resources/checkpoints/{model}/demo.pt"
-    if "path" in m:
-        return m["path"]
-    raise WorkflowError(f"model {model}: url/repo sources need the fetch step (not in this version)")
+        return f"{checkpoint_dir(model)}/demo.pt"
+    return fetch_spec(model).checkpoint_path(checkpoint_dir(model))
 
 
 def checkpoint_input(wildcards):
-    return {"checkpoint": checkpoint_path(wildcards.model)}
+    """Inputs that make a job wait for (and re-run after) its checkpoint. A fetched checkpoint is
+    represented by SOURCE.json, which the fetch writes last: declaring the downloaded file itself
+    as an output would let Snakemake delete a verified download before a forced re-run."""
+    model = wildcards.model
+    if "demo" in config["models"][model]:
+        return {"checkpoint": checkpoint_path(model)}
+    inputs = {"source_record": f"{checkpoint_dir(model)}/SOURCE.json"}
+    if "path" in config["models"][model]:
+        inputs["checkpoint"] = checkpoint_path(model)
+    return inputs
 
 
 def source_args(wildcards):
