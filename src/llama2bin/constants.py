@@ -18,8 +18,9 @@ Q8_MAX: Final = 127.0
 ROPE_THETA: Final = 10000.0
 
 # Meta's params.json carries no context length, yet every .bin header needs max_seq_len (the C
-# readers size their KV cache and rope tables by it). Without --max-seq-len we use Llama 2's
-# context, 2048 (also transformers' LlamaConfig default for max_position_embeddings).
+# readers size their KV cache and rope tables by it). Without --max-seq-len we use 2048, what
+# llama2.c's own export.py sets for Meta checkpoints (and transformers' LlamaConfig default).
+# Llama 2 was trained with 4096: pass --max-seq-len 4096 for its full context (KV cache x2).
 DEFAULT_MAX_SEQ_LEN: Final = 2048
 
 # Versions this project writes to a single .bin file ("hf" is a directory, handled elsewhere).
