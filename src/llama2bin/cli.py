@@ -21,9 +21,9 @@ VERSION_HELP = "\n".join(
 ) + "\n  hf: a Hugging Face Llama directory (config.json, float32 model.safetensors); OUT is a directory"
 
 
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("source (exactly one)")
-    g = src.add_mutually_exclusive_group(required=True)
+def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    src = p.add_argument_group("source (exactly one)" if required else "source (optional)")
+    g = src.add_mutually_exclusive_group(required=required)
     g.add_argument("--checkpoint", metavar="CKPT.pt", help="llama2.c training checkpoint")
     g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
     g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
@@ -186,7 +186,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer import write_tokenizer_bin
 
-    content = write_tokenizer_bin(args.model, args.output, vocab_size=args.vocab_size)
+    vocab_size = args.vocab_size
+    if args.checkpoint or args.meta_llama or args.hf:  # check against the model it will run with
+        with _open_source(args) as source:
+            if vocab_size is not None and vocab_size != source.config.vocab_size:
+                raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
+            vocab_size = source.config.vocab_size
+    content = write_tokenizer_bin(args.model, args.output, vocab_size=vocab_size)
     print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length})")
     return 0
 
@@ -284,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="TOKENIZER.model")
     p.add_argument("output", metavar="OUT.bin")
     p.add_argument("--vocab-size", type=int, help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
+    _add_source_args(p, required=False)
     p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("demo", help="write a small deterministic llama2.c checkpoint (offline demo data)")
