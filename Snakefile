@@ -12,6 +12,7 @@ include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/verify.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/reverify.smk"
 
 
 report: "workflow/report/workflow.rst"

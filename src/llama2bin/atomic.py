@@ -1,9 +1,13 @@
 """Outputs appear under their final name only when complete: temp name in the same folder,
-fsync, rename. An interrupted or failed write leaves at most a hidden `.NAME.*.part` file."""
+fsync, rename. An interrupted or failed write leaves at most a hidden `.NAME.*.part` file, and
+the next write of NAME deletes it (a killed 7B export would otherwise leave gigabytes behind)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import stat
 import tempfile
 
 from .errors import Llama2binError
@@ -15,13 +19,13 @@ class AtomicOutput:
         folder = os.path.dirname(os.path.abspath(final_path))
         try:
             os.makedirs(folder, exist_ok=True)
-            self.fd, self.tmp_path = tempfile.mkstemp(
-                prefix=f".{os.path.basename(final_path)}.", suffix=".part", dir=folder
-            )
+            prefix = f".{os.path.basename(final_path)}."
+            self.fd, self.tmp_path = _locked_temp(folder, prefix)
             # mkstemp creates 0600; give the output the mode a plain open() would (0666 & ~umask).
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(self.fd, 0o666 & ~umask)
+            _remove_stale_parts(folder, prefix, self.tmp_path)
         except OSError as e:
             raise Llama2binError(f"{final_path}: cannot create output: {e.strerror}") from None
 
@@ -34,9 +38,9 @@ class AtomicOutput:
 
     def commit(self) -> None:
         os.fsync(self.fd)
+        os.replace(self.tmp_path, self.final_path)  # still holding the lock: no sweeper touches it
         os.close(self.fd)
         self.fd = -1
-        os.replace(self.tmp_path, self.final_path)
         dir_fd = os.open(os.path.dirname(os.path.abspath(self.final_path)), os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -53,11 +57,55 @@ class AtomicOutput:
             pass
 
 
+# A writer holds an exclusive flock on its .part file until it commits or dies (the kernel drops
+# the lock of a killed process), so a .part nobody holds a lock on belongs to a dead writer.
+def _try_lock(fd: int) -> bool | None:
+    """True: locked; False: another process holds it; None: this file system has no flock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        return None
+
+
+def _locked_temp(folder: str, prefix: str) -> tuple[int, str]:
+    while True:
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
+        locked = _try_lock(fd)
+        # A sweeper may have taken the lock (or taken it and deleted the file) between
+        # mkstemp and flock: then this file is someone else's to delete; take another name.
+        if locked is None or (locked and os.fstat(fd).st_nlink > 0):
+            return fd, path
+        os.close(fd)
+
+
+def _remove_stale_parts(folder: str, prefix: str, own: str) -> None:
+    """Delete `prefix*.part` files of writers that died (killed, OOM, node lost) in `folder`."""
+    for entry in os.scandir(folder):
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".part")) or entry.path == own:
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)  # NFS emulates flock with write locks
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and _try_lock(fd):
+                os.unlink(entry.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def write_atomic(path: str, data: bytes | str) -> None:
     """Write a small file (JSON, Markdown) atomically."""
     out = AtomicOutput(path)
     try:
-        os.write(out.fd, data.encode() if isinstance(data, str) else data)
+        view = memoryview(data.encode() if isinstance(data, str) else data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(out.fd, view) :]
         out.commit()
     except BaseException:
         out.abort()
