@@ -1,0 +1,76 @@
+"""The whole default pipeline through Snakemake's generic cluster executor (profiles/local-cluster):
+every non-local job is a separate process started by submit.sh with an empty environment, so
+a job that relied on the submitting process (its environment, its imports, its state) would
+fail here. The results must be what a local run gives: the tracked reports/ byte for byte
+(tests/test_pipeline.py holds those to a fresh local run), the .bin files by their sha256
+recorded in reports/summary.json."""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from helpers import ROOT
+
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
+MARKER = "LLAMA2BIN_TEST_SUBMITTER_ONLY"  # set in the submitting process only
+JOB_ENV = {"HOME", "LANG", "PATH", "PWD", "TMPDIR", "SHLVL", "_"}  # what a job may see (sh adds PWD, SHLVL, _)
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_default_pipeline_through_the_cluster_executor(tmp_path):
+    workdir = tmp_path / "w"
+    os.makedirs(workdir)
+    for name in WORKFLOW_FILES:
+        src = os.path.join(ROOT, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
+    env = {**os.environ, MARKER: "1"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local-cluster"], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+
+    # Every job Snakemake submitted ran through submit.sh, with nothing but the minimal environment.
+    submitted = dict(re.findall(r"Submitted job (\d+) with external jobid '(\d+)'", out))
+    assert submitted, out[-3000:]
+    logs = sorted(os.listdir(workdir / "logs" / "cluster"))
+    assert len(logs) == len(submitted)
+    rules = {m.group(1) for log in logs if (m := re.fullmatch(r"snakejob\.(\w+)\.\d+\.log", log))}
+    assert {"demo_checkpoint", "export", "verify"} <= rules
+    assert not re.search(r"^localrule (demo_checkpoint|export|verify):", out, re.M)  # none ran in the main process
+    for log in logs:
+        text = (workdir / "logs" / "cluster" / log).read_text()
+        seen = dict(line[len("# env: "):].split("=", 1) for line in text.splitlines() if line.startswith("# env: "))
+        assert set(seen) <= JOB_ENV and MARKER not in seen, (log, seen)
+        assert seen["PATH"] == "/usr/bin:/bin" and seen["HOME"] != os.environ.get("HOME"), log
+        requested = re.search(r"^# requested: cpus=(\d+) mem_mb=(\d+) runtime=(\d+)$", text, re.M)
+        assert requested, text[:500]  # threads, mem_mb and runtime resolved for every job
+    for job_id in submitted.values():  # status.sh's record of each job's exit status
+        assert (workdir / ".snakemake" / "local-cluster" / f"{job_id}.exit").read_text().strip() == "0"
+
+    # Same results as a local run.
+    tracked = os.path.join(ROOT, "reports")
+    names = [os.path.relpath(os.path.join(d, f), tracked) for d, _, files in os.walk(tracked) for f in files]
+    fresh = [os.path.relpath(os.path.join(d, f), workdir / "reports") for d, _, files in os.walk(workdir / "reports")
+             for f in files]
+    assert sorted(names) == sorted(fresh)
+    match, mismatch, errors = filecmp.cmpfiles(tracked, workdir / "reports", names, shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+    summary = json.loads((workdir / "reports" / "summary.json").read_text())["files"]
+    bins = [workdir / "results" / row["model"] / row["file"] for row in summary if row["file"].endswith(".bin")]
+    assert bins
+    for path, row in zip(bins, (r for r in summary if r["file"].endswith(".bin")), strict=True):
+        assert sha256(str(path)) == row["sha256"], row["file"]
