@@ -71,7 +71,8 @@ def test_second_clean_run_is_byte_identical(default_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for model in ("demo-mha", "demo-gqa", "demo-untied"):
         for v in (0, 1, 2):
-            for rel in (f"results/{model}/{model}.v{v}.bin", f"reports/{model}/{model}.v{v}.md"):
+            for rel in (f"results/{model}/{model}.v{v}.bin", f"results/{model}/{model}.v{v}.verify.json",
+                        f"reports/{model}/{model}.v{v}.md"):
                 assert filecmp.cmp(os.path.join(default_run, rel), os.path.join(other, rel), shallow=False), rel
 
 

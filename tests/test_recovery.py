@@ -253,3 +253,82 @@ def test_reverify_reads_every_output_again_and_fails_on_a_silent_corruption(refe
     assert "big.v1.bin: FAILED: tensor" in log and "big.v0.bin: OK" in log and "big.v2.bin: OK" in log
     with open(records[1]) as f:
         assert not json.load(f)["passed"]
+
+
+# ---- disk space: refused before anything is written -----------------------------------------
+
+
+def _golden_size(name: str) -> int:
+    return os.path.getsize(os.path.join(ROOT, "tests", "data", name))
+
+
+def _export_in_process(capsys, out: str, *versions: str) -> tuple[int, str]:
+    from llama2bin.cli import main
+
+    outputs = [os.path.join(out, f"b.v{v}.bin") for v in versions]
+    rc = main(["export", *outputs, "--checkpoint", os.path.join(ROOT, "tests", "data", "tiny_b.pt"),
+               "--version", *versions, "--group-size", "8", "--quiet"])
+    return rc, capsys.readouterr().err
+
+
+def test_too_little_free_space_is_refused_up_front_with_numbers(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    real_statvfs = os.statvfs
+
+    def nearly_full(path):
+        st = real_statvfs(path)
+        return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 10, 10, *st[5:]))  # 10 blocks of 4 KiB free
+
+    monkeypatch.setattr(os, "statvfs", nearly_full)
+    rc, err = _export_in_process(capsys, str(out), "0", "2")
+    need = _golden_size("tiny_b.v0.bin") + _golden_size("tiny_b.v2.bin")  # what the header implies
+    assert rc == 1
+    assert err == f"llama2bin: error: {out}: not enough disk space: the outputs need {need / 1e6:.1f} MB, 0.0 MB free\n"
+    assert os.listdir(out) == []
+
+
+def test_a_failed_reservation_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """Space taken by someone else between the check and the write: posix_fallocate fails."""
+    out = tmp_path / "out"
+
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    rc, err = _export_in_process(capsys, str(out), "0", "2")
+    assert rc == 1
+    size = _golden_size("tiny_b.v0.bin")
+    assert err == f"llama2bin: error: {out}/b.v0.bin: cannot reserve {size} bytes: No space left on device\n"
+    assert os.listdir(out) == []
+
+
+def test_a_real_small_file_system(tmp_path):
+    """A 128 KiB tmpfs in a private mount namespace (root only; gone when the command ends)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ckpt = os.path.join(ROOT, "tests", "data", "tiny_b.pt")
+
+    def in_tmpfs(*versions: str) -> subprocess.CompletedProcess:
+        outputs = " ".join(f"{mnt}/b.v{v}.bin" for v in versions)
+        script = (f"mount -t tmpfs -o size=128k tmpfs {mnt} || exit 99\n"
+                  f"{sys.executable} -m llama2bin export {outputs} --checkpoint {ckpt} --version {' '.join(versions)}"
+                  f" --group-size 8 --quiet 2>&1; status=$?\n"
+                  f"echo; echo listing:; ls -A {mnt}; cmp {mnt}/b.v2.bin {ROOT}/tests/data/tiny_b.v2.bin && echo same\n"
+                  f"exit $status")
+        return subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True)
+
+    try:
+        proc = in_tmpfs("0", "2")
+    except FileNotFoundError:
+        pytest.skip("no unshare command")
+    if proc.returncode == 99 or "unshare failed" in proc.stderr or "Operation not permitted" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    message, listing = proc.stdout.split("\nlisting:\n")
+    need = _golden_size("tiny_b.v0.bin") + _golden_size("tiny_b.v2.bin")  # 220 KB: more than 128 KiB
+    assert proc.returncode == 1 and message.strip() == (
+        f"llama2bin: error: {mnt}: not enough disk space: the outputs need {need / 1e6:.1f} MB, 0.1 MB free")
+    assert listing.strip() == ""  # not even v2, which alone would have fit
+
+    proc = in_tmpfs("2")  # 60 KB fits: the check is not over-cautious
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split("\nlisting:\n")[1].split() == ["b.v2.bin", "same"]
