@@ -74,3 +74,24 @@ def test_default_pipeline_through_the_cluster_executor(tmp_path):
     assert bins
     for path, row in zip(bins, (r for r in summary if r["file"].endswith(".bin")), strict=True):
         assert sha256(str(path)) == row["sha256"], row["file"]
+
+
+def test_slurm_profile_is_valid_and_sizes_every_job(tmp_path):
+    """profiles/slurm, dry-run with the local executor in place of the SLURM plugin: every key is
+    one Snakemake knows, and every job gets a memory and a time limit."""
+    workdir = tmp_path / "w"
+    os.makedirs(workdir)
+    for name in WORKFLOW_FILES:
+        src = os.path.join(ROOT, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--executor", "local",
+                           "--cores", "2", "-n"], cwd=workdir, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, re.M)
+    assert {"export", "verify"} <= {rule for rule, _ in jobs}
+    assert any(re.search(r"\bruntime=30\b", r) for _, r in jobs)  # the profile's default, for inputs known now
+    for rule, resources in jobs:
+        if rule in ("all", "report", "summary"):  # local rules: no cluster job
+            continue
+        assert re.search(r"\bmem_mb=\d+", resources) and re.search(r"\bruntime=(\d+|<TBD>)", resources), (rule, resources)
