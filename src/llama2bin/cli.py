@@ -97,6 +97,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
     ok = True
     with _open_source(args) as source:
+        reference = None if args.no_functional else _functional_reference(args, source)
         for i, path in enumerate(args.files):
             if os.path.isdir(path):  # a --version hf export
                 from .formats.hf import verify_hf_dir
@@ -104,15 +105,95 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 result = verify_hf_dir(path, source, quiet=args.quiet)
             else:
                 result = verify(path, source, quiet=args.quiet)
+            if reference is not None and result.tensors:  # no tensors compared: a different model altogether
+                _add_functional(args, path, reference, result)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             if result.passed:
                 label = result.version if isinstance(result.version, str) else f"v{result.version}"  # "hf" or v0/v1/v2
                 print(f"{path}: OK ({label}, {len(result.tensors)} tensors, sha256 {result.sha256[:16]}…)")
+                if result.functional:
+                    f = result.functional
+                    print(f"{path}: functional OK ({f['positions']} positions, {f['arithmetic']}): max |Δlogit| "
+                          f"{f['max_abs_dlogit']:.3g}, mean KLD {f['kld_mean']:.3g}, same top token {f['same_top']:.1%}")
             else:
                 ok = False
                 for failure in result.failures:
                     print(f"{path}: FAILED: {failure}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _functional_reference(args: argparse.Namespace, source):  # type: ignore[no-untyped-def]
+    from .functional import EvalSet, ReferenceLogits
+
+    return ReferenceLogits(source, EvalSet(args.eval_seqs, args.eval_len, args.eval_seed))
+
+
+def _add_functional(args: argparse.Namespace, path: str, reference, result) -> None:  # type: ignore[no-untyped-def]
+    from .functional import Thresholds, functional_verify
+
+    limits = Thresholds(kld_mean_max=args.kld_max, kld_p99_max=args.kld_p99_max, same_top_min=args.same_top_min,
+                        fp32_rtol=args.fp32_rtol)
+    functional = functional_verify(path, reference, arithmetic=args.activations, limits=limits)
+    result.functional = functional.to_json()
+    result.failures += functional.failures
+
+
+def _add_functional_args(p: argparse.ArgumentParser) -> None:
+    from .functional import EvalSet, Thresholds
+
+    ev, lim = EvalSet(), Thresholds()
+    g = p.add_argument_group("functional verification (logits of the file vs the source on a seeded evaluation set)")
+    g.add_argument("--no-functional", action="store_true", help="compare tensors only, skip the forward passes")
+    g.add_argument("--eval-seqs", type=int, default=ev.seqs, metavar="N", help=f"random token sequences ({ev.seqs})")
+    g.add_argument("--eval-len", type=int, default=ev.length, metavar="T",
+                   help=f"tokens per sequence, at most max_seq_len ({ev.length})")
+    g.add_argument("--eval-seed", type=int, default=ev.seed, metavar="S", help=f"seed of the token draw ({ev.seed})")
+    g.add_argument("--activations", choices=("f32", "q8"), default="f32",
+                   help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
+                   "Q8_0-quantized activations (q8)")
+    g.add_argument("--kld-max", type=float, default=lim.kld_mean_max, metavar="X",
+                   help=f"quantized files fail above this mean KL divergence ({lim.kld_mean_max:g})")
+    g.add_argument("--kld-p99-max", type=float, default=lim.kld_p99_max, metavar="X",
+                   help=f"... or above this 99th-percentile KL divergence ({lim.kld_p99_max:g})")
+    g.add_argument("--same-top-min", type=float, default=lim.same_top_min, metavar="X",
+                   help=f"... or below this same-top-token rate ({lim.same_top_min:g})")
+    g.add_argument("--fp32-rtol", type=float, default=lim.fp32_rtol, metavar="X",
+                   help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
+
+
+# ---- c-check ------------------------------------------------------------------------------
+
+
+def cmd_c_check(args: argparse.Namespace) -> int:
+    from .ccheck import Consumer, c_check, find_compiler
+
+    if args.json and len(args.json) != len(args.files):
+        raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    compiler = find_compiler(args.cc)
+    if compiler is None:
+        if args.require_cc:
+            raise Llama2binError("no C compiler found (cc, or $CC); give one with --cc")
+        print("llama2bin: notice: no C compiler found (cc, or $CC): C consumer check SKIPPED", file=sys.stderr)
+    consumer = Consumer(compiler) if compiler else None
+    ok = True
+    try:
+        for i, path in enumerate(args.files):
+            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic)
+            if args.json:
+                write_atomic(args.json[i], _dump_json(result.to_json()))
+            if result.skipped:
+                print(f"{path}: C consumer check skipped: {result.skipped}")
+            elif result.passed:
+                print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic, {len(result.tokens)} "
+                      f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g})")
+            else:
+                ok = False
+                for failure in result.failures:
+                    print(f"{path}: FAILED: {failure}", file=sys.stderr)
+    finally:
+        if consumer:
+            consumer.close()
     return 0 if ok else 1
 
 
@@ -168,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_reports
 
-    for path in write_reports(args.model, args.verify_json, args.out_dir):
+    for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check, plots=not args.no_plots):
         print(f"wrote {path}")
     return 0
 
@@ -280,7 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_functional_args(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "c-check",
+        help="run llama2bin's C consumer (mmap like run.c/runq.c) on .bin files and compare its logits with Python",
+        description="Compile src/llama2bin/c/consumer.c with the system C compiler, run one forward pass per position "
+        "of a token sequence on each file, and compare the logits with the Python reference forward on the same file. "
+        "Without a compiler the check is skipped with a notice (exit 0) unless --require-cc.",
+    )
+    p.add_argument("files", nargs="+", metavar="OUT.bin")
+    p.add_argument("--tokens", type=int, nargs="+", metavar="ID",
+                   help="token ids (default: the first sequence of the default functional evaluation set)")
+    p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
+                   help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
+    p.add_argument("--cc", metavar="CMD", help="C compiler command (default: $CC, else cc)")
+    p.add_argument("--require-cc", action="store_true", help="fail instead of skipping when no compiler is found")
+    p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
+    p.set_defaults(func=cmd_c_check)
 
     p = sub.add_parser("inspect", help="show a .bin file's header and tensor table")
     p.add_argument("file", metavar="OUT.bin")
@@ -302,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="quantization-error reports (JSON + Markdown) from verify --json results")
     p.add_argument("verify_json", nargs="+", metavar="NAME.vN.verify.json")
     p.add_argument("--model", required=True)
-    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json and .md")
+    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json, .md and .png")
+    p.add_argument("--c-check", nargs="+", default=[], metavar="NAME.vN.ccheck.json", help="c-check --json results to include")
+    p.add_argument("--no-plots", action="store_true", help="no .png figures (and no matplotlib needed)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("summary", help="one table of every model x version from report JSONs")

@@ -6,27 +6,137 @@ pairs* (dims 2j, 2j+1) of each head with base `cfg.rope_theta`, grouped-query at
 (query head h reads kv head h // (n_heads / n_kv_heads)), SwiGLU feed-forward, and the shared
 or separate classifier.
 
-Memory: unlike the rest of llama2bin this holds the whole model as float32 (it is a test and
-verification oracle for tiny models, not a runtime), and it runs the whole token sequence at
-once without a KV cache, so its cost is O(T^2) attention plus T x weights.
+Memory: the pass runs layer by layer over every position of every sequence at once (no KV
+cache; O(T^2) attention per sequence) and asks its weights Mapping for each tensor only when
+it is needed, dropping it right after. Given a lazy mapping (`BinWeights` over an open .bin,
+`SourceWeights` over a checkpoint) nothing is cached, matrices are multiplied in row blocks
+and embeddings are gathered row by row, so peak memory is one block of one tensor plus the
+activations - never the model. A plain dict of arrays works too (tests, tiny models).
+
+Arithmetic: "f32" multiplies float32 activations with float32 (for Q8_0: dequantized) weights.
+"q8" (Q8_0 files only) computes the way llama2.c's runq.c does: before every matmul the
+activations are quantized to Q8_0 with the file's group size (round half away from zero),
+products are summed exactly per group and scaled by both group scales, group after group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .errors import Llama2binError
+from .formats.layout import F32 as F32_ENCODING
 from .model import ModelConfig, layer_name
-from .reader import BinFile
+from .reader import BinFile, BinTensor
+from .sources.base import CHUNK_BYTES, Source
+
+F32 = "f32"
+Q8 = "q8"
+ARITHMETICS = (F32, Q8)
+
+
+def row_blocks(rows: int, cols: int, align_rows: int = 1) -> Iterator[tuple[int, int]]:
+    """Row ranges of about CHUNK_BYTES of float32. Every lazy mapping uses these same blocks, so a
+    .bin and its source multiply in the same order and equal weights give bit-equal logits."""
+    step = max(align_rows, (CHUNK_BYTES // 4 // max(cols, 1)) // align_rows * align_rows)
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
+class LazyWeights(Mapping):
+    """canonical name -> float32 array in canonical shape, read on every access, never cached.
+    `output` is present also when the classifier is shared (it is then the embeddings)."""
+
+    config: ModelConfig
+
+    def _names(self) -> list[str]:
+        return [*self.config.shapes(), *([] if "output" in self.config.shapes() else ["output"])]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _resolve(self, name: str) -> str:
+        if name == "output" and self.config.shared_classifier:
+            return "tok_embeddings"
+        if name not in self.config.shapes():
+            raise KeyError(name)
+        return name
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.config.shapes()[self._resolve(name)]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        shape = self.shape(name)
+        out = np.empty((shape[0] if len(shape) > 1 else 1, shape[-1]), dtype=np.float32)
+        for start, stop in row_blocks(*out.shape):
+            out[start:stop] = self.read_rows(name, start, stop)
+        return out.reshape(shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32 (stop - start, cols); 1-D tensors are one row."""
+        raise NotImplementedError
+
+    def gather(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` (any order, repeats allowed) without reading the rest of the tensor."""
+        unique, inverse = np.unique(ids, return_inverse=True)
+        rows = np.stack([self.read_rows(name, int(i), int(i) + 1)[0] for i in unique])
+        return rows[inverse.reshape(ids.shape)]
+
+
+class BinWeights(LazyWeights):
+    """The weights of an open `BinFile`, dequantized on access; pages are released after each
+    read so the file's weights never accumulate in this process. Valid while the file is open."""
+
+    def __init__(self, bf: BinFile):
+        self.bf = bf
+        self.config = bf.config
+        self.group_size = bf.group_size
+
+    def tensor(self, name: str) -> BinTensor:
+        return self.bf.tensors[self._resolve(name)]
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        t = self.tensor(name)
+        cols = t.cols
+        rows = np.array(t.read(start * cols, stop * cols), dtype=np.float32, copy=True).reshape(stop - start, cols)
+        self.bf.release(t)
+        return rows
+
+    def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
+        t = self.tensor(name)
+        if t.encoding == F32_ENCODING:
+            raise Llama2binError(f"{self.bf.path}: tensor {name} is float32, not Q8_0")
+        cols, gs = t.cols, t.group_size
+        assert gs and cols % gs == 0
+        q = np.array(t.values[start * cols : stop * cols], copy=True).reshape(stop - start, cols)
+        s = np.array(t.scales[start * cols // gs : stop * cols // gs], copy=True).reshape(stop - start, cols // gs)
+        self.bf.release(t)
+        return q, s
+
+
+class SourceWeights(LazyWeights):
+    """The float32 tensors of an open checkpoint `Source`, read through `TensorRef.read_rows`."""
+
+    def __init__(self, source: Source, config: ModelConfig | None = None):
+        self.source = source
+        self.config = config or source.config
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.source.tensor(self._resolve(name)).read_rows(start, stop)
 
 
 def weights_from_bin(bf: BinFile) -> dict[str, np.ndarray]:
     """Every weight of an opened .bin as float32 in its canonical shape (Q8_0 dequantized);
-    `output` is the embedding matrix when the classifier is shared."""
-    # Copies, not memmap views: the weights outlive the open file.
-    weights = {name: np.array(bf.tensors[name].dequantize(), dtype=np.float32, copy=True) for name in bf.config.shapes()}
+    `output` is the embedding matrix when the classifier is shared. This loads the whole model
+    (tests and tiny models); `BinWeights(bf)` is the lazy equivalent."""
+    lazy = BinWeights(bf)
+    weights = {name: lazy[name] for name in bf.config.shapes()}
     if bf.config.shared_classifier:
         weights["output"] = weights["tok_embeddings"]
     return weights
@@ -47,7 +157,7 @@ def rope_angles(head_size: int, positions: np.ndarray, theta: float) -> tuple[np
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate adjacent pairs of x [T, heads, head_size] by per-position angles (interleaved layout)."""
+    """Rotate adjacent pairs of x [..., T, heads, head_size] by per-position angles (interleaved layout)."""
     even, odd = x[..., 0::2], x[..., 1::2]
     c, s = cos[:, None, :], sin[:, None, :]
     out = np.empty_like(x)
@@ -66,47 +176,138 @@ def _silu(x: np.ndarray) -> np.ndarray:
         return x / (np.float32(1.0) + np.exp(-x))
 
 
-def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int]) -> np.ndarray:
-    """Logits float32 [len(tokens), vocab_size] for `tokens` at positions 0..T-1 (causal)."""
+def quantize_activations(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """runq.c's `quantize` of activation rows x (N, n): per group scale = max|x| / 127 (float32),
+    q = round(x / scale) half away from zero (C's round). An all-zero group gets scale 0 and q 0
+    (runq.c would divide 0 by 0). Returns float32-held integer q (N, n) and scales (N, n / gs)."""
+    n_rows, n = x.shape
+    groups = x.reshape(n_rows, n // group_size, group_size)
+    scale = np.abs(groups).max(axis=-1) / np.float32(127.0)
+    divisor = np.where(scale == 0, np.float32(1), scale)
+    ratio = (groups / divisor[..., None]).astype(np.float64)  # float32 division, as in C; exact widening
+    q = np.sign(ratio) * np.floor(np.abs(ratio) + 0.5)
+    return q.astype(np.float32).reshape(n_rows, n), scale.astype(np.float32)
+
+
+class _Linear:
+    """y = x @ W.T for activations x (N, n), W read from `weights` in the chosen arithmetic."""
+
+    def __init__(self, weights: Mapping, arithmetic: str):
+        if arithmetic not in ARITHMETICS:
+            raise Llama2binError(f"forward: arithmetic must be one of {', '.join(ARITHMETICS)}, not {arithmetic!r}")
+        self.weights = weights
+        self.arithmetic = arithmetic
+        self.lazy = isinstance(weights, LazyWeights)
+        if arithmetic == Q8:
+            gs = getattr(weights, "group_size", None)
+            if not hasattr(weights, "q8_rows") or not gs:
+                raise Llama2binError("forward: q8 arithmetic needs the weights of a Q8_0 file (v1 or v2)")
+            self.group_size = gs
+
+    def __call__(self, x: np.ndarray, name: str) -> np.ndarray:
+        if self.arithmetic == Q8:
+            return self._q8(x, name)
+        if not self.lazy:
+            return x @ np.asarray(self.weights[name], dtype=np.float32).T
+        w: LazyWeights = self.weights  # type: ignore[assignment]
+        rows, cols = w.shape(name)
+        out = np.empty((x.shape[0], rows), dtype=np.float32)
+        for start, stop in row_blocks(rows, cols):
+            out[:, start:stop] = x @ w.read_rows(name, start, stop).T
+        return out
+
+    def _q8(self, x: np.ndarray, name: str) -> np.ndarray:
+        w = self.weights
+        gs = self.group_size
+        rows, cols = w.shape(name)
+        if cols % gs:
+            raise Llama2binError(
+                f"forward: tensor {name} has rows of {cols}, not a multiple of group size {gs}; "
+                "runq.c's grouped matmul cannot run it"
+            )
+        xq, xs = quantize_activations(x, gs)
+        out = np.empty((x.shape[0], rows), dtype=np.float32)
+        for start, stop in row_blocks(rows, cols):
+            q, s = w.q8_rows(name, start, stop)
+            qf = q.astype(np.float32)
+            acc = np.zeros((x.shape[0], stop - start), dtype=np.float32)
+            # Integer dot products are exact in float32 (|sum| <= 127 * 127 * gs < 2**24); the
+            # scaled group sums are accumulated in order, as runq.c does.
+            for g in range(cols // gs):
+                part = slice(g * gs, (g + 1) * gs)
+                ival = xq[:, part] @ qf[:, part].T
+                acc += (ival * s[None, :, g]) * xs[:, g, None]
+            out[:, start:stop] = acc
+        return out
+
+
+def _embed(weights: Mapping, tok: np.ndarray) -> np.ndarray:
+    if isinstance(weights, LazyWeights):
+        return weights.gather("tok_embeddings", tok)
+    return np.asarray(weights["tok_embeddings"], dtype=np.float32)[tok]
+
+
+def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
+           *, arithmetic: str = F32) -> np.ndarray:
+    """Logits float32 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
+    [S, T, vocab] for an [S, T] array of sequences (computed together, layer by layer)."""
     tok = np.asarray(tokens, dtype=np.int64)
-    if tok.ndim != 1 or tok.size == 0:
-        raise Llama2binError("forward: tokens must be a non-empty sequence of ids")
+    single = tok.ndim == 1
+    if single:
+        tok = tok[None, :]
+    if tok.ndim != 2 or tok.size == 0:
+        raise Llama2binError("forward: tokens must be a non-empty sequence of ids (or equal-length sequences)")
     if tok.min() < 0 or tok.max() >= cfg.vocab_size:
-        raise Llama2binError(f"forward: token id {int(tok.max())} outside the vocabulary of {cfg.vocab_size}")
-    if tok.size > cfg.max_seq_len:
-        raise Llama2binError(f"forward: {tok.size} tokens exceed max_seq_len {cfg.max_seq_len}")
-    n_tokens, hd = tok.size, cfg.head_size
+        bad = int(tok.max()) if tok.max() >= cfg.vocab_size else int(tok.min())
+        raise Llama2binError(f"forward: token id {bad} outside the vocabulary of {cfg.vocab_size}")
+    n_seqs, n_tokens = tok.shape
+    if n_tokens > cfg.max_seq_len:
+        raise Llama2binError(f"forward: {n_tokens} tokens exceed max_seq_len {cfg.max_seq_len}")
+    linear = _Linear(weights, arithmetic)
+    hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
     cos, sin = rope_angles(hd, np.arange(n_tokens), cfg.rope_theta)
     causal = np.triu(np.ones((n_tokens, n_tokens), dtype=bool), k=1)
-    scale = np.float32(1.0 / np.sqrt(hd))
+    scale = np.float32(1.0 / math.sqrt(hd))
+    n_rows = n_seqs * n_tokens
 
-    x = np.asarray(weights["tok_embeddings"], dtype=np.float32)[tok]
+    def norm(name: str) -> np.ndarray:
+        return np.asarray(weights[name], dtype=np.float32).reshape(-1)
+
+    x = _embed(weights, tok.reshape(-1))  # [S*T, dim]: every position of every sequence
     for i in range(cfg.n_layers):
-        w = {kind: np.asarray(weights[layer_name(i, kind)], dtype=np.float32) for kind in (
-            "attention_norm", "attention.wq", "attention.wk", "attention.wv", "attention.wo",
-            "ffn_norm", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")}
-        h = rms_norm(x, w["attention_norm"], cfg.norm_eps)
-        q = (h @ w["attention.wq"].T).reshape(n_tokens, cfg.n_heads, hd)
-        k = (h @ w["attention.wk"].T).reshape(n_tokens, cfg.n_kv_heads, hd)
-        v = (h @ w["attention.wv"].T).reshape(n_tokens, cfg.n_kv_heads, hd)
+        def w(kind: str, i: int = i) -> str:
+            return layer_name(i, kind)
+
+        h = rms_norm(x, norm(w("attention_norm")), cfg.norm_eps)
+        q = linear(h, w("attention.wq")).reshape(n_seqs, n_tokens, cfg.n_heads, hd)
+        k = linear(h, w("attention.wk")).reshape(n_seqs, n_tokens, cfg.n_kv_heads, hd)
+        v = linear(h, w("attention.wv")).reshape(n_seqs, n_tokens, cfg.n_kv_heads, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # GQA: kv head g serves query heads g*n_rep .. g*n_rep + n_rep - 1 (as run.c's h / kv_mul).
-        k, v = np.repeat(k, n_rep, axis=1), np.repeat(v, n_rep, axis=1)
-        scores = np.einsum("thd,shd->hts", q, k) * scale
-        scores[:, causal] = -np.inf
-        attn = np.einsum("hts,shd->thd", _softmax(scores), v).reshape(n_tokens, cfg.n_heads * hd)
-        x = x + attn @ w["attention.wo"].T
-        h = rms_norm(x, w["ffn_norm"], cfg.norm_eps)
-        x = x + (_silu(h @ w["feed_forward.w1"].T) * (h @ w["feed_forward.w3"].T)) @ w["feed_forward.w2"].T
-    x = rms_norm(x, np.asarray(weights["norm"], dtype=np.float32), cfg.norm_eps)
-    classifier = weights["tok_embeddings"] if cfg.shared_classifier else weights["output"]
-    return (x @ np.asarray(classifier, dtype=np.float32).T).astype(np.float32)
+        k, v = np.repeat(k, n_rep, axis=2), np.repeat(v, n_rep, axis=2)
+        scores = np.einsum("bthd,bshd->bhts", q, k) * scale
+        scores[:, :, causal] = -np.inf
+        attn = np.einsum("bhts,bshd->bthd", _softmax(scores), v).reshape(n_rows, cfg.n_heads * hd)
+        del q, k, v, scores
+        x = x + linear(attn, w("attention.wo"))
+        h = rms_norm(x, norm(w("ffn_norm")), cfg.norm_eps)
+        gate = _silu(linear(h, w("feed_forward.w1"))) * linear(h, w("feed_forward.w3"))
+        x = x + linear(gate, w("feed_forward.w2"))
+        del h, gate
+    x = rms_norm(x, norm("norm"), cfg.norm_eps)
+    classifier = "tok_embeddings" if cfg.shared_classifier else "output"
+    out = linear(x, classifier).astype(np.float32, copy=False).reshape(n_seqs, n_tokens, cfg.vocab_size)
+    return out[0] if single else out
 
 
-def bin_logits(path: str, tokens: Sequence[int]) -> np.ndarray:
-    """Logits of the model stored in .bin `path` (any version) for `tokens`."""
+def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str = F32,
+               config: ModelConfig | None = None) -> np.ndarray:
+    """Logits of the model stored in .bin `path` (any version) for `tokens`, reading the weights
+    lazily. `config` overrides what the file cannot store (rope_theta, norm_eps); its shapes must
+    be the file's."""
     with BinFile(path) as bf:
-        weights = weights_from_bin(bf)
-        cfg = bf.config
-    return logits(weights, cfg, tokens)
+        cfg = bf.config if config is None else config
+        if cfg.shapes() != bf.config.shapes():
+            raise Llama2binError(f"{path}: the given config does not describe this file's tensors")
+        return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic)

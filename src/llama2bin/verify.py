@@ -73,6 +73,9 @@ class VerifyResult:
     source: dict[str, Any]
     failures: list[str] = field(default_factory=list)
     tensors: list[dict[str, Any]] = field(default_factory=list)
+    # Logit-level comparison with the source (functional.FunctionalResult.to_json()); None when
+    # not run. Its failures are also listed in `failures`.
+    functional: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:

@@ -1,0 +1,161 @@
+"""The C consumer check: is the file consumable from C, the way llama2.c reads it?
+
+llama2bin ships a small C program of its own (c/consumer.c) that memory-maps a v0, v1 or v2
+file the way run.c (v0) and runq.c (v2) do and prints the logits of a forward pass per
+position. This module compiles it with the system C compiler, runs it, and compares its
+logits with the Python reference forward (forward.py) on the same file, in the same
+arithmetic: float32 for v0; for Q8_0 files by default runq.c's (activations quantized to Q8_0
+before every matmul), or float32 on dequantized weights. The two implementations share no
+code, so agreement means the layout the C side assumes is the layout the file has.
+
+No compiler: the check is skipped with a visible notice (an error with require_cc).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from .errors import Llama2binError
+from .forward import F32, Q8, bin_logits
+from .functional import EvalSet
+from .reader import BinFile
+
+# Flags the consumer is built with; -ffp-contract=off keeps compilers from fusing a*b+c into
+# FMAs, so C and numpy round the same products (retried without it for compilers that lack it).
+CFLAGS = ("-O2", "-std=c11")
+NO_FMA = "-ffp-contract=off"
+# |C - Python| <= tolerance * max(1, max |Python logit|). float32 sums in a different order
+# differ by ~1e-7 relative on the demo and golden models (measured); quantized activations can
+# round one step differently when an activation sits on a rounding boundary, hence q8's margin.
+TOLERANCE = {F32: 1e-4, Q8: 1e-3}
+
+
+def consumer_source() -> str:
+    """Path of the shipped consumer.c (package data)."""
+    return str(resources.files("llama2bin") / "c" / "consumer.c")
+
+
+def find_compiler(cc: str | None = None) -> list[str] | None:
+    """The compiler command: `cc` if given (an error if it does not exist), else $CC, else `cc`;
+    None when neither is installed."""
+    if cc:
+        cmd = shlex.split(cc)
+        if not cmd or shutil.which(cmd[0]) is None:
+            raise Llama2binError(f"C compiler {cc!r} not found")
+        return cmd
+    cmd = shlex.split(os.environ.get("CC") or "cc")
+    return cmd if cmd and shutil.which(cmd[0]) else None
+
+
+class Consumer:
+    """The compiled consumer in a private temporary directory (removed by close())."""
+
+    def __init__(self, compiler: list[str]):
+        self.compiler = compiler
+        self._dir = tempfile.mkdtemp(prefix="llama2bin-consumer-")
+        self.exe = os.path.join(self._dir, "consumer")
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        src = consumer_source()
+        for extra in ((NO_FMA,), ()):
+            proc = subprocess.run([*self.compiler, *CFLAGS, *extra, "-o", self.exe, src, "-lm"],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                return
+        first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
+        raise Llama2binError(f"{src}: {' '.join(self.compiler)} failed: {first}")
+
+    def logits(self, bin_path: str, tokens: list[int], arithmetic: str) -> np.ndarray:
+        """Logits [len(tokens), vocab] the C consumer computes for `tokens`."""
+        proc = subprocess.run([self.exe, "--mode", arithmetic, bin_path, *map(str, tokens)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
+            raise Llama2binError(f"{bin_path}: the C consumer refused it: {reason}")
+        rows = [np.array(line.split(), dtype=np.float64).astype(np.float32) for line in proc.stdout.splitlines()]
+        if len(rows) != len(tokens) or len({r.size for r in rows}) != 1:
+            raise Llama2binError(f"{bin_path}: the C consumer printed {len(rows)} logit rows for {len(tokens)} tokens")
+        return np.stack(rows)
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class CCheckResult:
+    file: str
+    version: int | None
+    arithmetic: str | None
+    tokens: list[int]
+    compiler: str | None
+    skipped: str | None = None  # why the check did not run (no compiler)
+    max_abs_logit: float | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.skipped is None and not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": None if self.skipped else self.passed}
+
+
+def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:
+    if arithmetic == "auto":
+        return Q8 if bf.group_size else F32  # runq.c's way for Q8_0 files
+    if arithmetic == Q8 and not bf.group_size:
+        raise Llama2binError(f"{bf.path}: q8 arithmetic needs a Q8_0 file (v1 or v2), this is v{bf.version}")
+    if arithmetic not in (F32, Q8):
+        raise Llama2binError(f"unknown arithmetic {arithmetic!r} (auto, f32 or q8)")
+    return arithmetic
+
+
+def c_check(bin_path: str, consumer: Consumer | None, tokens: list[int] | None = None,
+            arithmetic: str = "auto") -> CCheckResult:
+    """Run the C consumer on `bin_path` and compare with the Python reference; `consumer` None
+    records a skipped check (no compiler)."""
+    if os.path.isdir(bin_path):
+        raise Llama2binError(f"{bin_path}: is a directory (the C check reads .bin files)")
+    with BinFile(bin_path) as bf:
+        version = bf.version
+        arith = resolve_arithmetic(bf, arithmetic)
+        toks = list(tokens) if tokens else EvalSet().tokens(bf.config)[0].tolist()
+    result = CCheckResult(os.path.basename(bin_path), version, arith, toks,
+                          " ".join(consumer.compiler) if consumer else None)
+    if consumer is None:
+        result.skipped = "no C compiler found (cc, or $CC)"
+        return result
+    want = bin_logits(bin_path, toks, arithmetic=arith)  # refuses bad tokens with a clear message
+    got = consumer.logits(bin_path, toks, arith)
+    if got.shape != want.shape:
+        result.failures.append(f"the C consumer gave logits of shape {got.shape}, Python {want.shape}")
+        return result
+    result.max_abs_logit = float(np.abs(want).max())
+    result.max_abs_diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+    result.tolerance = TOLERANCE[arith] * max(1.0, result.max_abs_logit)
+    if not result.max_abs_diff <= result.tolerance:  # also catches NaN
+        result.failures.append(
+            f"C consumer logits differ from the Python reference by {result.max_abs_diff:.3g} (tolerance {result.tolerance:.3g})"
+        )
+    return result

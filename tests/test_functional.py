@@ -1,0 +1,398 @@
+"""Does the exported model behave the same? Logit-level verification, the C consumer, reports.
+
+- the lazy, batched reference forward against transformers' LlamaForCausalLM and against itself;
+- functional verification: exact for float32 outputs, within the thresholds for Q8_0, and a
+  corrupted file that passes every size check fails it;
+- llama2bin's C consumer (compiled with the system cc) reproduces the Python logits on v0/v1/v2
+  of GQA and untied models, in float32 and in runq.c's Q8_0 arithmetic;
+- the report figures are byte-identical from render to render, and `snakemake --report` builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import weakref
+
+import numpy as np
+import pytest
+from helpers import DATA, ROOT, assert_one_line_error, run_cli, save_llama2c
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_model  # noqa: E402
+
+from llama2bin import forward  # noqa: E402
+from llama2bin.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
+from llama2bin.demo import write_demo_checkpoint  # noqa: E402
+from llama2bin.errors import Llama2binError  # noqa: E402
+from llama2bin.formats.hf import export_hf  # noqa: E402
+from llama2bin.functional import EvalSet, ReferenceLogits, Thresholds, compare_logits, functional_verify  # noqa: E402
+from llama2bin.model import LAYER_TENSORS  # noqa: E402
+from llama2bin.plots import render_png  # noqa: E402
+from llama2bin.reader import BinFile  # noqa: E402
+from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.verify import HIST_EDGES  # noqa: E402
+from llama2bin.writer import export  # noqa: E402
+
+# float32 vs float32, same math in a different order (as in test_forward.py).
+ATOL, RTOL = 1e-4, 1e-5
+SPECS = {"gqa_untied": Spec(n_kv_heads=2, tied=False, seed=5), "mha_tied": Spec(tied=True, seed=6)}
+DEMOS = ("gqa_backoff", "untied")
+
+
+def _spec_checkpoint(spec: Spec, path: str) -> str:
+    arrays = {k: v.numpy() for k, v in canonical_weights(spec).items()}
+    args = {"dim": spec.dim, "n_layers": spec.n_layers, "n_heads": spec.n_heads, "n_kv_heads": spec.n_kv_heads,
+            "vocab_size": spec.vocab, "multiple_of": 32, "max_seq_len": spec.max_pos, "dropout": 0.0}
+    return save_llama2c(path, arrays, args, tie=spec.tied)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """name -> (checkpoint, {version: .bin}) for the Spec models (O(1) activations) and two demos."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name in [*SPECS, *DEMOS]:
+        ckpt = str(root / f"{name}.pt")
+        if name in SPECS:
+            _spec_checkpoint(SPECS[name], ckpt)
+        else:
+            write_demo_checkpoint(name, ckpt)
+        bins = {v: str(root / f"{name}.v{v}.bin") for v in (0, 1, 2)}
+        with open_source("llama2c", ckpt) as src:
+            export(src, list(bins.items()), quiet=True)
+        out[name] = (ckpt, bins)
+    return out
+
+
+def _swap_sections(src: str, dst: str, pairs: list[tuple[str, str]]) -> str:
+    """Copy `src` with the bytes of same-sized tensors swapped (values and scales): every size
+    and header check still passes, only the model is wrong."""
+    with BinFile(src) as bf:
+        spans = []
+        for a, b in pairs:
+            for sa, sb in zip(bf.layout.sections_of(a), bf.layout.sections_of(b), strict=True):
+                assert sa.nbytes == sb.nbytes
+                spans.append((sa, sb))
+    data = bytearray(open(src, "rb").read())
+    for sa, sb in spans:
+        first, second = bytes(data[sa.offset : sa.offset + sa.nbytes]), bytes(data[sb.offset : sb.offset + sb.nbytes])
+        data[sa.offset : sa.offset + sa.nbytes], data[sb.offset : sb.offset + sb.nbytes] = second, first
+    with open(dst, "wb") as f:
+        f.write(bytes(data))
+    return dst
+
+
+# ---- the reference forward ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_lazy_forward_of_source_and_fp32_export_matches_transformers(models, name):
+    ckpt, bins = models[name]
+    want = hf_logits(hf_model(SPECS[name]))
+    with open_source("llama2c", ckpt) as src:
+        from_source = forward.logits(forward.SourceWeights(src), src.config, TOKENS)
+    np.testing.assert_allclose(from_source, want, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(forward.bin_logits(bins[0], TOKENS), want, atol=ATOL, rtol=RTOL)
+    # Q8_0 changes the numbers, but not beyond what quantization explains
+    q8 = forward.bin_logits(bins[2], TOKENS)
+    assert 0 < np.abs(q8 - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_sequences_are_batched_without_mixing(models):
+    ckpt, bins = models["gqa_untied"]
+    tokens = np.random.default_rng(1).integers(0, 64, size=(3, 12))
+    with BinFile(bins[1]) as bf:
+        batch = forward.logits(forward.BinWeights(bf), bf.config, tokens)
+        for i in range(3):
+            alone = forward.logits(forward.BinWeights(bf), bf.config, tokens[i])
+            np.testing.assert_allclose(batch[i], alone, atol=1e-5, rtol=1e-6)
+            # causal: a position does not see what follows it
+            prefix = forward.logits(forward.BinWeights(bf), bf.config, tokens[i, :5])
+            np.testing.assert_allclose(batch[i, :5], prefix, atol=1e-5, rtol=1e-6)
+
+
+class _TrackingWeights(forward.LazyWeights):
+    """Counts the bytes of weight arrays alive at once (handed out and not yet garbage)."""
+
+    def __init__(self, inner: forward.LazyWeights):
+        self.inner = inner
+        self.config = inner.config
+        self.live = self.peak = self.total = 0
+
+    def _track(self, a: np.ndarray) -> np.ndarray:
+        self.live += a.nbytes
+        self.total += a.nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(a, self._free, a.nbytes)
+        return a
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def read_rows(self, name, start, stop):
+        return self._track(self.inner.read_rows(name, start, stop))
+
+    def __getitem__(self, name):
+        return self._track(super().__getitem__(name))
+
+
+def test_forward_never_holds_the_model(models, monkeypatch):
+    """Weights are pulled one block at a time and dropped: with 2 KiB blocks the peak is a few
+    blocks, while the pass reads every weight of the model."""
+    monkeypatch.setattr(forward, "CHUNK_BYTES", 2048)
+    ckpt, _ = models["gqa_untied"]
+    with open_source("llama2c", ckpt) as src:
+        tracked = _TrackingWeights(forward.SourceWeights(src))
+        got = forward.logits(tracked, src.config, TOKENS)
+        model_bytes = 4 * sum(int(np.prod(s)) for s in src.config.shapes().values())
+        np.testing.assert_allclose(got, forward.logits(forward.SourceWeights(src), src.config, TOKENS), rtol=1e-5, atol=1e-5)
+    assert tracked.total >= model_bytes - 4 * 64 * 32  # everything but the embedding rows no token uses
+    assert tracked.peak <= 3 * 2048 < model_bytes / 10
+
+
+def test_q8_activations_round_like_c():
+    """runq.c rounds x / scale half away from zero (C's round); numpy's rint would round to even."""
+    x = np.array([[127.0, 2.5, -2.5, 0.5, -0.5, 1.5, 0.0, 3.0], [0.0] * 8], dtype=np.float32)
+    q, s = forward.quantize_activations(x, 8)
+    assert s.tolist() == [[1.0], [0.0]]
+    assert q[0].tolist() == [127, 3, -3, 1, -1, 2, 0, 3] and not q[1].any()
+
+
+def test_q8_arithmetic_needs_a_q8_file(models):
+    _, bins = models["gqa_untied"]
+    with pytest.raises(Llama2binError, match="Q8_0 file"):
+        forward.bin_logits(bins[0], TOKENS, arithmetic="q8")
+
+
+# ---- functional verification --------------------------------------------------------------
+
+
+def test_statistics_match_an_independent_computation():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 3, size=(40, 50)).astype(np.float32)
+    got = (ref + rng.normal(0, 0.3, size=ref.shape)).astype(np.float32)
+    stats = compare_logits(ref, got)
+    r, g = torch.from_numpy(ref).double(), torch.from_numpy(got).double()
+    kld = torch.nn.functional.kl_div(g.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    top = r.argmax(-1)
+    dp = g.softmax(-1)[torch.arange(40), top] - r.softmax(-1)[torch.arange(40), top]
+    assert stats["kld_mean"] == pytest.approx(kld.mean().item(), rel=1e-9)
+    assert stats["kld_max"] == pytest.approx(kld.max().item(), rel=1e-9)
+    middle = kld.sort().values[19:21]
+    assert middle[0].item() <= stats["kld_percentiles"]["p50"] <= middle[1].item()
+    assert stats["same_top"] == (g.argmax(-1) == top).double().mean().item()
+    assert stats["rms_dp"] == pytest.approx(dp.pow(2).mean().sqrt().item(), rel=1e-9)
+    assert stats["max_abs_dlogit"] == pytest.approx(np.abs(got - ref).max(), rel=1e-6)
+    assert sum(stats["kld_hist"]) == 40
+
+
+@pytest.mark.parametrize("name", [*SPECS, *DEMOS])
+@pytest.mark.parametrize("arithmetic", ["f32", "q8"])
+def test_every_version_passes_functional_verification(models, name, arithmetic):
+    ckpt, bins = models[name]
+    with open_source("llama2c", ckpt) as src:
+        ref = ReferenceLogits(src, EvalSet())
+        results = {v: functional_verify(p, ref, arithmetic=arithmetic) for v, p in bins.items()}
+    v0, v1, v2 = results[0], results[1], results[2]
+    assert v0.passed and v0.max_abs_dlogit == 0 and v0.kld_max == 0 and v0.same_top == 1.0 and not v0.quantized
+    for r in (v1, v2):
+        assert r.passed, r.failures
+        assert r.quantized and r.arithmetic == arithmetic and r.positions == 8 * 16
+        assert 0 < r.kld_mean < Thresholds().kld_mean_max / 4 and r.same_top >= Thresholds().same_top_min
+    assert v1.kld_mean == v2.kld_mean  # same quantization, two layouts
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_swapped_layers_pass_size_checks_but_fail_functional_verification(models, tmp_path, version):
+    ckpt, bins = models["gqa_untied"]
+    bad = _swap_sections(bins[version], str(tmp_path / f"bad.v{version}.bin"),
+                         [(f"layers.0.{k}", f"layers.1.{k}") for k in LAYER_TENSORS])
+    inspected = run_cli("inspect", bad, "--json")
+    assert inspected.returncode == 0 and json.loads(inspected.stdout)["size_matches"]
+    out = str(tmp_path / "bad.json")
+    proc = run_cli("verify", bad, "--checkpoint", ckpt, "--json", out, "--quiet")
+    assert proc.returncode == 1
+    result = json.load(open(out))
+    assert not result["functional"]["passed"]
+    functional = [f for f in result["failures"] if f.startswith("functional:")]
+    assert functional and all(f in proc.stderr for f in functional)
+    if version == 0:
+        assert "exceeds float32 tolerance" in functional[0]
+    else:
+        assert any("mean KL divergence" in f for f in functional)
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_swapped_q_and_k_fail_functional_verification(models, tmp_path, version):
+    ckpt, bins = models["mha_tied"]  # MHA: wq and wk have the same shape
+    bad = _swap_sections(bins[version], str(tmp_path / "qk.bin"), [("layers.1.attention.wq", "layers.1.attention.wk")])
+    with open_source("llama2c", ckpt) as src:
+        result = functional_verify(bad, ReferenceLogits(src, EvalSet()))
+    assert not result.passed and result.failures[0].startswith("functional:")
+
+
+def test_thresholds_and_opt_out_come_from_the_command_line(models, tmp_path):
+    ckpt, bins = models["untied"]
+    out = str(tmp_path / "v.json")
+    strict = run_cli("verify", bins[2], "--checkpoint", ckpt, "--kld-max", "1e-12", "--eval-seqs", "2", "--eval-len", "5",
+                     "--json", out, "--quiet")
+    assert strict.returncode == 1 and "mean KL divergence" in strict.stderr
+    f = json.load(open(out))["functional"]
+    assert f["positions"] == 10 and f["thresholds"]["kld_mean_max"] == 1e-12
+    skipped = run_cli("verify", bins[2], "--checkpoint", ckpt, "--no-functional", "--json", out, "--quiet")
+    assert skipped.returncode == 0 and json.load(open(out))["functional"] is None
+
+
+def test_hf_directory_output_is_verified_functionally(models, tmp_path):
+    ckpt, _ = models["gqa_untied"]
+    with open_source("llama2c", ckpt) as src:
+        export_hf(src, str(tmp_path / "hf"), quiet=True)
+        result = functional_verify(str(tmp_path / "hf"), ReferenceLogits(src, EvalSet(2, 8)))
+    assert result.passed and result.max_abs_dlogit == 0 and not result.quantized
+
+
+# ---- the C consumer -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def consumer():
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler (cc or $CC): the C consumer check is skipped")
+    with Consumer(compiler) as built:
+        yield built
+
+
+C_CASES = [(name, v, arith) for name in ("gqa_untied", *DEMOS) for v in (0, 1, 2) for arith in ("f32", "q8")
+           if v or arith == "f32"]
+
+
+@pytest.mark.parametrize("name,version,arithmetic", C_CASES)
+def test_c_consumer_reproduces_the_python_logits(models, consumer, name, version, arithmetic):
+    _, bins = models[name]
+    result = c_check(bins[version], consumer, arithmetic=arithmetic)
+    assert result.passed, result.failures
+    assert result.version == version and result.arithmetic == arithmetic and len(result.tokens) == 16
+    assert result.max_abs_diff <= TOLERANCE[arithmetic] * max(1.0, result.max_abs_logit)
+
+
+@pytest.mark.parametrize("golden", ["tiny_hf_untied.v0.bin", "tiny_hf_untied.v2.bin", "tiny_b.v1.bin"])
+def test_c_consumer_reads_the_golden_files(consumer, golden):
+    """Untied classifier from Hugging Face (negative vocab_size in v0), and tiny_b (GQA, group size 8,
+    all-zero embedding rows 3 and 17, which quantize to scale 0)."""
+    result = c_check(os.path.join(DATA, golden), consumer, tokens=[1, 3, 17, 5, 9, 2, 11])
+    assert result.passed, result.failures
+
+
+def test_c_check_compares_for_real(models, consumer):
+    """The C consumer in runq.c's arithmetic differs from the Python float32 forward by far more
+    than the float32 tolerance: agreement above is not vacuous."""
+    _, bins = models["untied"]
+    with BinFile(bins[2]) as bf:
+        tokens = EvalSet().tokens(bf.config)[0].tolist()
+    c_q8 = consumer.logits(bins[2], tokens, "q8")
+    py_f32 = forward.bin_logits(bins[2], tokens)
+    assert np.abs(c_q8 - py_f32).max() > 10 * TOLERANCE["f32"] * max(1.0, np.abs(py_f32).max())
+
+
+def test_c_consumer_refuses_what_it_cannot_read(models, consumer, tmp_path):
+    _, bins = models["untied"]
+    truncated = str(tmp_path / "t.bin")
+    with open(bins[2], "rb") as f, open(truncated, "wb") as g:
+        g.write(f.read()[:-4])
+    with pytest.raises(Llama2binError, match="header implies"):
+        consumer.logits(truncated, [1, 2], "q8")
+    with pytest.raises(Llama2binError, match="needs a Q8_0 file"):
+        consumer.logits(bins[0], [1, 2], "q8")
+
+
+def test_c_check_cli(models, consumer, tmp_path):
+    _, bins = models["gqa_backoff"]
+    out = [str(tmp_path / f"{v}.json") for v in (0, 2)]
+    proc = run_cli("c-check", bins[0], bins[2], "--json", *out)
+    assert proc.returncode == 0, proc.stderr
+    assert "C consumer agrees (v0, f32" in proc.stdout and "C consumer agrees (v2, q8" in proc.stdout
+    assert [json.load(open(p))["passed"] for p in out] == [True, True]
+    assert_one_line_error(run_cli("c-check", bins[0], "--arithmetic", "q8"), "q8 arithmetic needs a Q8_0 file")
+    assert_one_line_error(run_cli("c-check", bins[0], "--cc", "no-such-compiler-xyz"), "no-such-compiler-xyz", "not found")
+
+
+def test_without_a_compiler_the_check_is_skipped_visibly(models, tmp_path):
+    _, bins = models["untied"]
+    env = {**os.environ, "PATH": str(tmp_path), "CC": ""}  # no cc on PATH
+    out = str(tmp_path / "c.json")
+    proc = subprocess.run([sys.executable, "-m", "llama2bin", "c-check", bins[2], "--json", out],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "notice: no C compiler found" in proc.stderr and "SKIPPED" in proc.stderr
+    result = json.load(open(out))
+    assert result["skipped"] and result["passed"] is None
+    required = subprocess.run([sys.executable, "-m", "llama2bin", "c-check", bins[2], "--require-cc"],
+                              capture_output=True, text=True, env=env)
+    assert_one_line_error(required, "no C compiler found")
+
+
+# ---- reports ------------------------------------------------------------------------------
+
+
+def _verify_jsons(models, name, tmp_path) -> list[str]:
+    ckpt, bins = models[name]
+    jsons = [str(tmp_path / f"{name}.v{v}.verify.json") for v in (0, 1, 2)]
+    proc = run_cli("verify", *bins.values(), "--checkpoint", ckpt, "--json", *jsons, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return jsons
+
+
+def test_figures_are_byte_identical_render_to_render(models, tmp_path):
+    import matplotlib
+
+    result = json.load(open(_verify_jsons(models, "untied", tmp_path)[2]))
+    args = ("untied — version 2", result["tensors"], 2, HIST_EDGES, {**result["functional"]})
+    first = render_png(*args)
+    with matplotlib.rc_context({"font.size": 20, "lines.linewidth": 5}):  # a caller's style must not leak in
+        second = render_png(*args)
+    assert first == second and first.startswith(b"\x89PNG")
+    assert b"Software" not in first and b"Matplotlib" not in first
+
+
+def test_reports_embed_the_figure_and_the_functional_table(models, tmp_path):
+    jsons = _verify_jsons(models, "gqa_backoff", tmp_path)
+    out = tmp_path / "reports"
+    proc = run_cli("report", *jsons, "--model", "m", "--out-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "gqa_backoff.v2.md").read_text()
+    assert "![" in md and "(gqa_backoff.v2.png)" in md and (out / "gqa_backoff.v2.png").exists()
+    assert "functional verification: passed" in md and "same top token" in md
+    report = json.load(open(out / "gqa_backoff.v2.json"))
+    assert report["functional"]["passed"] and report["plot"] == "gqa_backoff.v2.png"
+    summary = run_cli("summary", *(str(out / f"gqa_backoff.v{v}.json") for v in (0, 1, 2)),
+                      "--md", str(tmp_path / "s.md"), "--json", str(tmp_path / "s.json"))
+    assert summary.returncode == 0
+    text = (tmp_path / "s.md").read_text()
+    assert "## Functional verification" in text and text.count("| m | ") == 6
+
+
+def test_snakemake_html_report_builds(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    for name in ("Snakefile", "workflow"):
+        src = os.path.join(ROOT, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
+    (workdir / "config.yaml").write_text("models: {u: {source: llama2c, demo: untied}}\nversions: [0, 2]\n")
+
+    def snakemake(*args):
+        return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
+                              capture_output=True, text=True)
+
+    run = snakemake()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (workdir / "reports/u/u.v2.png").exists() and (workdir / "results/u/u.v2.ccheck.json").exists()
+    built = snakemake("--report", "report.html")
+    assert built.returncode == 0, built.stderr[-3000:]
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "u.v2.png" in html and "u.v0.md" in html and "summary.md" in html
