@@ -44,7 +44,7 @@ def test_default_pipeline_through_the_cluster_executor(tmp_path):
     assert proc.returncode == 0, out[-4000:]
 
     # Every job Snakemake submitted ran through submit.sh, with nothing but the minimal environment.
-    submitted = dict(re.findall(r"Submitted job (\d+) with external jobid '(\d+)'", out))
+    submitted = dict(re.findall(r"Submitted job (\d+) with external jobid '(\d+-\w+)'", out))
     assert submitted, out[-3000:]
     logs = sorted(os.listdir(workdir / "logs" / "cluster"))
     assert len(logs) == len(submitted)
