@@ -155,3 +155,19 @@ def test_usage_errors(tmp_path):
     assert_one_line_error(run_cli("export", out, "--checkpoint", ckpt, "--version", "0", "1"), "give one version per output")
     assert_one_line_error(run_cli("export", out, "--checkpoint", ckpt, "--version", "1", "--group-size", "0"), "group size")
     assert os.listdir(tmp_path) == []
+
+
+def test_v2_refuses_groups_that_would_straddle_rows(tmp_path):
+    """runq.c walks each row of w2 (hidden_dim long) in whole groups; v1 has no such reader."""
+    args = preset_args("mha")  # hidden_dim is taken from the tensors, which we cut to 176
+    arrays = preset_arrays("mha")
+    hidden = 176  # a multiple of 16 but not of 64 (dim 64 keeps group size 64)
+    for i in range(2):
+        arrays[f"layers.{i}.feed_forward.w1.weight"] = arrays[f"layers.{i}.feed_forward.w1.weight"][:hidden]
+        arrays[f"layers.{i}.feed_forward.w3.weight"] = arrays[f"layers.{i}.feed_forward.w3.weight"][:hidden]
+        arrays[f"layers.{i}.feed_forward.w2.weight"] = np.ascontiguousarray(arrays[f"layers.{i}.feed_forward.w2.weight"][:, :hidden])
+    ckpt = save_llama2c(str(tmp_path / "h.pt"), arrays, args)
+    _export_fails(tmp_path, ckpt, "hidden_dim 176", "group size 64")
+    out = tmp_path / "ok"
+    assert run_cli("export", str(out / "h.v1.bin"), "--checkpoint", ckpt, "--version", "1").returncode == 0
+    assert run_cli("export", str(out / "h.v2.bin"), "--checkpoint", ckpt, "--version", "2", "--group-size", "16").returncode == 0

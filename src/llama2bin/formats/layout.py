@@ -136,6 +136,9 @@ class FormatSpec:
     order: Callable[[ModelConfig], list[SectionSpec]]
     read_by: str
     loses: str
+    # runq.c quantizes activations and walks weights in groups that must not straddle a row, so
+    # every matrix row length (dim and hidden_dim) must be a multiple of the group size.
+    groups_within_rows: bool = False
 
     def layout(self, cfg: ModelConfig, group_size: int | None = None) -> Layout:
         gs = group_size if self.quantized else None

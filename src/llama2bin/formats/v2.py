@@ -18,4 +18,5 @@ SPEC = FormatSpec(
     order=_order,
     read_by="llama2.c runq.c",
     loses="Q8_0 precision (error <= scale/2 per weight); rope_theta and norm_eps are not stored",
+    groups_within_rows=True,
 )
