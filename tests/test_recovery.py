@@ -25,7 +25,7 @@ from helpers import ROOT, preset_arrays, run_cli, save_llama2c
 
 from llama2bin.atomic import AtomicOutput
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
 VERSIONS = (0, 1, 2)
 SHAPE = {"dim": 320, "n_layers": 5, "n_heads": 5, "n_kv_heads": None, "vocab_size": 8192, "multiple_of": 256,
          "max_seq_len": 128}
@@ -181,6 +181,33 @@ def test_job_killed_by_sigkill_under_snakemake_then_rerun(tmp_path, checkpoint, 
     rerun = snakemake(workdir, "--rerun-incomplete")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_results(workdir, reference)  # the dead writer's partial files are gone too
+
+
+def test_ctrl_c_under_the_cluster_executor_cancels_jobs_then_rerun(tmp_path, checkpoint, reference):
+    """profiles/local-cluster: Ctrl-C reaches only Snakemake (jobs run in their own sessions, as on
+    a cluster); Snakemake cancels them with cancel.sh (SIGTERM, like scancel), and the export
+    deletes its partial files. The re-run through the cluster executor matches the local run."""
+    workdir = workdir_for(tmp_path / "w", checkpoint)
+    cluster = ["--profile", "profiles/local-cluster"]
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *cluster, "--configfile", "big.yaml"], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_parts(os.path.join(workdir, "results/big"), proc)
+        os.killpg(proc.pid, signal.SIGINT)  # Snakemake's process group; the jobs are not in it
+        assert proc.wait() != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = os.path.join(workdir, "logs/export/big.log")
+    deadline = time.monotonic() + 60  # the cancelled job ends on its own, after Snakemake
+    while "llama2bin: interrupted" not in open(log).read():
+        assert time.monotonic() < deadline, open(log).read()[-2000:]
+        time.sleep(0.05)
+
+    rerun = subprocess.run([sys.executable, "-m", "snakemake", *cluster, "--rerun-incomplete", "--configfile", "big.yaml"],
+                           cwd=workdir, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_results(workdir, reference)
 
 
 def test_sigterm_mid_export_deletes_its_partial_files(tmp_path, checkpoint):

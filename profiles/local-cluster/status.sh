@@ -6,7 +6,7 @@
 exit_file=.snakemake/local-cluster/$1.exit
 if [ -f "$exit_file" ]; then
     if [ "$(cat "$exit_file")" = 0 ]; then echo success; else echo failed; fi
-elif kill -0 "${1%%-*}" 2>/dev/null; then
+elif ps -o stat= -p "${1%%-*}" 2>/dev/null | grep -q '^[^Z]'; then  # alive, and not a zombie
     echo running
 else
     sleep 1  # the job may have written its status just now
