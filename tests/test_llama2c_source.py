@@ -163,11 +163,17 @@ def test_v2_refuses_groups_that_would_straddle_rows(tmp_path):
     arrays = preset_arrays("mha")
     hidden = 176  # a multiple of 16 but not of 64 (dim 64 keeps group size 64)
     for i in range(2):
-        arrays[f"layers.{i}.feed_forward.w1.weight"] = arrays[f"layers.{i}.feed_forward.w1.weight"][:hidden]
-        arrays[f"layers.{i}.feed_forward.w3.weight"] = arrays[f"layers.{i}.feed_forward.w3.weight"][:hidden]
-        arrays[f"layers.{i}.feed_forward.w2.weight"] = np.ascontiguousarray(arrays[f"layers.{i}.feed_forward.w2.weight"][:, :hidden])
+        ffn = f"layers.{i}.feed_forward"
+        arrays[f"{ffn}.w1.weight"] = arrays[f"{ffn}.w1.weight"][:hidden]
+        arrays[f"{ffn}.w3.weight"] = arrays[f"{ffn}.w3.weight"][:hidden]
+        arrays[f"{ffn}.w2.weight"] = np.ascontiguousarray(arrays[f"{ffn}.w2.weight"][:, :hidden])
     ckpt = save_llama2c(str(tmp_path / "h.pt"), arrays, args)
     _export_fails(tmp_path, ckpt, "hidden_dim 176", "group size 64")
     out = tmp_path / "ok"
     assert run_cli("export", str(out / "h.v1.bin"), "--checkpoint", ckpt, "--version", "1").returncode == 0
     assert run_cli("export", str(out / "h.v2.bin"), "--checkpoint", ckpt, "--version", "2", "--group-size", "16").returncode == 0
+
+
+def test_absurd_max_seq_len_is_refused_before_sizing_anything(tmp_path):
+    ckpt = _bad(tmp_path, mutate_args=lambda a: a.__setitem__("max_seq_len", 2**31 - 1))
+    _export_fails(tmp_path, ckpt, "max_seq_len = 2147483647", "limit")

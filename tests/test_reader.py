@@ -119,3 +119,9 @@ def test_random_headers_never_crash(tmp_path):
                 assert bf.size == bf.layout.size
         except Llama2binError:
             pass
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "pipe.bin"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_cli("inspect", str(fifo)), "not a regular file")

@@ -757,6 +757,8 @@ def _materialize(entries: list[tuple[str, str]], dest: str, quiet: bool) -> None
                 if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
                     raise
                 shutil.copyfile(real, target)
+                with open(target, "rb") as copy:  # durable before the directory is renamed into place
+                    os.fsync(copy.fileno())
                 copied += 1
         if copied:
             _note(f"{final}: copied {copied} file(s) (the Hugging Face cache is on another file system)", quiet)

@@ -9,7 +9,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import constants as C
 from .errors import Llama2binError
+
+# Upper bounds per header field: no released LLaMA-family model comes near them, and a value past
+# them (a corrupt header, a typo'd max_seq_len) would otherwise size gigabytes of rope tables or KV cache.
+FIELD_BOUNDS = {
+    "dim": C.MAX_DIM,
+    "hidden_dim": C.MAX_HIDDEN_DIM,
+    "n_layers": C.MAX_LAYERS,
+    "n_heads": C.MAX_HEADS,
+    "n_kv_heads": C.MAX_HEADS,
+    "vocab_size": C.MAX_VOCAB,
+    "max_seq_len": C.MAX_SEQ_LEN,
+}
 
 # Per-layer tensors, in the order the v0 format lists its per-layer sections.
 LAYER_TENSORS: tuple[str, ...] = (
@@ -78,10 +91,12 @@ class ModelConfig:
 
     def validate(self, where: str) -> None:
         """Refuse hyper-parameters no C reader can run; `where` names the file they came from."""
-        for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
+        for name, bound in FIELD_BOUNDS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise Llama2binError(f"{where}: {name} must be a positive integer, got {value!r}")
+            if value > bound:
+                raise Llama2binError(f"{where}: {name} = {value} is beyond any LLaMA model (limit {bound})")
         if self.dim % self.n_heads:
             raise Llama2binError(f"{where}: dim {self.dim} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,18 +20,10 @@ from . import constants as C
 from .errors import Llama2binError
 from .formats import FORMATS
 from .formats.layout import F32, Q8, SCALE, Layout
-from .model import ModelConfig
+from .model import FIELD_BOUNDS, ModelConfig
 
 _HEADER_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
-_BOUNDS = {
-    "dim": C.MAX_DIM,
-    "hidden_dim": C.MAX_HIDDEN_DIM,
-    "n_layers": C.MAX_LAYERS,
-    "n_heads": C.MAX_HEADS,
-    "n_kv_heads": C.MAX_HEADS,
-    "vocab_size": C.MAX_VOCAB,
-    "max_seq_len": C.MAX_SEQ_LEN,
-}
+_BOUNDS = FIELD_BOUNDS
 
 
 @dataclass(frozen=True)
@@ -75,6 +68,9 @@ class BinFile:
     def __init__(self, path: str):
         self.path = path
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+                # a FIFO or device would block open() or never end; only regular files are .bin files
+                raise Llama2binError(f"{path}: not a regular file")
             with open(path, "rb") as f:
                 self.size = os.fstat(f.fileno()).st_size
                 head = f.read(C.QHEADER_SIZE)
