@@ -6,6 +6,7 @@ yields them back. This module is the one place that says what a LLaMA model cons
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +43,42 @@ LAYER_MATRICES: tuple[str, ...] = tuple(t for t in LAYER_TENSORS if t not in LAY
 
 def layer_name(i: int, kind: str) -> str:
     return f"layers.{i}.{kind}"
+
+
+# Hugging Face Llama naming of the same tensors: canonical per-layer kind -> HF kind.
+HF_LAYER_NAMES: dict[str, str] = {
+    "attention_norm": "input_layernorm",
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+}
+_HF_FIXED_NAMES = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight", "output": "lm_head.weight"}
+_HF_LAYER_KINDS = {hf: canonical for canonical, hf in HF_LAYER_NAMES.items()}
+_HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+
+
+def hf_name(canonical: str) -> str:
+    """The Hugging Face state_dict key (with `.weight`) of a canonical tensor name."""
+    if canonical in _HF_FIXED_NAMES:
+        return _HF_FIXED_NAMES[canonical]
+    _, i, kind = canonical.split(".", 2)
+    return f"model.layers.{i}.{HF_LAYER_NAMES[kind]}.weight"
+
+
+def canonical_name(hf_key: str) -> str | None:
+    """The canonical name of a Hugging Face Llama weight key, or None if it is not one."""
+    for canonical, key in _HF_FIXED_NAMES.items():
+        if key == hf_key:
+            return canonical
+    m = _HF_LAYER_RE.match(hf_key)
+    if m and m.group(2) in _HF_LAYER_KINDS:
+        return layer_name(int(m.group(1)), _HF_LAYER_KINDS[m.group(2)])
+    return None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..atomic import check_free_space
 from ..errors import Llama2binError
-from ..model import LAYER_TENSORS, ModelConfig
+from ..model import ModelConfig, hf_name
 from ..progress import Progress
 from ..sources.base import FilePool, RawTensor, Source, row_chunks
 from ..verify import TensorStats, VerifyResult, sha256_file
@@ -40,32 +40,6 @@ OUTPUT_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 # The Hugging Face tokenizer convention llama2.c's own hf export writes too.
 BOS_TOKEN_ID = 1
 EOS_TOKEN_ID = 2
-
-_HF_LAYER_NAMES = {
-    "attention_norm": "input_layernorm",
-    "attention.wq": "self_attn.q_proj",
-    "attention.wk": "self_attn.k_proj",
-    "attention.wv": "self_attn.v_proj",
-    "attention.wo": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "feed_forward.w1": "mlp.gate_proj",
-    "feed_forward.w2": "mlp.down_proj",
-    "feed_forward.w3": "mlp.up_proj",
-}
-assert set(_HF_LAYER_NAMES) == set(LAYER_TENSORS)
-
-
-def hf_name(canonical: str) -> str:
-    """The Hugging Face state_dict key (with `.weight`) of a canonical tensor name."""
-    if canonical == "tok_embeddings":
-        return "model.embed_tokens.weight"
-    if canonical == "norm":
-        return "model.norm.weight"
-    if canonical == "output":
-        return "lm_head.weight"
-    _, i, kind = canonical.split(".", 2)
-    return f"model.layers.{i}.{_HF_LAYER_NAMES[kind]}.weight"
-
 
 def rotary_heads(cfg: ModelConfig, canonical: str) -> int | None:
     """Number of heads whose rows the HF layout permutes (q: n_heads, k: n_kv_heads), else None."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,3 +165,29 @@ def tensors_equal(a: TensorRef, b: TensorRef) -> bool:
         if not np.array_equal(a.read_rows(start, stop), b.read_rows(start, stop)):
             return False
     return True
+
+
+def check_tensors(
+    path: str,
+    config: ModelConfig,
+    refs: dict[str, TensorRef],
+    display: Callable[[str], str] = str,
+    implied_by: str = "the config",
+) -> None:
+    """Every canonical tensor present with the shape the config implies, and nothing else:
+    a tensor we would not write is refused, never dropped. `display` names tensors as the
+    checkpoint does (e.g. Hugging Face keys), so messages point at what the user can find."""
+    expected = config.shapes()
+    for name, shape in expected.items():
+        ref = refs.get(name)
+        if ref is None:
+            raise Llama2binError(f"{path}: missing tensor {display(name)}")
+        if tuple(ref.shape) != shape:
+            raise Llama2binError(
+                f"{path}: tensor {display(name)} has shape {list(ref.shape)}, {implied_by} implies {list(shape)}"
+            )
+    extra = sorted(set(refs) - set(expected))
+    if extra:
+        raise Llama2binError(
+            f"{path}: unexpected tensor {display(extra[0])}: not part of the LLaMA model {implied_by} describes"
+        )

@@ -25,8 +25,8 @@ import numpy as np
 
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
-from ..model import ModelConfig
-from .base import FilePool, Source, TensorRef, tensors_equal
+from ..model import ModelConfig, canonical_name, hf_name
+from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
 from .policy import load_json_object, require_dir, rope_theta_departure
 from .safetensors import SafetensorsFile
 from .torchzip import TorchTensor, TorchZip
@@ -38,19 +38,6 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-# HF name (after an optional "model." prefix) -> canonical name, per layer.
-_LAYER_NAMES = {
-    "input_layernorm": "attention_norm",
-    "self_attn.q_proj": "attention.wq",
-    "self_attn.k_proj": "attention.wk",
-    "self_attn.v_proj": "attention.wv",
-    "self_attn.o_proj": "attention.wo",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "feed_forward.w1",
-    "mlp.down_proj": "feed_forward.w2",
-    "mlp.up_proj": "feed_forward.w3",
-}
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 # A buffer older transformers versions saved with the weights; recomputed, not a weight.
 _INV_FREQ_RE = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 
@@ -58,49 +45,6 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 # Rotary parameters that are only the plain base: anything else (factor, partial_rotary_factor,
 # original_max_position_embeddings, ...) is a kind of scaling the C readers do not do.
 _PLAIN_ROPE_KEYS = {"rope_type", "type", "rope_theta"}
-
-
-def canonical_name(hf_name: str) -> str | None:
-    """Canonical name of an HF Llama weight, or None if it is not one."""
-    if hf_name == "model.embed_tokens.weight":
-        return "tok_embeddings"
-    if hf_name == "model.norm.weight":
-        return "norm"
-    if hf_name == "lm_head.weight":
-        return "output"
-    m = _LAYER_RE.match(hf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"layers.{int(m.group(1))}.{_LAYER_NAMES[m.group(2)]}"
-    return None
-
-
-def hf_name(name: str) -> str:
-    """The HF name of canonical tensor `name` (for messages)."""
-    fixed = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight", "output": "lm_head.weight"}
-    if name in fixed:
-        return fixed[name]
-    _, i, kind = name.split(".", 2)
-    hf_kind = next(k for k, v in _LAYER_NAMES.items() if v == kind)
-    return f"model.layers.{i}.{hf_kind}.weight"
-
-
-def _check_tensors(path: str, config_path: str, config: ModelConfig, refs: dict[str, TensorRef]) -> None:
-    """Every tensor config.json implies is present with its shape, and nothing else (HF names in messages)."""
-    expected = config.shapes()
-    for name, shape in expected.items():
-        ref = refs.get(name)
-        if ref is None:
-            raise Llama2binError(f"{path}: missing tensor {hf_name(name)}")
-        if tuple(ref.shape) != shape:
-            raise Llama2binError(
-                f"{path}: tensor {hf_name(name)} has shape {list(ref.shape)}, {os.path.basename(config_path)} "
-                f"implies {list(shape)}"
-            )
-    extra = sorted(set(refs) - set(expected))
-    if extra:
-        raise Llama2binError(
-            f"{path}: unexpected tensor {hf_name(extra[0])}: config.json has num_hidden_layers {config.n_layers}"
-        )
 
 
 class HfRotaryRef(TensorRef):
@@ -316,13 +260,13 @@ class HfSource(Source):
         head_size = dim // n_heads if isinstance(dim, int) and isinstance(n_heads, int) and n_heads > 0 else 0
 
         refs: dict[str, TensorRef] = {}
-        for hf_name, ref in raw.items():
-            if _INV_FREQ_RE.match(hf_name):
+        for key, ref in raw.items():
+            if _INV_FREQ_RE.match(key):
                 continue
-            name = canonical_name(hf_name)
+            name = canonical_name(key)
             if name is None:
-                what = "bias" if hf_name.endswith(".bias") else "tensor"
-                raise Llama2binError(f"{path}: unexpected {what} {hf_name}: the .bin formats hold only LLaMA weights")
+                what = "bias" if key.endswith(".bias") else "tensor"
+                raise Llama2binError(f"{path}: unexpected {what} {key}: the .bin formats hold only LLaMA weights")
             if name.endswith("attention.wq") or name.endswith("attention.wk"):
                 ref = HfRotaryRef(ref, head_size)
             refs[name] = ref
@@ -358,7 +302,7 @@ class HfSource(Source):
             accepted_departures=departures,
         )
         config.validate(config_path)
-        _check_tensors(path, config_path, config, refs)
+        check_tensors(path, config, refs, display=hf_name, implied_by=os.path.basename(config_path))
         self.config = config
         self._refs = refs
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import Llama2binError
 from ..model import ModelConfig
-from .base import FilePool, Source, TensorRef, tensors_equal
+from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
 from .torchzip import TorchTensor, TorchZip
 
 _COMPILED_PREFIX = "_orig_mod."  # torch.compile wraps the model; its state_dict keys carry this
@@ -61,7 +61,7 @@ class Llama2cSource(Source):
             norm_eps=float(args.get("norm_eps", 1e-5)),
         )
         config.validate(path)
-        check_tensors(path, config, refs, suffix=".weight")
+        check_tensors(path, config, refs, display=lambda name: f"{name}.weight")
         self.config = config
         self._refs = refs
 
@@ -71,18 +71,3 @@ class Llama2cSource(Source):
     def close(self) -> None:
         self._pool.close()
 
-
-def check_tensors(path: str, config: ModelConfig, refs: dict[str, TensorRef], suffix: str = "") -> None:
-    """Every canonical tensor present with the shape the config implies, and nothing else."""
-    expected = config.shapes()
-    for name, shape in expected.items():
-        ref = refs.get(name)
-        if ref is None:
-            raise Llama2binError(f"{path}: missing tensor {name}{suffix}")
-        if tuple(ref.shape) != shape:
-            raise Llama2binError(
-                f"{path}: tensor {name}{suffix} has shape {list(ref.shape)}, the config implies {list(shape)}"
-            )
-    extra = sorted(set(refs) - set(expected))
-    if extra:
-        raise Llama2binError(f"{path}: unexpected tensor {extra[0]}{suffix}: not part of a LLaMA model")

@@ -21,8 +21,7 @@ import numpy as np
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig
-from .base import FilePool, Source, TensorRef, tensors_equal
-from .llama2c import check_tensors
+from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
 from .policy import load_json_object, require_dir, rope_theta_departure
 from .torchzip import TorchTensor, TorchZip
 
@@ -206,7 +205,7 @@ class MetaSource(Source):
             accepted_departures=departures,
         )
         config.validate(params_path)
-        check_tensors(path, config, refs, suffix=".weight")
+        check_tensors(path, config, refs, display=lambda name: f"{name}.weight")
         self.config = config
         self._refs = refs
 
