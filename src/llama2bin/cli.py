@@ -104,7 +104,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
                 result = verify_hf_dir(path, source, quiet=args.quiet)
             else:
-                result = verify(path, source, quiet=args.quiet)
+                result = verify(path, source, quiet=args.quiet, threads=args.threads)
             if reference is not None and result.tensors:  # no tensors compared: a different model altogether
                 _add_functional(args, path, reference, result)
             if args.json:
@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--version", nargs="+", default=["0"], metavar="V", help="format version(s): 0, 1, 2, hf (default 0)")
     p.add_argument("--group-size", type=int, default=64, help="Q8_0 group size, halved until it divides dim (64)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: min(2, cores))")
+    p.add_argument("--threads", type=int, default=None,
+                   help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
 
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="OUT.bin")
     _add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_functional_args(p)
     p.set_defaults(func=cmd_verify)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,26 +20,41 @@ import numpy as np
 from ..errors import Llama2binError
 from ..model import ModelConfig
 
-# Bytes of float32 a chunk holds. Peak memory of an export is a small multiple of this,
-# whatever the model size: 16 MiB keeps numpy's per-call overhead negligible.
-CHUNK_BYTES = 16 << 20
+# Bytes of float32 a chunk holds. Peak memory of an export or verify is a small multiple of
+# this per worker process, whatever the model size; 8 MiB makes syscall and per-chunk Python
+# overhead negligible (a chunk is ~10 ms of work) while each worker's buffers stay small.
+CHUNK_BYTES = 8 << 20
 
 # Storage dtypes we can read, by the names safetensors and torch use.
 DTYPE_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 
 
-def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Convert raw little-endian storage to float32 (bf16/f16 -> f32 are exact)."""
-    if dtype == "F32":
-        return raw.view("<f4")
+def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Convert raw little-endian storage to float32 (bf16/f16 -> f32 are exact), into `out`
+    (float32, as many elements as raw holds values) when given."""
+    if dtype not in DTYPE_ITEMSIZE:
+        raise Llama2binError(f"unsupported dtype {dtype}")
+    if out is None:
+        if dtype == "F32":
+            return raw.view("<f4")
+        out = np.empty(raw.size // DTYPE_ITEMSIZE[dtype], dtype=np.float32)
     if dtype == "BF16":
         # bf16 is the top half of a float32: widen by shifting into the high 16 bits.
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F16":
-        return raw.view("<f2").astype(np.float32)
-    if dtype == "F64":
-        return raw.view("<f8").astype(np.float32)
-    raise Llama2binError(f"unsupported dtype {dtype}")
+        np.left_shift(raw.view("<u2"), 16, out=out.view(np.uint32), dtype=np.uint32)  # one pass, widening on the fly
+    else:
+        np.copyto(out, raw.view({"F32": "<f4", "F16": "<f2", "F64": "<f8"}[dtype]), casting="unsafe")
+    return out
+
+
+_thread_local = threading.local()
+
+
+def _raw_buffer(nbytes: int) -> np.ndarray:
+    """This thread's reusable byte buffer for storage that needs converting (no page faults per read)."""
+    buf = getattr(_thread_local, "raw", None)
+    if buf is None or buf.size < nbytes:
+        buf = _thread_local.raw = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
+    return buf[:nbytes]
 
 
 class TensorRef(ABC):
@@ -62,6 +78,12 @@ class TensorRef(ABC):
     @abstractmethod
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as a C-contiguous float32 array of shape (stop - start, cols)."""
+
+    def read_rows_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """`read_rows(start, stop)`, possibly stored in `out` (a flat float32 buffer of at least
+        (stop - start) * cols elements) to spare an allocation: use the returned array, which
+        may or may not share memory with `out`. The default simply calls read_rows."""
+        return self.read_rows(start, stop)
 
     def identity(self) -> Any:
         """A key equal for two refs that certainly hold the same bytes (tied weights), else None."""
@@ -103,16 +125,23 @@ class RawTensor(TensorRef):
     key: Any = None
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.read_rows_into(start, stop, np.empty((stop - start) * self.cols, dtype=np.float32))
+
+    def read_rows_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         itemsize = DTYPE_ITEMSIZE[self.dtype]
         cols = self.cols
         count = (stop - start) * cols
-        buf = np.empty(count * itemsize, dtype=np.uint8)
-        # preadv fills the numpy buffer straight from the page cache: one copy, no mmap'd pages
-        # accumulating in this process's RSS.
-        got = os.preadv(self.pool.fd(self.path), [buf], self.offset + start * cols * itemsize)
-        if got != buf.size:
+        dst = out[:count]
+        # preadv fills the buffer straight from the page cache: one copy, no mmap'd pages
+        # accumulating in this process's RSS. float32 lands in `out` directly; other dtypes
+        # go through this thread's reusable raw buffer and are widened into `out`.
+        raw = dst.view(np.uint8) if self.dtype == "F32" else _raw_buffer(count * itemsize)
+        got = os.preadv(self.pool.fd(self.path), [raw], self.offset + start * cols * itemsize)
+        if got != raw.size:
             raise Llama2binError(f"{self.path}: tensor {self.name} is truncated (file too short)")
-        return to_float32(buf, self.dtype).reshape(stop - start, cols)
+        if self.dtype != "F32":
+            to_float32(raw, self.dtype, dst)
+        return dst.reshape(stop - start, cols)
 
     def identity(self) -> Any:
         return None if self.key is None else (self.path, self.key, self.offset)

@@ -1,0 +1,254 @@
+"""Run chunk jobs on forked worker processes: both cores, no GIL.
+
+Why processes: a chunk's work is a few dozen numpy calls on L2-sized blocks. Each call
+releases the GIL, but two threads then hand the GIL back and forth dozens of times per
+block, and on a small VM every hand-over costs about as much as the call: measured on a
+2-core machine, two threads quantize only ~1.1x as fast as one, two processes 2.0x.
+
+How: the task list is built before forking, so every worker inherits it (and the opened
+source and output files) and needs nothing pickled but its results. Worker k runs tasks
+k, k + W, k + 2W, ... in order and streams each result back through its own pipe; the parent
+reads them back in task order, so what it computes from them never depends on timing.
+Workers write their outputs themselves (positional writes to inherited descriptors).
+
+Workers die with the parent (PR_SET_PDEATHSIG on Linux) and on SIGTERM, ignore Ctrl-C (the
+parent unwinds and kills them), and never run atexit handlers or flush inherited stdio.
+Fork is used on Linux only; elsewhere, or with one worker, tasks run in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .errors import Llama2binError
+
+_LEN = struct.Struct("<Q")
+
+
+def can_fork() -> bool:
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def default_workers(total_bytes: int) -> int:
+    """Worker processes when the caller does not say: every usable core, at most 2 (beyond that
+    the page cache, not the CPU, limits a conversion), and 1 for work too small to repay a fork."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return 1 if total_bytes < 32 << 20 else min(2, cores)
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    if data is None or len(data) < n:
+        raise EOFError
+    return data
+
+
+class ForkPool:
+    """`with ForkPool(tasks, fn, workers) as pool: for r in pool.results(): ...`
+
+    fn(task) runs in the workers; results come back in task order; the first exception a task
+    raises is re-raised by results() (after which the workers are killed). Fork happens in
+    __enter__: start threads only after it (a thread running during fork can leave a lock
+    held forever in the child).
+    """
+
+    def __init__(self, tasks: Sequence[Any], fn: Callable[[Any], Any], workers: int):
+        self.tasks = tasks
+        self.fn = fn
+        self.workers = max(1, min(workers, len(tasks))) if can_fork() else 1
+        self._pids: list[int] = []
+        self._pipes: list[Any] = []
+
+    def __enter__(self) -> ForkPool:
+        if self.workers > 1:
+            parent = os.getpid()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Signals stay blocked across fork, so a Ctrl-C or SIGTERM cannot land in a child
+            # before it has left the parent's code (whose cleanup would delete the outputs).
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                for k in range(self.workers):
+                    r, w = os.pipe()
+                    pid = os.fork()
+                    if pid == 0:  # worker: never returns
+                        try:
+                            os.close(r)
+                            for other in self._pipes:
+                                other.close()
+                            signal.signal(signal.SIGINT, signal.SIG_IGN)
+                            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                            self._work(k, w, parent)
+                        finally:
+                            os._exit(1)
+                    os.close(w)
+                    self._pids.append(pid)
+                    self._pipes.append(os.fdopen(r, "rb"))
+            except BaseException:
+                self.__exit__(*sys.exc_info())
+                raise
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return self
+
+    def _work(self, k: int, fd: int, parent: int) -> None:
+        status = 1
+        try:
+            _die_with_parent(parent)
+            for i in range(k, len(self.tasks), self.workers):
+                try:
+                    msg = (True, self.fn(self.tasks[i]))
+                except BaseException as e:  # sent to the parent, which re-raises it
+                    msg = (False, e)
+                try:
+                    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception:  # an exception that cannot be pickled: send its text
+                    data = pickle.dumps((False, Llama2binError(f"{type(msg[1]).__name__}: {msg[1]}")))
+                _write_all(fd, _LEN.pack(len(data)) + data)
+                if not msg[0]:
+                    break
+            status = 0
+        except BaseException:  # parent gone (broken pipe) or killed: nothing left to tell
+            pass
+        finally:
+            os._exit(status)
+
+    def results(self) -> Iterator[Any]:
+        if self.workers == 1:
+            for task in self.tasks:
+                yield self.fn(task)
+            return
+        for i in range(len(self.tasks)):
+            pipe = self._pipes[i % self.workers]
+            try:
+                (n,) = _LEN.unpack(_read_exact(pipe, _LEN.size))
+                ok, value = pickle.loads(_read_exact(pipe, n))
+            except EOFError:
+                raise Llama2binError(self._death(i % self.workers)) from None
+            if not ok:
+                raise value
+            yield value
+
+    def _death(self, k: int) -> str:
+        _, status = os.waitpid(self._pids[k], 0)
+        self._pids[k] = -1
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            why = " (out of memory?)" if sig == signal.SIGKILL else ""
+            return f"worker process {k} was killed by signal {signal.Signals(sig).name}{why}"
+        return f"worker process {k} exited with status {os.waitstatus_to_exitcode(status)}"
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        failed = exc_type is not None
+        for pipe in self._pipes:
+            pipe.close()
+        for pid in self._pids:
+            if pid <= 0:
+                continue
+            if failed:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.waitpid(pid, 0)
+        self._pids, self._pipes = [], []
+
+
+class ForkedCall:
+    """`with ForkedCall(fn, *args) as call: ... call.result()`: fn(*args) in a forked child process,
+    so a GIL-holding side job (importing torch for v0's rope tables) or a long one (sha256 of a
+    multi-GB file) runs beside the workers without slowing this process. Where fork is not
+    used, fn runs in result(). Like ForkPool: create it before starting any thread."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self.fn, self.args = fn, args
+        self._pid = -1
+        self._pipe: Any = None
+
+    def __enter__(self) -> ForkedCall:
+        if can_fork():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            parent = os.getpid()
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # child: never returns
+                    status = 1
+                    try:
+                        os.close(r)
+                        signal.signal(signal.SIGINT, signal.SIG_IGN)
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                        _die_with_parent(parent)
+                        try:
+                            msg = (True, self.fn(*self.args))
+                        except BaseException as e:
+                            msg = (False, e)
+                        try:
+                            data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+                        except Exception:
+                            data = pickle.dumps((False, Llama2binError(f"{type(msg[1]).__name__}: {msg[1]}")))
+                        _write_all(w, data)
+                        status = 0
+                    finally:
+                        os._exit(status)
+                os.close(w)
+                self._pid, self._pipe = pid, os.fdopen(r, "rb")
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return self
+
+    def result(self) -> Any:
+        if self._pid < 0:
+            return self.fn(*self.args)
+        data = self._pipe.read()
+        self._pipe.close()
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = -1
+        if not data:
+            raise Llama2binError(f"side process for {getattr(self.fn, '__name__', 'a task')} died (status {status})")
+        ok, value = pickle.loads(data)
+        if not ok:
+            raise value
+        return value
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pid > 0:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self._pid, 0)
+            self._pid = -1
+        if self._pipe is not None:
+            self._pipe.close()
