@@ -180,3 +180,22 @@ def test_verify_json_from_the_cli_does_not_depend_on_threads(tmp_path):
         assert proc.returncode == 0, proc.stderr
         outs[threads] = [json.load(open(p)) for p in jsons]
     assert outs["1"] == outs["2"]
+
+
+def test_rope_tables_are_single_threaded_and_leave_torch_as_it_was():
+    """torch's multi-threaded cos/sin sometimes returned values off by ~1e-4 for the rows a second
+    OpenMP thread computed; the tables are computed on one thread, torch's setting is restored."""
+    torch = pytest.importorskip("torch")
+    from llama2bin.formats.rope import rope_tables
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cos, sin = rope_tables(64, 2048)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        angles = torch.outer(torch.arange(2048), 1.0 / (10000.0 ** (torch.arange(0, 64, 2)[:32].float() / 64))).float()
+        assert np.array_equal(cos.view(np.uint32), torch.cos(angles).numpy().view(np.uint32))
+        assert np.array_equal(sin.view(np.uint32), torch.sin(angles).numpy().view(np.uint32))
+    finally:
+        torch.set_num_threads(before)

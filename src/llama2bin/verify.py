@@ -6,8 +6,8 @@ the source. Header fields must match the source config. Per-tensor error statist
 collected on the way; they are what the quantization-error reports show.
 
 Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool), block by
-block in reused buffers; the file's sha256 and v0's rope tables (torch) are computed in side
-processes meanwhile. The .bin is read with preadv, not through the memory map, so RSS stays
+block in reused buffers; meanwhile a side process computes the file's sha256 and the parent
+v0's rope tables (torch). The .bin is read with preadv, not through the memory map, so RSS stays
 at a few chunks per process whatever the tensor size.
 """
 
@@ -161,7 +161,7 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int, path: str) -> np.ndarray:
 
 def _check_tensors(bf: BinFile, source: Source, result: VerifyResult, workers: int | None, quiet: bool) -> None:
     """Every weight of `bf` against the source, in row chunks on worker processes, plus the sha256
-    and (v0) the rope tables in side processes. Chunk results are consumed in file order, so the
+    (in a side process) and v0's rope tables. Chunk results are consumed in file order, so the
     statistics and each tensor's first failure never depend on timing."""
     weights = list(bf.weights())
     tasks = [(t, start, stop) for t in weights for start, stop in row_chunks(source.tensor(t.name), t.group_size or 1)]
@@ -176,10 +176,10 @@ def _check_tensors(bf: BinFile, source: Source, result: VerifyResult, workers: i
     try:
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(bf.size)))
-            # side processes, not threads: hashing and torch's import would fight the GIL
-            digest = stack.enter_context(ForkedCall(sha256_file, bf.path))
-            cfg = bf.config
-            rope = stack.enter_context(ForkedCall(rope_tables, cfg.head_size, cfg.max_seq_len)) if bf.version == 0 else None
+            digest = stack.enter_context(ForkedCall(sha256_file, bf.path))  # a process: a thread would fight for the GIL
+            # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP may
+            # hang there if this process used it before
+            rope = rope_tables(bf.config.head_size, bf.config.max_seq_len) if bf.version == 0 else None
             progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
             try:
                 stats: TensorStats | None = None
@@ -210,7 +210,7 @@ def _check_tensors(bf: BinFile, source: Source, result: VerifyResult, workers: i
                         progress.update(t.values.size)
                         stats = None
                 if rope is not None:
-                    _check_rope(bf, result, rope.result())
+                    _check_rope(bf, result, rope)
                 result.sha256 = digest.result()
             finally:
                 progress.close()

@@ -10,7 +10,7 @@ Speed: chunks are read, converted, quantized (formats.q8_0.quantize_into, block 
 reused buffers) and written by worker processes (parallel.ForkPool: the GIL makes threads
 useless for this), each writing its own chunks at their offsets and handing them to the
 kernel for writeback at once (so the fsync at commit finds little left to do); v0's rope
-tables (torch, ~1 s to import) are computed in a side process meanwhile.
+tables (torch, ~1 s to import) are computed by the parent meanwhile.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .formats.layout import F32, Q8, ROPE_COS, ROPE_SIN, SCALE, Layout
 from .formats.q8_0 import all_finite, choose_group_size, process_scratch, quantize_into
 from .formats.rope import rope_tables
 from .model import ModelConfig
-from .parallel import ForkedCall, ForkPool, default_workers
+from .parallel import ForkPool, default_workers
 from .progress import Progress
 from .sources.base import Source, row_chunks
 
@@ -183,8 +183,9 @@ def _stream_tensors(
     cfg = source.config
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(ForkPool(tasks, chunk_job, workers or default_workers(total)))
-        # v0's rope tables meanwhile, in a side process: importing torch takes ~1 s
-        rope = stack.enter_context(ForkedCall(rope_tables, cfg.head_size, cfg.max_seq_len)) if _rope_sections(layouts) else None
+        # v0's rope tables here while the workers stream (importing torch takes ~1 s); not in a
+        # forked child: torch's OpenMP may hang there if this process used it before
+        rope = rope_tables(cfg.head_size, cfg.max_seq_len) if _rope_sections(layouts) else None
         progress = Progress(total, "export", quiet=quiet)  # after the forks: tqdm may start a thread
         try:
             for task, (nbytes, err) in zip(tasks, pool.results(), strict=True):
@@ -195,7 +196,7 @@ def _stream_tensors(
         finally:
             progress.close()
         if rope is not None:
-            _write_rope(rope.result(), layouts, outputs)
+            _write_rope(rope, layouts, outputs)
 
 
 def _rope_sections(layouts: dict[str, Layout]) -> list:

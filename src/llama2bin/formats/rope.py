@@ -18,7 +18,15 @@ def rope_tables(head_size: int, max_seq_len: int, theta: float = 10000.0) -> tup
         import torch
     except ImportError:
         raise Llama2binError("writing or verifying version 0 needs torch (pip install torch==2.13.0)") from None
-    f = 1.0 / (theta ** (torch.arange(0, head_size, 2)[: (head_size // 2)].float() / head_size))
-    t = torch.arange(max_seq_len, device=f.device)
-    angles = torch.outer(t, f).float()
-    return torch.cos(angles).numpy(), torch.sin(angles).numpy()
+    # One thread: torch's multi-threaded cos/sin now and then returned values off by ~1e-4 for
+    # the part of the table a second OpenMP thread computed (seen on a 2-core VM, ~1 run in 10);
+    # single-threaded they are the accurate, reproducible ones (and the tables are small).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        f = 1.0 / (theta ** (torch.arange(0, head_size, 2)[: (head_size // 2)].float() / head_size))
+        t = torch.arange(max_seq_len, device=f.device)
+        angles = torch.outer(t, f).float()
+        return torch.cos(angles).numpy(), torch.sin(angles).numpy()
+    finally:
+        torch.set_num_threads(threads)
