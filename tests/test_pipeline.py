@@ -191,3 +191,16 @@ def test_url_source_is_fetched_pinned_and_converted(tmp_path):
     assert filecmp.cmp(os.path.join(workdir, "results/b/b.v2.bin"), os.path.join(data, "tiny_b.v2.bin"), shallow=False)
     record = json.load(open(os.path.join(workdir, "resources/checkpoints/b/SOURCE.json")))
     assert record["files"][0]["sha256"] == digest and "HF_TOKEN" not in json.dumps(record)
+
+
+def test_fresh_clone_with_tracked_reports_still_does_the_work(tmp_path):
+    """reports/ is tracked, so a fresh clone has it; `snakemake --cores 4` must still convert and verify."""
+    workdir = fresh_copy(tmp_path / "w")
+    shutil.copytree(os.path.join(ROOT, "reports"), os.path.join(workdir, "reports"))
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0
+    assert "Nothing to be done" not in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    stats = out[out.index("Job stats:"):].splitlines()
+    counts = dict(line.split() for line in stats[3:] if len(line.split()) == 2)
+    assert counts["export"] == counts["verify"] == counts["report"] == "3"
