@@ -71,7 +71,7 @@ def _llama2c_hidden(dim: int, multiple_of: int = 32) -> int:
 SHAPES: dict[str, Shape] = {
     # tiny shapes for the smoke test: seconds, not minutes
     "tiny": Shape("tiny", "llama2c", 64, 2, 4, 4, 512, _llama2c_hidden(64), 64),
-    "tiny-hf": Shape("tiny-hf", "hf", 64, 2, 4, 2, 512, 160, 64, shards=2),
+    "tiny-hf": Shape("tiny-hf", "hf", 64, 2, 4, 2, 512, 256, 64, shards=2),
     # llama2.c's published stories15M / stories110M shapes
     "15M": Shape("15M", "llama2c", 288, 6, 6, 6, 32000, _llama2c_hidden(288), 256),
     "110M": Shape("110M", "llama2c", 768, 12, 12, 12, 32000, _llama2c_hidden(768), 1024),

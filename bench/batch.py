@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Batch benchmark: N copies of a checkpoint through the whole Snakemake pipeline.
+
+    .venv/bin/python bench/batch.py                       # 20 x 15M, versions 0 1 2, --cores 4
+    .venv/bin/python bench/batch.py --models 4 --shape tiny --cores 2
+
+Builds a workdir under bench/work/batch with N real copies of the synthetic checkpoint
+(bench/synth.py), a config naming them as `path:` llama2c sources, and runs the repository's
+Snakefile there with the default settings otherwise (export, verify with functional check,
+C consumer check, reports). Reports the wall time of the whole run and, per rule, the job
+count, summed job seconds and the largest peak RSS/PSS from Snakemake's own benchmark files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from synth import SHAPES, ensure  # noqa: E402
+
+
+def prepare(work: str, shape_name: str, n: int, cache: str) -> str:
+    """A fresh workdir with n checkpoint copies and a config naming them."""
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "checkpoints"))
+    ckpt = ensure(SHAPES[shape_name], cache)
+    if not os.path.isfile(ckpt):
+        raise SystemExit(f"batch: shape {shape_name} is not a single-file llama2.c checkpoint")
+    lines = ["models:"]
+    for i in range(1, n + 1):
+        copy = os.path.join(work, "checkpoints", f"m{i:02d}.pt")
+        shutil.copyfile(ckpt, copy)  # real copies: every job reads its own file, as in a real batch
+        lines += [f"  m{i:02d}:", "    source: llama2c", f"    path: {copy}"]
+    lines.append("versions: [0, 1, 2]")
+    config = os.path.join(work, "config.yaml")
+    with open(config, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return config
+
+
+def rule_table(work: str) -> list[dict]:
+    """Per rule, from Snakemake's benchmark TSVs: jobs, summed seconds, largest max_rss / max_pss (MB)."""
+    rows = []
+    for folder in sorted(glob.glob(os.path.join(work, "benchmarks", "*"))):
+        files = glob.glob(os.path.join(folder, "**", "*.tsv"), recursive=True)
+        by_rule: dict[str, list[dict]] = {}
+        for path in files:
+            rule = os.path.basename(folder)
+            if os.path.basename(path).endswith(".fetch.tsv"):
+                rule = "fetch_checkpoint"
+            with open(path) as f:
+                by_rule.setdefault(rule, []).extend(csv.DictReader(f, delimiter="\t"))
+        for rule, recs in by_rule.items():
+            def num(r: dict, k: str) -> float:
+                try:
+                    return float(r[k])
+                except (KeyError, ValueError):
+                    return 0.0
+            rows.append({
+                "rule": rule,
+                "jobs": len(recs),
+                "seconds": sum(num(r, "s") for r in recs),
+                "max_rss": max(num(r, "max_rss") for r in recs),
+                "max_pss": max(num(r, "max_pss") for r in recs),
+            })
+    return rows
+
+
+def run_batch(n: int = 20, shape: str = "15M", cores: int = 4, work: str | None = None, cache: str | None = None) -> dict:
+    work = work or os.path.join(HERE, "work", "batch")
+    cache = cache or os.path.join(HERE, "work", "cache")
+    config = prepare(work, shape, n, cache)
+    snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
+    cmd = [snakemake, "--snakefile", os.path.join(ROOT, "Snakefile"), "--directory", work, "--configfile", config,
+           "--cores", str(cores), "--quiet", "all"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"batch: snakemake failed ({proc.returncode})\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return {"models": n, "shape": shape, "cores": cores, "wall": wall, "rules": rule_table(work)}
+
+
+def render(result: dict) -> str:
+    lines = [
+        f"{result['models']} x {result['shape']} checkpoints, versions 0 1 2, `snakemake --cores {result['cores']}` "
+        f"(default pipeline: fetch record, export, verify + functional check, C consumer check, reports): "
+        f"**{result['wall']:.1f} s wall**.",
+        "",
+        "| rule | jobs | job seconds (sum) | largest max_rss MB | largest max_pss MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rules"]:
+        lines.append(f"| {r['rule']} | {r['jobs']} | {r['seconds']:.1f} | {r['max_rss']:.0f} | {r['max_pss']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=int, default=20)
+    p.add_argument("--shape", default="15M", choices=[k for k, s in SHAPES.items() if s.kind == "llama2c"])
+    p.add_argument("--cores", type=int, default=4)
+    p.add_argument("--work", help="workdir (default bench/work/batch; deleted and rebuilt)")
+    args = p.parse_args(argv)
+    sys.stdout.write(render(run_batch(args.models, args.shape, args.cores, args.work)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+#!/usr/bin/env python3
+"""Benchmark `llama2bin export` and `llama2bin verify` against the physical floor, `cp`.
+
+    .venv/bin/python bench/run.py                  # --scale small: 15M and 110M llama2.c
+    .venv/bin/python bench/run.py --scale full     # + TinyLlama-1.1B-shaped HF safetensors (bf16)
+    .venv/bin/python bench/run.py --scale full --batch 20   # + 20 x 15M through Snakemake
+    .venv/bin/python bench/run.py --scale smoke    # tiny shapes, seconds (what the test runs)
+
+Synthetic checkpoints (random values, real shapes and container formats) are built once into
+bench/work/cache (git-ignored). Every export and verify runs as its own process, exactly as
+a user or Snakemake runs it; wall time is measured around the process, CPU time comes from its
+rusage, memory is the peak summed RSS of its process tree (llama2bin forks workers). Each
+export is followed by `cp` of its output (the same bytes, same disk, same moment) and `sync` of
+the copy: the floor without and with durability (the export fsyncs before renaming). Each
+single-version output is then verified (round trip only: --no-functional), and once more with
+the CLI's default functional check. Medians over --repeats runs, interleaved.
+Writes a Markdown report (bench/results.md by default) and, with --json, the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from synth import SHAPES, Shape, ensure  # noqa: E402
+
+SCALES = {
+    "smoke": ["tiny", "tiny-hf"],
+    "small": ["15M", "110M"],
+    "full": ["15M", "110M", "1.1B"],
+}
+# Export jobs per model: each version alone, then all three in one job (one pass over the source).
+JOBS: list[tuple[int, ...]] = [(0,), (1,), (2,), (0, 1, 2)]
+
+MiB = 1 << 20
+
+
+@dataclass
+class Run:
+    wall: float
+    rss_mib: float  # peak of the summed RSS of the job's processes
+    cpu: float  # user + system seconds of the job's processes
+    max_process_mib: float = 0.0  # the largest single process (ru_maxrss)
+
+
+@dataclass
+class Row:
+    model: str
+    shape: str
+    params: int
+    kind: str
+    versions: str
+    out_bytes: int
+    export: list[Run] = field(default_factory=list)
+    cp: list[float] = field(default_factory=list)
+    cp_sync: list[float] = field(default_factory=list)
+    verify: list[Run] = field(default_factory=list)  # round-trip verification of the output (single-version jobs)
+    functional: list[Run] = field(default_factory=list)  # the CLI's default verify, with its functional check (once)
+
+    def median(self, what: str, attr: str = "wall") -> float:
+        values = getattr(self, what)
+        if not values:
+            return float("nan")
+        return statistics.median(v if isinstance(v, float) else getattr(v, attr) for v in values)
+
+
+def llama2bin_cmd() -> list[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "llama2bin")
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "llama2bin.cli"]
+
+
+# Peak memory is measured from a small parent: Linux carries the forking process's RSS
+# high-water mark into the child's ru_maxrss (across fork and exec), and this script's own RSS
+# (numpy, torch for building checkpoints) would swamp a small job's. So a minimal Python
+# launcher (-S: no site packages, ~10 MiB) forks and execs each command, reports the child's
+# wall time and wait4 rusage, and samples the RSS of the whole process tree (llama2bin forks
+# worker processes) every 10 ms: the job's memory is the peak of that sum. Shared pages
+# (the interpreter, numpy) count once per process, so the sum errs on the generous side.
+_LAUNCHER = r"""
+import json, os, sys, time
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def tree_rss(root):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+    return total
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+peak = 0
+while True:
+    done, status, ru = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    peak = max(peak, tree_rss(pid))
+    time.sleep(0.01)
+wall = time.perf_counter() - start
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "wall": wall, "maxrss_kib": ru.ru_maxrss,
+                  "tree_peak_bytes": peak, "cpu": ru.ru_utime + ru.ru_stime}), file=sys.stderr)
+"""
+
+
+def measure(cmd: list[str]) -> Run:
+    """Run cmd as a child process: wall time, peak memory of its process tree, CPU time."""
+    proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
+    *messages, last = proc.stderr.rstrip("\n").split("\n") or [""]
+    try:
+        report = json.loads(last)
+    except json.JSONDecodeError:
+        raise SystemExit(f"bench: launcher failed for {' '.join(cmd)}\n{proc.stderr}") from None
+    if report["exit"] != 0:
+        raise SystemExit(f"bench: command failed ({report['exit']}): {' '.join(cmd)}\n{proc.stdout}" + "\n".join(messages))
+    # the sampled tree peak can miss a process that lived < 10 ms; the largest single process
+    # (ru_maxrss, exact) bounds it from below
+    rss = max(report["tree_peak_bytes"] / MiB, report["maxrss_kib"] / 1024)
+    return Run(report["wall"], rss, report["cpu"], report["maxrss_kib"] / 1024)
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def warm(path: str) -> None:
+    """Read a checkpoint once so every timed run starts from the same state: in the page cache."""
+    files = [path] if os.path.isfile(path) else [os.path.join(path, f) for f in sorted(os.listdir(path))]
+    buf = bytearray(8 * MiB)
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+
+
+def remove(paths: list[str]) -> None:
+    for p in paths:
+        if os.path.exists(p):
+            os.unlink(p)
+
+
+def source_args(shape: Shape, path: str) -> list[str]:
+    return ["--checkpoint", path] if shape.kind == "llama2c" else ["--hf", path]
+
+
+def bench_model(shape: Shape, ckpt: str, out_dir: str, repeats: int, log) -> list[Row]:
+    cli = llama2bin_cmd()
+    # verify's functional check (forward passes) is another feature's cost: time the round trip alone
+    helptext = subprocess.run([*cli, "verify", "--help"], capture_output=True, text=True).stdout
+    round_trip_only = ["--no-functional"] if "--no-functional" in helptext else []
+    jobs: list[tuple[Row, list[str]]] = []
+    for versions in JOBS:
+        row = Row(shape.name, shape.describe(), shape.n_params, shape.kind, ",".join(map(str, versions)), 0)
+        jobs.append((row, [os.path.join(out_dir, f"{shape.name}.v{v}.bin") for v in versions]))
+    copy_dir = os.path.join(out_dir, "cp")
+    warm(ckpt)
+    # Repeats are interleaved (all jobs, then all jobs again) so slow drift in the machine's
+    # state (page cache, other load) spreads over every job instead of biasing one.
+    for rep in range(repeats):
+        for row, outs in jobs:
+            remove(outs)
+            run = measure([*cli, "export", *outs, *source_args(shape, ckpt), "--version", *row.versions.split(","), "--quiet"])
+            row.export.append(run)
+            row.out_bytes = sum(os.path.getsize(p) for p in outs)
+            # The copy goes to a folder emptied just now, as the export's outputs were deleted just
+            # before it ran: both write into just-freed page-cache memory (on a VM, memory freed
+            # long ago can cost far more to touch again).
+            shutil.rmtree(copy_dir, ignore_errors=True)
+            os.makedirs(copy_dir)
+            copies = [os.path.join(copy_dir, os.path.basename(p)) for p in outs]
+            row.cp.append(timed(["cp", *outs, copy_dir]))
+            row.cp_sync.append(row.cp[-1] + timed(["sync", *copies]))
+            if len(outs) == 1:  # verification cost per file, right after the export that wrote it
+                verify = [*cli, "verify", outs[0], *source_args(shape, ckpt), "--quiet"]
+                row.verify.append(measure(verify + round_trip_only))
+                if rep == 0 and round_trip_only:
+                    row.functional.append(measure(verify))
+            log(f"  [{rep + 1}/{repeats}] {shape.name} v{row.versions}: export {run.wall:.2f} s, "
+                f"{run.rss_mib:.0f} MiB; cp {row.cp[-1]:.2f} s"
+                + (f"; verify {row.verify[-1].wall:.2f} s, {row.verify[-1].rss_mib:.0f} MiB" if row.verify else ""))
+    for _, outs in jobs:
+        remove(outs)
+    shutil.rmtree(copy_dir, ignore_errors=True)
+    return [row for row, _ in jobs]
+
+
+def python_baselines(repeats: int) -> dict[str, Run]:
+    """What a process costs before any conversion: interpreter + numpy, and torch (v0's rope tables)."""
+    py = sys.executable
+    cases = {
+        "python + numpy + llama2bin": [py, "-c", "import numpy, llama2bin.cli, llama2bin.writer, llama2bin.verify"],
+        "import torch": [py, "-c", "import torch"],
+        "rope tables (torch) for 2048 x 64": [py, "-c", "from llama2bin.formats.rope import rope_tables; rope_tables(64, 2048)"],
+    }
+    out = {}
+    for name, cmd in cases.items():
+        runs = [measure(cmd) for _ in range(repeats)]
+        out[name] = Run(statistics.median(r.wall for r in runs), statistics.median(r.rss_mib for r in runs),
+                        statistics.median(r.cpu for r in runs))
+    return out
+
+
+def machine() -> dict[str, str]:
+    def first(path: str, key: str) -> str:
+        try:
+            for line in open(path):
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "?"
+
+    import numpy
+
+    info = {
+        "cpus (nproc)": str(os.cpu_count()),
+        "cpu model": first("/proc/cpuinfo", "model name"),
+        "ram": f"{int(first('/proc/meminfo', 'MemTotal').split()[0]) // 1024} MiB",
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "os": f"{platform.system()} {platform.release()}",
+    }
+    try:
+        import torch  # noqa: F401  (only to record its version)
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = "not installed"
+    try:
+        df = subprocess.run(["df", "-T", HERE], capture_output=True, text=True).stdout.splitlines()[-1].split()
+        info["disk"] = f"{df[1]} on {df[0]}"
+        dev = os.path.basename(df[0])
+        rot = f"/sys/block/{dev}/queue/rotational"
+        if os.path.exists(rot):
+            info["disk"] += " (rotational)" if open(rot).read().strip() == "1" else " (non-rotational)"
+    except (OSError, IndexError):
+        info["disk"] = "?"
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "src"],
+                               capture_output=True, text=True).stdout.strip()
+        info["llama2bin commit"] = rev.stdout.strip() + (" + uncommitted changes in src/" if dirty else "")
+    except OSError:
+        pass
+    return info
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "—" if x != x else f"{x:.{digits}f}"
+
+
+def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], args: argparse.Namespace, load: tuple,
+           batch: str | None) -> str:
+    lines = [
+        "# llama2bin benchmark",
+        "",
+        f"`.venv/bin/python bench/run.py --scale {args.scale} --repeats {args.repeats}"
+        + (f" --batch {args.batch}" if args.batch else "") + f"`: medians of {args.repeats} run(s), interleaved.",
+        "Each export and verify is its own `llama2bin` process (start-up included). *peak MiB* is the peak of the",
+        "summed RSS of the job's processes (parent, forked workers, side processes; shared pages counted in each).",
+        "`cp` copies the export's output(s) right after the export (same bytes, same disk, page cache as the export",
+        "left it); `cp+sync` adds fsync of the copy, as the export fsyncs before its atomic rename. *verify* is the",
+        "round trip (`--no-functional`, one file); *verify+fn* is the CLI default with its functional check (one run).",
+        "Checkpoints are synthetic (random values, real shapes and container formats), warm in the page cache.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in info.items()],
+        f"- load average before / after: {load[0]} / {load[1]} (other work on this shared machine inflates wall times)",
+        "",
+        "## Export",
+        "",
+        "| model | shape | source | versions | output MB | export s | cp s | cp+sync s | export / cp | export / cp+sync "
+        "| MB/s | peak MiB | CPU s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        wall, cp, cps = r.median("export"), r.median("cp"), r.median("cp_sync")
+        lines.append(
+            f"| {r.model} | {r.shape} | {r.kind} | {r.versions} | {r.out_bytes / 1e6:.1f} | {fmt(wall)} | {fmt(cp)} "
+            f"| {fmt(cps)} | {fmt(wall / cp, 1)} | {fmt(wall / cps, 1)} | {fmt(r.out_bytes / 1e6 / wall, 0)} "
+            f"| {fmt(r.median('export', 'rss_mib'), 0)} | {fmt(r.median('export', 'cpu'))} |"
+        )
+    lines += [
+        "",
+        "## Verify (one file per process)",
+        "",
+        "| model | version | file MB | export s | verify s | verify / export | verify peak MiB | verify CPU s "
+        "| verify+fn s | verify+fn peak MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if not r.verify:
+            continue
+        wall, ver = r.median("export"), r.median("verify")
+        lines.append(
+            f"| {r.model} | {r.versions} | {r.out_bytes / 1e6:.1f} | {fmt(wall)} | {fmt(ver)} | {fmt(ver / wall)} "
+            f"| {fmt(r.median('verify', 'rss_mib'), 0)} | {fmt(r.median('verify', 'cpu'))} "
+            f"| {fmt(r.median('functional'))} | {fmt(r.median('functional', 'rss_mib'), 0)} |"
+        )
+    lines += [
+        "",
+        "## Process baselines",
+        "",
+        "| what | wall s | CPU s | peak MiB |",
+        "|---|---:|---:|---:|",
+        *[f"| {k} | {fmt(v.wall)} | {fmt(v.cpu)} | {fmt(v.rss_mib, 0)} |" for k, v in baselines.items()],
+        "",
+        "## Memory per job (for Snakemake `resources: mem_mb`)",
+        "",
+        "Peak summed RSS (MiB) of one job, per model size: does it grow with the model?",
+        "",
+        "| model | params | export all versions (one job) | export v1 or v2 only (worst) | verify round trip (worst file) "
+        "| verify+fn (worst file) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        all_job = next(r for r in mine if "," in r.versions)
+        quant = max(r.median("export", "rss_mib") for r in mine if r.versions in ("1", "2"))
+        verify_worst = max((r.median("verify", "rss_mib") for r in mine if r.verify), default=float("nan"))
+        fn_worst = max((r.median("functional", "rss_mib") for r in mine if r.functional), default=float("nan"))
+        lines.append(f"| {model} | {mine[0].params / 1e6:.0f}M | {fmt(all_job.median('export', 'rss_mib'), 0)} "
+                     f"| {fmt(quant, 0)} | {fmt(verify_worst, 0)} | {fmt(fn_worst, 0)} |")
+    if batch:
+        lines += ["", "## Batch through Snakemake", "", batch.rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    p.add_argument("--models", nargs="+", metavar="NAME", help=f"instead of --scale: any of {', '.join(SHAPES)}")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--work", default=os.path.join(HERE, "work"), help="cache and scratch folder (default bench/work)")
+    p.add_argument("--results", help="Markdown report (default bench/results.md; smoke: WORK/results.md)")
+    p.add_argument("--json", help="also write the raw numbers here")
+    p.add_argument("--batch", type=int, metavar="N", help="also run N copies of the 15M checkpoint through Snakemake "
+                   "(bench/batch.py, --cores 4)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    results = args.results or (os.path.join(args.work, "results.md") if args.scale == "smoke" else
+                               os.path.join(HERE, "results.md"))
+    models = args.models or SCALES[args.scale]
+    out_dir = os.path.join(args.work, "out")
+    os.makedirs(out_dir, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows: list[Row] = []
+    for name in models:
+        shape = SHAPES[name]
+        log(f"{name}: building/finding the checkpoint ({shape.n_params / 1e6:.0f}M params, {shape.kind})")
+        ckpt = ensure(shape, os.path.join(args.work, "cache"))
+        rows += bench_model(shape, ckpt, out_dir, args.repeats, log)
+    log("process baselines")
+    baselines = python_baselines(args.repeats)
+    batch_md = None
+    if args.batch:
+        import batch
+
+        log(f"batch: {args.batch} x 15M through snakemake --cores 4")
+        batch_md = batch.render(batch.run_batch(args.batch, "15M", 4, os.path.join(args.work, "batch"),
+                                                os.path.join(args.work, "cache")))
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    shutil.rmtree(os.path.join(out_dir, "cp"), ignore_errors=True)
+
+    report = render(rows, baselines, machine(), args, (load_before, load_after), batch_md)
+    with open(results + ".part", "w") as f:
+        f.write(report)
+    os.replace(results + ".part", results)
+    if args.json:
+        raw = {"rows": [{k: v for k, v in asdict(r).items()} for r in rows],
+               "baselines": {k: asdict(v) for k, v in baselines.items()}}
+        with open(args.json, "w") as f:
+            json.dump(raw, f, indent=1)
+    sys.stdout.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
