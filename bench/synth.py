@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from llama2bin.model import hf_name
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -132,30 +134,6 @@ def _write_llama2c(shape: Shape, path: str) -> None:
     tmp = path + ".part"
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
-
-
-_HF_NAMES = {
-    "attention_norm": "input_layernorm",
-    "attention.wq": "self_attn.q_proj",
-    "attention.wk": "self_attn.k_proj",
-    "attention.wv": "self_attn.v_proj",
-    "attention.wo": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "feed_forward.w1": "mlp.gate_proj",
-    "feed_forward.w2": "mlp.down_proj",
-    "feed_forward.w3": "mlp.up_proj",
-}
-
-
-def hf_name(name: str) -> str:
-    if name == "tok_embeddings":
-        return "model.embed_tokens.weight"
-    if name == "norm":
-        return "model.norm.weight"
-    if name == "output":
-        return "lm_head.weight"
-    _, i, kind = name.split(".", 2)
-    return f"model.layers.{i}.{_HF_NAMES[kind]}.weight"
 
 
 def _bf16(values: np.ndarray) -> np.ndarray:

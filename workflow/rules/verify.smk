@@ -41,11 +41,12 @@ rule verify:
         "logs/verify/{model}.log",
     benchmark:
         "benchmarks/verify/{model}.tsv"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=verify_mem_mb,
     shell:
-        "{LLAMA2BIN} verify {input.bins} {params.source} {params.functional} --json {output} > {log} 2>&1"
+        "{LLAMA2BIN} verify {input.bins} {params.source} {params.functional} --threads {threads}"
+        " --json {output} > {log} 2>&1"
 
 
 rule c_check:
