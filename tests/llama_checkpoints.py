@@ -226,3 +226,29 @@ def model_from_canonical(spec: Spec, weights: dict[str, np.ndarray]) -> LlamaFor
     model = LlamaForCausalLM(hf_config(spec)).eval()
     model.load_state_dict(hf_state_from_canonical(spec, w), strict=True)
     return model
+
+
+# ---- running the CLI in-process ------------------------------------------------------------
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`llama2bin ARGV` in this process: (exit status, stdout, stderr)."""
+    from llama2bin.cli import main
+
+    capsys.readouterr()  # drop what building the checkpoint printed (transformers' progress bars)
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def assert_refused(argv: list[str], out_dir, capsys, *needles: str) -> str:
+    rc, stdout, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert rc == 1, (stdout, err)
+    # one error line, last; only informational lines (e.g. the group-size BACKOFF note) before it
+    errors = [line for line in lines if line.startswith("llama2bin: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not os.path.exists(out_dir) or os.listdir(out_dir) == [], os.listdir(out_dir)
+    return errors[0]

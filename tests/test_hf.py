@@ -24,14 +24,15 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from llama_checkpoints import (  # noqa: E402
     TOKENS,
     Spec,
+    assert_refused,
     hf_config,
     hf_logits,
     hf_model,
     model_from_canonical,
+    run,
     save_hf,
 )
 
-from llama2bin.cli import main  # noqa: E402
 from llama2bin.forward import bin_logits, weights_from_bin  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402
 from llama2bin.sources import open_source  # noqa: E402
@@ -74,12 +75,6 @@ def checkpoints(tmp_path_factory):
 
     return get
 
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what building the checkpoint printed (transformers' progress bars)
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
@@ -247,17 +242,6 @@ def test_safetensors_reader_offsets_and_bf16(tmp_path):
 # ---- refusals -----------------------------------------------------------------------------
 
 
-def assert_refused(argv: list[str], out_dir, capsys, *needles: str) -> str:
-    rc, stdout, err = run(argv, capsys)
-    lines = err.strip().splitlines()
-    assert rc == 1, (stdout, err)
-    # one error line, last; only informational lines (e.g. the group-size BACKOFF note) before it
-    errors = [line for line in lines if line.startswith("llama2bin: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    assert not os.path.exists(out_dir) or os.listdir(out_dir) == [], os.listdir(out_dir)
-    return errors[0]
 
 
 def edited_copy(src: str, dst, config_changes: dict | None = None, drop: tuple[str, ...] = ()) -> str:

@@ -20,17 +20,18 @@ pytest.importorskip("transformers")
 from llama_checkpoints import (  # noqa: E402
     TOKENS,
     Spec,
+    assert_refused,
     canonical_weights,
     hf_logits,
     hf_model,
     meta_params,
     model_from_canonical,
     rounded_model,
+    run,
     save_hf,
     save_meta,
 )
 
-from llama2bin.cli import main  # noqa: E402
 from llama2bin.constants import DEFAULT_MAX_SEQ_LEN  # noqa: E402
 from llama2bin.forward import bin_logits, weights_from_bin  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402
@@ -63,12 +64,6 @@ def checkpoints(tmp_path_factory):
 
     return get
 
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -197,17 +192,6 @@ def test_concat_reads_only_the_rows_asked_for(axis):
 # ---- refusals -----------------------------------------------------------------------------
 
 
-def assert_refused(argv: list[str], out_dir, capsys, *needles: str) -> str:
-    rc, stdout, err = run(argv, capsys)
-    lines = err.strip().splitlines()
-    assert rc == 1, (stdout, err)
-    # one error line, last; only informational lines (e.g. the group-size BACKOFF note) before it
-    errors = [line for line in lines if line.startswith("llama2bin: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    assert not os.path.exists(out_dir) or os.listdir(out_dir) == [], os.listdir(out_dir)
-    return errors[0]
 
 
 def _export_argv(tmp_path, src) -> list[str]:

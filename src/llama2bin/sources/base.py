@@ -148,19 +148,29 @@ class RawTensor(TensorRef):
 
 
 class Source(ABC):
-    """An opened checkpoint: its config and a lazy canonical-name -> TensorRef map."""
+    """An opened checkpoint: its config and a lazy canonical-name -> TensorRef map.
+
+    A subclass's constructor opens its files through `self._pool` and fills `self._refs` with
+    one TensorRef per canonical tensor (checked with `check_tensors`)."""
 
     kind: str
     path: str
     config: ModelConfig
     # Files that came with the checkpoint and other outputs may use (e.g. tokenizer.model).
     tokenizer_path: str | None = None
+    _refs: dict[str, TensorRef]
+    _pool: FilePool
 
     @abstractmethod
-    def tensor(self, name: str) -> TensorRef: ...
+    def __init__(self, path: str, max_seq_len: int | None = None) -> None: ...
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
+    def tensor(self, name: str) -> TensorRef:
+        return self._refs[name]
+
+    def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
 
     def __enter__(self) -> Source:
         return self
@@ -181,6 +191,16 @@ def row_chunks(t: TensorRef, align_elems: int = 1, chunk_bytes: int = CHUNK_BYTE
     step = max(step_unit, (chunk_bytes // 4 // max(cols, 1)) // step_unit * step_unit)
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
+
+
+def split_classifier(refs: dict[str, TensorRef]) -> bool:
+    """Whether the classifier is shared with the embeddings: no `output`, or one equal to them.
+    A shared `output` is removed from `refs` (it is written once); a separate one stays."""
+    output = refs.pop("output", None)
+    if output is None or tensors_equal(output, refs["tok_embeddings"]):
+        return True
+    refs["output"] = output
+    return False
 
 
 def tensors_equal(a: TensorRef, b: TensorRef) -> bool:

@@ -306,11 +306,6 @@ class HfSource(Source):
         self.config = config
         self._refs = refs
 
-    def tensor(self, name: str) -> TensorRef:
-        return self._refs[name]
-
-    def close(self) -> None:
-        self._pool.close()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "weights": dict(self._weights_desc)}

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import Llama2binError
 from ..model import ModelConfig
-from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
+from .base import FilePool, Source, TensorRef, check_tensors, split_classifier
 from .torchzip import TorchTensor, TorchZip
 
 _COMPILED_PREFIX = "_orig_mod."  # torch.compile wraps the model; its state_dict keys carry this
@@ -43,10 +43,7 @@ class Llama2cSource(Source):
         for needed in ("tok_embeddings", "layers.0.feed_forward.w1"):
             if needed not in refs:
                 raise Llama2binError(f"{path}: missing tensor {needed}.weight")
-        output = refs.pop("output", None)
-        shared = output is None or tensors_equal(output, refs["tok_embeddings"])
-        if not shared:
-            refs["output"] = output
+        shared = split_classifier(refs)
 
         n_heads = args["n_heads"]
         config = ModelConfig(
@@ -65,9 +62,4 @@ class Llama2cSource(Source):
         self.config = config
         self._refs = refs
 
-    def tensor(self, name: str) -> TensorRef:
-        return self._refs[name]
-
-    def close(self) -> None:
-        self._pool.close()
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig
-from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
+from .base import FilePool, Source, TensorRef, check_tensors, split_classifier, tensors_equal
 from .policy import load_json_object, require_dir, rope_theta_departure
 from .torchzip import TorchTensor, TorchZip
 
@@ -185,11 +185,8 @@ class MetaSource(Source):
             vocab = refs["tok_embeddings"].shape[0]
         if max_seq_len is None:
             max_seq_len = params.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
-        output = refs.pop("output")
         # Meta always stores output separately; it is "shared" only if it equals the embeddings.
-        shared = tensors_equal(output, refs["tok_embeddings"])
-        if not shared:
-            refs["output"] = output
+        shared = split_classifier(refs)
         n_heads = params["n_heads"]
         config = ModelConfig(
             dim=params["dim"],
@@ -268,11 +265,6 @@ class MetaSource(Source):
             refs[name] = ConcatTensor(key, parts, 0 if split == SPLIT_ROWS else 1)
         return refs
 
-    def tensor(self, name: str) -> TensorRef:
-        return self._refs[name]
-
-    def close(self) -> None:
-        self._pool.close()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "shards": list(self._shard_names)}
