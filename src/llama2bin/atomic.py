@@ -41,11 +41,7 @@ class AtomicOutput:
         os.replace(self.tmp_path, self.final_path)  # still holding the lock: no sweeper touches it
         os.close(self.fd)
         self.fd = -1
-        dir_fd = os.open(os.path.dirname(os.path.abspath(self.final_path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(os.path.dirname(os.path.abspath(self.final_path)))
 
     def abort(self) -> None:
         if self.fd >= 0:
@@ -97,6 +93,15 @@ def _remove_stale_parts(folder: str, prefix: str, own: str) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (the new directory entry survives a crash)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str, data: bytes | str) -> None:

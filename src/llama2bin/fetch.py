@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .atomic import write_atomic
+from .atomic import fsync_dir, write_atomic
 from .errors import Llama2binError
 from .progress import Progress
 
@@ -587,19 +587,12 @@ class _Download:
                 f"{self.url}: checksum mismatch: the server announced sha256 {server_sha}, got {actual}; the download was deleted"
             )
         os.replace(self.part, self.final_path)
-        _fsync_dir(os.path.dirname(os.path.abspath(self.final_path)))
+        fsync_dir(os.path.dirname(os.path.abspath(self.final_path)))
         try:
             os.unlink(self.meta)
         except FileNotFoundError:
             pass
 
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def download_url(
@@ -766,7 +759,7 @@ def _materialize(entries: list[tuple[str, str]], dest: str, quiet: bool) -> None
             old = tempfile.mkdtemp(prefix=f".{SNAPSHOT_DIR}.", suffix=".old", dir=dest)
             os.rename(final, os.path.join(old, SNAPSHOT_DIR))
         os.rename(tmp, final)
-        _fsync_dir(dest)
+        fsync_dir(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not os.path.lexists(final):

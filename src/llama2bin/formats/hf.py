@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import check_free_space
+from ..atomic import check_free_space, fsync_dir
 from ..errors import Llama2binError
 from ..model import ModelConfig, hf_name
 from ..progress import Progress
@@ -184,7 +184,7 @@ def export_hf(source: Source, out_dir: str, quiet: bool = False) -> HfExportResu
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a finished output has ordinary permissions
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,13 +200,6 @@ def _write_small(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace_dir(tmp: str, final: str) -> None:
@@ -227,7 +220,7 @@ def _replace_dir(tmp: str, final: str) -> None:
             raise
     else:
         os.replace(tmp, final)  # absent, or an empty directory: one atomic rename
-    _fsync_dir(parent)
+    fsync_dir(parent)
     if aside_root is not None:
         shutil.rmtree(aside_root, ignore_errors=True)
 
