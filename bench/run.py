@@ -219,7 +219,7 @@ def python_baselines(repeats: int) -> dict[str, Run]:
     """What a process costs before any conversion: interpreter + numpy, and torch (v0's rope tables)."""
     py = sys.executable
     cases = {
-        "python + numpy + llama2bin": [py, "-c", "import numpy, llama2bin.cli, llama2bin.writer, llama2bin.verify"],
+        "python + numpy + llama2bin": [py, "-c", "import numpy, llama2bin.cli, llama2bin.writer, llama2bin.checks.tensor"],
         "import torch": [py, "-c", "import torch"],
         "rope tables (torch) for 2048 x 64": [py, "-c", "from llama2bin.formats.rope import rope_tables; rope_tables(64, 2048)"],
     }

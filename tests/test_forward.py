@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 
 from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_model, model_from_canonical  # noqa: E402
 
-from llama2bin import forward  # noqa: E402
+from llama2bin.checks import forward  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.model import ModelConfig  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402

@@ -26,17 +26,20 @@ pytest.importorskip("transformers")
 
 from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_model  # noqa: E402
 
-from llama2bin import forward  # noqa: E402
-from llama2bin.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
+from llama2bin.checks import forward  # noqa: E402
+from llama2bin.checks.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
+from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
+from llama2bin.checks.functional import QualityLimits, ReferenceModel, functional_check  # noqa: E402
+from llama2bin.checks.metrics import compare_logits  # noqa: E402
+from llama2bin.checks.tensor import HIST_EDGES  # noqa: E402
+from llama2bin.checks.verification import verify_output  # noqa: E402
 from llama2bin.demo import write_demo_checkpoint  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.formats.hf import export_hf  # noqa: E402
-from llama2bin.functional import EvalSet, ReferenceLogits, Thresholds, compare_logits, functional_verify  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
 from llama2bin.plots import render_png  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402
 from llama2bin.sources import open_source  # noqa: E402
-from llama2bin.verify import HIST_EDGES  # noqa: E402
 from llama2bin.writer import export  # noqa: E402
 
 # float32 vs float32, same math in a different order (as in test_forward.py).
@@ -177,19 +180,45 @@ def test_statistics_match_an_independent_computation():
     rng = np.random.default_rng(0)
     ref = rng.normal(0, 3, size=(40, 50)).astype(np.float32)
     got = (ref + rng.normal(0, 0.3, size=ref.shape)).astype(np.float32)
-    stats = compare_logits(ref, got)
+    nxt = rng.integers(0, 50, size=40)
+    nxt[::8] = -1  # the last position of each of 5 sequences has no next token
+    stats = compare_logits(ref, got, nxt)
     r, g = torch.from_numpy(ref).double(), torch.from_numpy(got).double()
     kld = torch.nn.functional.kl_div(g.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="none").sum(-1)
-    top = r.argmax(-1)
-    dp = g.softmax(-1)[torch.arange(40), top] - r.softmax(-1)[torch.arange(40), top]
     assert stats["kld_mean"] == pytest.approx(kld.mean().item(), rel=1e-9)
     assert stats["kld_max"] == pytest.approx(kld.max().item(), rel=1e-9)
     middle = kld.sort().values[19:21]
     assert middle[0].item() <= stats["kld_percentiles"]["p50"] <= middle[1].item()
-    assert stats["same_top"] == (g.argmax(-1) == top).double().mean().item()
+    assert stats["same_top"] == (g.argmax(-1) == r.argmax(-1)).double().mean().item()
+    has_next = torch.from_numpy(nxt >= 0)
+    target = torch.from_numpy(nxt[nxt >= 0])
+    ppl_ref = torch.nn.functional.cross_entropy(r[has_next], target).exp().item()
+    ppl_got = torch.nn.functional.cross_entropy(g[has_next], target).exp().item()
+    assert stats["predicted"] == 35
+    assert stats["ppl_source"] == pytest.approx(ppl_ref, rel=1e-9) and stats["ppl_file"] == pytest.approx(ppl_got, rel=1e-9)
+    assert stats["delta_ppl"] == pytest.approx(ppl_got - ppl_ref, rel=1e-6)
+    assert stats["ppl_ratio"] == pytest.approx(ppl_got / ppl_ref, rel=1e-9)
+    rows = torch.arange(35)
+    dp = g[has_next].softmax(-1)[rows, target] - r[has_next].softmax(-1)[rows, target]
     assert stats["rms_dp"] == pytest.approx(dp.pow(2).mean().sqrt().item(), rel=1e-9)
     assert stats["max_abs_dlogit"] == pytest.approx(np.abs(got - ref).max(), rel=1e-6)
     assert sum(stats["kld_hist"]) == 40
+
+
+def test_statistics_stream_in_blocks(monkeypatch):
+    """Logits are compared in row blocks; the result does not depend on the block size."""
+    from llama2bin.checks import metrics
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(0, 2, size=(30, 64)).astype(np.float32)
+    got = (ref + rng.normal(0, 0.1, size=ref.shape)).astype(np.float32)
+    nxt = rng.integers(-1, 64, size=30)
+    whole = compare_logits(ref, got, nxt)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 7 * 64)
+    assert metrics.block_rows(64) == 7
+    blocks = compare_logits(ref, got, nxt)
+    for key in ("kld_mean", "kld_max", "same_top", "ppl_source", "ppl_file", "rms_dp", "max_abs_dlogit"):
+        assert blocks[key] == pytest.approx(whole[key], rel=1e-12)
 
 
 @pytest.mark.parametrize("name", [*SPECS, *DEMOS])
@@ -197,19 +226,21 @@ def test_statistics_match_an_independent_computation():
 def test_every_version_passes_functional_verification(models, name, arithmetic):
     ckpt, bins = models[name]
     with open_source("llama2c", ckpt) as src:
-        ref = ReferenceLogits(src, EvalSet())
-        results = {v: functional_verify(p, ref, arithmetic=arithmetic) for v, p in bins.items()}
+        ref = ReferenceModel(src, sampled_tokens(src, 8, 16))
+        results = {v: functional_check(p, ref, arithmetic=arithmetic) for v, p in bins.items()}
     v0, v1, v2 = results[0], results[1], results[2]
     assert v0.passed and v0.max_abs_dlogit == 0 and v0.kld_max == 0 and v0.same_top == 1.0 and not v0.quantized
+    assert v0.delta_ppl == 0 and v0.ppl_ratio == 1
     for r in (v1, v2):
         assert r.passed, r.failures
-        assert r.quantized and r.arithmetic == arithmetic and r.positions == 8 * 16
-        assert 0 < r.kld_mean < Thresholds().kld_mean_max / 4 and r.same_top >= Thresholds().same_top_min
+        assert r.quantized and r.arithmetic == arithmetic and r.positions == 8 * 16 and r.predicted == 8 * 15
+        assert 0 < r.kld_mean < QualityLimits().kld_mean_max / 4 and r.same_top >= QualityLimits().same_top_min
+        assert not QualityLimits().exceeded(r)
     assert v1.kld_mean == v2.kld_mean  # same quantization, two layouts
 
 
 @pytest.mark.parametrize("version", [0, 2])
-def test_swapped_layers_pass_size_checks_but_fail_functional_verification(models, tmp_path, version):
+def test_swapped_layers_pass_size_checks_but_fail_verification(models, tmp_path, version):
     ckpt, bins = models["gqa_untied"]
     bad = _swap_sections(bins[version], str(tmp_path / f"bad.v{version}.bin"),
                          [(f"layers.0.{k}", f"layers.1.{k}") for k in LAYER_TENSORS])
@@ -219,41 +250,67 @@ def test_swapped_layers_pass_size_checks_but_fail_functional_verification(models
     proc = run_cli("verify", bad, "--checkpoint", ckpt, "--json", out, "--quiet")
     assert proc.returncode == 1
     result = json.load(open(out))
-    assert not result["functional"]["passed"]
-    functional = [f for f in result["failures"] if f.startswith("functional:")]
-    assert functional and all(f in proc.stderr for f in functional)
-    if version == 0:
-        assert "exceeds float32 tolerance" in functional[0]
-    else:
-        assert any("mean KL divergence" in f for f in functional)
+    assert not result["correct"] and not result["passed"]
+    # a correctness failure: the round trip finds the wrong tensors, and says so on stderr
+    assert result["tensor_failures"] and all(f in proc.stderr for f in result["failures"])
+    assert any("layers.0." in f for f in result["tensor_failures"])
+    f = result["functional"]
+    if version == 0:  # float32: the logits must match exactly, a correctness failure too
+        assert not f["passed"] and "exceeds float32 tolerance" in f["failures"][0]
+    else:  # quantized: the damage is measured as quality, beyond every limit
+        assert f["passed"] and f["kld_mean"] > QualityLimits().kld_mean_max
+        assert result["quality"]["exceeded"]
 
 
 @pytest.mark.parametrize("version", [0, 2])
-def test_swapped_q_and_k_fail_functional_verification(models, tmp_path, version):
+def test_swapped_q_and_k_fail_verification(models, tmp_path, version):
     ckpt, bins = models["mha_tied"]  # MHA: wq and wk have the same shape
     bad = _swap_sections(bins[version], str(tmp_path / "qk.bin"), [("layers.1.attention.wq", "layers.1.attention.wk")])
     with open_source("llama2c", ckpt) as src:
-        result = functional_verify(bad, ReferenceLogits(src, EvalSet()))
-    assert not result.passed and result.failures[0].startswith("functional:")
+        result = verify_output(bad, src, reference=ReferenceModel(src, sampled_tokens(src, 8, 16)))
+    assert not result.correct and not result.passed
+    assert any(f.startswith("tensor layers.1.attention.w") for f in result.failures)
 
 
-def test_thresholds_and_opt_out_come_from_the_command_line(models, tmp_path):
+def test_quality_limits_warn_by_default_and_fail_under_a_gate(models, tmp_path):
     ckpt, bins = models["untied"]
     out = str(tmp_path / "v.json")
-    strict = run_cli("verify", bins[2], "--checkpoint", ckpt, "--kld-max", "1e-12", "--eval-seqs", "2", "--eval-len", "5",
-                     "--json", out, "--quiet")
-    assert strict.returncode == 1 and "mean KL divergence" in strict.stderr
-    f = json.load(open(out))["functional"]
-    assert f["positions"] == 10 and f["thresholds"]["kld_mean_max"] == 1e-12
+    args = ("verify", bins[2], "--checkpoint", ckpt, "--kld-mean-max", "1e-12", "--eval-seqs", "2", "--eval-len", "5",
+            "--json", out, "--quiet")
+    warned = run_cli(*args)
+    assert warned.returncode == 0, warned.stderr
+    warnings = [line for line in warned.stderr.splitlines() if line.startswith("llama2bin: warning:")]
+    assert len(warnings) == 1 and "mean KLD" in warnings[0] and "1e-12" in warnings[0]
+    result = json.load(open(out))
+    f, q = result["functional"], result["quality"]
+    assert f["positions"] == 10 and q["limits"]["kld_mean_max"] == 1e-12 and not q["gate"]
+    assert result["correct"] and result["passed"] and q["exceeded"]
+    gated = run_cli(*args, "--quality-gate")
+    assert gated.returncode == 1
+    assert_one_line_error(gated, bins[2], "quality gate", "mean KLD")
+    assert not json.load(open(out))["passed"] and json.load(open(out))["correct"]
     skipped = run_cli("verify", bins[2], "--checkpoint", ckpt, "--no-functional", "--json", out, "--quiet")
     assert skipped.returncode == 0 and json.load(open(out))["functional"] is None
+
+
+def test_verify_json_round_trips_through_the_types(models, tmp_path):
+    from llama2bin.checks.verification import Verification
+
+    ckpt, bins = models["gqa_untied"]
+    out = str(tmp_path / "v.json")
+    assert run_cli("verify", bins[1], "--checkpoint", ckpt, "--json", out, "--quiet").returncode == 0
+    d = json.load(open(out))
+    typed = Verification.from_json(d)
+    assert typed.to_json() == d
+    assert typed.functional.ppl_source > 1 and typed.functional.delta_ppl is not None
+    assert d["functional"]["eval"]["recipe"]["kind"] == "sampled" and len(d["functional"]["eval"]["sha256"]) == 64
 
 
 def test_hf_directory_output_is_verified_functionally(models, tmp_path):
     ckpt, _ = models["gqa_untied"]
     with open_source("llama2c", ckpt) as src:
         export_hf(src, str(tmp_path / "hf"), quiet=True)
-        result = functional_verify(str(tmp_path / "hf"), ReferenceLogits(src, EvalSet(2, 8)))
+        result = functional_check(str(tmp_path / "hf"), ReferenceModel(src, random_tokens(64, 64, 2, 8)))
     assert result.passed and result.max_abs_dlogit == 0 and not result.quantized
 
 
@@ -295,7 +352,7 @@ def test_c_check_compares_for_real(models, consumer):
     than the float32 tolerance: agreement above is not vacuous."""
     _, bins = models["untied"]
     with BinFile(bins[2]) as bf:
-        tokens = EvalSet().tokens(bf.config)[0].tolist()
+        tokens = random_tokens(bf.config.vocab_size, bf.config.max_seq_len, 1, 16).sequences[0]
     c_q8 = consumer.logits(bins[2], tokens, "q8")
     py_f32 = forward.bin_logits(bins[2], tokens)
     assert np.abs(c_q8 - py_f32).max() > 10 * TOLERANCE["f32"] * max(1.0, np.abs(py_f32).max())
@@ -367,7 +424,7 @@ def test_reports_embed_the_figure_and_the_functional_table(models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     md = (out / "gqa_backoff.v2.md").read_text()
     assert "![" in md and "(gqa_backoff.v2.png)" in md and (out / "gqa_backoff.v2.png").exists()
-    assert "functional verification: passed" in md and "same top token" in md
+    assert "functional check: passed" in md and "same top token" in md and "ΔPPL" in md
     report = json.load(open(out / "gqa_backoff.v2.json"))
     assert report["functional"]["passed"] and report["plot"] == "gqa_backoff.v2.png"
     summary = run_cli("summary", *(str(out / f"gqa_backoff.v{v}.json") for v in (0, 1, 2)),

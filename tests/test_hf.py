@@ -33,12 +33,12 @@ from llama_checkpoints import (  # noqa: E402
     save_hf,
 )
 
-from llama2bin.forward import bin_logits, weights_from_bin  # noqa: E402
+from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
+from llama2bin.checks.tensor import check_tensors  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402
 from llama2bin.sources import open_source  # noqa: E402
 from llama2bin.sources.hf import HfRotaryRef  # noqa: E402
 from llama2bin.sources.safetensors import SafetensorsFile  # noqa: E402
-from llama2bin.verify import verify  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 # v0 holds the source's float32 values exactly: only float32 summation order differs.
@@ -106,7 +106,7 @@ def test_export_gives_transformers_logits(name, checkpoints, tmp_path, capsys):
 
     with open_source("hf", src) as source:
         for path in (v0, v2):
-            assert verify(path, source, quiet=True).passed
+            assert check_tensors(path, source, quiet=True).passed
 
 
 @pytest.mark.parametrize("version", [0, 2])
@@ -164,12 +164,12 @@ def test_rope_theta_is_refused_unless_allowed(tmp_path, capsys):
     with open_source("hf", src, allow_rope_theta=True) as source:
         cfg = source.config
         assert cfg.rope_theta == 500000.0 and cfg.accepted_departures == ("rope_theta=500000.0",)
-        result = verify(str(out / "m.bin"), source, quiet=True)
+        result = check_tensors(str(out / "m.bin"), source, quiet=True)
     assert result.passed and result.to_json()["source"]["config"]["accepted_departures"] == ["rope_theta=500000.0"]
     # The weights are right for the model's own base: forwarding them with it gives transformers' logits.
     with BinFile(str(out / "m.bin")) as bf:
         weights = weights_from_bin(bf)
-    from llama2bin.forward import logits
+    from llama2bin.checks.forward import logits
 
     np.testing.assert_allclose(logits(weights, cfg, TOKENS), hf_logits(src), atol=ATOL, rtol=RTOL)
 

@@ -24,7 +24,7 @@ from llama2bin.formats.hf import CONFIG_NAME, WEIGHTS_NAME, export_hf, verify_hf
 from llama2bin.sources import open_source  # noqa: E402
 
 try:  # the numpy reference forward, when this build has it
-    from llama2bin import forward
+    from llama2bin.checks import forward
 except ImportError:
     forward = None
 
@@ -163,7 +163,7 @@ def test_llama2c_checkpoint_logits_match(name, tmp_path):
     with open_source("llama2c", ckpt) as source:
         result = verify_hf_dir(out, source, quiet=True)
         assert result.passed, result.failures
-        assert len(result.tensors) == len(keys) and all(t["max_abs_err"] == 0.0 for t in result.tensors)
+        assert len(result.tensors) == len(keys) and all(t.max_abs_err == 0.0 for t in result.tensors)
         if forward is not None:  # the project's numpy float32 oracle agrees as well
             cfg = source.config
             weights = {n: source.tensor(n).read_rows(0, source.tensor(n).rows).reshape(s) for n, s in cfg.shapes().items()}

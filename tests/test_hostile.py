@@ -3,7 +3,7 @@
 tests/test_reader.py checks one refusal per kind of damage and fuzzes header bytes. Here every
 header field of every version gets extreme values (2**31-1, -1, -2**31, 0, just past its bound),
 files are cut at every section boundary, grown by garbage, replaced by random bytes, or keep a
-valid header over a random body; each goes through BinFile, verify(), and the CLI's `inspect`
+valid header over a random body; each goes through BinFile, check_tensors(), and the CLI's `inspect`
 and `verify`. All of it runs in one child process whose address space is capped (RLIMIT_AS),
 so any attempt to size an allocation from a hostile field dies with MemoryError instead of
 quietly succeeding on a machine with swap, and the test fails.
@@ -128,10 +128,10 @@ def _cli(*argv: str) -> tuple[int, str]:
 
 
 def run_case(case: dict) -> dict:
+    from llama2bin.checks.tensor import check_tensors
     from llama2bin.errors import Llama2binError
     from llama2bin.reader import BinFile
     from llama2bin.sources import open_source
-    from llama2bin.verify import verify
 
     seen: dict = {}
     try:
@@ -142,7 +142,7 @@ def run_case(case: dict) -> dict:
             seen["open"] = f"refused: {e}"
         with open_source("llama2c", case["source"]) as source:
             try:
-                result = verify(case["path"], source, quiet=True)
+                result = check_tensors(case["path"], source, quiet=True)
                 seen["verify"] = f"failures: {result.failures[:1]}" if result.failures else "passed"
             except Llama2binError as e:
                 seen["verify"] = f"refused: {e}"

@@ -32,12 +32,12 @@ from llama_checkpoints import (  # noqa: E402
     save_meta,
 )
 
+from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
+from llama2bin.checks.tensor import check_tensors  # noqa: E402
 from llama2bin.constants import DEFAULT_MAX_SEQ_LEN  # noqa: E402
-from llama2bin.forward import bin_logits, weights_from_bin  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402
 from llama2bin.sources import open_source  # noqa: E402
 from llama2bin.sources.meta import ConcatTensor  # noqa: E402
-from llama2bin.verify import verify  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-5
 V2_REL_TOL = 0.03  # see test_hf.py: Q8_0 moves each weight by <= scale/2, ~2% on the logits
@@ -90,7 +90,7 @@ def test_export_gives_transformers_logits(name, checkpoints, tmp_path, capsys):
     with open_source("meta", src, max_seq_len=16) as source:
         assert source.describe()["shards"] == [f"consolidated.{i:02d}.pth" for i in range(n_shards)]
         for path in (v0, v2):
-            assert verify(path, source, quiet=True).passed
+            assert check_tensors(path, source, quiet=True).passed
 
 
 def test_meta_and_hf_exports_of_one_model_are_identical(checkpoints, tmp_path, capsys):

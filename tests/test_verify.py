@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import DATA, run_cli
 
+from llama2bin.checks.tensor import check_tensors
 from llama2bin.reader import BinFile
 from llama2bin.sources import open_source
-from llama2bin.verify import verify
 
 
 @pytest.mark.parametrize("model", ["tiny_a", "tiny_b"])
@@ -72,7 +72,7 @@ def test_flipped_rope_byte_fails(tmp_path):
     with BinFile(golden) as bf:
         offset = bf.tensors["freqs_sin"].offset + 4
     with open_source("llama2c", os.path.join(DATA, "tiny_a.pt")) as src:
-        result = verify(_flip(golden, tmp_path / "bad.bin", offset), src, quiet=True)
+        result = check_tensors(_flip(golden, tmp_path / "bad.bin", offset), src, quiet=True)
     assert result.failures == ["freqs_sin: rotary table differs from llama2.c's"]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -87,86 +86,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- verify -------------------------------------------------------------------------------
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify
-
-    if args.json and len(args.json) != len(args.files):
-        raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
-    ok = True
-    with _open_source(args) as source:
-        reference = None if args.no_functional else _functional_reference(args, source)
-        for i, path in enumerate(args.files):
-            if os.path.isdir(path):  # a --version hf export
-                from .formats.hf import verify_hf_dir
-
-                result = verify_hf_dir(path, source, quiet=args.quiet)
-            else:
-                result = verify(path, source, quiet=args.quiet, threads=args.threads)
-            if reference is not None and result.tensors:  # no tensors compared: a different model altogether
-                _add_functional(args, path, reference, result)
-            if args.json:
-                write_atomic(args.json[i], _dump_json(result.to_json()))
-            if result.passed:
-                label = result.version if isinstance(result.version, str) else f"v{result.version}"  # "hf" or v0/v1/v2
-                print(f"{path}: OK ({label}, {len(result.tensors)} tensors, sha256 {result.sha256[:16]}…)")
-                if result.functional:
-                    f = result.functional
-                    print(f"{path}: functional OK ({f['positions']} positions, {f['arithmetic']}): max |Δlogit| "
-                          f"{f['max_abs_dlogit']:.3g}, mean KLD {f['kld_mean']:.3g}, same top token {f['same_top']:.1%}")
-            else:
-                ok = False
-                for failure in result.failures:
-                    print(f"{path}: FAILED: {failure}", file=sys.stderr)
-    return 0 if ok else 1
-
-
-def _functional_reference(args: argparse.Namespace, source):  # type: ignore[no-untyped-def]
-    from .functional import EvalSet, ReferenceLogits
-
-    return ReferenceLogits(source, EvalSet(args.eval_seqs, args.eval_len, args.eval_seed))
-
-
-def _add_functional(args: argparse.Namespace, path: str, reference, result) -> None:  # type: ignore[no-untyped-def]
-    from .functional import Thresholds, functional_verify
-
-    limits = Thresholds(kld_mean_max=args.kld_max, kld_p99_max=args.kld_p99_max, same_top_min=args.same_top_min,
-                        fp32_rtol=args.fp32_rtol)
-    functional = functional_verify(path, reference, arithmetic=args.activations, limits=limits)
-    result.functional = functional.to_json()
-    result.failures += functional.failures
-
-
-def _add_functional_args(p: argparse.ArgumentParser) -> None:
-    from .functional import EvalSet, Thresholds
-
-    ev, lim = EvalSet(), Thresholds()
-    g = p.add_argument_group("functional verification (logits of the file vs the source on a seeded evaluation set)")
-    g.add_argument("--no-functional", action="store_true", help="compare tensors only, skip the forward passes")
-    g.add_argument("--eval-seqs", type=int, default=ev.seqs, metavar="N", help=f"random token sequences ({ev.seqs})")
-    g.add_argument("--eval-len", type=int, default=ev.length, metavar="T",
-                   help=f"tokens per sequence, at most max_seq_len ({ev.length})")
-    g.add_argument("--eval-seed", type=int, default=ev.seed, metavar="S", help=f"seed of the token draw ({ev.seed})")
-    g.add_argument("--activations", choices=("f32", "q8"), default="f32",
-                   help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
-                   "Q8_0-quantized activations (q8)")
-    g.add_argument("--kld-max", type=float, default=lim.kld_mean_max, metavar="X",
-                   help=f"quantized files fail above this mean KL divergence ({lim.kld_mean_max:g})")
-    g.add_argument("--kld-p99-max", type=float, default=lim.kld_p99_max, metavar="X",
-                   help=f"... or above this 99th-percentile KL divergence ({lim.kld_p99_max:g})")
-    g.add_argument("--same-top-min", type=float, default=lim.same_top_min, metavar="X",
-                   help=f"... or below this same-top-token rate ({lim.same_top_min:g})")
-    g.add_argument("--fp32-rtol", type=float, default=lim.fp32_rtol, metavar="X",
-                   help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
-
-
 # ---- c-check ------------------------------------------------------------------------------
 
 
 def cmd_c_check(args: argparse.Namespace) -> int:
-    from .ccheck import Consumer, c_check, find_compiler
+    from .checks.ccheck import Consumer, c_check, find_compiler
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
@@ -357,15 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("verify", help="read .bin files back and compare every tensor with the checkpoint")
-    p.add_argument("files", nargs="+", metavar="OUT.bin")
-    _add_source_args(p)
-    p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    _add_functional_args(p)
-    p.set_defaults(func=cmd_verify)
+    from .cli_verify import add_parsers as add_verify_parsers
+
+    add_verify_parsers(sub, _add_source_args)
 
     p = sub.add_parser(
         "c-check",
@@ -376,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="OUT.bin")
     p.add_argument("--tokens", type=int, nargs="+", metavar="ID",
-                   help="token ids (default: the first sequence of the default functional evaluation set)")
+                   help="token ids (default: 16 seeded random ids)")
     p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
                    help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
     p.add_argument("--cc", metavar="CMD", help="C compiler command (default: $CC, else cc)")

@@ -38,20 +38,23 @@ def _worst_first(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(tensors, key=lambda t: (-(t["rel_err"] or 0.0), -(t["max_abs_err"] or 0.0), t["name"]))
 
 
-_FUNCTIONAL_STATS = ("max_abs_logit", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp")
+_FUNCTIONAL_STATS = ("max_abs_logit", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp", "ppl_source",
+                     "ppl_file", "delta_ppl", "ppl_ratio")
 
 
-def _functional_section(f: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The functional verification of a verify result, rounded like every other statistic."""
+def _functional_section(f: dict[str, Any] | None, quality: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The functional check of a verify result and its quality verdict, rounded like every other statistic."""
     if not f:
         return None
     return {
-        **{k: f[k] for k in ("arithmetic", "eval_seqs", "eval_len", "eval_seed", "positions", "quantized")},
+        **{k: f[k] for k in ("arithmetic", "eval", "positions", "predicted", "quantized")},
         **{k: _round(f[k]) for k in _FUNCTIONAL_STATS},
         "kld_percentiles": {k: _round(v) for k, v in f["kld_percentiles"].items()},
         "kld_hist": f["kld_hist"],
         "kld_hist_edges": [_round(e) for e in f["kld_hist_edges"]],
-        "thresholds": {k: _round(v) for k, v in f["thresholds"].items()},
+        "fp32_rtol": f["fp32_rtol"],
+        "quality": quality and {"limits": {k: _round(v) for k, v in quality["limits"].items()}, "gate": quality["gate"],
+                                "exceeded": quality["exceeded"], "passed": quality["passed"]},
         "passed": f["passed"],
     }
 
@@ -61,7 +64,7 @@ def _c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
     The measured difference stays in results/ (it depends on the compiler)."""
     if not c:
         return None
-    from .ccheck import TOLERANCE
+    from .checks.ccheck import TOLERANCE
 
     return {"arithmetic": c["arithmetic"], "positions": len(c["tokens"]), "passed": c["passed"], "skipped": c["skipped"],
             "rel_tolerance": TOLERANCE.get(c["arithmetic"])}
@@ -91,7 +94,7 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "source": {"kind": verify_result["source"]["kind"], "name": verify_result["source"]["name"]},
         "accepted_departures": verify_result["source"]["config"].get("accepted_departures", []),
         "worst_tensor": worst,
-        "functional": _functional_section(verify_result.get("functional")),
+        "functional": _functional_section(verify_result.get("functional"), verify_result.get("quality")),
         "c_check": _c_check_section(c_check),
         "plot": plot,
         "tensors": tensors,
@@ -148,26 +151,38 @@ def _pct(x: float) -> str:
 
 def _functional_lines(f: dict[str, Any] | None) -> list[str]:
     if not f:
-        return ["- functional verification: not run"]
-    lim = f["thresholds"]
+        return ["- functional check: not run"]
+    q = f["quality"]
+    lim = q["limits"] if q else {}
     status = "passed" if f["passed"] else "**FAILED**"
+    if f["quantized"] and q and q["exceeded"]:
+        status += f" — quality {'**GATE FAILED**' if q['gate'] else 'WARNING'}: " + "; ".join(q["exceeded"])
     arith = {"f32": "float32 activations", "q8": "Q8_0 activations as runq.c"}[f["arithmetic"]]
+    ev = f["eval"]
     lines = [
-        f"- functional verification: {status} — logits of this file vs the source on {f['positions']} positions "
-        f"({f['eval_seqs']} × {f['eval_len']} random tokens, seed {f['eval_seed']}), {arith}",
+        f"- functional check: {status} — logits of this file vs the source on {f['positions']} positions "
+        f"({ev['seqs']} sequences, {ev['recipe'].get('kind')} tokens, sha256 `{ev['sha256'][:16]}…`), {arith}",
         "",
         "| statistic | value | limit |",
         "| --- | ---: | ---: |",
     ]
-    if f["quantized"]:
+    if f["quantized"] and lim:
         tol = "—"
         limits = {"kld_mean": f"≤ {lim['kld_mean_max']:g}", "p99": f"≤ {lim['kld_p99_max']:g}",
-                  "same_top": f"≥ {_pct(lim['same_top_min'])}"}
+                  "same_top": f"≥ {_pct(lim['same_top_min'])}", "ppl_ratio": f"≤ {lim['ppl_ratio_max']:g}"}
     else:
-        tol = f"≤ {lim['fp32_rtol']:g} × max(1, max \\|logit\\|)"
+        tol = f"≤ {f['fp32_rtol']:g} × max(1, max \\|logit\\|)"
         limits = {}
     p = f["kld_percentiles"]
+
+    def num(x: float | None, spec: str = ".6g") -> str:
+        return "—" if x is None else format(x, spec)
+
     rows = [
+        ("perplexity of the source", num(f["ppl_source"]), "—"),
+        ("perplexity of this file", num(f["ppl_file"]), "—"),
+        ("ΔPPL", num(f["delta_ppl"], "+.4g"), "—"),
+        ("PPL ratio", num(f["ppl_ratio"], ".6f"), limits.get("ppl_ratio", "—")),
         ("max \\|Δlogit\\| (largest \\|logit\\| " + _fmt(f["max_abs_logit"], ".4g") + ")", _fmt(f["max_abs_dlogit"]), tol),
         ("mean KL divergence (nats)", _fmt(f["kld_mean"]), limits.get("kld_mean", "—")),
         ("KL divergence median", _fmt(p["p50"]), "—"),
@@ -176,7 +191,7 @@ def _functional_lines(f: dict[str, Any] | None) -> list[str]:
         ("KL divergence 99.9th percentile", _fmt(p["p99.9"]), "—"),
         ("KL divergence max", _fmt(f["kld_max"]), "—"),
         ("same top token", _pct(f["same_top"]), limits.get("same_top", "—")),
-        ("RMS Δp of the source's top token", _fmt(f["rms_dp"]), "—"),
+        ("RMS Δp of the next token", "—" if f["rms_dp"] is None else _fmt(f["rms_dp"]), "—"),
     ]
     lines += [f"| {name} | {value} | {limit} |" for name, value, limit in rows]
     return lines + [""]
@@ -200,7 +215,7 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
                   plots: bool = True) -> list[str]:
     """reports/{model}/{stem}.json, .md and (with `plots`) .png for each `{stem}.verify.json`;
     a `{stem}.ccheck.json` among `c_check_paths` adds the C consumer check."""
-    from .verify import HIST_EDGES
+    from .checks.tensor import HIST_EDGES
 
     c_checks = {os.path.basename(p).removesuffix(".ccheck.json"): p for p in c_check_paths or []}
     stems = [os.path.basename(p).removesuffix(".verify.json").removesuffix(".json") for p in verify_paths]
@@ -242,7 +257,9 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str) -> None:
             "functional": None if not f else {
                 "arithmetic": f["arithmetic"], "positions": f["positions"], "max_abs_dlogit": f["max_abs_dlogit"],
                 "kld_mean": f["kld_mean"], "kld_p99": f["kld_percentiles"]["p99"], "kld_max": f["kld_max"],
-                "same_top": f["same_top"], "rms_dp": f["rms_dp"], "passed": f["passed"]},
+                "same_top": f["same_top"], "rms_dp": f["rms_dp"], "ppl_source": f["ppl_source"],
+                "ppl_file": f["ppl_file"], "delta_ppl": f["delta_ppl"], "ppl_ratio": f["ppl_ratio"],
+                "quality_exceeded": (f.get("quality") or {}).get("exceeded", []), "passed": f["passed"]},
             "c_check": None if not c else {"arithmetic": c["arithmetic"], "passed": c["passed"], "skipped": c["skipped"]},
         })
     rows.sort(key=lambda r: (r["model"], str(r["version"])))
@@ -263,24 +280,27 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str) -> None:
         "",
         "## Functional verification",
         "",
-        "Logits of each file against the source's on a seeded set of random token sequences (same numpy forward pass; "
-        "KL divergence of the source's distribution to the file's, per position; Δp is the change in probability of "
-        "the source's top token). C check: llama2bin's C consumer memory-maps the file as llama2.c does and must "
-        "reproduce the Python logits.",
+        "Logits of each file against the source's on the model's evaluation tokens (same numpy forward pass; "
+        "perplexity of source and file; KL divergence of the source's distribution to the file's, per position; Δp is "
+        "the change in probability of the actual next token). C check: llama2bin's C consumer memory-maps the file "
+        "as llama2.c does and must reproduce the Python logits.",
         "",
-        "| model | version | arithmetic | positions | max \\|Δlogit\\| | mean KLD | KLD p99 | KLD max | same top | "
-        "RMS Δp | functional | C check |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| model | version | arithmetic | positions | PPL source | ΔPPL | max \\|Δlogit\\| | mean KLD | KLD p99 | KLD max | "
+        "same top | RMS Δp | functional | C check |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         f, c = r["functional"], r["c_check"]
         check = "—" if not c else "skipped" if c["skipped"] else f"agrees ({c['arithmetic']})" if c["passed"] else "**FAILED**"
         if not f:
-            lines.append(f"| {r['model']} | {r['version']} | — | — | — | — | — | — | — | — | not run | {check} |")
+            lines.append(f"| {r['model']} | {r['version']} | — | — | — | — | — | — | — | — | — | — | not run | {check} |")
             continue
         lines.append(
-            f"| {r['model']} | {r['version']} | {f['arithmetic']} | {f['positions']} | {_fmt(f['max_abs_dlogit'])} | "
+            f"| {r['model']} | {r['version']} | {f['arithmetic']} | {f['positions']} | "
+            f"{'—' if f['ppl_source'] is None else format(f['ppl_source'], '.5g')} | "
+            f"{'—' if f['delta_ppl'] is None else format(f['delta_ppl'], '+.3g')} | {_fmt(f['max_abs_dlogit'])} | "
             f"{_fmt(f['kld_mean'])} | {_fmt(f['kld_p99'])} | {_fmt(f['kld_max'])} | {_pct(f['same_top'])} | "
-            f"{_fmt(f['rms_dp'])} | {'passed' if f['passed'] else '**FAILED**'} | {check} |"
+            f"{'—' if f['rms_dp'] is None else _fmt(f['rms_dp'])} | "
+            f"{('passed' if not f['quality_exceeded'] else 'warning') if f['passed'] else '**FAILED**'} | {check} |"
         )
     write_atomic(out_md, "\n".join(lines) + "\n")

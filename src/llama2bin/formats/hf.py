@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from ..atomic import check_free_space, fsync_dir
+from ..checks.tensor import TensorCheckResult as VerifyResult
+from ..checks.tensor import TensorStats, sha256_file
 from ..errors import Llama2binError
 from ..model import ModelConfig, hf_name
 from ..progress import Progress
 from ..sources.base import FilePool, RawTensor, Source, row_chunks
-from ..verify import TensorStats, VerifyResult, sha256_file
 
 HF_VERSION = "hf"
 CONFIG_NAME = "config.json"
@@ -366,7 +367,8 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> VerifyRe
                     result.failures.append(f"tensor {got_t.name}: element {bad} differs from the float32 source")
                     break
                 stats.add(ref, got)
-            result.tensors.append({**stats.finish(), "hf_name": got_t.name})
+            stats.hf_name = got_t.name
+            result.tensors.append(stats.finish())
             progress.update(got_t.numel)
         progress.close()
     finally:

@@ -17,20 +17,20 @@ import contextlib
 import hashlib
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from .errors import Llama2binError
-from .formats.layout import F32, ROPE_COS, ROPE_SIN
-from .formats.q8_0 import ABS_MASK as _ABS_MASK
-from .formats.q8_0 import Scratch, group_scales_into, process_scratch
-from .formats.rope import rope_tables
-from .parallel import ForkedCall, ForkPool, default_workers
-from .progress import Progress
-from .reader import BinFile, BinTensor
-from .sources.base import Source, TensorRef, row_chunks
+from ..errors import Llama2binError
+from ..formats.layout import F32, ROPE_COS, ROPE_SIN
+from ..formats.q8_0 import ABS_MASK as _ABS_MASK
+from ..formats.q8_0 import Scratch, group_scales_into, process_scratch
+from ..formats.rope import rope_tables
+from ..parallel import ForkedCall, ForkPool, default_workers
+from ..progress import Progress
+from ..reader import BinFile, BinTensor
+from ..sources.base import Source, TensorRef, row_chunks
 
 # |q*s - w| <= s/2 holds exactly in real arithmetic; float32 rounding of w/s and of q*s adds
 # at most 127 * 2**-24 * s each. 2**-16 * s covers both with margin and is far below the
@@ -52,6 +52,7 @@ class TensorStats:
     rel_err: float = 0.0
     snr_db: float | None = None  # None: exact (infinite SNR)
     group_err_hist: list[int] | None = None
+    hf_name: str | None = None  # the tensor's name in a Hugging Face directory output
     _sq_err: float = 0.0
     _sq_ref: float = 0.0
     _n: int = 0
@@ -63,37 +64,51 @@ class TensorStats:
         self._sq_ref += float(np.dot(ref.astype(np.float64), ref.astype(np.float64)))
         self._n += ref.size
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> TensorStats:
         self.rmse = math.sqrt(self._sq_err / self._n) if self._n else 0.0
         self.rel_err = math.sqrt(self._sq_err / self._sq_ref) if self._sq_ref else 0.0
         if self._sq_err > 0 and self._sq_ref > 0:
             self.snr_db = 10 * math.log10(self._sq_ref / self._sq_err)
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_") and not (k == "hf_name" and v is None)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorStats:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if not f.name.startswith("_") and f.name in d})
 
 
 @dataclass
-class VerifyResult:
+class TensorCheckResult:
+    """The round trip of one output: header fields and every tensor against the source.
+    `version` is the format key (0, 1, 2; "hf" for a Hugging Face directory)."""
+
     file: str
-    version: int
+    version: int | str
     size: int
     sha256: str
     group_size: int | None
     header: dict[str, Any]
     source: dict[str, Any]
     failures: list[str] = field(default_factory=list)
-    tensors: list[dict[str, Any]] = field(default_factory=list)
-    # Logit-level comparison with the source (functional.FunctionalResult.to_json()); None when
-    # not run. Its failures are also listed in `failures`.
-    functional: dict[str, Any] | None = None
+    tensors: list[TensorStats] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["tensors"] = [t.to_json() for t in self.tensors]
         d["passed"] = self.passed
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorCheckResult:
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kw["tensors"] = [TensorStats.from_json(t) for t in d.get("tensors", [])]
+        return cls(**kw)
 
 
 def sha256_file(path: str) -> str:
@@ -108,11 +123,11 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def verify(bin_path: str, source: Source, quiet: bool = False, threads: int | None = None) -> VerifyResult:
+def check_tensors(bin_path: str, source: Source, quiet: bool = False, threads: int | None = None) -> TensorCheckResult:
     """Compare `bin_path` with `source`; the result lists every failure (empty = passed).
     `threads`: worker processes comparing chunks (default: parallel.default_workers)."""
     with BinFile(bin_path) as bf:
-        result = VerifyResult(
+        result = TensorCheckResult(
             file=os.path.basename(bin_path),
             version=bf.version,
             size=bf.size,
@@ -129,7 +144,7 @@ def verify(bin_path: str, source: Source, quiet: bool = False, threads: int | No
     return result
 
 
-def _check_header(bf: BinFile, source: Source, result: VerifyResult) -> None:
+def _check_header(bf: BinFile, source: Source, result: TensorCheckResult) -> None:
     want, got = source.config, bf.config
     for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
                  "shared_classifier"):
@@ -159,7 +174,7 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int, path: str) -> np.ndarray:
     return buf
 
 
-def _check_tensors(bf: BinFile, source: Source, result: VerifyResult, workers: int | None, quiet: bool) -> None:
+def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, workers: int | None, quiet: bool) -> None:
     """Every weight of `bf` against the source, in row chunks on worker processes, plus the sha256
     (in a side process) and v0's rope tables. Chunk results are consumed in file order, so the
     statistics and each tensor's first failure never depend on timing."""
@@ -279,7 +294,7 @@ def _check_chunk(t: BinTensor, ref_t: TensorRef, start: int, stop: int, fd: int,
     return out
 
 
-def _check_rope(bf: BinFile, result: VerifyResult, tables: tuple[np.ndarray, np.ndarray]) -> None:
+def _check_rope(bf: BinFile, result: TensorCheckResult, tables: tuple[np.ndarray, np.ndarray]) -> None:
     cos, sin = tables
     for name, ref in ((ROPE_COS, cos), (ROPE_SIN, sin)):
         got = np.asarray(bf.tensors[name].values)

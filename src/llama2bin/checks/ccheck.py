@@ -18,16 +18,16 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from .errors import Llama2binError
+from ..errors import Llama2binError
+from ..reader import BinFile
+from .eval_tokens import random_tokens
 from .forward import F32, Q8, bin_logits
-from .functional import EvalSet
-from .reader import BinFile
 
 # Flags the consumer is built with; -ffp-contract=off keeps compilers from fusing a*b+c into
 # FMAs, so C and numpy round the same products (retried without it for compilers that lack it).
@@ -120,6 +120,10 @@ class CCheckResult:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": None if self.skipped else self.passed}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CCheckResult:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
 
 def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:
     if arithmetic == "auto":
@@ -140,7 +144,7 @@ def c_check(bin_path: str, consumer: Consumer | None, tokens: list[int] | None =
     with BinFile(bin_path) as bf:
         version = bf.version
         arith = resolve_arithmetic(bf, arithmetic)
-        toks = list(tokens) if tokens else EvalSet().tokens(bf.config)[0].tolist()
+        toks = list(tokens) if tokens else random_tokens(bf.config.vocab_size, bf.config.max_seq_len, 1, 16).sequences[0]
     result = CCheckResult(os.path.basename(bin_path), version, arith, toks,
                           " ".join(consumer.compiler) if consumer else None)
     if consumer is None:

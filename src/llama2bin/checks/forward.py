@@ -22,15 +22,15 @@ products are summed exactly per group and scaled by both group scales, group aft
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import Llama2binError
-from .formats.layout import F32 as F32_ENCODING
-from .model import ModelConfig, layer_name
-from .reader import BinFile, BinTensor
-from .sources.base import CHUNK_BYTES, Source
+from ..errors import Llama2binError
+from ..formats.layout import F32 as F32_ENCODING
+from ..model import ModelConfig, layer_name
+from ..reader import BinFile, BinTensor
+from ..sources.base import CHUNK_BYTES, Source
 
 F32 = "f32"
 Q8 = "q8"
@@ -247,22 +247,28 @@ def _embed(weights: Mapping, tok: np.ndarray) -> np.ndarray:
     return np.asarray(weights["tok_embeddings"], dtype=np.float32)[tok]
 
 
-def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
-           *, arithmetic: str = F32) -> np.ndarray:
-    """Logits float32 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
-    [S, T, vocab] for an [S, T] array of sequences (computed together, layer by layer)."""
+def _check_tokens(tokens: Sequence[int] | np.ndarray, cfg: ModelConfig) -> np.ndarray:
     tok = np.asarray(tokens, dtype=np.int64)
-    single = tok.ndim == 1
-    if single:
+    if tok.ndim == 1:
         tok = tok[None, :]
     if tok.ndim != 2 or tok.size == 0:
         raise Llama2binError("forward: tokens must be a non-empty sequence of ids (or equal-length sequences)")
     if tok.min() < 0 or tok.max() >= cfg.vocab_size:
         bad = int(tok.max()) if tok.max() >= cfg.vocab_size else int(tok.min())
         raise Llama2binError(f"forward: token id {bad} outside the vocabulary of {cfg.vocab_size}")
+    if tok.shape[1] > cfg.max_seq_len:
+        raise Llama2binError(f"forward: {tok.shape[1]} tokens exceed max_seq_len {cfg.max_seq_len}")
+    return tok
+
+
+def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
+                  *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None) -> np.ndarray:
+    """The final normalized hidden states float32 [S*T, dim] for an [S, T] array of sequences (or
+    one sequence, S = 1), row s*T + t for position t of sequence s: what the classifier turns
+    into logits. Small (positions x dim) whatever the vocabulary; `classify` makes logits of any
+    block of rows. `on_layer` is called after every layer (progress)."""
+    tok = _check_tokens(tokens, cfg)
     n_seqs, n_tokens = tok.shape
-    if n_tokens > cfg.max_seq_len:
-        raise Llama2binError(f"forward: {n_tokens} tokens exceed max_seq_len {cfg.max_seq_len}")
     linear = _Linear(weights, arithmetic)
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
@@ -284,21 +290,40 @@ def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence
         k = linear(h, w("attention.wk")).reshape(n_seqs, n_tokens, cfg.n_kv_heads, hd)
         v = linear(h, w("attention.wv")).reshape(n_seqs, n_tokens, cfg.n_kv_heads, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # GQA: kv head g serves query heads g*n_rep .. g*n_rep + n_rep - 1 (as run.c's h / kv_mul).
-        k, v = np.repeat(k, n_rep, axis=2), np.repeat(v, n_rep, axis=2)
-        scores = np.einsum("bthd,bshd->bhts", q, k) * scale
-        scores[:, :, causal] = -np.inf
-        attn = np.einsum("bhts,bshd->bthd", _softmax(scores), v).reshape(n_rows, cfg.n_heads * hd)
-        del q, k, v, scores
-        x = x + linear(attn, w("attention.wo"))
+        attn = np.empty((n_seqs, n_tokens, cfg.n_heads, hd), dtype=np.float32)
+        # One sequence at a time: the score matrix (heads x T x T) of one sequence, not of all.
+        for s in range(n_seqs):
+            # GQA: kv head g serves query heads g*n_rep .. g*n_rep + n_rep - 1 (as run.c's h / kv_mul).
+            ks, vs = np.repeat(k[s : s + 1], n_rep, axis=2), np.repeat(v[s : s + 1], n_rep, axis=2)
+            scores = np.einsum("bthd,bshd->bhts", q[s : s + 1], ks) * scale
+            scores[:, :, causal] = -np.inf
+            attn[s : s + 1] = np.einsum("bhts,bshd->bthd", _softmax(scores), vs)
+        del q, k, v
+        x = x + linear(attn.reshape(n_rows, cfg.n_heads * hd), w("attention.wo"))
         h = rms_norm(x, norm(w("ffn_norm")), cfg.norm_eps)
         gate = _silu(linear(h, w("feed_forward.w1"))) * linear(h, w("feed_forward.w3"))
         x = x + linear(gate, w("feed_forward.w2"))
         del h, gate
-    x = rms_norm(x, norm("norm"), cfg.norm_eps)
+        if on_layer:
+            on_layer()
+    return rms_norm(x, norm("norm"), cfg.norm_eps)
+
+
+def classify(weights: Mapping[str, np.ndarray], cfg: ModelConfig, hidden: np.ndarray, *, arithmetic: str = F32) -> np.ndarray:
+    """Logits float32 [rows, vocab] of hidden-state rows (from `hidden_states`)."""
     classifier = "tok_embeddings" if cfg.shared_classifier else "output"
-    out = linear(x, classifier).astype(np.float32, copy=False).reshape(n_seqs, n_tokens, cfg.vocab_size)
-    return out[0] if single else out
+    return _Linear(weights, arithmetic)(hidden, classifier).astype(np.float32, copy=False)
+
+
+def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
+           *, arithmetic: str = F32) -> np.ndarray:
+    """Logits float32 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
+    [S, T, vocab] for an [S, T] array of sequences (computed together, layer by layer).
+    Holds positions x vocab floats: the functional check uses hidden_states + classify in blocks."""
+    tok = _check_tokens(tokens, cfg)
+    x = hidden_states(weights, cfg, tok, arithmetic=arithmetic)
+    out = classify(weights, cfg, x, arithmetic=arithmetic).reshape(*tok.shape, cfg.vocab_size)
+    return out[0] if np.asarray(tokens).ndim == 1 else out
 
 
 def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str = F32,

@@ -1,0 +1,196 @@
+"""Functional check: does the exported model compute what the source computes, and how well?
+
+The numpy reference forward (forward.py) runs over the model's evaluation tokens
+(eval_tokens.py: by default sequences the source model generated itself) twice: on the source
+checkpoint's float32 tensors and on the weights read back from the exported file. The logits
+are compared block by block (metrics.py) with the statistics llama.cpp's
+`llama-perplexity --kl-divergence` reports: perplexity of both and ΔPPL, KL divergence, same
+top token, RMS Δp of the next token.
+
+Two verdicts, never confused:
+- correctness (`FunctionalResult.failures`): an unquantized output (v0, hf) must give the
+  source's logits to float32 rounding (same code, same weights: in practice bit for bit). A
+  quantized file's correctness is the tensor check's (every value within scale/2 of a fresh
+  quantization) and the C check's; its logits are not a correctness matter.
+- quality (`QualityLimits`): measured on quantized outputs; exceeding a limit is a warning,
+  and a failure only where the user made the limits a gate.
+
+Both forwards use the source's config, so rope_theta and norm_eps - which no .bin stores -
+are the source's, and only what the file stores is being measured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from ..errors import Llama2binError
+from ..reader import BinFile
+from ..sources.base import Source
+from .eval_tokens import EvalTokens
+from .forward import ARITHMETICS, F32, BinWeights, LazyWeights, SourceWeights, classify, hidden_states
+from .metrics import KLD_HIST_EDGES, LogitComparison, block_rows
+
+# Unquantized outputs: |Δlogit| <= FP32_RTOL * max(1, max |logit|).
+FP32_RTOL = 1e-5
+# Reference logits are kept between files up to this many bytes, recomputed per file beyond.
+_CACHE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """Limits of a quantized output's quality: exceeded = a warning, or a failure under a gate.
+    Defaults are chosen against a model trained for real in the test suite (README, "Quality
+    limits"): its Q8_0 files at group sizes 16-64 stay 4-10x inside them, while a layout error
+    (swapped layers, q and k) exceeds them by far - though correctness checks catch those first."""
+
+    kld_mean_max: float = 0.05
+    kld_p99_max: float = 0.5
+    same_top_min: float = 0.85
+    ppl_ratio_max: float = 1.05
+
+    def exceeded(self, f: FunctionalResult) -> list[str]:
+        """One phrase per limit `f` exceeds (empty: within every limit, or not quantized)."""
+        if not f.quantized:
+            return []
+        out = []
+        if f.kld_mean > self.kld_mean_max:
+            out.append(f"mean KLD {f.kld_mean:.3g} > {self.kld_mean_max:g}")
+        if f.kld_percentiles["p99"] > self.kld_p99_max:
+            out.append(f"KLD p99 {f.kld_percentiles['p99']:.3g} > {self.kld_p99_max:g}")
+        if f.same_top < self.same_top_min:
+            out.append(f"same top {f.same_top:.1%} < {self.same_top_min:.1%}")
+        if f.ppl_ratio is not None and f.ppl_ratio > self.ppl_ratio_max:
+            out.append(f"PPL ratio {f.ppl_ratio:.4g} > {self.ppl_ratio_max:g}")
+        return out
+
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> QualityLimits:
+        return cls(**{f.name: float(d[f.name]) for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class FunctionalResult:
+    arithmetic: str
+    quantized: bool
+    eval: dict[str, Any]  # EvalTokens.summary(): recipe, seqs, positions, sha256
+    positions: int
+    predicted: int  # positions with a next token: what perplexity and RMS Δp average over
+    max_abs_logit: float  # of the reference, for scale
+    max_abs_dlogit: float
+    kld_mean: float
+    kld_percentiles: dict[str, float]
+    kld_max: float
+    kld_hist: list[int]
+    same_top: float
+    ppl_source: float | None
+    ppl_file: float | None
+    delta_ppl: float | None
+    ppl_ratio: float | None
+    rms_dp: float | None
+    fp32_rtol: float = FP32_RTOL
+    failures: list[str] = field(default_factory=list)  # correctness only
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed, "kld_hist_edges": KLD_HIST_EDGES}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FunctionalResult:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+class ReferenceModel:
+    """The source's side of every functional check of one model: its hidden states on the
+    evaluation tokens (small: positions x dim), computed once and reused for every output."""
+
+    def __init__(self, source: Source, tokens: EvalTokens):
+        self.source = source
+        self.config = source.config
+        self.tokens = tokens.check(self.config.vocab_size, self.config.max_seq_len)
+        self.weights = SourceWeights(source)
+        self._hidden: list[np.ndarray] | None = None
+        self._logits: dict[tuple[int, int], np.ndarray] = {}
+        self._cache = 4 * tokens.positions * self.config.vocab_size <= _CACHE_BYTES
+
+    def hidden(self, progress: Any = None) -> list[np.ndarray]:
+        if self._hidden is None:
+            step = progress.update if progress else None
+            self._hidden = [hidden_states(self.weights, self.config, b, on_layer=step and (lambda: step(1)))
+                            for b in self.tokens.batches()]
+        return self._hidden
+
+    def logits(self, batch: int, start: int, stop: int) -> np.ndarray:
+        key = (batch, start)
+        if key in self._logits:
+            return self._logits[key]
+        out = classify(self.weights, self.config, self.hidden()[batch][start:stop])
+        if self._cache:
+            self._logits[key] = out
+        return out
+
+
+def _open_output(path: str, reference: ReferenceModel) -> tuple[Any, LazyWeights, bool]:
+    """(context to close, lazy weights, quantized) of an exported .bin or hf directory."""
+    cfg = reference.config
+    if os.path.isdir(path):  # a Hugging Face export: read it back through the hf source
+        from ..sources import open_source
+
+        exported = open_source("hf", path, max_seq_len=cfg.max_seq_len, allow_rope_theta=True)
+        if exported.config.shapes() != cfg.shapes():
+            exported.close()
+            raise Llama2binError(f"{path}: its tensors do not have the source's shapes")
+        return exported, SourceWeights(exported, cfg), False
+    bf = BinFile(path)
+    if bf.config.shapes() != cfg.shapes():
+        bf.close()
+        raise Llama2binError(f"{path}: its header does not describe the source's tensors")
+    return bf, BinWeights(bf), bf.group_size is not None
+
+
+def functional_check(path: str, reference: ReferenceModel, *, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
+                     quiet: bool = True) -> FunctionalResult:
+    """Forward the evaluation tokens through `path` and through the source; compare."""
+    from ..progress import Progress
+
+    if arithmetic not in ARITHMETICS:
+        raise Llama2binError(f"unknown arithmetic {arithmetic!r} (known: {', '.join(ARITHMETICS)})")
+    cfg = reference.config
+    batches = reference.tokens.batches()
+    handle, weights, quantized = _open_output(path, reference)
+    arith = arithmetic if quantized else F32  # q8 arithmetic is meaningless for float32 files
+    layers = len(batches) * cfg.n_layers * (1 if reference._hidden is not None else 2)
+    progress = Progress(layers, f"functional check {os.path.basename(os.path.normpath(path))}", unit="layer",
+                        quiet=quiet)
+    try:
+        reference.hidden(progress)  # the source's forward, once per model
+        cmp = LogitComparison()
+        step = block_rows(cfg.vocab_size)
+        for b, tok in enumerate(batches):
+            got_hidden = hidden_states(weights, cfg, tok, arithmetic=arith, on_layer=lambda: progress.update(1))
+            # the next token of every position; -1 at the end of a sequence
+            nxt = np.concatenate([tok[:, 1:], np.full((tok.shape[0], 1), -1, dtype=np.int64)], axis=1).reshape(-1)
+            for start in range(0, got_hidden.shape[0], step):
+                stop = min(start + step, got_hidden.shape[0])
+                got = classify(weights, cfg, got_hidden[start:stop], arithmetic=arith)
+                cmp.add(reference.logits(b, start, stop), got, nxt[start:stop])
+    finally:
+        progress.close()
+        handle.close()
+    stats = cmp.stats()
+    failures = []
+    if not quantized:
+        tol = fp32_rtol * max(1.0, stats["max_abs_logit"])
+        if not stats["max_abs_dlogit"] <= tol:  # also catches NaN
+            failures.append(f"functional: max |Δlogit| {stats['max_abs_dlogit']:.3g} exceeds float32 tolerance {tol:.3g}")
+    return FunctionalResult(arithmetic=arith, quantized=quantized, eval=reference.tokens.summary(),
+                            fp32_rtol=fp32_rtol, failures=failures, **stats)

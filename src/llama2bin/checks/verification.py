@@ -1,0 +1,123 @@
+"""One call that verifies an output completely: `verify_output` -> `Verification`.
+
+Two verdicts, never confused:
+- **correct** (`Verification.failures`): the header, the round trip of every tensor, float32
+  outputs giving the source's logits, the C consumer agreeing with the Python reference. Any
+  failure here fails the run.
+- **quality** (`Verification.quality`): a quantized output's KL divergence, same top token and
+  perplexity ratio against `QualityLimits`. Exceeding a limit is a warning; a failure only when
+  the user made the limits a gate (`gate=True`: config `quality.gate`, CLI `--quality-gate`).
+
+The JSON form (`to_json`, `from_json`) is what `llama2bin verify --json` writes (README, "The
+verify JSON").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..sources.base import Source
+from .ccheck import CCheckResult, Consumer, c_check
+from .forward import F32
+from .functional import FP32_RTOL, FunctionalResult, QualityLimits, ReferenceModel, functional_check
+from .tensor import TensorCheckResult, check_tensors
+
+SCHEMA = "llama2bin.verify/2"
+
+
+@dataclass
+class QualityVerdict:
+    limits: QualityLimits
+    gate: bool
+    exceeded: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not (self.gate and self.exceeded)
+
+    def message(self) -> str:
+        return "; ".join(self.exceeded)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"limits": self.limits.to_json(), "gate": self.gate, "exceeded": self.exceeded, "passed": self.passed}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> QualityVerdict:
+        return cls(QualityLimits.from_json(d["limits"]), bool(d["gate"]), list(d["exceeded"]))
+
+
+_TENSOR_KEYS = ("file", "version", "size", "sha256", "group_size", "header", "source", "tensors")
+
+
+@dataclass
+class Verification:
+    tensor: TensorCheckResult
+    functional: FunctionalResult | None = None
+    c_check: CCheckResult | None = None
+    quality: QualityVerdict | None = None  # None: no functional check ran
+
+    @property
+    def failures(self) -> list[str]:
+        """Every correctness failure: tensor check, float32 logits, C consumer."""
+        return [*self.tensor.failures, *(self.functional.failures if self.functional else []),
+                *(self.c_check.failures if self.c_check else [])]
+
+    @property
+    def correct(self) -> bool:
+        return not self.failures
+
+    @property
+    def passed(self) -> bool:
+        return self.correct and (self.quality is None or self.quality.passed)
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.tensor.to_json()
+        return {
+            "schema": SCHEMA,
+            **{k: t[k] for k in _TENSOR_KEYS},
+            "tensor_failures": self.tensor.failures,
+            "functional": self.functional.to_json() if self.functional else None,
+            "c_check": self.c_check.to_json() if self.c_check else None,
+            "quality": self.quality.to_json() if self.quality else None,
+            "failures": self.failures,
+            "correct": self.correct,
+            "passed": self.passed,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Verification:
+        tensor = TensorCheckResult.from_json({**{k: d[k] for k in _TENSOR_KEYS}, "failures": d["tensor_failures"]})
+        return cls(
+            tensor=tensor,
+            functional=FunctionalResult.from_json(d["functional"]) if d.get("functional") else None,
+            c_check=CCheckResult.from_json(d["c_check"]) if d.get("c_check") else None,
+            quality=QualityVerdict.from_json(d["quality"]) if d.get("quality") else None,
+        )
+
+
+def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,
+                  consumer: Consumer | None = None, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
+                  limits: QualityLimits | None = None, gate: bool = False, threads: int | None = None,
+                  quiet: bool = True) -> Verification:
+    """Verify the .bin (or hf directory) `path` against `source`: the tensor check always; the
+    functional check with a `reference` (the source on the model's evaluation tokens); the C
+    check with a compiled `consumer` (.bin files only; on the first evaluation sequence)."""
+    if os.path.isdir(path):  # a --version hf export
+        from ..formats.hf import verify_hf_dir
+
+        tensor = verify_hf_dir(path, source, quiet=quiet)
+    else:
+        tensor = check_tensors(path, source, quiet=quiet, threads=threads)
+    result = Verification(tensor)
+    if not tensor.tensors:  # nothing compared: a different model altogether, the header says why
+        return result
+    if reference is not None:
+        result.functional = functional_check(path, reference, arithmetic=arithmetic, fp32_rtol=fp32_rtol, quiet=quiet)
+        limits = limits or QualityLimits()
+        result.quality = QualityVerdict(limits, gate, limits.exceeded(result.functional))
+    if consumer is not None and not os.path.isdir(path):
+        tokens = reference.tokens.sequences[0] if reference is not None else None
+        result.c_check = c_check(path, consumer, tokens=tokens)
+    return result

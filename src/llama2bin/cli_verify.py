@@ -1,0 +1,154 @@
+"""The `verify` and `eval-tokens` commands (parsing and printing; the work is in checks/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from .atomic import write_atomic
+from .errors import Llama2binError
+
+
+def _dump_json(obj: object) -> str:
+    return json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
+def _add_eval_args(p: argparse.ArgumentParser, title: str) -> None:
+    from .checks.eval_tokens import DEFAULT_LEN, DEFAULT_SEED, DEFAULT_SEQS, MAX_LEN, MAX_POSITIONS
+
+    g = p.add_argument_group(title)
+    g.add_argument("--eval", choices=("sampled", "random"), default="sampled", dest="eval_recipe",
+                   help="sampled: sequences the source model generates from BOS (seeded, temperature 1, top-p 0.9; "
+                   "default); random: uniform random ids")
+    g.add_argument("--eval-text", metavar="FILE", help="evaluate on this text, tokenized with --tokenizer")
+    g.add_argument("--tokenizer", metavar="TOKENIZER.model", help="the model's sentencepiece model (for --eval-text)")
+    g.add_argument("--eval-seqs", type=int, default=DEFAULT_SEQS, metavar="N", help=f"sequences ({DEFAULT_SEQS})")
+    g.add_argument("--eval-len", type=int, default=DEFAULT_LEN, metavar="T",
+                   help=f"tokens per sequence, at most max_seq_len and {MAX_LEN} ({DEFAULT_LEN}); "
+                   f"at most {MAX_POSITIONS} tokens in all")
+    g.add_argument("--eval-seed", type=int, default=DEFAULT_SEED, metavar="S", help=f"seed ({DEFAULT_SEED})")
+
+
+def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: ignore[no-untyped-def]
+    from .checks import eval_tokens as et
+
+    cfg = source.config
+    if getattr(args, "eval_tokens", None):
+        tokens = et.load_tokens_file(args.eval_tokens)
+    elif args.eval_text:
+        if not args.tokenizer:
+            raise Llama2binError("--eval-text needs --tokenizer (the model's sentencepiece tokenizer.model)")
+        tokens = et.text_tokens(args.eval_text, args.tokenizer, args.eval_seqs, args.eval_len)
+    elif args.eval_recipe == "random":
+        tokens = et.random_tokens(cfg.vocab_size, cfg.max_seq_len, args.eval_seqs, args.eval_len, args.eval_seed)
+    else:
+        tokens = et.sampled_tokens(source, args.eval_seqs, args.eval_len, args.eval_seed, quiet=quiet)
+    return tokens.check(cfg.vocab_size, cfg.max_seq_len, getattr(args, "eval_tokens", None) or "evaluation tokens")
+
+
+def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[no-untyped-def]
+    from .checks.functional import FP32_RTOL, QualityLimits
+
+    p = sub.add_parser(
+        "verify",
+        help="check outputs against the checkpoint: correctness (tensors, float32 logits) and quality (perplexity, KLD)",
+        description="Correctness fails the command: header, every tensor against the source, float32 outputs giving "
+        "the source's logits. Quality (ΔPPL, KL divergence, same top token of Q8_0 files on the evaluation tokens) is "
+        "measured and warned about; it fails only with --quality-gate.",
+    )
+    p.add_argument("files", nargs="+", metavar="OUT.bin")
+    add_source_args(p)
+    p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    g = p.add_argument_group("functional check (logits of the file vs the source on the evaluation tokens)")
+    g.add_argument("--no-functional", action="store_true", help="compare tensors only, skip the forward passes")
+    g.add_argument("--eval-tokens", metavar="FILE",
+                   help="evaluation tokens: eval_tokens.json (llama2bin eval-tokens), a JSON list of id lists, or one "
+                   "sequence of ids per line (overrides the options below)")
+    g.add_argument("--activations", choices=("f32", "q8"), default="f32",
+                   help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
+                   "Q8_0-quantized activations (q8)")
+    g.add_argument("--fp32-rtol", type=float, default=FP32_RTOL, metavar="X",
+                   help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({FP32_RTOL:g})")
+    _add_eval_args(p, "evaluation tokens (without --eval-tokens)")
+    lim = QualityLimits()
+    q = p.add_argument_group("quality limits of quantized files (a warning; a failure with --quality-gate)")
+    q.add_argument("--kld-mean-max", "--kld-max", type=float, default=lim.kld_mean_max, metavar="X",
+                   help=f"mean KL divergence ({lim.kld_mean_max:g})")
+    q.add_argument("--kld-p99-max", type=float, default=lim.kld_p99_max, metavar="X",
+                   help=f"99th-percentile KL divergence ({lim.kld_p99_max:g})")
+    q.add_argument("--same-top-min", type=float, default=lim.same_top_min, metavar="X",
+                   help=f"rate of positions whose top token is the source's ({lim.same_top_min:g})")
+    q.add_argument("--ppl-ratio-max", type=float, default=lim.ppl_ratio_max, metavar="X",
+                   help=f"perplexity of the file / of the source ({lim.ppl_ratio_max:g})")
+    q.add_argument("--quality-gate", action="store_true", help="fail when a quality limit is exceeded")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "eval-tokens",
+        help="make a model's evaluation tokens once (JSON with recipe and sha256), for verify --eval-tokens",
+    )
+    p.add_argument("output", metavar="OUT.json")
+    add_source_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_eval_args(p, "recipe")
+    p.set_defaults(func=cmd_eval_tokens, eval_tokens=None)
+
+
+def cmd_eval_tokens(args: argparse.Namespace) -> int:
+    from .cli import _open_source
+
+    with _open_source(args) as source:
+        tokens = _make_eval_tokens(args, source, args.quiet)
+    write_atomic(args.output, _dump_json(tokens.to_json()))
+    print(f"wrote {args.output} ({tokens.recipe['kind']}, {len(tokens.sequences)} sequences, {tokens.positions} tokens, "
+          f"sha256 {tokens.sha256[:16]}…)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .checks.functional import QualityLimits, ReferenceModel
+    from .checks.verification import verify_output
+    from .cli import _open_source
+
+    if args.json and len(args.json) != len(args.files):
+        raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    limits = QualityLimits(kld_mean_max=args.kld_mean_max, kld_p99_max=args.kld_p99_max,
+                           same_top_min=args.same_top_min, ppl_ratio_max=args.ppl_ratio_max)
+    ok = True
+    with _open_source(args) as source:
+        reference = None if args.no_functional else ReferenceModel(source, _make_eval_tokens(args, source, args.quiet))
+        for i, path in enumerate(args.files):
+            result = verify_output(path, source, reference=reference, arithmetic=args.activations,
+                                   fp32_rtol=args.fp32_rtol, limits=limits, gate=args.quality_gate,
+                                   threads=args.threads, quiet=args.quiet)
+            if args.json:
+                write_atomic(args.json[i], _dump_json(result.to_json()))
+            t = result.tensor
+            if not result.correct:
+                ok = False
+                for failure in result.failures:
+                    print(f"{path}: FAILED: {failure}", file=sys.stderr)
+                continue
+            label = t.version if isinstance(t.version, str) else f"v{t.version}"  # "hf" or v0/v1/v2
+            print(f"{path}: OK ({label}, {len(t.tensors)} tensors, sha256 {t.sha256[:16]}…)")
+            f = result.functional
+            if f is not None:
+                ppl = "" if f.ppl_source is None else (f"PPL {f.ppl_source:.4g} -> {f.ppl_file:.4g} "
+                                                       f"(ΔPPL {f.delta_ppl:+.3g}), ")
+                print(f"{path}: functional ({f.positions} positions, {f.arithmetic}): {ppl}mean KLD {f.kld_mean:.3g}, "
+                      f"KLD p99 {f.kld_percentiles['p99']:.3g}, same top {f.same_top:.1%}, "
+                      f"max |Δlogit| {f.max_abs_dlogit:.3g}")
+            q = result.quality
+            if q is not None and q.exceeded:
+                if q.gate:
+                    ok = False
+                    print(f"llama2bin: error: {path}: quality gate: {q.message()}", file=sys.stderr)
+                else:
+                    print(f"llama2bin: warning: {path}: quality beyond limits (not a gate): {q.message()}",
+                          file=sys.stderr)
+    return 0 if ok else 1
