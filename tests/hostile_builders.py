@@ -21,7 +21,6 @@ import zipfile
 from typing import Any
 
 import numpy as np
-
 from helpers import DATA
 
 

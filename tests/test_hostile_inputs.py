@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,6 +221,15 @@ def _huge_numel(b: Base, d: str) -> Built:
 
     ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"), mutate)
     return export("--checkpoint", ckpt, d), [ckpt], "declares 4611686018427387904 elements"
+
+
+@case("pickle_bytes_of_1_tib", "memory")
+def _huge_bytes(b: Base, d: str) -> Built:
+    # BINBYTES8 declaring 2^40 bytes: CPython's unpickler allocates the declared size first.
+    ckpt = os.path.join(d, "ckpt.pt")
+    with zipfile.ZipFile(ckpt, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"x" * 10 + b".")
+    return export("--checkpoint", ckpt, d), [ckpt], "a length field exceeds the pickle's size"
 
 
 # Tracebacks: type confusion in JSON, pickles and headers.
