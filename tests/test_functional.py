@@ -35,7 +35,7 @@ from llama2bin.checks.tensor import HIST_EDGES  # noqa: E402
 from llama2bin.checks.verification import verify_output  # noqa: E402
 from llama2bin.demo import write_demo_checkpoint  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
-from llama2bin.formats.hf import export_hf  # noqa: E402
+from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
 from llama2bin.plots import render_png  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402

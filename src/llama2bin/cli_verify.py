@@ -114,6 +114,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .checks.functional import QualityLimits, ReferenceModel
     from .checks.verification import verify_output
     from .cli import _open_source
+    from .formats import FORMATS
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
@@ -134,7 +135,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 for failure in result.failures:
                     print(f"{path}: FAILED: {failure}", file=sys.stderr)
                 continue
-            label = t.version if isinstance(t.version, str) else f"v{t.version}"  # "hf" or v0/v1/v2
+            label = FORMATS[t.format].label
             print(f"{path}: OK ({label}, {len(t.tensors)} tensors, sha256 {t.sha256[:16]}…)")
             f = result.functional
             if f is not None:

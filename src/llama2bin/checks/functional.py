@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Llama2binError
+from ..formats import DIRECTORY, output_format
 from ..reader import BinFile
 from ..sources.base import Source
 from .eval_tokens import EvalTokens
@@ -142,10 +143,9 @@ class ReferenceModel:
 def _open_output(path: str, reference: ReferenceModel) -> tuple[Any, LazyWeights, bool]:
     """(context to close, lazy weights, quantized) of an exported .bin or hf directory."""
     cfg = reference.config
-    if os.path.isdir(path):  # a Hugging Face export: read it back through the hf source
-        from ..sources import open_source
-
-        exported = open_source("hf", path, max_seq_len=cfg.max_seq_len, allow_rope_theta=True)
+    spec = output_format(path)
+    if spec.kind == DIRECTORY:  # hf: read back as a source (canonical tensors, q/k un-permuted)
+        exported = spec.open(path)
         if exported.config.shapes() != cfg.shapes():
             exported.close()
             raise Llama2binError(f"{path}: its tensors do not have the source's shapes")

@@ -14,10 +14,10 @@ verify JSON").
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..formats import DIRECTORY, output_format
 from ..sources.base import Source
 from .ccheck import CCheckResult, Consumer, c_check
 from .forward import F32
@@ -48,7 +48,7 @@ class QualityVerdict:
         return cls(QualityLimits.from_json(d["limits"]), bool(d["gate"]), list(d["exceeded"]))
 
 
-_TENSOR_KEYS = ("file", "version", "size", "sha256", "group_size", "header", "source", "tensors")
+_TENSOR_KEYS = ("file", "version", "format", "size", "sha256", "group_size", "header", "source", "tensors")
 
 
 @dataclass
@@ -104,8 +104,8 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
     """Verify the .bin (or hf directory) `path` against `source`: the tensor check always; the
     functional check with a `reference` (the source on the model's evaluation tokens); the C
     check with a compiled `consumer` (.bin files only; on the first evaluation sequence)."""
-    if os.path.isdir(path):  # a --version hf export
-        from ..formats.hf import verify_hf_dir
+    if output_format(path).kind == DIRECTORY:  # hf
+        from .tensor_hf import verify_hf_dir
 
         tensor = verify_hf_dir(path, source, quiet=quiet)
     else:
@@ -117,7 +117,7 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
         result.functional = functional_check(path, reference, arithmetic=arithmetic, fp32_rtol=fp32_rtol, quiet=quiet)
         limits = limits or QualityLimits()
         result.quality = QualityVerdict(limits, gate, limits.exceeded(result.functional))
-    if consumer is not None and not os.path.isdir(path):
+    if consumer is not None and output_format(path).kind != DIRECTORY:
         tokens = reference.tokens.sequences[0] if reference is not None else None
         result.c_check = c_check(path, consumer, tokens=tokens)
     return result
