@@ -22,13 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import Llama2binError
+from ..safe_io import parse_json, read_capped
 from ..sources.base import Source
 from .forward import SourceWeights, classify, hidden_states
 
@@ -160,38 +160,20 @@ def sampled_tokens(source: Source, seqs: int = DEFAULT_SEQS, length: int = DEFAU
                                      "temperature": TEMPERATURE, "top_p": TOP_P, "bos": bos})
 
 
-def _read_capped(path: str) -> bytes:
-    """A regular file's bytes, at most MAX_FILE_BYTES (O_NONBLOCK: a FIFO cannot hang the open)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Llama2binError(f"{path}: not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise Llama2binError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
-    return data
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(name)
+def _read_capped(path: str, what: str) -> bytes:
+    return read_capped(path, MAX_FILE_BYTES, what)
 
 
 def load_tokens_file(path: str) -> EvalTokens:
     """Token ids from JSON (eval_tokens.json, or a list of lists) or one sequence per text line."""
-    data = _read_capped(path)
+    data = _read_capped(path, "evaluation tokens")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise Llama2binError(f"{path}: not UTF-8 text") from None
     digest = hashlib.sha256(data).hexdigest()
     if text.lstrip().startswith(("[", "{")):
-        try:
-            obj = json.loads(text, parse_constant=_reject_constant)
-        except ValueError as e:
-            raise Llama2binError(f"{path}: not valid JSON ({e})") from None
+        obj = parse_json(data, path)
         if isinstance(obj, dict):
             return EvalTokens.from_json(obj, path)
         return EvalTokens(_sequences(obj, path), {"kind": "file", "file": os.path.basename(path), "file_sha256": digest})
@@ -210,14 +192,14 @@ def text_tokens(text_path: str, tokenizer_model: str, seqs: int = DEFAULT_SEQS, 
     import sentencepiece as spm
 
     check_size(seqs, length)
-    data = _read_capped(text_path)
+    data = _read_capped(text_path, "evaluation text")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise Llama2binError(f"{text_path}: not UTF-8 text") from None
     sp = spm.SentencePieceProcessor()
     try:
-        sp.LoadFromSerializedProto(_read_capped(tokenizer_model))
+        sp.LoadFromSerializedProto(_read_capped(tokenizer_model, "tokenizer"))
     except RuntimeError as e:
         raise Llama2binError(f"{tokenizer_model}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
     ids = sp.EncodeAsIds(text)
@@ -228,4 +210,4 @@ def text_tokens(text_path: str, tokenizer_model: str, seqs: int = DEFAULT_SEQS, 
         raise Llama2binError(f"{text_path}: no tokens")
     return EvalTokens(seqsl, {"kind": "text", "file": os.path.basename(text_path),
                               "file_sha256": hashlib.sha256(data).hexdigest(), "seqs": seqs, "len": length,
-                              "tokenizer_sha256": hashlib.sha256(_read_capped(tokenizer_model)).hexdigest()})
+                              "tokenizer_sha256": hashlib.sha256(_read_capped(tokenizer_model, "tokenizer")).hexdigest()})

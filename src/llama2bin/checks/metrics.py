@@ -26,8 +26,10 @@ import numpy as np
 KLD_HIST_EDGES = [0.0] + np.logspace(-12, 2, 29).tolist()
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
-# Rows of logits compared at once: block x vocab float64 temporaries stay around 64 MiB.
-BLOCK_ELEMENTS = 1 << 23
+# Logits compared at once: each float64 temporary of a block is 16 MiB, and about six are alive
+# (log-softmax of both, probabilities, products), so the comparison peaks near 100 MiB whatever
+# the vocabulary (measured: 50 MiB with blocks of 2^20, tests/test_quality.py).
+BLOCK_ELEMENTS = 1 << 21
 
 
 def block_rows(vocab_size: int) -> int:
