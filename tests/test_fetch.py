@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -35,8 +36,12 @@ from llama2bin.fetch import (
 PAYLOAD = random.Random(20240601).randbytes(300_000)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 CUT = 100_000  # where the server drops (or stalls) a first response
-FAST = RetryPolicy(retries=3, base_delay=0.01, max_delay=0.05, timeout=5.0)
-NO_RETRY = RetryPolicy(retries=0, base_delay=0.01, timeout=5.0)
+def no_sleep(seconds: float) -> None:
+    """Back-off delays are computed but never waited for in tests."""
+
+
+FAST = RetryPolicy(retries=3, base_delay=0.01, max_delay=0.05, timeout=5.0, sleep=no_sleep)
+NO_RETRY = RetryPolicy(retries=0, base_delay=0.01, timeout=5.0, sleep=no_sleep)
 TOKEN = "hf_test_secret_token_value"
 COMMIT = "a" * 40  # what the fake hub says a branch URL resolved to
 
@@ -67,8 +72,17 @@ class FixtureServer:
                     fixture.requests.append((path, {k.lower(): v for k, v in self.headers.items()}))
                     fixture.counts[path] += 1
                     n = fixture.counts[path]
-                route = path.strip("/").split("/")[0]
-                getattr(self, "route_" + route.replace("-", "_"), self.route_unknown)(n)
+                segments = path.strip("/").split("/")
+                if len(segments) > 2 and segments[2] == "resolve":  # /ORG/NAME/resolve/REV/FILE: the fake Hub
+                    self.route_hub(segments[1])
+                    return
+                getattr(self, "route_" + segments[0].replace("-", "_"), self.route_unknown)(n)
+
+            def do_HEAD(self) -> None:  # huggingface_hub asks for a file's metadata first
+                self.head_only = True
+                self.do_GET()
+
+            head_only = False
 
             # -- helpers --
             def send_body(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -77,7 +91,8 @@ class FixtureServer:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not self.head_only:
+                    self.wfile.write(body)
 
             def send_file(self, data: bytes, honor_range: bool = True) -> None:
                 etag = '"' + hashlib.sha256(data).hexdigest() + '"'
@@ -159,17 +174,18 @@ class FixtureServer:
                 fixture.release.wait(10)  # the client is killed meanwhile
                 self.close_connection = True
 
-            def route_redirect(self, n: int) -> None:
-                """Like huggingface.co/…/resolve/main/F: a redirect to another host, carrying the
-                commit the branch resolved to and the file's sha256."""
+            def route_hub(self, repo_name: str) -> None:
+                """Like huggingface.co/ORG/NAME/resolve/main/F: a redirect to another host (the CDN),
+                carrying the commit the branch resolved to and the file's sha256 (repo "Bad"
+                announces a wrong one). Gated unless the bearer token is right."""
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    self.send_body(401, b"", {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"})
+                    return
                 port = self.server.server_address[1]
+                announced = "0" * 64 if repo_name == "Bad" else PAYLOAD_SHA
                 self.send_body(302, b"", {"Location": f"http://localhost:{port}/files/stories.pt",
-                                          "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{PAYLOAD_SHA}"'})
-
-            def route_redirect_badsha(self, n: int) -> None:
-                port = self.server.server_address[1]
-                self.send_body(302, b"", {"Location": f"http://localhost:{port}/files/stories.pt",
-                                          "X-Linked-Etag": f'"{"0" * 64}"'})
+                                          "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{announced}"',
+                                          "X-Linked-Size": str(len(PAYLOAD))})
 
             def route_unknown(self, n: int) -> None:
                 self.send_body(500, b"unknown route")
@@ -264,17 +280,25 @@ def test_unpinned_download_warns_with_the_sha_to_pin(server, tmp_path, capsys):
     assert f"wrote {dest / SOURCE_JSON}" in out
 
 
-def test_503_twice_then_success(server, tmp_path):
+def test_503_twice_then_success_with_exponential_back_off(server, tmp_path):
     warnings: list[str] = []
-    url_fetch(server, "flaky", tmp_path / "d", warn=warnings.append)
+    delays: list[float] = []
+    retry = RetryPolicy(retries=3, base_delay=1.0, max_delay=60.0, timeout=5.0, sleep=delays.append)
+    url_fetch(server, "flaky", tmp_path / "d", warn=warnings.append, retry=retry)
     assert (tmp_path / "d" / "stories.pt").read_bytes() == PAYLOAD
     assert len(server.seen("flaky")) == 3
+    assert delays == [1.0, 2.0]  # asked for, never waited
     assert len(warnings) == 2 and all("503" in w and "retry" in w for w in warnings)
 
 
-def test_429_is_retried(server, tmp_path):
-    url_fetch(server, "ratelimited", tmp_path / "d", warn=lambda m: None)
+def test_429_is_retried_after_the_delay_the_server_asks(server, tmp_path):
+    delays: list[float] = []
+    retry = RetryPolicy(retries=3, base_delay=0.5, timeout=5.0, sleep=delays.append)
+    url_fetch(server, "ratelimited", tmp_path / "d", warn=lambda m: None, retry=retry)
     assert len(server.seen("ratelimited")) == 2
+    assert delays == [0.5]  # Retry-After: 0 never shortens our own back-off
+    assert RetryPolicy(base_delay=1.0, max_delay=60.0).delay(1, retry_after=30.0) == 30.0
+    assert RetryPolicy(base_delay=1.0, max_delay=60.0).delay(9) == 60.0
 
 
 def test_retries_are_bounded(server, tmp_path):
@@ -313,36 +337,84 @@ def test_http_errors_are_one_line(server, tmp_path, capsys, route, words):
     assert listing(dest) == []
 
 
-def test_hf_token_sent_only_where_allowed_and_never_recorded(server, tmp_path, monkeypatch, capsys):
+def hub_url(server, repo: str = "Org/Tiny", revision: str = "main") -> str:
+    return f"http://127.0.0.1:{server.port}/{repo}/resolve/{revision}/stories.pt"
+
+
+@pytest.fixture
+def hub_env(server, tmp_path, monkeypatch):
+    """The fake Hub at the test server's address, an empty cache, online, HF_TOKEN set."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # decided at import, maybe by another test
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    # 127.0.0.1 is not a Hugging Face host: no token, so the gated file is refused.
-    with pytest.raises(Llama2binError, match="HTTP 401"):
+    return f"http://127.0.0.1:{server.port}"
+
+
+def test_generic_url_never_gets_the_token(server, tmp_path, monkeypatch):
+    """127.0.0.1 is not the Hub: HF_TOKEN is not sent there, so the gated file is refused."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(Llama2binError, match="HTTP 401.*no credentials are sent to this host") as e:
         url_fetch(server, "gated", tmp_path / "a")
     assert "authorization" not in server.seen("gated")[0]
-    # Allowed host: the bearer header goes out and the download succeeds.
-    url_fetch(server, "gated", tmp_path / "b", token_hosts=("127.0.0.1",))
-    assert server.seen("gated")[1]["authorization"] == f"Bearer {TOKEN}"
-    # A redirect to another host (localhost) must not carry it.
-    url_fetch(server, "redirect", tmp_path / "c", token_hosts=("127.0.0.1",))
-    assert server.seen("redirect")[0]["authorization"] == f"Bearer {TOKEN}"
-    files_requests = server.seen("files")
-    assert files_requests[-1]["host"].startswith("localhost") and "authorization" not in files_requests[-1]
-    out, err = capsys.readouterr()
-    for path in (tmp_path / "b" / SOURCE_JSON, tmp_path / "c" / SOURCE_JSON):
-        assert TOKEN not in path.read_text()
-    assert TOKEN not in out + err
+    assert TOKEN not in str(e.value)
 
 
-def test_hub_redirect_headers_give_revision_and_checksum(server, tmp_path):
+def test_hub_url_goes_through_huggingface_hub(server, hub_env, tmp_path, capsys):
+    """A /resolve/ URL on the Hub endpoint: the token goes to the Hub only, not to the CDN host
+    it redirects to; the commit the branch resolved to is recorded; the token is nowhere."""
     dest = tmp_path / "d"
-    url_fetch(server, "redirect", dest, sha256=None, warn=lambda m: None)
+    result = fetch("stories", FetchSpec("url", url=hub_url(server), sha256=PAYLOAD_SHA), str(dest), quiet=True,
+                   hf_endpoint=hub_env)
+    hub_requests = [h for p, h in server.requests if "/resolve/" in p]
+    cdn_requests = server.seen("files")
+    assert hub_requests and all(h["authorization"] == f"Bearer {TOKEN}" for h in hub_requests)
+    assert cdn_requests and all(h["host"].startswith("localhost") and "authorization" not in h for h in cdn_requests)
+    assert (dest / "stories.pt").read_bytes() == PAYLOAD
+    assert listing(dest) == ["SOURCE.json", "stories.pt"]  # no temporary link left behind
     record = json.loads((dest / SOURCE_JSON).read_text())
-    assert record["revision"] == COMMIT
-    assert record["files"][0]["sha256"] == PAYLOAD_SHA
-    # The hub's announced sha256 is checked even when none is pinned.
-    with pytest.raises(Llama2binError, match=f"announced sha256 {'0' * 64}, got {PAYLOAD_SHA}"):
-        url_fetch(server, "redirect-badsha", tmp_path / "e", sha256=None, warn=lambda m: None)
+    assert record == {
+        "model": "stories", "kind": "url", "url": hub_url(server), "revision": COMMIT, "sha256_pinned": True,
+        "checkpoint": "stories.pt", "files": [{"path": "stories.pt", "sha256": PAYLOAD_SHA, "size": len(PAYLOAD)}],
+    }
+    assert result.checkpoint == str(dest / "stories.pt")
+    out, err = capsys.readouterr()
+    assert TOKEN not in out + err + (dest / SOURCE_JSON).read_text()
+    # In the library's cache, named by the sha256 the Hub announced; DEST holds a hard link to it.
+    blob = tmp_path / "hf-cache" / "models--Org--Tiny" / "blobs" / PAYLOAD_SHA
+    assert os.path.samefile(blob, dest / "stories.pt")
+    # Again: the verified file in DEST is reused without asking anyone.
+    before = len(server.requests)
+    assert fetch("stories", FetchSpec("url", url=hub_url(server), sha256=PAYLOAD_SHA), str(dest), quiet=True,
+                 hf_endpoint=hub_env).reused
+    assert len(server.requests) == before
+    assert json.loads((dest / SOURCE_JSON).read_text()) == record
+
+
+def test_hub_url_checksums_before_the_final_name(server, hub_env, tmp_path):
+    """A wrong sha256 announced by the Hub (the blob's name) or pinned by the user: refused,
+    nothing in DEST."""
+    warnings: list[str] = []
+    with pytest.raises(Llama2binError, match=f"damaged \\(content hash {PAYLOAD_SHA}, expected {'0' * 64}\\)"):
+        fetch("stories", FetchSpec("url", url=hub_url(server, "Org/Bad")), str(tmp_path / "e"), quiet=True,
+              hf_endpoint=hub_env, warn=warnings.append)
     assert listing(tmp_path / "e") == []
+    with pytest.raises(Llama2binError, match=f"expected sha256 {'1' * 64}, got {PAYLOAD_SHA}.*nothing was written"):
+        fetch("stories", FetchSpec("url", url=hub_url(server), sha256="1" * 64), str(tmp_path / "f"), quiet=True,
+              hf_endpoint=hub_env)
+    assert listing(tmp_path / "f") == []
+
+
+def test_hub_url_gated_without_token_is_one_line(server, hub_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_ENDPOINT", hub_env)  # as a user with a mirror would: the CLI reads it
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no login cache either
+    code = main(["fetch", "--model", "stories", "--dest", str(tmp_path / "d"), "--url", hub_url(server), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "gated repo" in err and "HF_TOKEN" in err
+    assert listing(tmp_path / "d") == []
 
 
 # ---- url: interrupted downloads -------------------------------------------------------------
@@ -487,7 +559,11 @@ def test_missing_path_is_a_one_line_error(tmp_path, capsys):
 
 def test_flags_that_do_not_go_with_the_source(tmp_path, capsys):
     assert main(["fetch", "--model", "x", "--path", "p", "--sha256", "0" * 64]) == 1
-    assert "--sha256 goes with --url" in capsys.readouterr().err
+    assert "sha256 goes with a url source, not a path source" in capsys.readouterr().err
+    assert main(["fetch", "--model", "x", "--url", "https://h/a.pt", "--file", "a.pt"]) == 1
+    assert "file goes with a repo source, not a url source" in capsys.readouterr().err
+    assert main(["fetch", "--model", "x", "--url", "https://huggingface.co/org/name/blob/main/a.pt"]) == 1
+    assert "not a Hub file download URL" in capsys.readouterr().err
     assert main(["fetch", "--model", "x", "--repo", "org/name"]) == 1
     assert "needs a revision" in capsys.readouterr().err
     assert main(["fetch", "--model", "x", "--url", "http://user:pw@example.com/a.pt"]) == 1
@@ -626,9 +702,26 @@ def test_hf_damaged_cache_blob_is_caught(hf_cache, tmp_path, damaged):
     assert listing(tmp_path / "d") == []
 
 
-def test_hf_unreachable_hub_falls_back_to_the_cache(hf_cache, tmp_path, monkeypatch):
+@pytest.fixture
+def library_sleeps(monkeypatch) -> list[float]:
+    """huggingface_hub retries an unreachable Hub with real back-off (1, 2, 4, 8, 8 s) and has no
+    setting for it: its module's `time` is swapped for one whose sleep records instead of waiting."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    # the library decides offline mode once, at import: whatever this process had then, be online
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    delays: list[float] = []
+    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.sleep = delays.append
+    monkeypatch.setattr(_http, "time", clock)
+    return delays
+
+
+def test_hf_unreachable_hub_falls_back_to_the_cache(hf_cache, tmp_path, monkeypatch, library_sleeps):
     """Not offline, but the Hub cannot be reached (a closed local port): the cached snapshot of a
-    pinned commit is used; an uncached repo gets a message about the network."""
+    pinned commit is used; an uncached repo gets a message about the network (after the
+    library's retries, whose delays are recorded, not waited for)."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -639,6 +732,7 @@ def test_hf_unreachable_hub_falls_back_to_the_cache(hf_cache, tmp_path, monkeypa
     with pytest.raises(Llama2binError, match="cannot reach the Hugging Face Hub"):
         fetch("other", FetchSpec("repo", repo="Org/Other", revision=SNAP_COMMIT), str(tmp_path / "e"), quiet=True,
               hf_endpoint=dead)
+    assert library_sleeps  # it did retry
 
 
 def test_progress_lines_in_a_log(server, tmp_path, capsys):
