@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import DATA
+from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.cli import main
 from llama2bin.errors import Llama2binError
@@ -602,13 +604,13 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def make_hf_cache(cache, repo: str, commit: str, files: dict[str, bytes], ref: str = "main"):
+def make_hf_cache(cache, repo: str, commit: str, files: dict[str, bytes], ref: str = "main", lfs=LFS):
     """models--ORG--NAME/{blobs/<id>, snapshots/<commit>/<file> -> ../../blobs/<id>, refs/<ref>}."""
     root = cache / ("models--" + repo.replace("/", "--"))
     (root / "blobs").mkdir(parents=True)
     (root / "refs").mkdir()
     for rel, data in files.items():
-        blob = root / "blobs" / (hashlib.sha256(data).hexdigest() if rel in LFS else git_blob_id(data))
+        blob = root / "blobs" / (hashlib.sha256(data).hexdigest() if rel in lfs else git_blob_id(data))
         blob.write_bytes(data)
         link = root / "snapshots" / commit / rel
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -741,3 +743,163 @@ def test_progress_lines_in_a_log(server, tmp_path, capsys):
                  "--sha256", PAYLOAD_SHA]) == 0
     err = capsys.readouterr().err
     assert re.search(r"^stories\.pt: download: 100% \(", err, re.M)
+
+
+# ---- path: hostile directories (issue 14: nothing hangs, only regular files are read) -------
+
+
+def checkpoint_dir(root) -> str:
+    """A plausible Meta-style directory the hostile cases then spoil."""
+    folder = root / "ckpt"
+    folder.mkdir()
+    (folder / "params.json").write_text('{"dim": 8}')
+    (folder / "consolidated.00.pth").write_bytes(PAYLOAD[:4096])
+    return str(folder)
+
+
+def _loop_to_parent(folder: str) -> None:
+    os.makedirs(os.path.join(folder, "sub"))
+    os.symlink("..", os.path.join(folder, "sub", "up"))  # sub/up/sub/up/... forever if followed
+
+
+def _loop_of_links(folder: str) -> None:
+    os.symlink("b", os.path.join(folder, "a"))
+    os.symlink("a", os.path.join(folder, "b"))
+
+
+def _fifo_inside(folder: str) -> None:
+    os.mkfifo(os.path.join(folder, "tokenizer.model"))
+
+
+def _dev_zero_inside(folder: str) -> None:
+    os.symlink("/dev/zero", os.path.join(folder, "consolidated.01.pth"))
+
+
+@pytest.mark.parametrize(
+    "spoil, needle",
+    [
+        (_loop_to_parent, "sub/up: symlink loop (leads back to a directory that contains it)"),
+        (_loop_of_links, "symlink loop"),
+        (_fifo_inside, "tokenizer.model: a FIFO, not a regular file: refused"),
+        (_dev_zero_inside, "consolidated.01.pth: a character device, not a regular file: refused"),
+    ],
+    ids=["symlink-to-parent", "symlinks-to-each-other", "fifo", "dev-zero"],
+)
+def test_hostile_checkpoint_directory_is_refused_at_once(tmp_path, spoil, needle):
+    folder = checkpoint_dir(tmp_path)
+    spoil(folder)
+    dest = tmp_path / "dest"
+    run_hostile(HostileCase(
+        name=spoil.__name__, argv=["fetch", "--model", "m", "--dest", str(dest), "--path", folder, "--quiet"],
+        inputs=[folder], outputs=[str(dest / SOURCE_JSON)], needle=needle, timeout=30,
+    ))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "self-link"])
+def test_hostile_checkpoint_file_is_refused_at_once(tmp_path, kind):
+    target = str(tmp_path / "model.pt")
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", target)
+    else:
+        os.symlink("model.pt", target)
+    dest = tmp_path / "dest"
+    needle = {"fifo": "a FIFO", "dev-zero": "a character device", "self-link": "symlink loop"}[kind]
+    run_hostile(HostileCase(
+        name=kind, argv=["fetch", "--model", "m", "--dest", str(dest), "--path", target, "--quiet"],
+        inputs=[target], outputs=[str(dest / SOURCE_JSON)], needle=needle, timeout=30,
+    ))
+
+
+def test_symlinked_files_and_directories_without_loops_are_walked(tmp_path):
+    """What the loop guard must not refuse: a symlink to a file (the Hugging Face cache is made of
+    them) and a symlinked directory reached twice without a cycle."""
+    folder = checkpoint_dir(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "tokenizer.model").write_bytes(b"spm")
+    os.symlink(str(shared / "tokenizer.model"), os.path.join(folder, "tokenizer.model"))
+    os.symlink(str(shared), os.path.join(folder, "extra"))
+    result = fetch("m", FetchSpec("path", path=folder), str(tmp_path / "dest"), quiet=True)
+    assert [f["path"] for f in result.record["files"]] == [
+        "consolidated.00.pth", "extra/tokenizer.model", "params.json", "tokenizer.model"]
+
+
+# ---- Hub sources for every kind (issue 12): a file URL offline, a repo's single file ------------
+
+
+def test_hub_url_offline_from_the_cache(hf_cache, tmp_path):
+    """A huggingface.co /resolve/ URL goes through huggingface_hub, so HF_HUB_OFFLINE=1 re-runs
+    work from its cache: a pinned commit directly, a branch through refs/."""
+    for revision in (SNAP_COMMIT, "main"):
+        dest = tmp_path / revision
+        url = f"https://huggingface.co/Org/Tiny/resolve/{revision}/model.safetensors"
+        result = fetch("tiny", FetchSpec("url", url=url, sha256=PAYLOAD_SHA), str(dest), quiet=True)
+        assert result.record["revision"] == SNAP_COMMIT
+        assert (dest / "model.safetensors").read_bytes() == PAYLOAD
+        assert os.path.samefile(dest / "model.safetensors", hf_cache / "blobs" / PAYLOAD_SHA)
+    with pytest.raises(Llama2binError, match="not in the Hugging Face cache .*HF_HUB_OFFLINE=1"):
+        fetch("tiny", FetchSpec("url", url="https://huggingface.co/Org/Tiny/resolve/main/other.pt"),
+              str(tmp_path / "x"), quiet=True, warn=lambda m: None)
+    assert listing(tmp_path / "x") == []
+
+
+LLAMA2C_REPO_FILES = {
+    "tiny_a.pt": open(os.path.join(DATA, "tiny_a.pt"), "rb").read(),
+    "tiny_a.v0.bin": open(os.path.join(DATA, "tiny_a.v0.bin"), "rb").read(),
+    "README.md": b"# tiny llama2.c checkpoints\n",
+}
+
+
+@pytest.fixture
+def llama2c_repo(hf_cache):
+    """A repo like karpathy/tinyllamas: llama2.c files side by side, in the same offline cache."""
+    return make_hf_cache(hf_cache.parent, "Org/Llamas", SNAP_COMMIT, LLAMA2C_REPO_FILES, lfs={"tiny_a.pt", "tiny_a.v0.bin"})
+
+
+@pytest.mark.parametrize("name, source", [("tiny_a.pt", "llama2c"), ("tiny_a.v0.bin", "bin")])
+def test_repo_file_is_the_checkpoint(llama2c_repo, tmp_path, name, source):
+    dest = tmp_path / "m"
+    spec = FetchSpec.from_config("m", {"source": source, "repo": "Org/Llamas", "revision": SNAP_COMMIT, "file": name})
+    assert spec.checkpoint_path(str(dest)) == str(dest / "snapshot" / name)  # known before the fetch
+    assert spec.cli_args() == ["--repo", "Org/Llamas", "--revision", SNAP_COMMIT, "--file", name]
+    result = fetch("m", spec, str(dest), quiet=True)
+    assert result.checkpoint == str(dest / "snapshot" / name)
+    assert checkpoint_from_source_json(str(dest / SOURCE_JSON)) == result.checkpoint
+    assert os.listdir(dest / "snapshot") == [name]  # only the named file, not the rest of the repo
+    record = json.loads((dest / SOURCE_JSON).read_text())
+    assert record["checkpoint"] == f"snapshot/{name}" and record["file"] == name
+    assert record["files"] == [{"path": name, "sha256": hashlib.sha256(LLAMA2C_REPO_FILES[name]).hexdigest(),
+                                "size": len(LLAMA2C_REPO_FILES[name])}]
+
+
+def test_llama2c_checkpoint_fetched_from_a_repo_converts_to_the_golden_bytes(llama2c_repo, tmp_path):
+    out = tmp_path / "out.v2.bin"
+    assert main(["fetch", "--model", "m", "--dest", str(tmp_path / "m"), "--repo", "Org/Llamas",
+                 "--revision", SNAP_COMMIT, "--file", "tiny_a.pt", "--quiet"]) == 0
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "m" / "snapshot" / "tiny_a.pt"),
+                 "--version", "2"]) == 0
+    assert out.read_bytes() == open(os.path.join(DATA, "tiny_a.v2.bin"), "rb").read()
+
+
+def test_repo_file_rules():
+    base = {"repo": "Org/Llamas", "revision": SNAP_COMMIT}
+    with pytest.raises(Llama2binError, match="a llama2c checkpoint is one file: name it inside the repo with file:"):
+        FetchSpec.from_config("m", {"source": "llama2c", **base, "files": ["*.pt"]})
+    with pytest.raises(Llama2binError, match="a hf checkpoint is the snapshot directory: use files:"):
+        FetchSpec.from_config("m", {"source": "hf", **base, "file": "model.safetensors"})
+    for bad in ("*.pt", "../x.pt", ".hidden.pt", "/abs.pt"):
+        with pytest.raises(Llama2binError, match="file must be one file's path inside the repo"):
+            FetchSpec.from_config("m", {"source": "llama2c", **base, "file": bad})
+    spec = FetchSpec.from_config("m", {"source": "hf", **base, "files": ["*.json", "tokenizer.model"]})
+    assert spec.snapshot_tokenizer("d") == os.path.join("d", "snapshot", "tokenizer.model")
+    assert FetchSpec.from_config("m", {"source": "hf", **base, "files": ["*"]}).snapshot_tokenizer("d") is None
+    assert FetchSpec.from_config("m", {"source": "hf", **base}).snapshot_tokenizer("d") is None
+
+
+def test_repo_file_missing_from_the_snapshot(llama2c_repo, tmp_path):
+    with pytest.raises(Llama2binError, match="file 'stories15M.pt' matches no file of the snapshot"):
+        fetch("m", FetchSpec("repo", repo="Org/Llamas", revision=SNAP_COMMIT, file="stories15M.pt"),
+              str(tmp_path / "m"), quiet=True)
+    assert listing(tmp_path / "m") == []
