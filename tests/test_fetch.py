@@ -903,3 +903,36 @@ def test_repo_file_missing_from_the_snapshot(llama2c_repo, tmp_path):
         fetch("m", FetchSpec("repo", repo="Org/Llamas", revision=SNAP_COMMIT, file="stories15M.pt"),
               str(tmp_path / "m"), quiet=True)
     assert listing(tmp_path / "m") == []
+
+
+@pytest.mark.slow
+def test_pipeline_converts_hub_sources_of_every_kind_offline(tmp_path, monkeypatch):
+    """Snakemake from an offline Hugging Face cache: an HF snapshot whose files: name
+    tokenizer.model gives tokenizer.bin (as a local directory would), and a llama2.c .pt named by
+    file: in another repo converts; both byte-identical to the golden files."""
+    from test_pipeline import _train_tokenizer, fresh_copy, snakemake
+
+    tokenizer = open(_train_tokenizer(tmp_path, 64), "rb").read()
+    hf_dir = os.path.join(DATA, "tiny_hf_untied")
+    hf_files = {name: open(os.path.join(hf_dir, name), "rb").read() for name in os.listdir(hf_dir)}
+    cache = tmp_path / "hf-cache"
+    make_hf_cache(cache, "Org/Hf", SNAP_COMMIT, {**hf_files, "tokenizer.model": tokenizer, "README.md": b"card"},
+                  lfs={"model.safetensors", "tokenizer.model"})
+    make_hf_cache(cache, "Org/Llamas", SNAP_COMMIT, LLAMA2C_REPO_FILES, lfs={"tiny_a.pt", "tiny_a.v0.bin"})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    workdir = fresh_copy(tmp_path / "w")
+    (tmp_path / "c.yaml").write_text(
+        "models:\n"
+        f"  h: {{source: hf, repo: Org/Hf, revision: {SNAP_COMMIT},"
+        " files: [config.json, model.safetensors, tokenizer.model]}\n"
+        f"  a: {{source: llama2c, repo: Org/Llamas, revision: {SNAP_COMMIT}, file: tiny_a.pt}}\n"
+        "versions: [2]\n")
+    proc = snakemake(workdir, "results/h/h.v2.bin", "results/h/tokenizer.bin", "results/a/a.v2.bin",
+                     "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for got, golden in (("results/h/h.v2.bin", "tiny_hf_untied.v2.bin"), ("results/a/a.v2.bin", "tiny_a.v2.bin")):
+        assert open(os.path.join(workdir, got), "rb").read() == open(os.path.join(DATA, golden), "rb").read(), got
+    with open(os.path.join(workdir, "results/h/tokenizer.bin"), "rb") as f:
+        assert int.from_bytes(f.read(4), "little") > 0  # max_token_length; the format is tested in test_tokenizer
+    assert not os.path.exists(os.path.join(workdir, "resources/checkpoints/h/snapshot/README.md"))

@@ -133,7 +133,16 @@ def tokenizer_model(model):
         return m["tokenizer"]
     if "path" in m and os.path.isfile(os.path.join(m["path"], "tokenizer.model")):
         return os.path.join(m["path"], "tokenizer.model")
+    if "repo" in m:  # a snapshot whose files: name tokenizer.model (FetchSpec.snapshot_tokenizer)
+        return fetch_spec(model).snapshot_tokenizer(checkpoint_dir(model))
     return None
+
+
+def tokenizer_input(wildcards):
+    """tokenizer.model as an input file, unless it comes inside a fetched snapshot: then the
+    SOURCE.json in checkpoint_input stands for it, as it does for the checkpoint."""
+    m = config["models"][wildcards.model]
+    return {} if "repo" in m and "tokenizer" not in m else {"tokenizer": tokenizer_model(wildcards.model)}
 
 
 # Memory per job, from measured peak RSS (bench/results.md, "Memory per job"): jobs stream
