@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from helpers import DATA
+from helpers import DATA, ROOT
 from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.cli import main
@@ -936,3 +936,22 @@ def test_pipeline_converts_hub_sources_of_every_kind_offline(tmp_path, monkeypat
     with open(os.path.join(workdir, "results/h/tokenizer.bin"), "rb") as f:
         assert int.from_bytes(f.read(4), "little") > 0  # max_token_length; the format is tested in test_tokenizer
     assert not os.path.exists(os.path.join(workdir, "resources/checkpoints/h/snapshot/README.md"))
+
+
+def test_config_examples_name_valid_sources():
+    """Every shipped example passes the pipeline's schema and FetchSpec, and stories15M is there
+    both as a .pt by URL and as the published .bin by repo + file, converted to v2."""
+    import yaml
+    from snakemake.utils import validate
+
+    folder = os.path.join(ROOT, "config", "examples")
+    examples = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            config = yaml.safe_load(f)
+        validate(config, os.path.join(ROOT, "workflow", "schemas", "config.schema.yaml"))
+        for model, entry in config["models"].items():
+            examples[model] = (FetchSpec.from_config(model, entry), entry["source"], config["versions"])
+    spec, source, versions = examples["stories15M-bin"]
+    assert (source, spec.repo, spec.file, versions) == ("bin", "karpathy/tinyllamas", "stories15M.bin", [2])
+    assert examples["stories15M"][0].hub_file() is not None  # through huggingface_hub
