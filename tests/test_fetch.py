@@ -31,6 +31,7 @@ from llama2bin.fetch import (
     FetchSpec,
     RetryPolicy,
     checkpoint_from_source_json,
+    config_source,
     download_url,
     fetch,
 )
@@ -955,3 +956,13 @@ def test_config_examples_name_valid_sources():
     spec, source, versions = examples["stories15M-bin"]
     assert (source, spec.repo, spec.file, versions) == ("bin", "karpathy/tinyllamas", "stories15M.bin", [2])
     assert examples["stories15M"][0].hub_file() is not None  # through huggingface_hub
+
+
+def test_config_source_is_the_pipelines_one_check():
+    assert config_source("d", {"source": "llama2c", "demo": "mha"}) is None
+    assert config_source("p", {"source": "llama2c", "path": "m.pt"}) == FetchSpec("path", path="m.pt")
+    with pytest.raises(Llama2binError, match=r"give exactly one of path, url \(\+sha256\), repo \(\+revision\) or demo; "
+                                             r"got \['path', 'demo'\]"):
+        config_source("x", {"source": "llama2c", "path": "m.pt", "demo": "mha"})
+    with pytest.raises(Llama2binError, match="model x: a bin checkpoint is one file"):
+        config_source("x", {"source": "bin", "repo": "Org/Llamas", "revision": SNAP_COMMIT})

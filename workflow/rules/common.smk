@@ -7,17 +7,18 @@ import sys
 import yaml
 from snakemake.utils import validate
 
-from llama2bin.fetch import FetchSpec
+from llama2bin.errors import Llama2binError
+from llama2bin.fetch import FetchSpec, config_source
 
 
-# jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first.
+# jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
+# the same checks `llama2bin fetch` applies (FetchSpec is the one place a source is validated).
 for _name, _model in (config.get("models") or {}).items():
     if isinstance(_model, dict):
-        _where = [k for k in ("path", "url", "repo", "demo") if k in _model]
-        if len(_where) != 1:
-            raise WorkflowError(
-                f"model {_name}: give exactly one of path, url (+sha256), repo (+revision) or demo; got {_where or 'none'}"
-            )
+        try:
+            config_source(_name, _model)
+        except Llama2binError as _e:
+            raise WorkflowError(str(_e))
 validate(config, schema="../schemas/config.schema.yaml")
 
 

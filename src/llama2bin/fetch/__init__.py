@@ -16,6 +16,7 @@ from .spec import (
     HubFile,
     RetryPolicy,
     check_model_name,
+    config_source,
     default_dest,
     hub_file_of_url,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "RetryPolicy",
     "check_model_name",
     "checkpoint_from_source_json",
+    "config_source",
     "default_dest",
     "download_url",
     "fetch",
