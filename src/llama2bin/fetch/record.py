@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 from dataclasses import dataclass
 from typing import Any
 
+from .. import safe_io
 from ..errors import Llama2binError
 from ..progress import Progress
 
 DEFAULT_CHUNK = 1 << 20
-_KIND_NAMES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+MAX_SOURCE_JSON_BYTES = 64 << 20  # one line per file: far above any checkpoint's record
 
 
 @dataclass(frozen=True)
@@ -35,26 +34,10 @@ class FileRecord:
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
 
-def _kind(mode: int) -> str:
-    return _KIND_NAMES.get(stat.S_IFMT(mode), "not a regular file")
-
-
 def open_regular(path: str) -> int:
-    """A read-only descriptor of `path`, refused unless it is a regular file. O_NONBLOCK makes
-    opening a FIFO return at once instead of waiting for a writer; the type is checked on the
-    descriptor itself, so a file swapped after a stat() cannot slip through."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Llama2binError(f"{path}: symlink loop") from None
-        raise Llama2binError(f"{path}: cannot open: {e.strerror}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise Llama2binError(f"{path}: {_kind(mode)}, not a regular file: refused (only regular files are read)")
-    os.set_blocking(fd, True)
-    return fd
+    """A descriptor of `path`, refused at once unless it is a regular file (safe_io's check on
+    the descriptor itself: a FIFO, a device or a symlink loop is never read)."""
+    return safe_io.open_regular(path, "checkpoint file")
 
 
 def sha256_file(path: str, progress: Progress | None = None, chunk_size: int = DEFAULT_CHUNK) -> str:
@@ -121,22 +104,15 @@ def _walk(folder: str, prefix: str, inside: list[tuple[int, int]], found: list[t
             if key in inside:
                 raise Llama2binError(f"{full}: symlink loop (leads back to a directory that contains it)")
             _walk(full, rel + "/", [*inside, key], found)
-        elif stat.S_ISREG(st.st_mode):
-            found.append((rel, full))
         else:
-            raise Llama2binError(f"{full}: {_kind(st.st_mode)}, not a regular file: refused (only regular files are read)")
+            os.close(open_regular(full))  # a FIFO, device or socket is refused here, unread
+            found.append((rel, full))
 
 
 def read_source_json(source_json: str) -> dict[str, Any]:
-    try:
-        with os.fdopen(open_regular(source_json), encoding="utf-8") as f:
-            record = json.load(f)
-    except Llama2binError:
-        if not os.path.lexists(source_json):
-            raise Llama2binError(f"{source_json}: not found (run `llama2bin fetch` first)") from None
-        raise
-    except ValueError as e:
-        raise Llama2binError(f"{source_json}: not valid JSON: {e}") from None
+    if not os.path.lexists(source_json):
+        raise Llama2binError(f"{source_json}: not found (run `llama2bin fetch` first)")
+    record = safe_io.load_json(source_json, "fetch record", MAX_SOURCE_JSON_BYTES)
     if not isinstance(record, dict) or not isinstance(record.get("checkpoint"), str):
         raise Llama2binError(f"{source_json}: no checkpoint field: not written by llama2bin fetch")
     return record
