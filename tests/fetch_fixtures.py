@@ -167,13 +167,15 @@ class FixtureServer:
             def route_hub(self, repo_name: str) -> None:
                 """Like huggingface.co/ORG/NAME/resolve/main/F: a redirect to another host (the CDN),
                 carrying the commit the branch resolved to and the file's sha256 (repo "Bad"
-                announces a wrong one). Gated unless the bearer token is right."""
+                announces a wrong one; repo "Cut" sends to a CDN that drops the first transfer
+                midway). Gated unless the bearer token is right."""
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     self.send_body(401, b"", {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"})
                     return
                 port = self.server.server_address[1]
                 announced = "0" * 64 if repo_name == "Bad" else PAYLOAD_SHA
-                self.send_body(302, b"", {"Location": f"http://localhost:{port}/files/stories.pt",
+                cdn = "cut" if repo_name == "Cut" else "files"  # "Cut": the CDN drops the first transfer
+                self.send_body(302, b"", {"Location": f"http://localhost:{port}/{cdn}/stories.pt",
                                           "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{announced}"',
                                           "X-Linked-Size": str(len(PAYLOAD))})
 

@@ -47,9 +47,10 @@ def hf_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def library_sleeps(monkeypatch) -> list[float]:
-    """huggingface_hub retries an unreachable Hub with real back-off (1, 2, 4, 8, 8 s) and has no
-    setting for it: its module's `time` is swapped for one whose sleep records instead of waiting."""
-    from huggingface_hub import constants
+    """huggingface_hub retries an unreachable Hub with real back-off (1, 2, 4, 8, 8 s), and a
+    dropped transfer after 1 s, with no setting for either: its modules' `time` is swapped for one
+    whose sleep records instead of waiting."""
+    from huggingface_hub import constants, file_download
     from huggingface_hub.utils import _http
 
     # the library decides offline mode once, at import: whatever this process had then, be online
@@ -58,6 +59,7 @@ def library_sleeps(monkeypatch) -> list[float]:
     clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
     clock.sleep = delays.append
     monkeypatch.setattr(_http, "time", clock)
+    monkeypatch.setattr(file_download, "time", clock)
     return delays
 
 

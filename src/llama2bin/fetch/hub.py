@@ -1,8 +1,9 @@
 """Hugging Face Hub sources through huggingface_hub: snapshots (repo:) and single files (a
 huggingface.co /resolve/ URL). The library does the network part: the local cache first (so
-``HF_HUB_OFFLINE=1`` re-runs work), resume of interrupted downloads, ETag and commit resolution,
-and the token (HF_TOKEN or the login cache), which it sends only to its endpoint and drops on a
-redirect to another host (the CDN). What stays here is what llama2bin promises on top: every
+``HF_HUB_OFFLINE=1`` re-runs work), ETag and commit resolution, retries of a dropped transfer
+within the run (a Range request from its last whole chunk; a partial file does not survive the
+process, by the library's design), and the token (HF_TOKEN or the login cache), which it sends
+only to its endpoint and drops on a redirect to another host (the CDN). What stays here is what llama2bin promises on top: every
 cached blob is re-hashed against the name the Hub gave it, and the files appear in DEST only
 complete, as hard links into the cache (copies across file systems), renamed into place.
 """
