@@ -297,7 +297,8 @@ def _add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
     src = p.add_argument_group("source (exactly one)")
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--path", metavar="P", help="local checkpoint file or directory, used in place")
-    g.add_argument("--url", metavar="URL", help="download one file (resumable, retried, checksum-verified)")
+    g.add_argument("--url", metavar="URL", help="download one file: a huggingface.co/ORG/NAME/resolve/REV/FILE URL "
+                   "through huggingface_hub, any other URL resumable and retried; checked before its final name")
     g.add_argument("--repo", metavar="ORG/NAME", help="Hugging Face Hub repo (needs --revision)")
     src.add_argument("--sha256", metavar="HEX", help="with --url: expected sha256 (without it a warning prints the one to pin)")
     src.add_argument("--filename", metavar="F", help="with --url: file name in DEST (default: the URL's last segment)")
