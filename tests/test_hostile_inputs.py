@@ -232,6 +232,19 @@ def _huge_bytes(b: Base, d: str) -> Built:
     return export("--checkpoint", ckpt, d), [ckpt], "a length field exceeds the pickle's size"
 
 
+@case("zip64_central_directory_1_tib", "memory")
+def _huge_directory(b: Base, d: str) -> Built:
+    # torch.save writes zip64 end records; zipfile trusts the zip64 size and reads that much.
+    with open(os.path.join(DATA, "tiny_a.pt"), "rb") as f:
+        data = bytearray(f.read())
+    at = data.rfind(b"PK\x06\x06")
+    data[at + 40 : at + 48] = struct.pack("<Q", 1 << 40)
+    ckpt = os.path.join(d, "ckpt.pt")
+    with open(ckpt, "wb") as f:
+        f.write(data)
+    return export("--checkpoint", ckpt, d), [ckpt], "central directory of 1099511627776 bytes"
+
+
 # Tracebacks: type confusion in JSON, pickles and headers.
 
 
