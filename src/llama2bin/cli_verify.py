@@ -141,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if f is not None:
                 ppl = "" if f.ppl_source is None else (f"PPL {f.ppl_source:.4g} -> {f.ppl_file:.4g} "
                                                        f"(ΔPPL {f.delta_ppl:+.3g}), ")
-                print(f"{path}: functional ({f.positions} positions, {f.arithmetic}): {ppl}mean KLD {f.kld_mean:.3g}, "
+                print(f"{path}: functional OK ({f.positions} positions, {f.arithmetic}): {ppl}mean KLD {f.kld_mean:.3g}, "
                       f"KLD p99 {f.kld_percentiles['p99']:.3g}, same top {f.same_top:.1%}, "
                       f"max |Δlogit| {f.max_abs_dlogit:.3g}")
             q = result.quality
