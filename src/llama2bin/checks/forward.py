@@ -261,19 +261,44 @@ def _check_tokens(tokens: Sequence[int] | np.ndarray, cfg: ModelConfig) -> np.nd
     return tok
 
 
+class KVCache:
+    """Keys and values of the positions already computed, per layer: with it, `hidden_states`
+    computes only new positions (token-by-token generation costs O(T), not O(T^2) passes)."""
+
+    def __init__(self) -> None:
+        self.keys: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.length = 0
+
+    def extend(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if layer == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = np.concatenate([self.keys[layer], k], axis=1)
+            self.values[layer] = np.concatenate([self.values[layer], v], axis=1)
+        return self.keys[layer], self.values[layer]
+
+
 def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
-                  *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None) -> np.ndarray:
+                  *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None,
+                  cache: KVCache | None = None) -> np.ndarray:
     """The final normalized hidden states float32 [S*T, dim] for an [S, T] array of sequences (or
     one sequence, S = 1), row s*T + t for position t of sequence s: what the classifier turns
     into logits. Small (positions x dim) whatever the vocabulary; `classify` makes logits of any
-    block of rows. `on_layer` is called after every layer (progress)."""
+    block of rows. `on_layer` is called after every layer (progress). With a `cache`, `tokens`
+    continue the sequences the cache holds (positions cache.length ...), and are added to it."""
     tok = _check_tokens(tokens, cfg)
     n_seqs, n_tokens = tok.shape
+    start = cache.length if cache is not None else 0
+    if start + n_tokens > cfg.max_seq_len:
+        raise Llama2binError(f"forward: {start + n_tokens} tokens exceed max_seq_len {cfg.max_seq_len}")
     linear = _Linear(weights, arithmetic)
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
-    cos, sin = rope_angles(hd, np.arange(n_tokens), cfg.rope_theta)
-    causal = np.triu(np.ones((n_tokens, n_tokens), dtype=bool), k=1)
+    positions = np.arange(start, start + n_tokens)
+    cos, sin = rope_angles(hd, positions, cfg.rope_theta)
+    causal = np.arange(start + n_tokens)[None, :] > positions[:, None]  # [new, all]: no looking ahead
     scale = np.float32(1.0 / math.sqrt(hd))
     n_rows = n_seqs * n_tokens
 
@@ -290,6 +315,8 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
         k = linear(h, w("attention.wk")).reshape(n_seqs, n_tokens, cfg.n_kv_heads, hd)
         v = linear(h, w("attention.wv")).reshape(n_seqs, n_tokens, cfg.n_kv_heads, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.extend(i, k, v)
         attn = np.empty((n_seqs, n_tokens, cfg.n_heads, hd), dtype=np.float32)
         # One sequence at a time: the score matrix (heads x T x T) of one sequence, not of all.
         for s in range(n_seqs):
@@ -306,6 +333,8 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
         del h, gate
         if on_layer:
             on_layer()
+    if cache is not None:
+        cache.length += n_tokens
     return rms_norm(x, norm("norm"), cfg.norm_eps)
 
 
