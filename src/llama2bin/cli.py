@@ -79,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if v not in known:
             raise Llama2binError(f"unknown version {v!r} (known: {', '.join(known)})")
     pairs = list(zip(args.version, args.outputs, strict=True))
-    check_outputs(_source_path(args), [Output(out, directory=v == HF_VERSION) for v, out in pairs])
+    check_outputs(_source_path(args), [Output(out, v == HF_VERSION, "--version hf writes a directory") for v, out in pairs])
     hf_dirs = [out for v, out in pairs if v == HF_VERSION]
     bin_targets = [(int(v), out) for v, out in pairs if v != HF_VERSION]
     for out in hf_dirs:  # refuse a bad directory target before writing any .bin

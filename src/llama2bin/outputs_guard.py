@@ -35,6 +35,7 @@ class Output:
 
     path: str
     directory: bool = False
+    why_directory: str = ""  # said when a directory output exists as something else
 
 
 def _identity(path: str) -> Identity | None:
@@ -117,6 +118,8 @@ def _check_kind(out: Output) -> None:
         raise Llama2binError(f"{out.path!r}: not a usable output path (NUL byte)") from None
     wanted = "directory" if out.directory else "regular file"
     kind = _file_kind(st.st_mode)
+    if kind != wanted and out.directory and out.why_directory:
+        raise Llama2binError(f"{out.path}: exists and is not a directory ({out.why_directory})")
     if kind != wanted:
         raise Llama2binError(f"{out.path}: output exists and is a {kind}, not a {wanted}; refusing to replace it")
 
