@@ -362,3 +362,15 @@ def test_atomic_output_refuses_special_files(tmp_path):
     out.abort()
     assert stat.S_ISFIFO(os.lstat(late).st_mode)
     assert sorted(os.listdir(tmp_path)) == ["fifo", "late.bin"]  # no .part left behind
+
+
+def test_guard_protects_a_symlinked_input_inside_an_output_directory(tmp_path):
+    # Replacing D would delete the link the user reads from, even though its target lives elsewhere.
+    target = tmp_path / "store" / "m.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"x")
+    folder = tmp_path / "D"
+    folder.mkdir()
+    os.symlink(target, folder / "m.pt")
+    with pytest.raises(Llama2binError, match=f"{folder}: output directory holds input {folder}/m.pt"):
+        check_outputs([str(folder / "m.pt")], [Output(str(folder), directory=True)])

@@ -70,17 +70,21 @@ def _location(path: str) -> tuple[Identity, tuple[str, ...]]:
 
 
 def _ancestors(path: str) -> list[tuple[Identity, str]]:
-    """Every existing directory strictly above `path` (after resolving symlinks), nearest first."""
-    real = os.path.realpath(path)
-    found = []
-    while True:
-        parent = os.path.dirname(real)
-        if parent == real:
-            return found
-        real = parent
-        ident = _identity(real)
-        if ident is not None:
-            found.append((ident, real))
+    """Every existing directory above `path`, nearest first: above what it resolves to, and
+    above where its own name is (for a symlink, the folder holding the link)."""
+    found: list[tuple[Identity, str]] = []
+    resolved = os.path.realpath(path)
+    chains = (os.path.dirname(resolved), os.path.realpath(os.path.dirname(os.path.abspath(path))))
+    for folder in chains:
+        while True:
+            ident = _identity(folder)
+            if ident is not None and all(ident != known for known, _ in found):
+                found.append((ident, folder))
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    return found
 
 
 def _input_identities(inputs: Iterable[str]) -> list[tuple[Identity, str, bool]]:
