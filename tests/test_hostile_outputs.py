@@ -292,23 +292,15 @@ def test_export_numbers_out_of_range(ws, tmp_path, flags, needle):
                       outputs=[out], needle=needle))
 
 
+# Stands for a bug or an unvalidated value deep inside a command; `memory` is a real MemoryError
+# under the address-space cap.
 DRIVER = """
 import sys
 import llama2bin.cli as cli
-
 def recurse(n):
     return recurse(n + 1) + 1
-
-FAULTS = {
-    "recursion": lambda: recurse(0),
-    "memory": lambda: bytearray(1 << 40),  # a real MemoryError under the harness's address-space cap
-    "key": lambda: {}["missing"],
-}
-
-def fault(args):  # stands for a bug or an unvalidated value deep inside a command
-    FAULTS[args.output]()
-
-cli.cmd_demo = fault
+FAULTS = {"recursion": lambda: recurse(0), "memory": lambda: bytearray(1 << 40), "key": lambda: {}["missing"]}
+cli.cmd_demo = lambda args: FAULTS[args.output]()
 sys.exit(cli.main(sys.argv[1:]))
 """
 
