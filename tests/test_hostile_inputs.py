@@ -128,7 +128,7 @@ def _zip_bomb(b: Base, d: str) -> Built:
 
 @case("safetensors_100mb_metadata", "memory")
 def _huge_metadata(b: Base, d: str) -> Built:
-    path = hf_header(d, lambda h: json.dumps(h | {"__metadata__": {"format": "pt", "junk": "x" * (100 << 20)}}))
+    path = hf_header(d, lambda h: json.dumps(h | {"__metadata__": {"format": "pt", "junk": "x" * 100_000_000}}))
     return export("--hf", path, d), [path], "header of"
 
 
