@@ -13,6 +13,7 @@ from typing import Any
 
 from .atomic import write_atomic
 from .errors import Llama2binError
+from .formats import format_spec
 
 _SIG = 6
 _STAT_KEYS = ("max_abs_err", "rmse", "rel_err", "snr_db")
@@ -129,7 +130,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     h = r["model_config"]
     status = "passed" if r["verified"] else "FAILED: " + "; ".join(r["failures"])
     lines = [
-        f"# {r['model']} — {'Hugging Face directory' if r['version'] == 'hf' else 'version ' + str(r['version'])}",
+        f"# {r['model']} — {format_spec(r['version']).title}",
         "",
         f"- file: `{r['file']}` ({r['size']} bytes), sha256 `{r['sha256']}`",
         f"- source: {r['source']['kind']} `{r['source']['name']}`",
@@ -239,7 +240,7 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
             if plots:
                 from .plots import render_png
 
-                label = "Hugging Face directory" if report["version"] == "hf" else f"version {report['version']}"
+                label = format_spec(report["version"]).title
                 tensors = [{**t, "rel_err": _round(t["rel_err"])} for t in result["tensors"]]
                 png = render_png(f"{model} — {label}", tensors, report["model_config"]["n_layers"], HIST_EDGES,
                                  report["functional"])
