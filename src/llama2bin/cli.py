@@ -42,9 +42,10 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _source_path(args: argparse.Namespace) -> list[str]:
-    """The source checkpoint or directory, as a list of inputs for check_outputs."""
-    path = args.checkpoint or args.meta_llama or args.hf
-    return [path] if path else []
+    """The source checkpoint or directory, as a list of inputs for check_outputs. Every source flag
+    counts, including ones added later (`--bin`): an unguarded source could be overwritten."""
+    flags = ("checkpoint", "meta_llama", "hf", "bin")
+    return [path for path in (getattr(args, flag, None) for flag in flags) if path]
 
 
 def _open_source(args: argparse.Namespace):
