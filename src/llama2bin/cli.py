@@ -12,11 +12,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from . import cli_types
 from .atomic import write_atomic
-from .cli_errors import run_reporting_errors
+from .cli_errors import ErrorLineParser, run_reporting_errors
 from .errors import Llama2binError
 from .formats import DIRECTORY, FORMATS
 from .outputs_guard import Output, check_outputs, fetch_outputs
@@ -108,9 +107,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
-    if not args.no_functional and args.eval_seqs * args.eval_len > cli_types.MAX_EVAL_TOKENS:
-        raise Llama2binError(f"--eval-seqs {args.eval_seqs} x --eval-len {args.eval_len} tokens is more than "
-                             f"{cli_types.MAX_EVAL_TOKENS}; evaluate fewer or shorter sequences")
+    if not args.no_functional:
+        cli_types.check_eval_tokens(args.eval_seqs, args.eval_len)
     check_outputs(_source_path(args) + args.files, args.json or [])
     ok = True
     with _open_source(args) as source:
@@ -366,17 +364,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 # ---- entry point --------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its refusals in the one error format of every other failure (exit 2 kept)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        command = self.prog.removeprefix("llama2bin").strip()
-        self.exit(2, f"llama2bin: error: {command + ': ' if command else ''}{message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
