@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from . import cli_types
 from .atomic import write_atomic
 from .cli_errors import ErrorLineParser, run_reporting_errors
 from .errors import Llama2binError
-from .formats import DIRECTORY, FORMATS
+from .formats import DIRECTORY, FORMATS, output_format
 from .outputs_guard import Output, check_outputs, fetch_outputs
 
 VERSION_HELP = "\n".join(
@@ -115,7 +114,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _open_source(args) as source:
         reference = None if args.no_functional else _functional_reference(args, source)
         for i, path in enumerate(args.files):
-            if os.path.isdir(path):  # a directory format (hf)
+            if output_format(path).kind == DIRECTORY:  # hf
                 from .verify_hf import verify_hf_dir
 
                 result = verify_hf_dir(path, source, quiet=args.quiet)
@@ -220,39 +219,23 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import BinFile
+    from .describe import describe_output
 
-    with BinFile(args.file) as bf:
-        info = {
-            "file": args.file,
-            "format": bf.format,
-            "format_description": bf.description,
-            "header": bf.header_json(),
-            "size": bf.size,
-            "expected_size": bf.layout.size,
-            "size_matches": bf.size == bf.layout.size,
-            "tensors": [
-                {
-                    "name": t.name,
-                    "shape": list(t.shape),
-                    "dtype": t.dtype,
-                    "offset": t.offset,
-                    "nbytes": t.values.nbytes,
-                    **({"scales_offset": t.scales_offset} if t.scales is not None else {}),
-                }
-                for t in bf.tensors.values()
-            ],
-        }
+    info = describe_output(args.file)
     if args.json:
         sys.stdout.write(_dump_json(info))
         return 0
     h = info["header"]
-    print(f"{args.file}: version {bf.format}: {bf.description}")
-    print(f"  {bf.size} bytes (header implies {bf.layout.size}: {'matches' if info['size_matches'] else 'MISMATCH'})")
+    print(f"{args.file}: version {info['format']}: {info['format_description']}")
+    if info["expected_size"] is not None:
+        print(f"  {info['size']} bytes (header implies {info['expected_size']}: "
+              f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    else:
+        print(f"  {info['size']} bytes in its files")
     print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
     print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
-        print(f"  {t['offset']:>12}  {t['nbytes']:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+        print(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
     return 0
 
 
@@ -414,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
     p.set_defaults(func=cmd_c_check)
 
-    p = sub.add_parser("inspect", help="show a .bin file's header and tensor table")
-    p.add_argument("file", metavar="OUT.bin")
+    p = sub.add_parser("inspect", help="show an output's format, header and tensor table (.bin file or hf directory)")
+    p.add_argument("file", metavar="OUT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
