@@ -1,0 +1,185 @@
+"""The tracked report of one model x output, built from verification results.
+
+This is the only module of report/ that reads verify and C-check JSON; markdown, html, plots and
+summary read the report records built here, so a change of the checks' JSON touches one file.
+
+Statistics are rounded to 6 significant digits: enough to show any real change, while last-bit
+differences of floating-point sums (BLAS kernels differ between CPUs) never churn a tracked file.
+No timestamps, no absolute paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .. import __version__
+from ..errors import Llama2binError
+
+_SIG = 6
+_STAT_KEYS = ("max_abs_err", "rmse", "rel_err", "snr_db")
+# Functional statistics copied (rounded) into the report when the verify JSON has them; the
+# perplexity fields come with realistic evaluation tokens (issue 13) and are absent before.
+_FUNCTIONAL_STATS = ("max_abs_logit", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp",
+                     "ppl_source", "ppl_file", "delta_ppl", "ppl_ratio")
+_FUNCTIONAL_INFO = ("arithmetic", "eval_seqs", "eval_len", "eval_seed", "positions", "quantized",
+                    "eval_kind", "eval_recipe", "eval_sha256")
+MB = 1_000_000  # sizes are shown in MB (10^6 bytes), as model files are quoted
+
+
+def round_sig(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.{_SIG}g}")
+
+
+def load_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise Llama2binError(f"{path}: cannot read JSON: {e}") from None
+
+
+def dump_json(obj: object) -> str:
+    return json.dumps(obj, indent=1, allow_nan=False) + "\n"
+
+
+def _worst_first(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(tensors, key=lambda t: (-(t["rel_err"] or 0.0), -(t["max_abs_err"] or 0.0), t["name"]))
+
+
+def _functional_section(f: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The functional verification of a verify result, rounded like every other statistic."""
+    if not f:
+        return None
+    return {
+        **{k: f[k] for k in _FUNCTIONAL_INFO if k in f},
+        **{k: round_sig(f[k]) for k in _FUNCTIONAL_STATS if k in f},
+        "kld_percentiles": {k: round_sig(v) for k, v in f["kld_percentiles"].items()},
+        "kld_hist": f["kld_hist"],
+        "kld_hist_edges": [round_sig(e) for e in f["kld_hist_edges"]],
+        "thresholds": {k: round_sig(v) for k, v in f["thresholds"].items()},
+        "passed": f["passed"],
+    }
+
+
+def _c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the tracked report says of the C consumer check: outcome, arithmetic, tolerance.
+    The measured difference stays in results/ (it depends on the compiler)."""
+    if not c:
+        return None
+    from ..ccheck import TOLERANCE
+
+    return {"arithmetic": c["arithmetic"], "positions": len(c["tokens"]), "passed": c["passed"], "skipped": c["skipped"],
+            "rel_tolerance": TOLERANCE.get(c["arithmetic"])}
+
+
+def _weights_fingerprint(verify_result: dict[str, Any]) -> str:
+    """Equal for two outputs that hold the same weights (v1 and v2 store the same Q8_0 values and
+    scales in a different order), so a figure is drawn once per distinct quantization. Built from
+    the unrounded error statistics of every tensor (including each group-error histogram) and the
+    functional comparison: the reports show nothing else, so outputs equal here would plot
+    identically. Versions that differ only in layout are the point; nothing else collides."""
+    tensors = sorted(
+        (t["name"], t["encoding"], t["group_size"], t["max_abs_err"], t["rmse"], t["rel_err"], t.get("group_err_hist"))
+        for t in verify_result["tensors"]
+    )
+    f = verify_result.get("functional") or {}
+    logits = [f.get(k) for k in ("arithmetic", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp")]
+    blob = json.dumps([verify_result["group_size"], tensors, logits], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def output_label(version: int | str) -> str:
+    """'v0', 'v1', ... for .bin versions, 'hf' for the Hugging Face directory."""
+    return "hf" if version == "hf" else f"v{version}"
+
+
+def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, Any] | None = None,
+                 plot: str | None = None) -> dict[str, Any]:
+    """The tracked report of one model x output, from a `verify --json` result (and a
+    `c-check --json` result). `plot` names the model's figure when this output appears in it."""
+    tensors = [
+        {"name": t["name"], "shape": t["shape"], "encoding": t["encoding"], "group_size": t["group_size"],
+         **{k: round_sig(t[k]) for k in _STAT_KEYS}}
+        for t in _worst_first(verify_result["tensors"])
+    ]
+    parameters = sum(_prod(t["shape"]) for t in verify_result["tensors"])
+    quantized = any(t["encoding"] != "f32" for t in verify_result["tensors"])
+    size = verify_result["size"]
+    return {
+        "model": model,
+        "version": verify_result["version"],
+        "label": output_label(verify_result["version"]),
+        "file": verify_result["file"],
+        "size": size,
+        "size_mb": round_sig(size / MB),
+        # File bits per model weight, headers and rope tables included (llama.cpp's convention of
+        # file size over parameter count): what the storage actually costs per weight.
+        "parameters": parameters,
+        "bits_per_weight": round_sig(8 * size / parameters) if parameters else None,
+        "sha256": verify_result["sha256"],
+        "quantized": quantized,
+        "weights_fingerprint": _weights_fingerprint(verify_result),
+        "verified": verify_result["passed"],
+        "failures": verify_result["failures"],
+        "group_size": verify_result["group_size"],
+        "header": verify_result["header"],  # the file's own header (config.json for an hf directory)
+        "model_config": verify_result["source"]["config"],
+        "source": {k: v for k, v in verify_result["source"].items() if k != "config"},
+        "accepted_departures": verify_result["source"]["config"].get("accepted_departures", []),
+        "llama2bin": __version__,
+        "worst_tensor": tensors[0] if tensors else None,
+        "functional": _functional_section(verify_result.get("functional")),
+        "c_check": _c_check_section(c_check),
+        "plot": plot if quantized else None,
+        "tensors": tensors,
+    }
+
+
+def _prod(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def correct_verdict(r: dict[str, Any]) -> tuple[bool, str]:
+    """The hard verdict: header and round trip, the C consumer, and (float32) exact logits.
+    Returns (correct, one line saying what was checked or what failed)."""
+    problems = list(r["failures"])
+    c = r.get("c_check")
+    if c and not c["skipped"] and not c["passed"]:
+        problems.append("the C consumer disagrees with the Python reference")
+    f = r.get("functional")
+    if f and not r["quantized"] and not f["passed"]:
+        problems.append("float32 logits differ from the source")
+    if problems:
+        return False, "; ".join(problems)
+    checked = ["round trip"] + (["C consumer"] if c and not c["skipped"] else []) + \
+        (["exact logits"] if f and not r["quantized"] else [])
+    return True, " + ".join(checked)
+
+
+def quality_verdict(r: dict[str, Any]) -> str:
+    """'exact' (float32), 'within limits', 'above limits' (a warning unless gated), or 'not measured'."""
+    f = r.get("functional")
+    if not r["quantized"]:
+        return "exact"
+    if not f:
+        return "not measured"
+    return "within limits" if f["passed"] else "above limits"
+
+
+def distinct_quantizations(reports: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The quantized outputs of one model grouped by identical weights, in output order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in reports:
+        if r["quantized"]:
+            groups.setdefault(r["weights_fingerprint"], []).append(r)
+    return list(groups.values())
+
+
+def same_as(group: list[dict[str, Any]]) -> str:
+    """'v1 = v2' for a group of outputs holding identical weights."""
+    return " = ".join(r["label"] for r in group)

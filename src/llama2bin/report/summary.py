@@ -1,0 +1,81 @@
+"""reports/summary.{json,md,html,png}: every model x output in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..atomic import write_atomic
+from .fmt import encoding_name
+from .records import correct_verdict, distinct_quantizations, dump_json, load_json, quality_verdict, same_as
+
+_SUMMARY_FUNCTIONAL = ("arithmetic", "positions", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp",
+                       "ppl_source", "ppl_file", "delta_ppl", "ppl_ratio", "passed")
+
+
+def _version_key(r: dict[str, Any]) -> tuple[str, int, str]:
+    v = r["version"]
+    return (r["model"], 1 << 30, "") if v == "hf" else (r["model"], int(v), "")
+
+
+def summary_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One line of summary.json: a report's identity, size, verdicts and headline statistics."""
+    w = r["worst_tensor"] or {}
+    f = r.get("functional")
+    c = r.get("c_check")
+    correct, _ = correct_verdict(r)
+    return {
+        "model": r["model"], "version": r["version"], "label": r["label"], "file": r["file"], "size": r["size"],
+        "size_mb": r["size_mb"], "bits_per_weight": r["bits_per_weight"], "encoding": encoding_name(r),
+        "sha256": r["sha256"], "verified": r["verified"], "correct": correct, "quality": quality_verdict(r),
+        "worst_tensor": w.get("name"), "worst_rel_err": w.get("rel_err"), "worst_max_abs_err": w.get("max_abs_err"),
+        "functional": None if not f else {
+            **{k: f[k] for k in _SUMMARY_FUNCTIONAL if k in f}, "kld_p99": f["kld_percentiles"]["p99"]},
+        "c_check": None if not c else {"arithmetic": c["arithmetic"], "passed": c["passed"], "skipped": c["skipped"]},
+    }
+
+
+def _model_row(r: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    h = r["model_config"]
+    sizes = sorted({x["group_size"] for x in reports if x["group_size"]})
+    return {"model": r["model"], "parameters": r["parameters"], **{k: h[k] for k in (
+        "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")},
+        "group_size": ", ".join(map(str, sizes)) or "—", "source": f"{r['source']['kind']} {r['source']['name']}"}
+
+
+def write_summary(report_paths: list[str], out_md: str, out_json: str, out_html: str | None = None,
+                  out_png: str | None = None) -> None:
+    """The summary of every report JSON given: JSON and Markdown always; with `out_png` the
+    size-against-quality figure, with `out_html` the page the Snakemake report shows."""
+    from .html import render_summary_html
+    from .markdown import render_summary_markdown
+
+    reports = sorted((load_json(p) for p in report_paths), key=_version_key)
+    rows = [summary_row(r) for r in reports]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in reports:
+        by_model.setdefault(r["model"], []).append(r)
+    points = [{"model": m, "label": same_as(g), "bits_per_weight": g[0]["bits_per_weight"],
+               "functional": g[0]["functional"]}
+              for m, rs in by_model.items() for g in distinct_quantizations(rs) if g[0].get("functional")]
+    png = None
+    quality_axis = ""
+    if out_png:
+        from .plots import render_tradeoff_png, tradeoff_axis
+
+        _, quality_axis, _ = tradeoff_axis(points)
+        # The figure file is a declared output: without a quantized output it still exists, but
+        # holds only a notice, and the pages do not show it.
+        png = render_tradeoff_png(points) if points else None
+        write_atomic(out_png, png if png is not None else _notice_png("no quantized output: nothing to compare"))
+    write_atomic(out_json, dump_json({"files": rows}))
+    figure = out_png.rsplit("/", 1)[-1] if png is not None and out_png else None
+    write_atomic(out_md, render_summary_markdown(rows, figure))
+    if out_html:
+        models = [_model_row(rs[0], rs) for rs in by_model.values()]
+        write_atomic(out_html, render_summary_html(rows, models, png, quality_axis))
+
+
+def _notice_png(text: str) -> bytes:
+    from .plots import render_notice_png
+
+    return render_notice_png(text)
