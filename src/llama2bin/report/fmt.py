@@ -45,6 +45,11 @@ def encoding_name(r: dict[str, Any]) -> str:
     return f"Q8_0, group size {r['group_size']}" if r["quantized"] else "float32"
 
 
+def encoding_short(quantized: bool, group_size: int | None) -> str:
+    """'Q8_0/64' or 'float32': for table cells."""
+    return f"Q8_0/{group_size}" if quantized else "float32"
+
+
 def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     """The model's shape and identity as (field, value) rows."""
     h = r["model_config"]

@@ -17,6 +17,7 @@ from .fmt import (
     c_check_short,
     c_check_text,
     encoding_name,
+    encoding_short,
     eval_description,
     functional_rows,
     mb,
@@ -32,8 +33,9 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: 
        max-width: 1100px; }
 h1 { font-size: 1.6em; margin: 0 0 .3em; } h2 { font-size: 1.25em; margin: 1.4em 0 .4em;
      border-bottom: 1px solid #ddd; } h3 { font-size: 1.05em; margin: 1.1em 0 .3em; }
-table { border-collapse: collapse; margin: .4em 0 .8em; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #d0d0d0; padding: 3px 8px; vertical-align: top; }
+table { border-collapse: collapse; margin: .4em 0 .8em; font-variant-numeric: tabular-nums; font-size: 13.5px; }
+th, td { border: 1px solid #d0d0d0; padding: 3px 7px; vertical-align: top; }
+td { white-space: nowrap; } table.kv td, td.wrap { white-space: normal; }
 th { background: #f2f4f7; text-align: left; font-weight: 600; }
 td.r, th.r { text-align: right; white-space: nowrap; }
 table.kv th { width: 11em; }
@@ -91,17 +93,22 @@ def _outputs_table(reports: list[dict[str, Any]]) -> str:
         correct, quality = _verdict_cells(r)
         lossy = r["quantized"] and f
         rows.append([
-            f"<b>{escape(r['label'])}</b>", escape(encoding_name(r)), mb(r["size"]), bpw(r["bits_per_weight"]),
+            f"<b>{escape(r['label'])}</b>", escape(encoding_short(r["quantized"], r["group_size"])), mb(r["size"]),
+            bpw(r["bits_per_weight"]),
             correct, quality,
             signed(f.get("delta_ppl")) if lossy else "exact" if f else "—",
             num(f.get("kld_mean")) if f else "—",
             num(f["kld_percentiles"].get("p99")) if f else "—",
             pct(f["same_top"]) if f else "—",
             escape(c_check_short(r.get("c_check"))),
-            f"<code title=\"{escape(r['sha256'])}\">{escape(r['sha256'][:12])}…</code>",
         ])
     return _table(["output", "encoding", "size (MB)", "bits/weight", "correct", "quality", "ΔPPL", "mean KLD",
-                   "KLD p99", "same top", "C check", "sha256"], "llrrllrrrrll", rows, raw=True)
+                   "KLD p99", "same top", "C check"], "llrrllrrrrl", rows, raw=True)
+
+
+def _files_table(reports: list[dict[str, Any]]) -> str:
+    rows = [[r["label"], r["file"], f"{r['size']:,}", f"{r['parameters']:,}", r["sha256"]] for r in reports]
+    return _table(["output", "file", "bytes", "parameters", "sha256"], "llrrl", rows)
 
 
 def _exact_note(reports: list[dict[str, Any]]) -> str | None:
@@ -148,6 +155,7 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
         notes.append("Outputs joined by “=” hold identical weights (the same Q8_0 values and scales in another "
                      "layout): they are shown once.")
     body += [f"<p class=\"note\">{escape(n)}</p>" for n in notes]
+    body += ["<h3>Files</h3>", _files_table(reports)]
     if figure_png:
         body += ["<h2>Figure</h2>",
                  "<p class=\"note\">Per distinct quantization. Left: relative error of every Q8_0 matrix by layer "
@@ -170,9 +178,14 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
     return _page(f"llama2bin — {model}", body)
 
 
-def render_summary_html(rows: list[dict[str, Any]], models: list[dict[str, Any]], figure_png: bytes | None,
-                        quality_axis: str) -> str:
-    """The summary page: every model's shape, the size/quality figure, every output's numbers."""
+def render_summary_html(rows: list[dict[str, Any]], models: list[dict[str, Any]],
+                        quantizations: list[dict[str, Any]], figure_png: bytes | None, quality_axis: str) -> str:
+    """The summary page: every model's shape, the size/quality figure, every output's verdicts,
+    and the logit statistics of every distinct quantization (`quantizations`: model, label
+    'v1 = v2', bits_per_weight, functional section or None)."""
+    exact = [f"{r['model']} {r['label']}" for r in rows if not r["quantized"]]
+    exact_note = (f"Float32 outputs ({', '.join(exact)}) are exact: logits identical to the source's."
+                  if exact else "")
     body = ["<h1>llama2bin summary</h1>",
             "<p><b>Correct</b> (a hard failure): header, round trip against the source, the C consumer reading "
             "the file as llama2.c does, and exact logits for float32 files. <b>Quality</b> (measured, a warning "
@@ -192,20 +205,31 @@ def render_summary_html(rows: list[dict[str, Any]], models: list[dict[str, Any]]
     body.append("<h2>Outputs</h2>")
     table = []
     for r in rows:
-        f = r["functional"] or {}
         correct = "<span class=\"ok\">yes</span>" if r["correct"] else "<span class=\"bad\">NO</span>"
         q_cls = {"exact": "ok", "within limits": "ok", "above limits": "warn"}.get(r["quality"], "note")
-        lossy = r["encoding"] != "float32"
         table.append([escape(r["model"]), f"<b>{escape(r['label'])}</b>", escape(r["encoding"]), mb(r["size"]),
                       bpw(r["bits_per_weight"]), correct, f"<span class=\"{q_cls}\">{escape(r['quality'])}</span>",
-                      (signed(f.get("delta_ppl")) if lossy else "exact") if f else "—",
-                      num(f.get("kld_mean")) if f else "—", num(f.get("kld_p99")) if f else "—",
-                      pct(f["same_top"]) if f else "—", num(f.get("rms_dp")) if f else "—",
-                      num(r["worst_rel_err"]), escape(c_check_short(r["c_check"]))])
-    body.append(_table(["model", "output", "encoding", "size (MB)", "bits/weight", "correct", "quality", "ΔPPL",
-                        "mean KLD", "KLD p99", "same top", "RMS Δp", "worst rel. error", "C check"],
-                       "lllrrllrrrrrrl", table, raw=True))
+                      escape(c_check_short(r["c_check"])), escape(r["worst_tensor"] or "—") if r["worst_rel_err"]
+                      else "—", num(r["worst_rel_err"])])
+    body.append(_table(["model", "output", "encoding", "size (MB)", "bits/weight", "correct", "quality", "C check",
+                        "worst tensor", "relative error"], "lllrrlllll", table, raw=True))
     body.append("<p class=\"note\">Sizes in MB (10<sup>6</sup> bytes); bits per weight = file size × 8 / "
-                "parameters, headers and rope tables included. Worst relative error: ‖w−ŵ‖/‖w‖ of the worst "
-                "tensor. Each model's page has every statistic and every tensor.</p>")
+                "parameters, headers and rope tables included. Relative error: ‖w−ŵ‖/‖w‖ of the worst tensor. "
+                "Each model's page has every statistic and every tensor.</p>")
+    body += ["<h2>Logits against the source</h2>",
+             "<p>One row per distinct quantization (outputs holding identical weights share a row). "
+             f"{escape(exact_note)}</p>"]
+    table = []
+    for q in quantizations:
+        f = q["functional"]
+        if not f:
+            table.append([q["model"], q["label"], "not measured", *["—"] * 8])
+            continue
+        ratio = f.get("ppl_ratio")
+        table.append([q["model"], q["label"], signed(f.get("delta_ppl")),
+                      "—" if ratio is None else f"{ratio:.5f}", num(f["kld_mean"]),
+                      num(f["kld_percentiles"].get("p99")), num(f["kld_max"]), pct(f["same_top"]), num(f["rms_dp"]),
+                      num(f["max_abs_dlogit"]), str(f["positions"])])
+    body.append(_table(["model", "outputs", "ΔPPL", "PPL ratio", "mean KLD", "KLD p99", "KLD max", "same top",
+                        "RMS Δp", "max |Δlogit|", "positions"], "llrrrrrrrrr", table))
     return _page("llama2bin — summary", body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..atomic import write_atomic
-from .fmt import encoding_name
+from .fmt import encoding_short
 from .records import correct_verdict, distinct_quantizations, dump_json, load_json, quality_verdict, same_as
 
 _SUMMARY_FUNCTIONAL = ("arithmetic", "positions", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp",
@@ -25,7 +25,9 @@ def summary_row(r: dict[str, Any]) -> dict[str, Any]:
     correct, _ = correct_verdict(r)
     return {
         "model": r["model"], "version": r["version"], "label": r["label"], "file": r["file"], "size": r["size"],
-        "size_mb": r["size_mb"], "bits_per_weight": r["bits_per_weight"], "encoding": encoding_name(r),
+        "size_mb": r["size_mb"], "bits_per_weight": r["bits_per_weight"],
+        "encoding": encoding_short(r["quantized"], r["group_size"]), "group_size": r["group_size"],
+        "quantized": r["quantized"],
         "sha256": r["sha256"], "verified": r["verified"], "correct": correct, "quality": quality_verdict(r),
         "worst_tensor": w.get("name"), "worst_rel_err": w.get("rel_err"), "worst_max_abs_err": w.get("max_abs_err"),
         "functional": None if not f else {
@@ -54,9 +56,10 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str, out_html:
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in reports:
         by_model.setdefault(r["model"], []).append(r)
-    points = [{"model": m, "label": same_as(g), "bits_per_weight": g[0]["bits_per_weight"],
-               "functional": g[0]["functional"]}
-              for m, rs in by_model.items() for g in distinct_quantizations(rs) if g[0].get("functional")]
+    quantizations = [{"model": m, "label": same_as(g), "bits_per_weight": g[0]["bits_per_weight"],
+                      "functional": g[0].get("functional")}
+                     for m, rs in by_model.items() for g in distinct_quantizations(rs)]
+    points = [q for q in quantizations if q["functional"]]
     png = None
     quality_axis = ""
     if out_png:
@@ -72,7 +75,7 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str, out_html:
     write_atomic(out_md, render_summary_markdown(rows, figure))
     if out_html:
         models = [_model_row(rs[0], rs) for rs in by_model.values()]
-        write_atomic(out_html, render_summary_html(rows, models, png, quality_axis))
+        write_atomic(out_html, render_summary_html(rows, models, quantizations, png, quality_axis))
 
 
 def _notice_png(text: str) -> bytes:
