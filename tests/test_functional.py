@@ -5,21 +5,20 @@
   corrupted file that passes every size check fails it;
 - llama2bin's C consumer (compiled with the system cc) reproduces the Python logits on v0/v1/v2
   of GQA and untied models, in float32 and in runq.c's Q8_0 arithmetic;
-- the report figures are byte-identical from render to render, and `snakemake --report` builds.
+- the report figures are byte-identical from render to render (the HTML report: test_report_html.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import weakref
 
 import numpy as np
 import pytest
-from helpers import DATA, ROOT, assert_one_line_error, run_cli, save_llama2c
+from helpers import DATA, assert_one_line_error, run_cli, save_llama2c
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -376,24 +375,3 @@ def test_reports_embed_the_figure_and_the_functional_table(models, tmp_path):
     assert summary.returncode == 0
     text = (tmp_path / "s.md").read_text()
     assert "## Functional verification" in text and text.count("| m | ") == 6
-
-
-def test_snakemake_html_report_builds(tmp_path):
-    workdir = tmp_path / "w"
-    workdir.mkdir()
-    for name in ("Snakefile", "workflow"):
-        src = os.path.join(ROOT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
-    (workdir / "config.yaml").write_text("models: {u: {source: llama2c, demo: untied}}\nversions: [0, 2]\n")
-
-    def snakemake(*args):
-        return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
-                              capture_output=True, text=True)
-
-    run = snakemake()
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (workdir / "reports/u/u.png").exists() and (workdir / "results/u/u.v2.ccheck.json").exists()
-    built = snakemake("--report", "report.html")
-    assert built.returncode == 0, built.stderr[-3000:]
-    html = (workdir / "report.html").read_text(errors="replace")
-    assert "u.html" in html and "summary.html" in html
