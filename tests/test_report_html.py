@@ -160,3 +160,22 @@ def test_snakemake_report_shows_summary_numbers_in_its_pages(tmp_path):
     assert f"{rows['v2']['bits_per_weight']:.2f}" in summary_text and f"{rows['v0']['size'] / 1e6:.3g}" in summary_text
     model_text, images = page_text(_embedded(report_html, "u.html"))
     assert rows["v2"]["sha256"] in model_text and len(images) == 1
+
+
+def test_a_fetched_source_is_identified_without_absolute_paths(reported, tmp_path):
+    root, _, _ = reported
+    record = {"model": "m", "kind": "path", "path": str(tmp_path / "private" / "m.pt"), "checkpoint": "m.pt",
+              "files": [{"path": "m.pt", "sha256": "ab" * 32, "size": 1234}]}
+    (tmp_path / "SOURCE.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    proc = run_cli("report", *(str(root / f"m.v{v}.verify.json") for v in (0, 1, 2)), "--model", "m",
+                   "--out-dir", str(out), "--no-plots", "--source-record", str(tmp_path / "SOURCE.json"))
+    assert proc.returncode == 0, proc.stderr
+    import hashlib
+
+    record_sha = hashlib.sha256((tmp_path / "SOURCE.json").read_bytes()).hexdigest()
+    for name in ("m.v1.json", "m.v1.md", "m.html"):
+        text = (out / name).read_text()
+        assert record_sha in text and str(tmp_path) not in text
+    text, images = page_text((out / "m.html").read_text())
+    assert "ab" * 32 in text and "1,234 bytes" in text and images == []  # --no-plots: no figure

@@ -249,7 +249,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_reports
 
-    for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check, plots=not args.no_plots):
+    for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check,
+                              plots=not args.no_plots, source_record_path=args.source_record):
         print(f"wrote {path}")
     return 0
 
@@ -410,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json and .md, OUT_DIR/MODEL.html and .png")
     p.add_argument("--c-check", nargs="+", default=[], metavar="NAME.vN.ccheck.json", help="c-check --json results to include")
     p.add_argument("--no-plots", action="store_true", help="no figure (and no matplotlib needed)")
+    p.add_argument("--source-record", metavar="SOURCE.json", help="the fetch record: repo@revision or URL and "
+                   "file sha256s go into the reports")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("summary", help="one table of every model x version from report JSONs")

@@ -9,6 +9,8 @@ rule report:
     input:
         verify=lambda wc: verify_jsons(wc.model),
         c_check=lambda wc: c_check_jsons(wc.model),
+        # where a fetched checkpoint came from (repo@revision or URL, file sha256s); demos have none
+        source_record=lambda wc: checkpoint_input(wc).get("source_record", []),
     output:
         json=expand("reports/{{model}}/{{model}}.{label}.json", label=LABELS),
         md=expand("reports/{{model}}/{{model}}.{label}.md", label=LABELS),
@@ -21,6 +23,7 @@ rule report:
         ),
     params:
         c_check=lambda wc, input: f"--c-check {input.c_check}" if input.c_check else "",
+        source_record=lambda wc, input: f"--source-record {input.source_record}" if input.source_record else "",
     log:
         "logs/report/{model}.log",
     benchmark:
@@ -29,7 +32,7 @@ rule report:
     resources:
         mem_mb=400,
     shell:
-        "{LLAMA2BIN} report {input.verify} {params.c_check} --model {wildcards.model}"
+        "{LLAMA2BIN} report {input.verify} {params.c_check} {params.source_record} --model {wildcards.model}"
         " --out-dir reports/{wildcards.model} > {log} 2>&1"
 
 

@@ -11,17 +11,18 @@ import os
 
 from ..atomic import write_atomic
 from ..errors import Llama2binError
-from .records import build_report, distinct_quantizations, dump_json, load_json, round_sig, same_as
+from .records import build_report, distinct_quantizations, dump_json, load_json, round_sig, same_as, source_record
 from .summary import write_summary
 
 __all__ = ["build_report", "write_reports", "write_summary"]
 
 
 def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_paths: list[str] | None = None,
-                  plots: bool = True) -> list[str]:
+                  plots: bool = True, source_record_path: str | None = None) -> list[str]:
     """For each `{stem}.verify.json`: {stem}.json and {stem}.md in `out_dir`; a `{stem}.ccheck.json`
-    among `c_check_paths` adds the C consumer check. With `plots` also {model}.png (one row per
-    distinct quantization); always {model}.html, the page of the model (figure embedded)."""
+    among `c_check_paths` adds the C consumer check, a fetch's SOURCE.json where the source came
+    from. With `plots` also {model}.png (one row per distinct quantization); always {model}.html,
+    the page of the model (figure embedded)."""
     from ..verify import HIST_EDGES
     from .html import render_model_html
     from .markdown import render_markdown
@@ -32,7 +33,9 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
         raise Llama2binError(f"{c_checks[stem]}: no {stem}.verify.json among the verification results")
     results = [load_json(p) for p in verify_paths]
     figure = f"{model}.png" if plots else None
-    reports = [build_report(model, result, load_json(c_checks[stem]) if stem in c_checks else None, plot=figure)
+    fetched = source_record(source_record_path) if source_record_path else None
+    reports = [build_report(model, result, load_json(c_checks[stem]) if stem in c_checks else None, plot=figure,
+                            source=fetched)
                for result, stem in zip(results, stems, strict=True)]
     outputs: list[tuple[str, str | bytes]] = []
     for report, stem in zip(reports, stems, strict=True):

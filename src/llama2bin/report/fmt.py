@@ -54,10 +54,18 @@ def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     """The model's shape and identity as (field, value) rows."""
     h = r["model_config"]
     src = r["source"]
-    source = f"{src['kind']} {src['name']}"
-    for key in ("repo", "revision", "url", "sha256"):  # present when the verify JSON records them
-        if src.get(key):
-            source += f", {key} {src[key]}"
+    source = f"{src['kind']} checkpoint {src['name']}"
+    fetched = src.get("fetched") or {}
+    if fetched.get("repo"):
+        source += f", {fetched['repo']}@{fetched.get('revision')}"
+        if fetched.get("commit") and fetched["commit"] != fetched.get("revision"):
+            source += f" (commit {fetched['commit']})"
+    elif fetched.get("url"):
+        source += f", from {fetched['url']}" + (f" (revision {fetched['revision']})" if fetched.get("revision") else "")
+    elif fetched.get("path"):
+        source += f", from local path …/{fetched['path']}"
+    if fetched:
+        source += f"; SOURCE.json sha256 {fetched['record_sha256']}"
     rows = [
         ("dim", str(h["dim"])), ("hidden_dim", str(h["hidden_dim"])), ("layers", str(h["n_layers"])),
         ("heads", str(h["n_heads"])), ("kv heads", str(h["n_kv_heads"])), ("vocab", str(h["vocab_size"])),
@@ -67,6 +75,8 @@ def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("parameters", f"{r['parameters']:,}"),
         ("source", source),
     ]
+    for f in fetched.get("files", []):
+        rows.append(("source file", f"{f['path']}: {f['size']:,} bytes, sha256 {f['sha256']}"))
     if r["accepted_departures"]:
         rows.append(("accepted departures", ", ".join(r["accepted_departures"])))
     return rows

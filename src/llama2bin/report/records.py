@@ -95,10 +95,37 @@ def output_label(version: int | str) -> str:
     return "hf" if version == "hf" else f"v{version}"
 
 
+def source_record(path: str) -> dict[str, Any]:
+    """What a fetch's SOURCE.json says of where the checkpoint came from, for the reports: the
+    record's own sha256, the repo/revision/commit or URL, and every file's sha256 and size. A
+    local path is reduced to its last component (no absolute paths in tracked reports)."""
+    import os
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Llama2binError(f"{path}: cannot read JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise Llama2binError(f"{path}: not a JSON object")
+    out: dict[str, Any] = {"record_sha256": hashlib.sha256(raw).hexdigest()}
+    for key in ("kind", "repo", "revision", "commit", "url"):
+        if isinstance(record.get(key), str):
+            out[key] = record[key]
+    if isinstance(record.get("path"), str):
+        out["path"] = os.path.basename(os.path.normpath(record["path"]))
+    files = record.get("files")
+    if isinstance(files, list):
+        out["files"] = [{k: f.get(k) for k in ("path", "sha256", "size")} for f in files if isinstance(f, dict)]
+    return out
+
+
 def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, Any] | None = None,
-                 plot: str | None = None) -> dict[str, Any]:
+                 plot: str | None = None, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """The tracked report of one model x output, from a `verify --json` result (and a
-    `c-check --json` result). `plot` names the model's figure when this output appears in it."""
+    `c-check --json` result). `plot` names the model's figure when this output appears in it;
+    `source` is `source_record()` of the fetch's SOURCE.json, when there is one."""
     tensors = [
         {"name": t["name"], "shape": t["shape"], "encoding": t["encoding"], "group_size": t["group_size"],
          **{k: round_sig(t[k]) for k in _STAT_KEYS}}
@@ -126,7 +153,8 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "group_size": verify_result["group_size"],
         "header": verify_result["header"],  # the file's own header (config.json for an hf directory)
         "model_config": verify_result["source"]["config"],
-        "source": {k: v for k, v in verify_result["source"].items() if k != "config"},
+        "source": {**{k: v for k, v in verify_result["source"].items() if k != "config"},
+                   **({"fetched": source} if source else {})},
         "accepted_departures": verify_result["source"]["config"].get("accepted_departures", []),
         "llama2bin": __version__,
         "worst_tensor": tensors[0] if tensors else None,
