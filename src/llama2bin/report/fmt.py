@@ -51,7 +51,7 @@ def encoding_short(quantized: bool, group_size: int | None) -> str:
 
 
 def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
-    """The model's shape and identity as (field, value) rows."""
+    """The model's shape (the first 11 rows, dim ... parameters) and identity as (field, value) rows."""
     h = r["model_config"]
     src = r["source"]
     source = f"{src['kind']} checkpoint {src['name']}"
@@ -70,7 +70,7 @@ def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("dim", str(h["dim"])), ("hidden_dim", str(h["hidden_dim"])), ("layers", str(h["n_layers"])),
         ("heads", str(h["n_heads"])), ("kv heads", str(h["n_kv_heads"])), ("vocab", str(h["vocab_size"])),
         ("max_seq_len", str(h["max_seq_len"])),
-        ("classifier", "shared with the embeddings" if h["shared_classifier"] else "separate"),
+        ("classifier", "shared" if h["shared_classifier"] else "separate"),
         ("rope_theta", f"{h['rope_theta']:g}"), ("norm_eps", f"{h['norm_eps']:g}"),
         ("parameters", f"{r['parameters']:,}"),
         ("source", source),

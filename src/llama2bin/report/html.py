@@ -135,7 +135,10 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
     distinct quantization), and per quantization its logit statistics and per-tensor errors."""
     first = reports[0]
     groups = distinct_quantizations(reports)
-    overview = shape_rows(first)
+    rows = shape_rows(first)
+    n_shape = 11  # dim ... parameters: one horizontal row; source and the rest as key/value lines
+    shape = _table([k for k, _ in rows[:n_shape]], "r" * n_shape, [[v for _, v in rows[:n_shape]]])
+    overview = rows[n_shape:]
     sizes = sorted({r["group_size"] for r in reports if r["group_size"]})
     overview += [
         ("Q8_0 group size", ", ".join(map(str, sizes)) or "— (float32 only)"),
@@ -145,7 +148,7 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
     f = next((r["functional"] for r in reports if r.get("functional")), None)
     if f:
         overview.append(("evaluation tokens", eval_description(f)))
-    body = [f"<h1>{escape(model)}</h1>", "<h2>Overview</h2>", _kv_table(overview), "<h2>Outputs</h2>"]
+    body = [f"<h1>{escape(model)}</h1>", "<h2>Overview</h2>", shape, _kv_table(overview), "<h2>Outputs</h2>"]
     failed = [(r, why) for r in reports for ok, why in [correct_verdict(r)] if not ok]
     for r, why in failed:
         body.append(f"<p class=\"fail\">{escape(r['label'])} is NOT correct: {escape(why)}</p>")

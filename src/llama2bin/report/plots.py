@@ -85,7 +85,11 @@ def _rel_err_panel(ax: Any, tensors: list[dict[str, Any]], n_layers: int) -> Non
         ticks = [t for t in ticks if t in keep]
     labels = ["emb" if t == -1 else "cls" if t == n_layers else str(t) for t in ticks]
     ax.set_xticks(ticks, labels)
-    ax.set_yscale("log")
+    values = [v for points in by_kind.values() for v in points.values()] + list(ends.values())
+    if max(values) >= 10 * min(values):
+        ax.set_yscale("log")
+    else:  # Q8_0 errors usually lie within one decade, where a log axis shows one or two ticks
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.set_xlabel("layer")
     ax.set_ylabel("‖w−ŵ‖ / ‖w‖")
     ax.grid(True, which="major", linewidth=0.3)
