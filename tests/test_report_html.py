@@ -171,11 +171,8 @@ def test_a_fetched_source_is_identified_without_absolute_paths(reported, tmp_pat
     proc = run_cli("report", *(str(root / f"m.v{v}.verify.json") for v in (0, 1, 2)), "--model", "m",
                    "--out-dir", str(out), "--no-plots", "--source-record", str(tmp_path / "SOURCE.json"))
     assert proc.returncode == 0, proc.stderr
-    import hashlib
-
-    record_sha = hashlib.sha256((tmp_path / "SOURCE.json").read_bytes()).hexdigest()
-    for name in ("m.v1.json", "m.v1.md", "m.html"):
+    for name in ("m.v1.json", "m.html"):
         text = (out / name).read_text()
-        assert record_sha in text and str(tmp_path) not in text
+        assert "ab" * 32 in text and str(tmp_path) not in text
     text, images = page_text((out / "m.html").read_text())
     assert "ab" * 32 in text and "1,234 bytes" in text and images == []  # --no-plots: no figure

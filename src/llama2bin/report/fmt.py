@@ -64,8 +64,6 @@ def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         source += f", from {fetched['url']}" + (f" (revision {fetched['revision']})" if fetched.get("revision") else "")
     elif fetched.get("path"):
         source += f", from local path …/{fetched['path']}"
-    if fetched:
-        source += f"; SOURCE.json sha256 {fetched['record_sha256']}"
     rows = [
         ("dim", str(h["dim"])), ("hidden_dim", str(h["hidden_dim"])), ("layers", str(h["n_layers"])),
         ("heads", str(h["n_heads"])), ("kv heads", str(h["n_kv_heads"])), ("vocab", str(h["vocab_size"])),

@@ -97,8 +97,10 @@ def output_label(version: int | str) -> str:
 
 def source_record(path: str) -> dict[str, Any]:
     """What a fetch's SOURCE.json says of where the checkpoint came from, for the reports: the
-    record's own sha256, the repo/revision/commit or URL, and every file's sha256 and size. A
-    local path is reduced to its last component (no absolute paths in tracked reports)."""
+    repo/revision/commit or URL, and every checkpoint file's sha256 and size. Not the record's
+    own sha256: it holds the checkpoint's path relative to the working directory, so it changes
+    with where the pipeline runs while the checkpoint does not. A local path is reduced to its
+    last component (no absolute paths in tracked reports)."""
     import os
 
     with open(path, "rb") as f:
@@ -109,7 +111,7 @@ def source_record(path: str) -> dict[str, Any]:
         raise Llama2binError(f"{path}: cannot read JSON: {e}") from None
     if not isinstance(record, dict):
         raise Llama2binError(f"{path}: not a JSON object")
-    out: dict[str, Any] = {"record_sha256": hashlib.sha256(raw).hexdigest()}
+    out: dict[str, Any] = {}
     for key in ("kind", "repo", "revision", "commit", "url"):
         if isinstance(record.get(key), str):
             out[key] = record[key]
