@@ -176,3 +176,36 @@ def test_a_fetched_source_is_identified_without_absolute_paths(reported, tmp_pat
         assert "ab" * 32 in text and str(tmp_path) not in text
     text, images = page_text((out / "m.html").read_text())
     assert "ab" * 32 in text and "1,234 bytes" in text and images == []  # --no-plots: no figure
+
+
+def _hostile_variants(verify: dict) -> dict[str, bytes]:
+    """Malformed verification results: a field missing, of the wrong type, not JSON, NaN."""
+    missing = {k: v for k, v in verify.items() if k != "tensors"}
+    wrong_type = {**verify, "functional": {**verify["functional"], "kld_percentiles": [1, 2]}}
+    return {
+        "missing-tensors": json.dumps(missing).encode(),
+        "percentiles-a-list": json.dumps(wrong_type).encode(),
+        "not-json": b"{\"file\": ",
+        "nan": json.dumps(verify).replace('"kld_mean": ', '"kld_mean": NaN, "x": ', 1).encode(),
+        "a-list": b"[1, 2, 3]",
+    }
+
+
+def test_malformed_results_get_one_error_line_and_no_output(reported, tmp_path):
+    from hostile_harness import HostileCase, run_hostile
+
+    root, _, _ = reported
+    good = json.load(open(root / "m.v1.verify.json"))
+    for name, data in _hostile_variants(good).items():
+        bad = tmp_path / f"{name}.v1.verify.json"
+        bad.write_bytes(data)
+        out = tmp_path / f"out-{name}"
+        outputs = [str(out / f"{name}.v1.json"), str(out / f"{name}.v1.md"), str(out / "m.html"), str(out / "m.png")]
+        run_hostile(HostileCase(f"report {name}", ["report", str(bad), "--model", "m", "--out-dir", str(out)],
+                                inputs=[str(bad)], outputs=outputs, needle=str(bad)))
+        report = tmp_path / f"{name}.report.json"
+        report.write_bytes(data)
+        outputs = [str(tmp_path / f"s-{name}.{ext}") for ext in ("md", "json", "html", "png")]
+        run_hostile(HostileCase(f"summary {name}", ["summary", str(report), "--md", outputs[0], "--json", outputs[1],
+                                                    "--html", outputs[2], "--figure", outputs[3]],
+                                inputs=[str(report)], outputs=outputs, needle=str(report)))

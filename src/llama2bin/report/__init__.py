@@ -8,10 +8,22 @@ JSON); fmt.py formats numbers; markdown.py, html.py and plots.py render; summary
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ..atomic import write_atomic
 from ..errors import Llama2binError
-from .records import build_report, distinct_quantizations, dump_json, load_json, round_sig, same_as, source_record
+from .records import (
+    MALFORMED,
+    build_report,
+    c_check_section,
+    distinct_quantizations,
+    dump_json,
+    load_json,
+    malformed,
+    round_sig,
+    same_as,
+    source_record,
+)
 from .summary import write_summary
 
 __all__ = ["build_report", "write_reports", "write_summary"]
@@ -23,10 +35,6 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
     among `c_check_paths` adds the C consumer check, a fetch's SOURCE.json where the source came
     from. With `plots` also {model}.png (one row per distinct quantization); always {model}.html,
     the page of the model (figure embedded)."""
-    from ..verify import HIST_EDGES
-    from .html import render_model_html
-    from .markdown import render_markdown
-
     c_checks = {os.path.basename(p).removesuffix(".ccheck.json"): p for p in c_check_paths or []}
     stems = [os.path.basename(p).removesuffix(".verify.json").removesuffix(".json") for p in verify_paths]
     for stem in sorted(set(c_checks) - set(stems)):
@@ -34,9 +42,30 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
     results = [load_json(p) for p in verify_paths]
     figure = f"{model}.png" if plots else None
     fetched = source_record(source_record_path) if source_record_path else None
-    reports = [build_report(model, result, load_json(c_checks[stem]) if stem in c_checks else None, plot=figure,
-                            source=fetched)
-               for result, stem in zip(results, stems, strict=True)]
+    reports = []
+    for path, result, stem in zip(verify_paths, results, stems, strict=True):
+        c_check = load_json(c_checks[stem], "C check result") if stem in c_checks else None
+        try:
+            c_check_section(c_check)
+        except MALFORMED as e:
+            raise malformed(c_checks[stem], "C check result", e) from None
+        try:
+            reports.append(build_report(model, result, c_check, plot=figure, source=fetched))
+        except MALFORMED as e:
+            raise malformed(path, "verification result", e) from None
+    try:
+        return _write(model, out_dir, stems, results, reports, plots)
+    except MALFORMED as e:  # a field the renderers need, wrong in one of the results
+        raise malformed(", ".join(verify_paths), "verification result", e) from None
+
+
+def _write(model: str, out_dir: str, stems: list[str], results: list[dict[str, Any]], reports: list[dict[str, Any]],
+           plots: bool) -> list[str]:
+    """Render everything first, then write: a rendering error leaves no file behind."""
+    from ..verify import HIST_EDGES
+    from .html import render_model_html
+    from .markdown import render_markdown
+
     outputs: list[tuple[str, str | bytes]] = []
     for report, stem in zip(reports, stems, strict=True):
         outputs += [(f"{stem}.json", dump_json(report)), (f"{stem}.md", render_markdown(report))]

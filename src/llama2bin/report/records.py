@@ -32,12 +32,24 @@ def round_sig(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.{_SIG}g}")
 
 
-def load_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise Llama2binError(f"{path}: cannot read JSON: {e}") from None
+def load_json(path: str, what: str = "verification result") -> dict[str, Any]:
+    """Strict JSON (safe_io's rules: a regular file, size-capped, finite numbers, unique keys)."""
+    from ..safe_io import load_json as strict_load
+
+    value = strict_load(path, what)
+    if not isinstance(value, dict):
+        raise Llama2binError(f"{path}: not a {what}: a JSON object expected")
+    return value
+
+
+# What a malformed (hand-edited, truncated, foreign) result raises deep inside the report code.
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def malformed(path: str, what: str, e: Exception) -> Llama2binError:
+    """One line naming the file and the field that is missing or of the wrong type."""
+    detail = f"missing field {e}" if isinstance(e, KeyError) else str(e) or type(e).__name__
+    return Llama2binError(f"{path}: not a llama2bin {what}: {detail}")
 
 
 def dump_json(obj: object) -> str:
@@ -63,7 +75,7 @@ def _functional_section(f: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
+def c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the tracked report says of the C consumer check: outcome, arithmetic, tolerance.
     The measured difference stays in results/ (it depends on the compiler)."""
     if not c:
@@ -103,14 +115,7 @@ def source_record(path: str) -> dict[str, Any]:
     last component (no absolute paths in tracked reports)."""
     import os
 
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise Llama2binError(f"{path}: cannot read JSON: {e}") from None
-    if not isinstance(record, dict):
-        raise Llama2binError(f"{path}: not a JSON object")
+    record = load_json(path, "SOURCE.json record")
     out: dict[str, Any] = {}
     for key in ("kind", "repo", "revision", "commit", "url"):
         if isinstance(record.get(key), str):
@@ -161,7 +166,7 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "llama2bin": __version__,
         "worst_tensor": tensors[0] if tensors else None,
         "functional": _functional_section(verify_result.get("functional")),
-        "c_check": _c_check_section(c_check),
+        "c_check": c_check_section(c_check),
         "plot": plot if quantized else None,
         "tensors": tensors,
     }

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..atomic import write_atomic
 from .fmt import encoding_short
-from .records import correct_verdict, distinct_quantizations, dump_json, load_json, quality_verdict, same_as
+from .records import MALFORMED, correct_verdict, distinct_quantizations, dump_json, load_json, malformed, quality_verdict, same_as
 
 _SUMMARY_FUNCTIONAL = ("arithmetic", "positions", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp",
                        "ppl_source", "ppl_file", "delta_ppl", "ppl_ratio", "passed")
@@ -47,11 +48,29 @@ def _model_row(r: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, An
 def write_summary(report_paths: list[str], out_md: str, out_json: str, out_html: str | None = None,
                   out_png: str | None = None) -> None:
     """The summary of every report JSON given: JSON and Markdown always; with `out_png` the
-    size-against-quality figure, with `out_html` the page the Snakemake report shows."""
+    size-against-quality figure, with `out_html` the page the Snakemake report shows. Everything
+    is rendered before anything is written: a malformed report leaves no file behind."""
+    reports = []
+    for path in report_paths:
+        r = load_json(path, "report")
+        try:
+            summary_row(r)
+        except MALFORMED as e:
+            raise malformed(path, "report", e) from None
+        reports.append(r)
+    try:
+        outputs = _render(sorted(reports, key=_version_key), out_md, out_json, out_html, out_png)
+    except MALFORMED as e:
+        raise malformed(", ".join(report_paths), "report", e) from None
+    for path, data in outputs:
+        write_atomic(path, data)
+
+
+def _render(reports: list[dict[str, Any]], out_md: str, out_json: str, out_html: str | None,
+            out_png: str | None) -> list[tuple[str, str | bytes]]:
     from .html import render_summary_html
     from .markdown import render_summary_markdown
 
-    reports = sorted((load_json(p) for p in report_paths), key=_version_key)
     rows = [summary_row(r) for r in reports]
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in reports:
@@ -60,25 +79,20 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str, out_html:
                       "functional": g[0].get("functional")}
                      for m, rs in by_model.items() for g in distinct_quantizations(rs)]
     points = [q for q in quantizations if q["functional"]]
+    outputs: list[tuple[str, str | bytes]] = [(out_json, dump_json({"files": rows}))]
     png = None
     quality_axis = ""
     if out_png:
-        from .plots import render_tradeoff_png, tradeoff_axis
+        from .plots import render_notice_png, render_tradeoff_png, tradeoff_axis
 
         _, quality_axis, _ = tradeoff_axis(points)
         # The figure file is a declared output: without a quantized output it still exists, but
         # holds only a notice, and the pages do not show it.
         png = render_tradeoff_png(points) if points else None
-        write_atomic(out_png, png if png is not None else _notice_png("no quantized output: nothing to compare"))
-    write_atomic(out_json, dump_json({"files": rows}))
-    figure = out_png.rsplit("/", 1)[-1] if png is not None and out_png else None
-    write_atomic(out_md, render_summary_markdown(rows, figure))
+        outputs.append((out_png, png if png is not None else render_notice_png("no quantized output: nothing to compare")))
+    figure = os.path.basename(out_png) if png is not None and out_png else None
+    outputs.append((out_md, render_summary_markdown(rows, figure)))
     if out_html:
         models = [_model_row(rs[0], rs) for rs in by_model.values()]
-        write_atomic(out_html, render_summary_html(rows, models, quantizations, png, quality_axis))
-
-
-def _notice_png(text: str) -> bytes:
-    from .plots import render_notice_png
-
-    return render_notice_png(text)
+        outputs.append((out_html, render_summary_html(rows, models, quantizations, png, quality_axis)))
+    return outputs
