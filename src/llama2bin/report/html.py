@@ -35,7 +35,7 @@ h1 { font-size: 1.6em; margin: 0 0 .3em; } h2 { font-size: 1.25em; margin: 1.4em
      border-bottom: 1px solid #ddd; } h3 { font-size: 1.05em; margin: 1.1em 0 .3em; }
 table { border-collapse: collapse; margin: .4em 0 .8em; font-variant-numeric: tabular-nums; font-size: 13.5px; }
 th, td { border: 1px solid #d0d0d0; padding: 3px 7px; vertical-align: top; }
-td { white-space: nowrap; } table.kv td, td.wrap { white-space: normal; }
+td { white-space: nowrap; } table.kv td, td:last-child { white-space: normal; }
 th { background: #f2f4f7; text-align: left; font-weight: 600; }
 td.r, th.r { text-align: right; white-space: nowrap; }
 table.kv th { width: 11em; }
@@ -107,8 +107,8 @@ def _outputs_table(reports: list[dict[str, Any]]) -> str:
 
 
 def _files_table(reports: list[dict[str, Any]]) -> str:
-    rows = [[r["label"], r["file"], f"{r['size']:,}", f"{r['parameters']:,}", r["sha256"]] for r in reports]
-    return _table(["output", "file", "bytes", "parameters", "sha256"], "llrrl", rows)
+    rows = [[r["label"], r["file"], f"{r['size']:,}", r["sha256"], r.get("read_by") or "—"] for r in reports]
+    return _table(["output", "file", "bytes", "sha256", "read by"], "llrll", rows)
 
 
 def _exact_note(reports: list[dict[str, Any]]) -> str | None:

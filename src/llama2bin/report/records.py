@@ -144,6 +144,8 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
     return {
         "model": model,
         "version": verify_result["version"],
+        "format": str(verify_result.get("format", verify_result["version"])),
+        "read_by": _read_by(str(verify_result.get("format", verify_result["version"]))),
         "label": output_label(verify_result["version"]),
         "file": verify_result["file"],
         "size": size,
@@ -170,6 +172,13 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "plot": plot if quantized else None,
         "tensors": tensors,
     }
+
+
+def _read_by(name: str) -> str | None:
+    from ..formats import FORMATS
+
+    spec = FORMATS.get(name)
+    return spec.read_by if spec else None
 
 
 def _prod(shape: list[int]) -> int:

@@ -14,8 +14,12 @@ _SUMMARY_FUNCTIONAL = ("arithmetic", "positions", "max_abs_dlogit", "kld_mean", 
 
 
 def _version_key(r: dict[str, Any]) -> tuple[str, int, str]:
-    v = r["version"]
-    return (r["model"], 1 << 30, "") if v == "hf" else (r["model"], int(v), "")
+    """Model, then the registry's order of formats (v0, v1, 1f, v2, hf)."""
+    from ..formats import FORMATS
+
+    order = list(FORMATS)
+    name = str(r["version"])
+    return r["model"], order.index(name) if name in order else len(order), name
 
 
 def summary_row(r: dict[str, Any]) -> dict[str, Any]:
