@@ -11,8 +11,10 @@ from .records import MB
 
 
 def num(x: float | None, spec: str = ".3e") -> str:
-    """A statistic; a zero (or absent) loss is shown as 'exact'."""
-    return "exact" if x is None or x == 0 else format(x, spec)
+    """A statistic; a zero loss is shown as 'exact', one not measured as '—'."""
+    if x is None:
+        return "—"
+    return "exact" if x == 0 else format(x, spec)
 
 
 def pct(x: float) -> str:
@@ -80,33 +82,51 @@ def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _recipe(recipe: dict[str, Any]) -> str:
+    kind = recipe.get("kind")
+    size = f"{recipe.get('seqs')} × {recipe.get('len')}"
+    if kind == "sampled":
+        return (f"{size} tokens sampled from the source (seed {recipe.get('seed')}, temperature "
+                f"{recipe.get('temperature')}, top-p {recipe.get('top_p')})")
+    if kind == "random":
+        return f"{size} random token ids (seed {recipe.get('seed')})"
+    if kind == "text":
+        return f"text {recipe.get('file')} (sha256 {str(recipe.get('file_sha256'))[:16]}…) tokenized, {size}"
+    if kind == "file":
+        return f"token ids from {recipe.get('file')} (sha256 {str(recipe.get('file_sha256'))[:16]}…)"
+    return str(kind)
+
+
 def eval_description(f: dict[str, Any]) -> str:
-    """What the logits were compared on, as recorded (recipe and sha256 when the checks give them)."""
-    what = f.get("eval_recipe") or f"{f['eval_seqs']} × {f['eval_len']} random tokens, seed {f['eval_seed']}"
-    text = f"{f['positions']} positions ({what})"
-    if f.get("eval_sha256"):
-        text += f", token sha256 {f['eval_sha256'][:16]}…"
+    """What the logits were compared on, as recorded: recipe, positions, the tokens' sha256."""
+    ev = f["eval"]
+    text = f"{f['positions']} positions ({_recipe(ev['recipe'])}"
+    if ev.get("sha256"):
+        text += f"; tokens sha256 {ev['sha256'][:16]}…"
     arith = {"f32": "float32 activations", "q8": "Q8_0 activations as runq.c"}.get(f["arithmetic"], f["arithmetic"])
-    return f"{text}, {arith}"
+    return f"{text}), {arith}"
 
 
 def functional_rows(f: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(statistic, value, limit) rows of a functional section, perplexity first when measured."""
-    lim = f["thresholds"]
-    if f["quantized"]:
+    q = f.get("quality") or {}
+    lim = q.get("limits") or {}
+    if f["quantized"] and lim:
         tol = "—"
         limits = {"kld_mean": f"≤ {lim['kld_mean_max']:g}", "p99": f"≤ {lim['kld_p99_max']:g}",
                   "same_top": f"≥ {pct(lim['same_top_min'])}"}
+        if "ppl_ratio_max" in lim:
+            limits["ppl_ratio"] = f"≤ {lim['ppl_ratio_max']:g}"
     else:
-        tol = f"≤ {lim['fp32_rtol']:g} × max(1, max |logit|)"
+        tol = f"≤ {f['fp32_rtol']:g} × max(1, max |logit|)" if not f["quantized"] else "—"
         limits = {}
     rows = []
     if f.get("ppl_source") is not None:
         rows += [
-            ("perplexity of the source", f"{f['ppl_source']:.4f}", "—"),
-            ("perplexity of this file", f"{f['ppl_file']:.4f}", "—"),
-            ("ΔPPL", signed(f.get("delta_ppl")), limits.get("delta_ppl", "—")),
-            ("PPL ratio", "—" if f.get("ppl_ratio") is None else f"{f['ppl_ratio']:.5f}", "—"),
+            ("perplexity of the source", f"{f['ppl_source']:.6g}", "—"),
+            ("perplexity of this file", f"{f['ppl_file']:.6g}", "—"),
+            ("ΔPPL", signed(f.get("delta_ppl")), "—"),
+            ("PPL ratio", "—" if f.get("ppl_ratio") is None else f"{f['ppl_ratio']:.6f}", limits.get("ppl_ratio", "—")),
         ]
     p = f["kld_percentiles"]
     rows += [
@@ -118,7 +138,7 @@ def functional_rows(f: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("KL divergence 99.9th percentile", num(p.get("p99.9")), "—"),
         ("KL divergence max", num(f["kld_max"]), "—"),
         ("same top token", pct(f["same_top"]), limits.get("same_top", "—")),
-        ("RMS Δp", num(f["rms_dp"]), "—"),
+        ("RMS Δp of the next token", num(f.get("rms_dp")), "—"),
     ]
     return rows
 

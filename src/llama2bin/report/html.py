@@ -26,7 +26,7 @@ from .fmt import (
     shape_rows,
     signed,
 )
-from .records import correct_verdict, distinct_quantizations, quality_verdict, same_as
+from .records import correct_verdict, distinct_quantizations, quality_exceeded, quality_verdict, same_as
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1a1a1a; margin: 16px 20px;
@@ -78,11 +78,19 @@ def _img(png: bytes, alt: str) -> str:
     return f"<img alt=\"{escape(alt)}\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
 
 
+def _quality_class(verdict: str) -> str:
+    if verdict in ("exact", "within limits"):
+        return "ok"
+    if verdict.startswith("above limits"):
+        return "bad" if "gate" in verdict else "warn"
+    return "note"
+
+
 def _verdict_cells(r: dict[str, Any]) -> tuple[str, str]:
     correct, why = correct_verdict(r)
     c = "<span class=\"ok\">yes</span>" if correct else f"<span class=\"bad\">NO</span>: {escape(why)}"
     q = quality_verdict(r)
-    q_cls = {"exact": "ok", "within limits": "ok", "above limits": "warn"}.get(q, "note")
+    q_cls = _quality_class(q)
     return c, f"<span class=\"{q_cls}\">{escape(q)}</span>"
 
 
@@ -152,6 +160,10 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
     failed = [(r, why) for r in reports for ok, why in [correct_verdict(r)] if not ok]
     for r, why in failed:
         body.append(f"<p class=\"fail\">{escape(r['label'])} is NOT correct: {escape(why)}</p>")
+    for r in reports:
+        if quality_exceeded(r):
+            body.append(f"<p class=\"{_quality_class(quality_verdict(r))}\">{escape(r['label'])}: quality "
+                        f"{escape(quality_verdict(r))}: {escape('; '.join(quality_exceeded(r)))}</p>")
     body.append(_outputs_table(reports))
     notes = [n for n in (_exact_note(reports),) if n]
     if len(groups) < sum(r["quantized"] for r in reports):
@@ -209,7 +221,7 @@ def render_summary_html(rows: list[dict[str, Any]], models: list[dict[str, Any]]
     table = []
     for r in rows:
         correct = "<span class=\"ok\">yes</span>" if r["correct"] else "<span class=\"bad\">NO</span>"
-        q_cls = {"exact": "ok", "within limits": "ok", "above limits": "warn"}.get(r["quality"], "note")
+        q_cls = _quality_class(r["quality"])
         table.append([escape(r["model"]), f"<b>{escape(r['label'])}</b>", escape(r["encoding"]), mb(r["size"]),
                       bpw(r["bits_per_weight"]), correct, f"<span class=\"{q_cls}\">{escape(r['quality'])}</span>",
                       escape(c_check_short(r["c_check"])), escape(r["worst_tensor"] or "—") if r["worst_rel_err"]

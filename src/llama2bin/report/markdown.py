@@ -19,7 +19,7 @@ from .fmt import (
     shape_rows,
     signed,
 )
-from .records import correct_verdict, quality_verdict
+from .records import correct_verdict, quality_exceeded, quality_verdict
 
 
 def _esc(text: str) -> str:
@@ -47,7 +47,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"classifier {shape['classifier']}, rope_theta {shape['rope_theta']}, {shape['parameters']} parameters",
         f"- quantization: {encoding_name(r)}",
         f"- correct: {'yes (' + checked + ')' if correct else '**NO**: ' + checked}",
-        f"- quality: {quality_verdict(r)}",
+        f"- quality: {quality_verdict(r)}" + "".join(f"; {x}" for x in quality_exceeded(r)),
     ]
     if r["accepted_departures"]:
         lines.append(f"- accepted departures from the format: {', '.join(r['accepted_departures'])}")

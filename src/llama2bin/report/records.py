@@ -23,8 +23,7 @@ _STAT_KEYS = ("max_abs_err", "rmse", "rel_err", "snr_db")
 # perplexity fields come with realistic evaluation tokens (issue 13) and are absent before.
 _FUNCTIONAL_STATS = ("max_abs_logit", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp",
                      "ppl_source", "ppl_file", "delta_ppl", "ppl_ratio")
-_FUNCTIONAL_INFO = ("arithmetic", "eval_seqs", "eval_len", "eval_seed", "positions", "quantized",
-                    "eval_kind", "eval_recipe", "eval_sha256")
+_FUNCTIONAL_INFO = ("arithmetic", "eval", "positions", "predicted", "quantized")
 MB = 1_000_000  # sizes are shown in MB (10^6 bytes), as model files are quoted
 
 
@@ -60,17 +59,30 @@ def _worst_first(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(tensors, key=lambda t: (-(t["rel_err"] or 0.0), -(t["max_abs_err"] or 0.0), t["name"]))
 
 
-def _functional_section(f: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The functional verification of a verify result, rounded like every other statistic."""
+def _functional_section(verify_result: dict[str, Any]) -> dict[str, Any] | None:
+    """The functional check of a verify result and its quality verdict, rounded like every other
+    statistic. (Verify JSON before llama2bin.verify/2 had random tokens only and pass/fail
+    thresholds; it is read into the same shape.)"""
+    f = verify_result.get("functional")
     if not f:
         return None
+    quality = verify_result.get("quality")
+    if "thresholds" in f:  # before llama2bin.verify/2
+        lim = f["thresholds"]
+        f = {**f, "fp32_rtol": lim["fp32_rtol"],
+             "eval": {"recipe": {"kind": "random", "seqs": f["eval_seqs"], "len": f["eval_len"], "seed": f["eval_seed"]},
+                      "seqs": f["eval_seqs"], "positions": f["positions"], "sha256": None}}
+        quality = {"limits": {k: v for k, v in lim.items() if k != "fp32_rtol"}, "gate": True,
+                   "exceeded": [] if f["passed"] else ["limits"], "passed": f["passed"]}
     return {
         **{k: f[k] for k in _FUNCTIONAL_INFO if k in f},
         **{k: round_sig(f[k]) for k in _FUNCTIONAL_STATS if k in f},
         "kld_percentiles": {k: round_sig(v) for k, v in f["kld_percentiles"].items()},
         "kld_hist": f["kld_hist"],
         "kld_hist_edges": [round_sig(e) for e in f["kld_hist_edges"]],
-        "thresholds": {k: round_sig(v) for k, v in f["thresholds"].items()},
+        "fp32_rtol": f["fp32_rtol"],
+        "quality": quality and {"limits": {k: round_sig(v) for k, v in quality["limits"].items()},
+                                "gate": quality["gate"], "exceeded": quality["exceeded"], "passed": quality["passed"]},
         "passed": f["passed"],
     }
 
@@ -157,7 +169,8 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "sha256": verify_result["sha256"],
         "quantized": quantized,
         "weights_fingerprint": _weights_fingerprint(verify_result),
-        "verified": verify_result["passed"],
+        # correct: header, round trip, float32 logits (the C check is added from its own result)
+        "verified": verify_result.get("correct", verify_result["passed"]),
         "failures": verify_result["failures"],
         "group_size": verify_result["group_size"],
         "header": verify_result["header"],  # the file's own header (config.json for an hf directory)
@@ -167,7 +180,7 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "accepted_departures": verify_result["source"]["config"].get("accepted_departures", []),
         "llama2bin": __version__,
         "worst_tensor": tensors[0] if tensors else None,
-        "functional": _functional_section(verify_result.get("functional")),
+        "functional": _functional_section(verify_result),
         "c_check": c_check_section(c_check),
         "plot": plot if quantized else None,
         "tensors": tensors,
@@ -196,7 +209,7 @@ def correct_verdict(r: dict[str, Any]) -> tuple[bool, str]:
     if c and not c["skipped"] and not c["passed"]:
         problems.append("the C consumer disagrees with the Python reference")
     f = r.get("functional")
-    if f and not r["quantized"] and not f["passed"]:
+    if f and not r["quantized"] and not f["passed"] and not problems:
         problems.append("float32 logits differ from the source")
     if problems:
         return False, "; ".join(problems)
@@ -206,13 +219,22 @@ def correct_verdict(r: dict[str, Any]) -> tuple[bool, str]:
 
 
 def quality_verdict(r: dict[str, Any]) -> str:
-    """'exact' (float32), 'within limits', 'above limits' (a warning unless gated), or 'not measured'."""
+    """'exact' (float32), 'within limits', 'above limits' (a warning), 'above limits: gate
+    failed' (the user made the limits a gate), or 'not measured'."""
     f = r.get("functional")
     if not r["quantized"]:
         return "exact"
-    if not f:
+    q = f and f.get("quality")
+    if not q:
         return "not measured"
-    return "within limits" if f["passed"] else "above limits"
+    if not q["exceeded"]:
+        return "within limits"
+    return "above limits: gate failed" if q["gate"] else "above limits (warning)"
+
+
+def quality_exceeded(r: dict[str, Any]) -> list[str]:
+    f = r.get("functional") or {}
+    return list((f.get("quality") or {}).get("exceeded", []))
 
 
 def distinct_quantizations(reports: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

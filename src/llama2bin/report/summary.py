@@ -7,7 +7,17 @@ from typing import Any
 
 from ..atomic import write_atomic
 from .fmt import encoding_short
-from .records import MALFORMED, correct_verdict, distinct_quantizations, dump_json, load_json, malformed, quality_verdict, same_as
+from .records import (
+    MALFORMED,
+    correct_verdict,
+    distinct_quantizations,
+    dump_json,
+    load_json,
+    malformed,
+    quality_exceeded,
+    quality_verdict,
+    same_as,
+)
 
 _SUMMARY_FUNCTIONAL = ("arithmetic", "positions", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp",
                        "ppl_source", "ppl_file", "delta_ppl", "ppl_ratio", "passed")
@@ -34,6 +44,7 @@ def summary_row(r: dict[str, Any]) -> dict[str, Any]:
         "encoding": encoding_short(r["quantized"], r["group_size"]), "group_size": r["group_size"],
         "quantized": r["quantized"],
         "sha256": r["sha256"], "verified": r["verified"], "correct": correct, "quality": quality_verdict(r),
+        "quality_exceeded": quality_exceeded(r),
         "worst_tensor": w.get("name"), "worst_rel_err": w.get("rel_err"), "worst_max_abs_err": w.get("max_abs_err"),
         "functional": None if not f else {
             **{k: f[k] for k in _SUMMARY_FUNCTIONAL if k in f}, "kld_p99": f["kld_percentiles"]["p99"]},
