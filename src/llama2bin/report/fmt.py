@@ -100,11 +100,11 @@ def _recipe(recipe: dict[str, Any]) -> str:
 def eval_description(f: dict[str, Any]) -> str:
     """What the logits were compared on, as recorded: recipe, positions, the tokens' sha256."""
     ev = f["eval"]
-    text = f"{f['positions']} positions ({_recipe(ev['recipe'])}"
+    text = f"{f['positions']} positions: {_recipe(ev['recipe'])}"
     if ev.get("sha256"):
         text += f"; tokens sha256 {ev['sha256'][:16]}…"
     arith = {"f32": "float32 activations", "q8": "Q8_0 activations as runq.c"}.get(f["arithmetic"], f["arithmetic"])
-    return f"{text}), {arith}"
+    return f"{text}; {arith}"
 
 
 def functional_rows(f: dict[str, Any]) -> list[tuple[str, str, str]]:
