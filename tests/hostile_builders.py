@@ -16,8 +16,11 @@ import io
 import json
 import os
 import pickle
+import shutil
 import struct
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -116,5 +119,90 @@ def write_safetensors(path: str, header_text: str, data: bytes) -> None:
         f.write(struct.pack("<Q", len(raw)) + raw + data)
 
 
-__all__ = ["FakeTensor", "StorageRef", "meta_params", "read_safetensors_header", "state_of", "tiny_a_weights",
+# ---- whole fixtures, damaged by the cases -----------------------------------------------------
+
+
+@dataclass
+class Base:
+    """What the cases are made from, built once per module."""
+
+    arrays: dict[str, np.ndarray]
+    model_args: dict[str, Any]
+    sp_model: bytes
+
+
+def llama2c_pt(b: Base, path: str, mutate: Callable[[dict, dict, dict], None] | None = None, **zip_options) -> str:
+    """tiny_a as a llama2.c checkpoint; `mutate(state, model_args, storages)` damages it first."""
+    state, storages = state_of(b.arrays)
+    args = dict(b.model_args)
+    if mutate:
+        mutate(state, args, storages)
+    return write_torch_zip(path, {"model": state, "model_args": args, "iter_num": 0}, storages, **zip_options)
+
+
+def meta_dir(b: Base, d: str) -> str:
+    """tiny_a as a one-shard Meta directory (the same names; output stored separately)."""
+    path = os.path.join(d, "meta")
+    os.makedirs(path)
+    state, storages = state_of(b.arrays)
+    write_torch_zip(os.path.join(path, "consolidated.00.pth"), state, storages)
+    with open(os.path.join(path, "params.json"), "w") as f:
+        json.dump(meta_params(b.model_args), f)
+    return path
+
+
+def hf_dir(d: str) -> str:
+    path = os.path.join(d, "hf")
+    shutil.copytree(os.path.join(DATA, "tiny_hf_untied"), path)
+    return path
+
+
+def hf_config_text(d: str, edit: Callable[[str], str]) -> str:
+    """The HF fixture with config.json's text replaced by edit(text)."""
+    path = hf_dir(d)
+    config = os.path.join(path, "config.json")
+    with open(config) as f:
+        text = f.read()
+    with open(config, "w") as f:
+        f.write(edit(text))
+    return path
+
+
+def hf_config(d: str, **changes: Any) -> str:
+    def edit(text: str) -> str:
+        return json.dumps(json.loads(text) | changes)
+
+    return hf_config_text(d, edit)
+
+
+def hf_header(d: str, edit: Callable[[dict], str]) -> str:
+    """The HF fixture with its safetensors header rewritten: edit(header dict) -> JSON text."""
+    path = hf_dir(d)
+    st = os.path.join(path, "model.safetensors")
+    header, data = read_safetensors_header(st)
+    write_safetensors(st, edit(header), data)
+    return path
+
+
+def replace_with(path: str, kind: str) -> str:
+    """Replace file `path` by a FIFO or a symlink to /dev/zero."""
+    if os.path.lexists(path):
+        os.remove(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    return path
+
+
+def export(flag: str, src: str, d: str) -> list[str]:
+    return ["export", flag, src, os.path.join(d, "out.bin"), "--version", "0"]
+
+
+def tokenizer(model: str, d: str) -> list[str]:
+    return ["tokenizer", model, os.path.join(d, "tokenizer.bin")]
+
+
+__all__ = ["Base", "FakeTensor", "StorageRef", "export", "hf_config", "hf_config_text", "hf_dir", "hf_header", "llama2c_pt",
+           "meta_dir", "meta_params", "read_safetensors_header", "replace_with", "state_of", "tiny_a_weights", "tokenizer",
            "write_safetensors", "write_torch_zip"]

@@ -31,6 +31,7 @@ from .formats.rope import rope_tables
 from .parallel import ForkedCall, ForkPool, default_workers
 from .progress import Progress
 from .reader import BinFile, BinTensor
+from .safe_io import open_regular
 from .sources.base import Source, TensorRef, row_chunks
 
 # |q*s - w| <= s/2 holds exactly in real arithmetic; float32 rounding of w/s and of q*s adds
@@ -109,7 +110,8 @@ def sha256_file(path: str) -> str:
     # straight from a multi-MiB buffer runs at ~60% of that speed).
     buf = bytearray(1 << 20)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    # Regular files only: a FIFO in place of an exported file would block the read forever.
+    with os.fdopen(open_regular(path, "file to verify"), "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()

@@ -99,7 +99,7 @@ def _check_config(cfg: dict[str, Any], path: str, allow_rope_theta: bool) -> tup
     if archs is not None and (not isinstance(archs, list) or _ARCHITECTURES[model_type] not in archs):
         raise Llama2binError(f"{path}: architectures {archs!r} does not include {_ARCHITECTURES[model_type]}")
     for flag in ("attention_bias", "mlp_bias"):
-        if cfg.get(flag):
+        if cfg.get(flag) is not None and bool_field(path, flag, cfg[flag]):
             raise Llama2binError(f"{path}: {flag} = {cfg[flag]!r}: the .bin formats have no biases")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":

@@ -32,6 +32,30 @@ from .base import DTYPE_ITEMSIZE, FilePool, RawTensor
 # llama2.c checkpoint with optimizer state a few hundred KB. 16 MiB is far above any real one
 # and bounds the objects a hostile pickle can make us build (~8 bytes per opcode byte at worst).
 MAX_PICKLE_BYTES = 16 << 20
+# zipfile reads the whole central directory and builds a ZipInfo (~0.5 KB) per entry. torch.save
+# writes ~100 bytes of it per storage (~70 KB for a 70B model); 16 MiB bounds the entries built.
+MAX_CENTRAL_DIRECTORY_BYTES = 16 << 20
+_EOCD_SIG, _ZIP64_LOCATOR_SIG, _ZIP64_EOCD_SIG = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+
+
+def central_directory_size(fd: int) -> int:
+    """The central directory size a zip's end records declare (the larger of the classic and the
+    zip64 record, as zipfile prefers zip64 whenever its locator is present); 0 if there is no
+    end record, which zipfile then reports as "not a zip"."""
+    size = os.fstat(fd).st_size
+    tail_len = min(size, 22 + 0xFFFF)  # the end record, then at most a 64 KiB comment
+    tail = os.pread(fd, tail_len, size - tail_len)
+    at = tail.rfind(_EOCD_SIG)
+    if at < 0 or at + 22 > len(tail):
+        return 0
+    declared = struct.unpack_from("<I", tail, at + 12)[0]
+    locator = tail[at - 20 : at] if at >= 20 else b""
+    if locator[:4] == _ZIP64_LOCATOR_SIG:
+        record_at = struct.unpack_from("<Q", locator, 8)[0]
+        record = os.pread(fd, 56, record_at) if record_at < size else b""
+        if len(record) == 56 and record[:4] == _ZIP64_EOCD_SIG:
+            declared = max(declared, struct.unpack_from("<Q", record, 40)[0])
+    return declared
 
 _STORAGE_DTYPES = {
     "FloatStorage": "F32",
@@ -162,7 +186,13 @@ class TorchZip:
         self.pool = pool
         # A FIFO or a device (e.g. a symlink to /dev/zero) is refused here, before zipfile reads.
         fd = open_regular(path, "PyTorch checkpoint (.pt/.pth)")
-        with os.fdopen(fd, "rb") as f:  # ZipFile does not close a file object it was given
+        with os.fdopen(fd, "rb") as f:
+            directory = central_directory_size(fd)
+            if directory > MAX_CENTRAL_DIRECTORY_BYTES:
+                raise Llama2binError(
+                    f"{path}: zip central directory of {directory} bytes is too large for a checkpoint "
+                    f"(limit {MAX_CENTRAL_DIRECTORY_BYTES})"
+                )  # ZipFile does not close a file object it was given
             data = self._read_pickle(f)
         try:
             self.obj = _WeightsOnlyUnpickler(io.BytesIO(data)).load()
