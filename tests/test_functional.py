@@ -374,4 +374,4 @@ def test_reports_embed_the_figure_and_the_functional_table(models, tmp_path):
                       "--md", str(tmp_path / "s.md"), "--json", str(tmp_path / "s.json"))
     assert summary.returncode == 0
     text = (tmp_path / "s.md").read_text()
-    assert "## Functional verification" in text and text.count("| m | ") == 6
+    assert "## Logits against the source" in text and text.count("| m | ") == 4  # 3 outputs, 1 distinct quantization

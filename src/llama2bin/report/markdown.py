@@ -28,7 +28,7 @@ def _esc(text: str) -> str:
 
 def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
     """A Markdown table; `align` has one character per column: 'l' or 'r'."""
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    lines = ["| " + " | ".join(_esc(h) for h in header) + " |", "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
     return lines + ["| " + " | ".join(_esc(c) for c in row) + " |" for row in rows]
 
 
@@ -78,8 +78,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_summary_markdown(rows: list[dict[str, Any]], figure: str | None) -> str:
-    """Every model x output: size, verdicts, and the functional statistics."""
+def render_summary_markdown(rows: list[dict[str, Any]], quantizations: list[dict[str, Any]], figure: str | None) -> str:
+    """Every model x output with its size and verdicts; the logit statistics of every distinct
+    quantization (`quantizations` as summary.py builds them: model, label 'v1 = v2', functional)."""
     lines = ["# Summary", ""]
     if figure:
         lines += [f"![bits per weight against quality]({figure})", ""]
@@ -89,23 +90,28 @@ def render_summary_markdown(rows: list[dict[str, Any]], figure: str | None) -> s
     for r in rows:
         table.append([r["model"], r["label"], r["encoding"], mb(r["size"]), bpw(r["bits_per_weight"]),
                       f"`{r['sha256'][:16]}…`", "yes" if r["correct"] else "**NO**", r["quality"],
-                      f"`{r['worst_tensor']}`" if r["worst_rel_err"] else "—", num(r["worst_rel_err"])])
+                      c_check_short(r["c_check"]), f"`{r['worst_tensor']}`" if r["worst_rel_err"] else "—",
+                      num(r["worst_rel_err"])])
     lines += _table(["model", "output", "encoding", "size (MB)", "bits/weight", "sha256", "correct", "quality",
-                     "worst tensor", "relative error"], "lllrrllllr", table)
-    lines += ["", "## Functional verification", "",
-              "Logits of each file against the source's on the evaluation tokens (same numpy forward pass): "
-              "perplexity when measured, KL divergence of the source's distribution to the file's per position, "
-              "same top token, RMS Δp. C check: llama2bin's C consumer memory-maps the file as llama2.c does and "
-              "must reproduce the Python logits.", ""]
+                     "C check", "worst tensor", "relative error"], "lllrrlllllr", table)
+    exact = [f"{r['model']} {r['label']}" for r in rows if not r["quantized"]]
+    lines += ["", "## Logits against the source", "",
+              "Each distinct quantization (outputs holding identical weights share a row) against the source on the "
+              "model's evaluation tokens, same numpy forward pass: perplexity, KL divergence of the source's "
+              "next-token distribution to the file's per position, same top token, RMS Δp of the next token."
+              + (f" Float32 outputs ({', '.join(exact)}) are exact." if exact else ""), ""]
     table = []
-    for r in rows:
-        f = r["functional"]
+    for q in quantizations:
+        f = q["functional"]
         if not f:
-            table.append([r["model"], r["label"], "not run", *["—"] * 8, c_check_short(r["c_check"])])
+            table.append([q["model"], q["label"], "not measured", *["—"] * 10])
             continue
-        table.append([r["model"], r["label"], f["arithmetic"], str(f["positions"]), signed(f.get("delta_ppl")),
-                      num(f["max_abs_dlogit"]), num(f["kld_mean"]), num(f["kld_p99"]), num(f["kld_max"]),
-                      pct(f["same_top"]), num(f["rms_dp"]), c_check_short(r["c_check"])])
-    lines += _table(["model", "output", "arithmetic", "positions", "ΔPPL", "max |Δlogit|", "mean KLD", "KLD p99",
-                     "KLD max", "same top", "RMS Δp", "C check"], "llrrrrrrrrrl", table)
+        ratio = f.get("ppl_ratio")
+        table.append([q["model"], q["label"], f["arithmetic"], str(f["positions"]),
+                      "—" if f.get("ppl_source") is None else f"{f['ppl_source']:.5g}", signed(f.get("delta_ppl")),
+                      "—" if ratio is None else f"{ratio:.5f}", num(f["kld_mean"]),
+                      num(f["kld_percentiles"].get("p99")), num(f["kld_max"]), pct(f["same_top"]),
+                      num(f.get("rms_dp")), num(f["max_abs_dlogit"])])
+    lines += _table(["model", "outputs", "arithmetic", "positions", "PPL source", "ΔPPL", "PPL ratio", "mean KLD",
+                     "KLD p99", "KLD max", "same top", "RMS Δp", "max |Δlogit|"], "lllrrrrrrrrrr", table)
     return "\n".join(lines) + "\n"

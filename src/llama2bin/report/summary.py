@@ -106,7 +106,7 @@ def _render(reports: list[dict[str, Any]], out_md: str, out_json: str, out_html:
         png = render_tradeoff_png(points) if points else None
         outputs.append((out_png, png if png is not None else render_notice_png("no quantized output: nothing to compare")))
     figure = os.path.basename(out_png) if png is not None and out_png else None
-    outputs.append((out_md, render_summary_markdown(rows, figure)))
+    outputs.append((out_md, render_summary_markdown(rows, quantizations, figure)))
     if out_html:
         models = [_model_row(rs[0], rs) for rs in by_model.values()]
         outputs.append((out_html, render_summary_html(rows, models, quantizations, png, quality_axis)))
