@@ -28,7 +28,8 @@ def _esc(text: str) -> str:
 
 def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
     """A Markdown table; `align` has one character per column: 'l' or 'r'."""
-    lines = ["| " + " | ".join(_esc(h) for h in header) + " |", "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    lines = ["| " + " | ".join(_esc(h) for h in header) + " |",
+             "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
     return lines + ["| " + " | ".join(_esc(c) for c in row) + " |" for row in rows]
 
 
