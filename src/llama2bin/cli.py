@@ -12,10 +12,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from . import cli_types
 from .atomic import write_atomic
+from .cli_errors import run_reporting_errors
 from .errors import Llama2binError
 from .formats import DIRECTORY, FORMATS
+from .outputs_guard import Output, check_outputs, fetch_outputs
 
 VERSION_HELP = "\n".join(
     f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
@@ -30,12 +34,18 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--checkpoint", metavar="CKPT.pt", help="llama2.c training checkpoint")
     g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
     g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
-    p.add_argument("--max-seq-len", type=int, help="override max_seq_len (C readers size their KV cache by it)")
+    p.add_argument("--max-seq-len", type=cli_types.max_seq_len, help="override max_seq_len (C readers size their KV cache by it)")
     p.add_argument(
         "--allow-rope-theta",
         action="store_true",
         help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000); recorded as an accepted departure",
     )
+
+
+def _source_path(args: argparse.Namespace) -> list[str]:
+    """The source checkpoint or directory, as a list of inputs for check_outputs."""
+    path = args.checkpoint or args.meta_llama or args.hf
+    return [path] if path else []
 
 
 def _open_source(args: argparse.Namespace):
@@ -70,6 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if v not in FORMATS:
             raise Llama2binError(f"unknown version {v!r} (known: {', '.join(FORMATS)})")
     pairs = list(zip(args.version, args.outputs, strict=True))
+    check_outputs(_source_path(args), [Output(out, FORMATS[v].kind == DIRECTORY, f"--version {v} writes a directory")
+                                       for v, out in pairs])
     dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
     bin_targets = [(v, out) for v, out in pairs if FORMATS[v].kind != DIRECTORY]
     for _, out in dir_targets:  # refuse a bad directory target before writing any .bin
@@ -96,6 +108,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    if not args.no_functional and args.eval_seqs * args.eval_len > cli_types.MAX_EVAL_TOKENS:
+        raise Llama2binError(f"--eval-seqs {args.eval_seqs} x --eval-len {args.eval_len} tokens is more than "
+                             f"{cli_types.MAX_EVAL_TOKENS}; evaluate fewer or shorter sequences")
+    check_outputs(_source_path(args) + args.files, args.json or [])
     ok = True
     with _open_source(args) as source:
         reference = None if args.no_functional else _functional_reference(args, source)
@@ -146,20 +162,22 @@ def _add_functional_args(p: argparse.ArgumentParser) -> None:
     ev, lim = EvalSet(), Thresholds()
     g = p.add_argument_group("functional verification (logits of the file vs the source on a seeded evaluation set)")
     g.add_argument("--no-functional", action="store_true", help="compare tensors only, skip the forward passes")
-    g.add_argument("--eval-seqs", type=int, default=ev.seqs, metavar="N", help=f"random token sequences ({ev.seqs})")
-    g.add_argument("--eval-len", type=int, default=ev.length, metavar="T",
+    g.add_argument("--eval-seqs", type=cli_types.eval_seqs, default=ev.seqs, metavar="N",
+                   help=f"random token sequences ({ev.seqs})")
+    g.add_argument("--eval-len", type=cli_types.eval_len, default=ev.length, metavar="T",
                    help=f"tokens per sequence, at most max_seq_len ({ev.length})")
-    g.add_argument("--eval-seed", type=int, default=ev.seed, metavar="S", help=f"seed of the token draw ({ev.seed})")
+    g.add_argument("--eval-seed", type=cli_types.eval_seed, default=ev.seed, metavar="S",
+                   help=f"seed of the token draw ({ev.seed})")
     g.add_argument("--activations", choices=("f32", "q8"), default="f32",
                    help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
                    "Q8_0-quantized activations (q8)")
-    g.add_argument("--kld-max", type=float, default=lim.kld_mean_max, metavar="X",
+    g.add_argument("--kld-max", type=cli_types.non_negative, default=lim.kld_mean_max, metavar="X",
                    help=f"quantized files fail above this mean KL divergence ({lim.kld_mean_max:g})")
-    g.add_argument("--kld-p99-max", type=float, default=lim.kld_p99_max, metavar="X",
+    g.add_argument("--kld-p99-max", type=cli_types.non_negative, default=lim.kld_p99_max, metavar="X",
                    help=f"... or above this 99th-percentile KL divergence ({lim.kld_p99_max:g})")
-    g.add_argument("--same-top-min", type=float, default=lim.same_top_min, metavar="X",
+    g.add_argument("--same-top-min", type=cli_types.fraction, default=lim.same_top_min, metavar="X",
                    help=f"... or below this same-top-token rate ({lim.same_top_min:g})")
-    g.add_argument("--fp32-rtol", type=float, default=lim.fp32_rtol, metavar="X",
+    g.add_argument("--fp32-rtol", type=cli_types.non_negative, default=lim.fp32_rtol, metavar="X",
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
 
 
@@ -171,6 +189,7 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    check_outputs(args.files, args.json or [])
     compiler = find_compiler(args.cc)
     if compiler is None:
         if args.require_cc:
@@ -244,14 +263,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo_checkpoint
 
+    check_outputs([], [args.output])
     write_demo_checkpoint(args.preset, args.output)
     print(f"wrote {args.output} (demo preset {args.preset})")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_reports
+    from .report import report_outputs, write_reports
 
+    outputs = report_outputs(args.model, args.verify_json, args.out_dir, plots=not args.no_plots)
+    check_outputs(args.verify_json + args.c_check + ([args.source_record] if args.source_record else []), outputs)
     for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check,
                               plots=not args.no_plots, source_record_path=args.source_record):
         print(f"wrote {path}")
@@ -261,10 +283,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .report import write_summary
 
+    outputs = [p for p in (args.md, args.json, args.html, args.figure) if p]
+    check_outputs(args.reports, outputs)
     write_summary(args.reports, args.md, args.json, out_html=args.html, out_png=args.figure)
-    for path in (args.md, args.json, args.html, args.figure):
-        if path:
-            print(f"wrote {path}")
+    for path in outputs:
+        print(f"wrote {path}")
     return 0
 
 
@@ -274,6 +297,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer import write_tokenizer_bin
 
+    check_outputs([args.model, *_source_path(args)], [args.output])
     vocab_size = args.vocab_size
     if args.checkpoint or args.meta_llama or args.hf:  # check against the model it will run with
         with _open_source(args) as source:
@@ -333,6 +357,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.retries < 0 or args.retry_delay < 0 or args.timeout <= 0:
         raise Llama2binError("--retries and --retry-delay must be >= 0, --timeout > 0")
     retry = RetryPolicy(retries=args.retries, base_delay=args.retry_delay, timeout=args.timeout)
+    check_outputs(*fetch_outputs(args.model, spec, args.dest, args.path, args.hf_cache))
     result = fetch(args.model, spec, args.dest, retry=retry, quiet=args.quiet, hf_cache_dir=args.hf_cache)
     n = len(result.record["files"])
     state = "already present" if result.reused else "ok"
@@ -344,8 +369,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 # ---- entry point --------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its refusals in the one error format of every other failure (exit 2 kept)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("llama2bin").strip()
+        self.exit(2, f"llama2bin: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser = _Parser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -359,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--version", nargs="+", default=["0"], metavar="V",
                    help=f"format version(s): {', '.join(FORMATS)} (default 0; see below)")
-    p.add_argument("--group-size", type=int, default=64, help="Q8_0 group size, halved until it divides dim (64)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--group-size", type=cli_types.group_size, default=64,
+                   help="Q8_0 group size, halved until it divides dim (64)")
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
@@ -369,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="OUT.bin")
     _add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_functional_args(p)
@@ -383,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a compiler the check is skipped with a notice (exit 0) unless --require-cc.",
     )
     p.add_argument("files", nargs="+", metavar="OUT.bin")
-    p.add_argument("--tokens", type=int, nargs="+", metavar="ID",
+    p.add_argument("--tokens", type=cli_types.token_id, nargs="+", metavar="ID",
                    help="token ids (default: the first sequence of the default functional evaluation set)")
     p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
                    help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
@@ -400,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin")
     p.add_argument("model", metavar="TOKENIZER.model")
     p.add_argument("output", metavar="OUT.bin")
-    p.add_argument("--vocab-size", type=int, help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
+    p.add_argument("--vocab-size", type=cli_types.vocab_size,
+                   help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
     _add_source_args(p, required=False)
     p.set_defaults(func=cmd_tokenizer)
 
@@ -445,18 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread (main() embedded in another program)
         pass
-    try:
-        return args.func(args)
-    except Llama2binError as e:
-        print(f"llama2bin: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"llama2bin: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("llama2bin: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(args.func, args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,17 @@ from .records import (
 )
 from .summary import write_summary
 
-__all__ = ["build_report", "write_reports", "write_summary"]
+__all__ = ["build_report", "report_outputs", "write_reports", "write_summary"]
+
+
+def _stem(verify_path: str) -> str:
+    return os.path.basename(verify_path).removesuffix(".verify.json").removesuffix(".json")
+
+
+def report_outputs(model: str, verify_paths: list[str], out_dir: str, plots: bool = True) -> list[str]:
+    """The files write_reports writes, known before reading anything (for the output guard)."""
+    per_output = [os.path.join(out_dir, f"{_stem(p)}.{ext}") for p in verify_paths for ext in ("json", "md")]
+    return per_output + [os.path.join(out_dir, f"{model}.{ext}") for ext in (("png", "html") if plots else ("html",))]
 
 
 def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_paths: list[str] | None = None,
@@ -36,7 +46,7 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
     from. With `plots` also {model}.png (one row per distinct quantization); always {model}.html,
     the page of the model (figure embedded)."""
     c_checks = {os.path.basename(p).removesuffix(".ccheck.json"): p for p in c_check_paths or []}
-    stems = [os.path.basename(p).removesuffix(".verify.json").removesuffix(".json") for p in verify_paths]
+    stems = [_stem(p) for p in verify_paths]
     for stem in sorted(set(c_checks) - set(stems)):
         raise Llama2binError(f"{c_checks[stem]}: no {stem}.verify.json among the verification results")
     results = [load_json(p) for p in verify_paths]
@@ -48,15 +58,15 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
         try:
             c_check_section(c_check)
         except MALFORMED as e:
-            raise malformed(c_checks[stem], "C check result", e) from None
+            raise malformed(c_checks[stem], e) from None
         try:
             reports.append(build_report(model, result, c_check, plot=figure, source=fetched))
         except MALFORMED as e:
-            raise malformed(path, "verification result", e) from None
+            raise malformed(path, e) from None
     try:
         return _write(model, out_dir, stems, results, reports, plots)
     except MALFORMED as e:  # a field the renderers need, wrong in one of the results
-        raise malformed(", ".join(verify_paths), "verification result", e) from None
+        raise malformed(", ".join(verify_paths), e) from None
 
 
 def _write(model: str, out_dir: str, stems: list[str], results: list[dict[str, Any]], reports: list[dict[str, Any]],

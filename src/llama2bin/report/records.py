@@ -37,7 +37,7 @@ def load_json(path: str, what: str = "verification result") -> dict[str, Any]:
 
     value = strict_load(path, what)
     if not isinstance(value, dict):
-        raise Llama2binError(f"{path}: not a {what}: a JSON object expected")
+        raise Llama2binError(f"{path}: expected a JSON object, got a {type(value).__name__}")
     return value
 
 
@@ -45,10 +45,11 @@ def load_json(path: str, what: str = "verification result") -> dict[str, Any]:
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
-def malformed(path: str, what: str, e: Exception) -> Llama2binError:
+def malformed(path: str, e: Exception) -> Llama2binError:
     """One line naming the file and the field that is missing or of the wrong type."""
-    detail = f"missing field {e}" if isinstance(e, KeyError) else str(e) or type(e).__name__
-    return Llama2binError(f"{path}: not a llama2bin {what}: {detail}")
+    if isinstance(e, KeyError):
+        return Llama2binError(f"{path}: not a llama2bin result: missing field {e.args[0]!r}")
+    return Llama2binError(f"{path}: not a llama2bin result: a field has the wrong type ({type(e).__name__}: {e})")
 
 
 def dump_json(obj: object) -> str:

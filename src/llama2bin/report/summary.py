@@ -71,12 +71,12 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str, out_html:
         try:
             summary_row(r)
         except MALFORMED as e:
-            raise malformed(path, "report", e) from None
+            raise malformed(path, e) from None
         reports.append(r)
     try:
         outputs = _render(sorted(reports, key=_version_key), out_md, out_json, out_html, out_png)
     except MALFORMED as e:
-        raise malformed(", ".join(report_paths), "report", e) from None
+        raise malformed(", ".join(report_paths), e) from None
     for path, data in outputs:
         write_atomic(path, data)
 
