@@ -11,8 +11,11 @@ import io
 import json
 import os
 import random
+import resource
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 from helpers import DATA
@@ -289,14 +292,31 @@ def test_export_numbers_out_of_range(ws, tmp_path, flags, needle):
                       outputs=[out], needle=needle))
 
 
-def test_unexpected_exception_is_one_line(ws, tmp_path):
-    """A malformed value no reader validates yet (here JSON nested 100,000 deep as config.json)
-    still ends in one error line, never a traceback."""
-    hf = shutil.copytree(ws["hf"], tmp_path / "deep")
-    (hf / "config.json").write_text("[" * 100_000 + "]" * 100_000)
-    out = str(tmp_path / "o.bin")
-    run_hostile(HostileCase("config.json nested 100,000 deep", ["export", out, "--hf", str(hf)], inputs=[str(hf)],
-                            outputs=[out]))
+# Stands for a bug or an unvalidated value deep inside a command; `memory` is a real MemoryError
+# under the address-space cap.
+DRIVER = """
+import sys
+import llama2bin.cli as cli
+def recurse(n):
+    return recurse(n + 1) + 1
+FAULTS = {"recursion": lambda: recurse(0), "memory": lambda: bytearray(1 << 40), "key": lambda: {}["missing"]}
+cli.cmd_demo = lambda args: FAULTS[args.output]()
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("fault, kind", [("recursion", "RecursionError"), ("memory", "MemoryError"), ("key", "KeyError")])
+def test_unforeseen_exception_is_one_line_in_a_real_process(fault, kind, tmp_path):
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run([sys.executable, "-c", DRIVER, "demo", fault, "--preset", "mha"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path, preexec_fn=cap)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"llama2bin: error: internal error: {kind}"), proc.stderr
+    assert lines[0].endswith("(please report)") and os.listdir(tmp_path) == []
 
 
 def test_last_resort_handler_names_the_type(monkeypatch, capsys):

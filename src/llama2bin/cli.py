@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from . import cli_types
 from .atomic import write_atomic
-from .cli_errors import run_reporting_errors
+from .cli_errors import ErrorLineParser, run_reporting_errors
 from .errors import Llama2binError
-from .formats import DIRECTORY, FORMATS
+from .formats import DIRECTORY, FORMATS, output_format
 from .outputs_guard import Output, check_outputs, fetch_outputs
 
 VERSION_HELP = "\n".join(
@@ -43,9 +41,10 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _source_path(args: argparse.Namespace) -> list[str]:
-    """The source checkpoint or directory, as a list of inputs for check_outputs."""
-    path = args.checkpoint or args.meta_llama or args.hf
-    return [path] if path else []
+    """The source checkpoint or directory, as a list of inputs for check_outputs. Every source flag
+    counts, including ones added later (`--bin`): an unguarded source could be overwritten."""
+    flags = ("checkpoint", "meta_llama", "hf", "bin")
+    return [path for path in (getattr(args, flag, None) for flag in flags) if path]
 
 
 def _open_source(args: argparse.Namespace):
@@ -108,15 +107,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
-    if not args.no_functional and args.eval_seqs * args.eval_len > cli_types.MAX_EVAL_TOKENS:
-        raise Llama2binError(f"--eval-seqs {args.eval_seqs} x --eval-len {args.eval_len} tokens is more than "
-                             f"{cli_types.MAX_EVAL_TOKENS}; evaluate fewer or shorter sequences")
+    if not args.no_functional:
+        cli_types.check_eval_tokens(args.eval_seqs, args.eval_len)
     check_outputs(_source_path(args) + args.files, args.json or [])
     ok = True
     with _open_source(args) as source:
         reference = None if args.no_functional else _functional_reference(args, source)
         for i, path in enumerate(args.files):
-            if os.path.isdir(path):  # a directory format (hf)
+            if output_format(path).kind == DIRECTORY:  # hf
                 from .verify_hf import verify_hf_dir
 
                 result = verify_hf_dir(path, source, quiet=args.quiet)
@@ -221,39 +219,23 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import BinFile
+    from .describe import describe_output
 
-    with BinFile(args.file) as bf:
-        info = {
-            "file": args.file,
-            "format": bf.format,
-            "format_description": bf.description,
-            "header": bf.header_json(),
-            "size": bf.size,
-            "expected_size": bf.layout.size,
-            "size_matches": bf.size == bf.layout.size,
-            "tensors": [
-                {
-                    "name": t.name,
-                    "shape": list(t.shape),
-                    "dtype": t.dtype,
-                    "offset": t.offset,
-                    "nbytes": t.values.nbytes,
-                    **({"scales_offset": t.scales_offset} if t.scales is not None else {}),
-                }
-                for t in bf.tensors.values()
-            ],
-        }
+    info = describe_output(args.file)
     if args.json:
         sys.stdout.write(_dump_json(info))
         return 0
     h = info["header"]
-    print(f"{args.file}: version {bf.format}: {bf.description}")
-    print(f"  {bf.size} bytes (header implies {bf.layout.size}: {'matches' if info['size_matches'] else 'MISMATCH'})")
+    print(f"{args.file}: version {info['format']}: {info['format_description']}")
+    if info["expected_size"] is not None:
+        print(f"  {info['size']} bytes (header implies {info['expected_size']}: "
+              f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    else:
+        print(f"  {info['size']} bytes in its files")
     print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
     print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
-        print(f"  {t['offset']:>12}  {t['nbytes']:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+        print(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
     return 0
 
 
@@ -369,17 +351,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 # ---- entry point --------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its refusals in the one error format of every other failure (exit 2 kept)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        command = self.prog.removeprefix("llama2bin").strip()
-        self.exit(2, f"llama2bin: error: {command + ': ' if command else ''}{message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -427,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
     p.set_defaults(func=cmd_c_check)
 
-    p = sub.add_parser("inspect", help="show a .bin file's header and tensor table")
-    p.add_argument("file", metavar="OUT.bin")
+    p = sub.add_parser("inspect", help="show an output's format, header and tensor table (.bin file or hf directory)")
+    p.add_argument("file", metavar="OUT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 

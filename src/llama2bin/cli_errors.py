@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import Llama2binError
 
@@ -32,6 +33,15 @@ def _error(text: str) -> int:
     return EXIT_FAILURE
 
 
+class ErrorLineParser(argparse.ArgumentParser):
+    """argparse, with its refusals in the one error format of every other failure (exit 2 kept)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("llama2bin").strip()  # subparsers are "llama2bin verify", ...
+        self.exit(2, f"llama2bin: error: {command + ': ' if command else ''}{message}\n")
+
+
 def run_reporting_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one subcommand; turn every exception into one error line and an exit status."""
     try:
@@ -50,4 +60,4 @@ def run_reporting_errors(command: Callable[[argparse.Namespace], int], args: arg
         return _error(f"internal error: {type(e).__name__}: {_one_line(e)} (please report)")
 
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "run_reporting_errors"]
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "ErrorLineParser", "run_reporting_errors"]
