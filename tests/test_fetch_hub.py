@@ -314,3 +314,43 @@ def test_config_examples_name_valid_sources():
         for model, entry in config["models"].items():
             examples[model] = (FetchSpec.from_config(model, entry), entry["source"], config["versions"])
     assert examples["stories15M"][0].hub_file() is not None  # through huggingface_hub
+
+
+def test_cache_on_another_file_system_is_copied(hf_cache, tmp_path, monkeypatch, capsys):
+    """os.link fails across file systems (EXDEV): the files are copied instead, still whole
+    before they get their names, and the run says so."""
+    import errno
+
+    def no_link(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    url = f"https://huggingface.co/Org/Tiny/resolve/{SNAP_COMMIT}/model.safetensors"
+    fetch("tiny", FetchSpec("url", url=url, sha256=PAYLOAD_SHA), str(tmp_path / "u"))
+    fetch("tiny", FetchSpec("repo", repo="Org/Tiny", revision=SNAP_COMMIT, files=("*.json",)), str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert (tmp_path / "u" / "model.safetensors").read_bytes() == PAYLOAD
+    assert not os.path.samefile(tmp_path / "u" / "model.safetensors", hf_cache / "blobs" / PAYLOAD_SHA)
+    assert (tmp_path / "r" / "snapshot" / "config.json").read_bytes() == HF_FILES["config.json"]
+    assert "copied 1 file(s)" in err and "copied 2 file(s)" in err
+    assert sorted(os.listdir(tmp_path / "u")) == ["SOURCE.json", "model.safetensors"]
+
+
+@pytest.mark.slow  # transformers is imported by the checkpoint builders
+def test_meta_layout_snapshot_converts_like_the_local_directory(hf_cache, tmp_path):
+    """A repo holding Meta's layout (params.json + consolidated.NN.pth, as meta-llama/Llama-2-7b
+    does): the fetched snapshot exports byte for byte what the same files on disk export."""
+    from llama_checkpoints import Spec, save_meta
+
+    local = save_meta(Spec(), str(tmp_path / "meta"), 2)
+    files = {name: open(os.path.join(local, name), "rb").read() for name in sorted(os.listdir(local))}
+    make_hf_cache(hf_cache.parent, "Org/Meta", SNAP_COMMIT, {**files, "README.md": b"card"},
+                  lfs={n for n in files if n.endswith(".pth")})
+    assert main(["fetch", "--model", "meta", "--dest", str(tmp_path / "m"), "--repo", "Org/Meta", "--revision",
+                 SNAP_COMMIT, "--files", "params.json", "consolidated.*.pth", "--quiet"]) == 0
+    snapshot = tmp_path / "m" / "snapshot"
+    assert sorted(os.listdir(snapshot)) == sorted(files)
+    for name, source in (("from-snapshot", str(snapshot)), ("from-disk", local)):
+        assert main(["export", str(tmp_path / f"{name}.v0.bin"), "--meta-llama", source, "--max-seq-len", "16",
+                     "--version", "0"]) == 0
+    assert (tmp_path / "from-snapshot.v0.bin").read_bytes() == (tmp_path / "from-disk.v0.bin").read_bytes()

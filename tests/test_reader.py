@@ -184,3 +184,15 @@ def test_verify_accepts_1f_against_its_source(tmp_path):
     result = json.loads(out.read_text())
     assert result["format"] == "1f" and result["version"] == "1f" and result["group_size"] is None
     assert all(t["max_abs_err"] == 0.0 for t in result["tensors"])
+
+
+def test_inspect_describes_an_hf_directory_through_the_registry():
+    proc = run_cli("inspect", os.path.join(DATA, "tiny_hf_untied"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["format"] == "hf" and info["header"]["dim"] == 32 and not info["header"]["shared_classifier"]
+    names = [t["name"] for t in info["tensors"]]
+    assert names[0] == "tok_embeddings" and names[-1] == "output" and len(names) == 2 + 1 + 9 * 2
+    assert {t["dtype"] for t in info["tensors"]} == {"float32"}
+    text = run_cli("inspect", os.path.join(DATA, "tiny_hf_untied"))
+    assert text.returncode == 0 and "version hf: Hugging Face Llama directory" in text.stdout

@@ -12,9 +12,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from . import cli_types
 from .atomic import write_atomic
+from .cli_errors import ErrorLineParser, run_reporting_errors
 from .errors import Llama2binError
 from .formats import DIRECTORY, FORMATS
+from .outputs_guard import Output, check_outputs, fetch_outputs
 
 VERSION_HELP = "\n".join(
     f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
@@ -29,12 +32,19 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--checkpoint", metavar="CKPT.pt", help="llama2.c training checkpoint")
     g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
     g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
-    p.add_argument("--max-seq-len", type=int, help="override max_seq_len (C readers size their KV cache by it)")
+    p.add_argument("--max-seq-len", type=cli_types.max_seq_len, help="override max_seq_len (C readers size their KV cache by it)")
     p.add_argument(
         "--allow-rope-theta",
         action="store_true",
         help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000); recorded as an accepted departure",
     )
+
+
+def _source_path(args: argparse.Namespace) -> list[str]:
+    """The source checkpoint or directory, as a list of inputs for check_outputs. Every source flag
+    counts, including ones added later (`--bin`): an unguarded source could be overwritten."""
+    flags = ("checkpoint", "meta_llama", "hf", "bin")
+    return [path for path in (getattr(args, flag, None) for flag in flags) if path]
 
 
 def _open_source(args: argparse.Namespace):
@@ -69,6 +79,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if v not in FORMATS:
             raise Llama2binError(f"unknown version {v!r} (known: {', '.join(FORMATS)})")
     pairs = list(zip(args.version, args.outputs, strict=True))
+    check_outputs(_source_path(args), [Output(out, FORMATS[v].kind == DIRECTORY, f"--version {v} writes a directory")
+                                       for v, out in pairs])
     dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
     bin_targets = [(v, out) for v, out in pairs if FORMATS[v].kind != DIRECTORY]
     for _, out in dir_targets:  # refuse a bad directory target before writing any .bin
@@ -95,6 +107,7 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    check_outputs(args.files, args.json or [])
     compiler = find_compiler(args.cc)
     if compiler is None:
         if args.require_cc:
@@ -126,39 +139,23 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import BinFile
+    from .describe import describe_output
 
-    with BinFile(args.file) as bf:
-        info = {
-            "file": args.file,
-            "format": bf.format,
-            "format_description": bf.description,
-            "header": bf.header_json(),
-            "size": bf.size,
-            "expected_size": bf.layout.size,
-            "size_matches": bf.size == bf.layout.size,
-            "tensors": [
-                {
-                    "name": t.name,
-                    "shape": list(t.shape),
-                    "dtype": t.dtype,
-                    "offset": t.offset,
-                    "nbytes": t.values.nbytes,
-                    **({"scales_offset": t.scales_offset} if t.scales is not None else {}),
-                }
-                for t in bf.tensors.values()
-            ],
-        }
+    info = describe_output(args.file)
     if args.json:
         sys.stdout.write(_dump_json(info))
         return 0
     h = info["header"]
-    print(f"{args.file}: version {bf.format}: {bf.description}")
-    print(f"  {bf.size} bytes (header implies {bf.layout.size}: {'matches' if info['size_matches'] else 'MISMATCH'})")
+    print(f"{args.file}: version {info['format']}: {info['format_description']}")
+    if info["expected_size"] is not None:
+        print(f"  {info['size']} bytes (header implies {info['expected_size']}: "
+              f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    else:
+        print(f"  {info['size']} bytes in its files")
     print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
     print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
-        print(f"  {t['offset']:>12}  {t['nbytes']:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+        print(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
     return 0
 
 
@@ -168,15 +165,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo_checkpoint
 
+    check_outputs([], [args.output])
     write_demo_checkpoint(args.preset, args.output)
     print(f"wrote {args.output} (demo preset {args.preset})")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_reports
+    from .report import report_outputs, write_reports
 
-    for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check, plots=not args.no_plots):
+    outputs = report_outputs(args.model, args.verify_json, args.out_dir, plots=not args.no_plots)
+    check_outputs(args.verify_json + args.c_check + ([args.source_record] if args.source_record else []), outputs)
+    for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check,
+                              plots=not args.no_plots, source_record_path=args.source_record):
         print(f"wrote {path}")
     return 0
 
@@ -184,8 +185,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .report import write_summary
 
-    write_summary(args.reports, args.md, args.json)
-    print(f"wrote {args.md} and {args.json}")
+    outputs = [p for p in (args.md, args.json, args.html, args.figure) if p]
+    check_outputs(args.reports, outputs)
+    write_summary(args.reports, args.md, args.json, out_html=args.html, out_png=args.figure)
+    for path in outputs:
+        print(f"wrote {path}")
     return 0
 
 
@@ -195,6 +199,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer import write_tokenizer_bin
 
+    check_outputs([args.model, *_source_path(args)], [args.output])
     vocab_size = args.vocab_size
     if args.checkpoint or args.meta_llama or args.hf:  # check against the model it will run with
         with _open_source(args) as source:
@@ -254,6 +259,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.retries < 0 or args.retry_delay < 0 or args.timeout <= 0:
         raise Llama2binError("--retries and --retry-delay must be >= 0, --timeout > 0")
     retry = RetryPolicy(retries=args.retries, base_delay=args.retry_delay, timeout=args.timeout)
+    check_outputs(*fetch_outputs(args.model, spec, args.dest, args.path, args.hf_cache))
     result = fetch(args.model, spec, args.dest, retry=retry, quiet=args.quiet, hf_cache_dir=args.hf_cache)
     n = len(result.record["files"])
     state = "already present" if result.reused else "ok"
@@ -266,7 +272,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -280,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--version", nargs="+", default=["0"], metavar="V",
                    help=f"format version(s): {', '.join(FORMATS)} (default 0; see below)")
-    p.add_argument("--group-size", type=int, default=64, help="Q8_0 group size, halved until it divides dim (64)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--group-size", type=cli_types.group_size, default=64,
+                   help="Q8_0 group size, halved until it divides dim (64)")
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
@@ -298,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a compiler the check is skipped with a notice (exit 0) unless --require-cc.",
     )
     p.add_argument("files", nargs="+", metavar="OUT.bin")
-    p.add_argument("--tokens", type=int, nargs="+", metavar="ID",
+    p.add_argument("--tokens", type=cli_types.token_id, nargs="+", metavar="ID",
                    help="token ids (default: 16 seeded random ids)")
     p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
                    help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
@@ -307,15 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
     p.set_defaults(func=cmd_c_check)
 
-    p = sub.add_parser("inspect", help="show a .bin file's header and tensor table")
-    p.add_argument("file", metavar="OUT.bin")
+    p = sub.add_parser("inspect", help="show an output's format, header and tensor table (.bin file or hf directory)")
+    p.add_argument("file", metavar="OUT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin")
     p.add_argument("model", metavar="TOKENIZER.model")
     p.add_argument("output", metavar="OUT.bin")
-    p.add_argument("--vocab-size", type=int, help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
+    p.add_argument("--vocab-size", type=cli_types.vocab_size,
+                   help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
     _add_source_args(p, required=False)
     p.set_defaults(func=cmd_tokenizer)
 
@@ -324,18 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, help="mha, gqa_backoff or untied")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("report", help="quantization-error reports (JSON + Markdown) from verify --json results")
+    p = sub.add_parser("report", help="reports of one model from its verify --json results: per output JSON + Markdown, "
+                                      "one HTML page and one figure")
     p.add_argument("verify_json", nargs="+", metavar="NAME.vN.verify.json")
     p.add_argument("--model", required=True)
-    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json, .md and .png")
+    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json and .md, OUT_DIR/MODEL.html and .png")
     p.add_argument("--c-check", nargs="+", default=[], metavar="NAME.vN.ccheck.json", help="c-check --json results to include")
-    p.add_argument("--no-plots", action="store_true", help="no .png figures (and no matplotlib needed)")
+    p.add_argument("--no-plots", action="store_true", help="no figure (and no matplotlib needed)")
+    p.add_argument("--source-record", metavar="SOURCE.json", help="the fetch record: repo@revision or URL and "
+                   "file sha256s go into the reports")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("summary", help="one table of every model x version from report JSONs")
     p.add_argument("reports", nargs="+", metavar="REPORT.json")
     p.add_argument("--md", required=True)
     p.add_argument("--json", required=True)
+    p.add_argument("--html", help="also a self-contained HTML page (figure embedded) for snakemake --report")
+    p.add_argument("--figure", metavar="PNG", help="also the figure of bits per weight against quality")
     p.set_defaults(func=cmd_summary)
 
     _add_fetch_parser(sub)
@@ -355,18 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread (main() embedded in another program)
         pass
-    try:
-        return args.func(args)
-    except Llama2binError as e:
-        print(f"llama2bin: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"llama2bin: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("llama2bin: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(args.func, args)
 
 
 if __name__ == "__main__":

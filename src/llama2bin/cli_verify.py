@@ -7,8 +7,10 @@ import json
 import sys
 from collections.abc import Callable
 
+from . import cli_types
 from .atomic import write_atomic
 from .errors import Llama2binError
+from .outputs_guard import check_outputs
 
 
 def _dump_json(obj: object) -> str:
@@ -24,11 +26,16 @@ def _add_eval_args(p: argparse.ArgumentParser, title: str) -> None:
                    "default); random: uniform random ids")
     g.add_argument("--eval-text", metavar="FILE", help="evaluate on this text, tokenized with --tokenizer")
     g.add_argument("--tokenizer", metavar="TOKENIZER.model", help="the model's sentencepiece model (for --eval-text)")
-    g.add_argument("--eval-seqs", type=int, default=DEFAULT_SEQS, metavar="N", help=f"sequences ({DEFAULT_SEQS})")
-    g.add_argument("--eval-len", type=int, default=DEFAULT_LEN, metavar="T",
+    g.add_argument("--eval-seqs", type=cli_types.eval_seqs, default=DEFAULT_SEQS, metavar="N", help=f"sequences ({DEFAULT_SEQS})")
+    g.add_argument("--eval-len", type=cli_types.eval_len, default=DEFAULT_LEN, metavar="T",
                    help=f"tokens per sequence, at most max_seq_len and {MAX_LEN} ({DEFAULT_LEN}); "
                    f"at most {MAX_POSITIONS} tokens in all")
-    g.add_argument("--eval-seed", type=int, default=DEFAULT_SEED, metavar="S", help=f"seed ({DEFAULT_SEED})")
+    g.add_argument("--eval-seed", type=cli_types.eval_seed, default=DEFAULT_SEED, metavar="S", help=f"seed ({DEFAULT_SEED})")
+
+
+def _eval_inputs(args: argparse.Namespace) -> list[str]:
+    """The files the evaluation tokens are read from (for the output collision check)."""
+    return [p for p in (getattr(args, "eval_tokens", None), args.eval_text, args.tokenizer) if p]
 
 
 def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: ignore[no-untyped-def]
@@ -61,7 +68,7 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     p.add_argument("files", nargs="+", metavar="OUT.bin")
     add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("functional check (logits of the file vs the source on the evaluation tokens)")
@@ -72,18 +79,18 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     g.add_argument("--activations", choices=("f32", "q8"), default="f32",
                    help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
                    "Q8_0-quantized activations (q8)")
-    g.add_argument("--fp32-rtol", type=float, default=FP32_RTOL, metavar="X",
+    g.add_argument("--fp32-rtol", type=cli_types.non_negative, default=FP32_RTOL, metavar="X",
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({FP32_RTOL:g})")
     _add_eval_args(p, "evaluation tokens (without --eval-tokens)")
     lim = QualityLimits()
     q = p.add_argument_group("quality limits of quantized files (a warning; a failure with --quality-gate)")
-    q.add_argument("--kld-mean-max", "--kld-max", type=float, default=lim.kld_mean_max, metavar="X",
+    q.add_argument("--kld-mean-max", "--kld-max", type=cli_types.non_negative, default=lim.kld_mean_max, metavar="X",
                    help=f"mean KL divergence ({lim.kld_mean_max:g})")
-    q.add_argument("--kld-p99-max", type=float, default=lim.kld_p99_max, metavar="X",
+    q.add_argument("--kld-p99-max", type=cli_types.non_negative, default=lim.kld_p99_max, metavar="X",
                    help=f"99th-percentile KL divergence ({lim.kld_p99_max:g})")
-    q.add_argument("--same-top-min", type=float, default=lim.same_top_min, metavar="X",
+    q.add_argument("--same-top-min", type=cli_types.fraction, default=lim.same_top_min, metavar="X",
                    help=f"rate of positions whose top token is the source's ({lim.same_top_min:g})")
-    q.add_argument("--ppl-ratio-max", type=float, default=lim.ppl_ratio_max, metavar="X",
+    q.add_argument("--ppl-ratio-max", type=cli_types.non_negative, default=lim.ppl_ratio_max, metavar="X",
                    help=f"perplexity of the file / of the source ({lim.ppl_ratio_max:g})")
     q.add_argument("--quality-gate", action="store_true", help="fail when a quality limit is exceeded")
     p.set_defaults(func=cmd_verify)
@@ -100,8 +107,11 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
 
 
 def cmd_eval_tokens(args: argparse.Namespace) -> int:
-    from .cli import _open_source
+    from .checks.eval_tokens import check_size
+    from .cli import _open_source, _source_path
 
+    check_size(args.eval_seqs, args.eval_len)
+    check_outputs(_source_path(args) + _eval_inputs(args), [args.output])
     with _open_source(args) as source:
         tokens = _make_eval_tokens(args, source, args.quiet)
     write_atomic(args.output, _dump_json(tokens.to_json()))
@@ -111,13 +121,17 @@ def cmd_eval_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .checks.eval_tokens import check_size
     from .checks.functional import QualityLimits, ReferenceModel
     from .checks.verification import verify_output
-    from .cli import _open_source
+    from .cli import _open_source, _source_path
     from .formats import FORMATS
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    if not args.no_functional and not args.eval_tokens:
+        check_size(args.eval_seqs, args.eval_len)
+    check_outputs(_source_path(args) + args.files + _eval_inputs(args), args.json or [])
     limits = QualityLimits(kld_mean_max=args.kld_mean_max, kld_p99_max=args.kld_p99_max,
                            same_top_min=args.same_top_min, ppl_ratio_max=args.ppl_ratio_max)
     ok = True

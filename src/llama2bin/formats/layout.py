@@ -256,6 +256,12 @@ class FormatSpec:
     groups_within_rows: bool = False
     # DIRECTORY formats: the `sources` kind that reads the output back.
     source_kind: str | None = None
+    # How report titles name it; None: "version NAME".
+    report_title: str | None = None
+
+    @property
+    def title(self) -> str:
+        return self.report_title or f"version {self.name}"
 
     def open(self, path: str) -> Any:
         """Read an output of this format back: a reader.BinFile for a .bin, a sources.Source
