@@ -275,7 +275,7 @@ def test_swapped_q_and_k_fail_verification(models, tmp_path, version):
 def test_quality_limits_warn_by_default_and_fail_under_a_gate(models, tmp_path):
     ckpt, bins = models["untied"]
     out = str(tmp_path / "v.json")
-    args = ("verify", bins[2], "--checkpoint", ckpt, "--kld-mean-max", "1e-12", "--eval-seqs", "2", "--eval-len", "5",
+    args = ("verify", bins[2], "--checkpoint", ckpt, "--kld-max", "1e-12", "--eval-seqs", "2", "--eval-len", "5",
             "--json", out, "--quiet")
     warned = run_cli(*args)
     assert warned.returncode == 0, warned.stderr

@@ -198,8 +198,8 @@ def test_hostile_token_files_are_refused_in_one_line(trained, tmp_path, content,
 
 
 def test_evaluation_size_is_capped(trained):
-    assert_one_line_error(run_cli("eval-tokens", "x.json", "--checkpoint", trained, "--eval-seqs", "100000"),
-                          "too large")
+    assert_one_line_error(run_cli("eval-tokens", "x.json", "--checkpoint", trained, "--eval-seqs", "1000", "--eval-len", "1000"),
+                          "tokens is more than 16384")
 
 
 def test_logit_memory_does_not_grow_with_the_vocabulary(tmp_path, monkeypatch):

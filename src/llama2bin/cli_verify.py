@@ -84,7 +84,7 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     _add_eval_args(p, "evaluation tokens (without --eval-tokens)")
     lim = QualityLimits()
     q = p.add_argument_group("quality limits of quantized files (a warning; a failure with --quality-gate)")
-    q.add_argument("--kld-mean-max", "--kld-max", type=cli_types.non_negative, default=lim.kld_mean_max, metavar="X",
+    q.add_argument("--kld-max", dest="kld_mean_max", type=cli_types.non_negative, default=lim.kld_mean_max, metavar="X",
                    help=f"mean KL divergence ({lim.kld_mean_max:g})")
     q.add_argument("--kld-p99-max", type=cli_types.non_negative, default=lim.kld_p99_max, metavar="X",
                    help=f"99th-percentile KL divergence ({lim.kld_p99_max:g})")

@@ -44,7 +44,7 @@ def verify_args(wildcards):
     q = quality_limits(wildcards.model)
     return (
         f"--eval-tokens results/{wildcards.model}/eval_tokens.json --activations {f['activations']}"
-        f" --fp32-rtol {f['fp32_rtol']!r} --kld-mean-max {q['kld_mean_max']!r} --kld-p99-max {q['kld_p99_max']!r}"
+        f" --fp32-rtol {f['fp32_rtol']!r} --kld-max {q['kld_mean_max']!r} --kld-p99-max {q['kld_p99_max']!r}"
         f" --same-top-min {q['same_top_min']!r} --ppl-ratio-max {q['ppl_ratio_max']!r}"
         + (" --quality-gate" if q["gate"] else "")
     )

@@ -108,9 +108,11 @@ def _sequences(raw: object, where: str) -> list[list[int]]:
 def check_size(seqs: int, length: int) -> None:
     if seqs <= 0 or length <= 0:
         raise Llama2binError(f"evaluation set needs >= 1 sequence of >= 1 token, got {seqs} x {length}")
-    if length > MAX_LEN or seqs * length > MAX_POSITIONS:
-        raise Llama2binError(f"evaluation set {seqs} x {length} is too large (at most {MAX_LEN} tokens per sequence "
-                             f"and {MAX_POSITIONS} in all)")
+    if seqs * length > MAX_POSITIONS:
+        raise Llama2binError(f"--eval-seqs {seqs} x --eval-len {length} tokens is more than {MAX_POSITIONS}; "
+                             "evaluate fewer or shorter sequences")
+    if length > MAX_LEN:
+        raise Llama2binError(f"--eval-len {length} is more than {MAX_LEN} tokens per sequence (attention is O(T^2))")
 
 
 def random_tokens(vocab_size: int, max_seq_len: int, seqs: int = DEFAULT_SEQS, length: int = DEFAULT_LEN,
