@@ -156,6 +156,13 @@ def test_eval_tokens_are_made_once_and_reused(trained, tmp_path):
                    out, "--quiet").returncode == 0
     f = json.load(open(out))["functional"]
     assert f["positions"] == 10 and f["predicted"] == 8 and f["eval"]["recipe"]["kind"] == "file"
+    # the pipeline's eval_tokens rule records a model's own id file the same way
+    recorded = str(tmp_path / "recorded.json")
+    assert run_cli("eval-tokens", recorded, "--checkpoint", trained, "--eval-tokens", str(tmp_path / "ids.txt"),
+                   "--quiet").returncode == 0
+    r = json.load(open(recorded))
+    assert r["sequences"] == [[1, 9, 20, 3], [1, 10, 21, 3, 40, 4]] and r["sha256"] == f["eval"]["sha256"]
+    assert r["recipe"]["file"] == "ids.txt" and len(r["recipe"]["file_sha256"]) == 64
 
 
 def test_eval_text_is_tokenized_with_the_models_tokenizer(trained, tmp_path):

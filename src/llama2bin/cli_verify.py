@@ -35,14 +35,14 @@ def _add_eval_args(p: argparse.ArgumentParser, title: str) -> None:
 
 def _eval_inputs(args: argparse.Namespace) -> list[str]:
     """The files the evaluation tokens are read from (for the output collision check)."""
-    return [p for p in (getattr(args, "eval_tokens", None), args.eval_text, args.tokenizer) if p]
+    return [p for p in (args.eval_tokens, args.eval_text, args.tokenizer) if p]
 
 
 def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: ignore[no-untyped-def]
     from .checks import eval_tokens as et
 
     cfg = source.config
-    if getattr(args, "eval_tokens", None):
+    if args.eval_tokens:
         tokens = et.load_tokens_file(args.eval_tokens)
     elif args.eval_text:
         if not args.tokenizer:
@@ -52,7 +52,7 @@ def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: i
         tokens = et.random_tokens(cfg.vocab_size, cfg.max_seq_len, args.eval_seqs, args.eval_len, args.eval_seed)
     else:
         tokens = et.sampled_tokens(source, args.eval_seqs, args.eval_len, args.eval_seed, quiet=quiet)
-    return tokens.check(cfg.vocab_size, cfg.max_seq_len, getattr(args, "eval_tokens", None) or "evaluation tokens")
+    return tokens.check(cfg.vocab_size, cfg.max_seq_len, args.eval_tokens or "evaluation tokens")
 
 
 def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[no-untyped-def]
@@ -102,15 +102,19 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     p.add_argument("output", metavar="OUT.json")
     add_source_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    _add_eval_args(p, "recipe")
-    p.set_defaults(func=cmd_eval_tokens, eval_tokens=None)
+    p.add_argument("--eval-tokens", metavar="FILE",
+                   help="token ids to use as they are (JSON list of id lists, or one sequence per line): checked "
+                   "against the model and recorded with their sha256")
+    _add_eval_args(p, "recipe (without --eval-tokens)")
+    p.set_defaults(func=cmd_eval_tokens)
 
 
 def cmd_eval_tokens(args: argparse.Namespace) -> int:
     from .checks.eval_tokens import check_size
     from .cli import _open_source, _source_path
 
-    check_size(args.eval_seqs, args.eval_len)
+    if not args.eval_tokens:
+        check_size(args.eval_seqs, args.eval_len)
     check_outputs(_source_path(args) + _eval_inputs(args), [args.output])
     with _open_source(args) as source:
         tokens = _make_eval_tokens(args, source, args.quiet)
