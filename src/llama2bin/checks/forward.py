@@ -6,12 +6,15 @@ pairs* (dims 2j, 2j+1) of each head with base `cfg.rope_theta`, grouped-query at
 (query head h reads kv head h // (n_heads / n_kv_heads)), SwiGLU feed-forward, and the shared
 or separate classifier.
 
-Memory: the pass runs layer by layer over every position of every sequence at once (no KV
-cache; O(T^2) attention per sequence) and asks its weights Mapping for each tensor only when
+Memory: the pass runs layer by layer over every position of every sequence at once (O(T^2)
+attention, one sequence at a time; generation passes a `KVCache` and computes only the new
+position) and asks its weights Mapping for each tensor only when
 it is needed, dropping it right after. Given a lazy mapping (`BinWeights` over an open .bin,
 `SourceWeights` over a checkpoint) nothing is cached, matrices are multiplied in row blocks
 and embeddings are gathered row by row, so peak memory is one block of one tensor plus the
-activations - never the model. A plain dict of arrays works too (tests, tiny models).
+activations - never the model. `logits` holds positions x vocabulary; the functional check
+instead takes `hidden_states` and runs `classify` on blocks of positions. A plain dict of
+arrays works too (tests, tiny models).
 
 Arithmetic: "f32" multiplies float32 activations with float32 (for Q8_0: dequantized) weights.
 "q8" (Q8_0 files only) computes the way llama2.c's runq.c does: before every matmul the
