@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .atomic import write_atomic
+from .constants import DEFAULT_GROUP_SIZE
 from .errors import Llama2binError
 from .formats import FORMATS
 
@@ -160,6 +161,29 @@ def _add_functional_args(p: argparse.ArgumentParser) -> None:
                    help=f"... or below this same-top-token rate ({lim.same_top_min:g})")
     g.add_argument("--fp32-rtol", type=float, default=lim.fp32_rtol, metavar="X",
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
+
+
+def cmd_reverify(args: argparse.Namespace) -> int:
+    """Every model of the plan through `verify`; a failing model does not stop the others."""
+    from .reverify import parse_plan
+
+    failed = []
+    for job in parse_plan(args.plan):
+        verify_args = build_parser().parse_args(job.verify_argv)
+        try:
+            status = verify_args.func(verify_args)
+        except Llama2binError as e:
+            print(f"llama2bin: error: {job.model}: {e}", file=sys.stderr)
+            status = 1
+        except OSError as e:
+            print(f"llama2bin: error: {job.model}: {e.filename + ': ' if e.filename else ''}{e.strerror or e}",
+                  file=sys.stderr)
+            status = 1
+        if status != 0:
+            failed.append(job.model)
+    if failed:
+        raise Llama2binError(f"re-verification failed for {len(failed)} model(s): {', '.join(failed)}")
+    return 0
 
 
 # ---- c-check ------------------------------------------------------------------------------
@@ -351,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outputs", nargs="+", metavar="OUT.bin")
     _add_source_args(p)
     p.add_argument("--version", nargs="+", default=["0"], metavar="V", help="format version(s): 0, 1, 2, hf (default 0)")
-    p.add_argument("--group-size", type=int, default=64, help="Q8_0 group size, halved until it divides dim (64)")
+    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
+                   help=f"Q8_0 group size, halved until it divides dim ({DEFAULT_GROUP_SIZE})")
     p.add_argument("--threads", type=int, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -366,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_functional_args(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "reverify",
+        help="verify several models' outputs again against their sources (the pipeline's reverify target)",
+        description="Run `verify` for every model of a JSON plan (see llama2bin/reverify.py), continuing past a "
+        "failing model; exit 1 if any file fails.",
+    )
+    p.add_argument("--plan", required=True, metavar="JSON", help="the plan, as JSON text")
+    p.set_defaults(func=cmd_reverify)
 
     p = sub.add_parser(
         "c-check",

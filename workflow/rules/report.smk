@@ -3,16 +3,7 @@
 # `snakemake --report report.html` gathers them into one browsable HTML report.
 
 
-def report_items(model, ext, caption, kind):
-    """One report() entry per output label; a line must not start with `report` (a Snakemake keyword)."""
-    items = []
-    for label in LABELS:
-        path = f"reports/{model}/{model}.{label}.{ext}"
-        labels = {"model": "{model}", "output": label, "kind": kind}
-        items.append(report(path, caption=caption, category="{model}", labels=labels))
-    return items
-
-
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule report:
     input:
         verify=lambda wc: verify_jsons(wc.model),
@@ -21,8 +12,6 @@ rule report:
         json=expand("reports/{{model}}/{{model}}.{label}.json", label=LABELS),
         md=report_items("{model}", "md", "../report/version.rst", "report (Markdown)"),
         png=report_items("{model}", "png", "../report/figure.rst", "figure"),
-    params:
-        c_check=lambda wc, input: f"--c-check {input.c_check}" if input.c_check else "",
     log:
         "logs/report/{model}.log",
     benchmark:
@@ -30,16 +19,24 @@ rule report:
     threads: 1
     resources:
         mem_mb=400,
+    params:
+        llama2bin=LLAMA2BIN,
+        c_check=report_c_check_args,
+        out_dir=lambda wc: f"reports/{wc.model}",
     shell:
-        "{LLAMA2BIN} report {input.verify} {params.c_check} --model {wildcards.model}"
-        " --out-dir reports/{wildcards.model} > {log} 2>&1"
+        "{params.llama2bin:q} report {input.verify:q} {params.c_check:q} --model {wildcards.model:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule summary:
     input:
         [f"reports/{m}/{m}.{label}.json" for m in MODELS for label in LABELS],
     output:
-        md=report("reports/summary.md", caption="../report/summary.rst", category="Summary"),
+        md=report(
+            "reports/summary.md", caption="../report/summary.rst", category="Summary"
+        ),
         json="reports/summary.json",
     log:
         "logs/report/summary.log",
@@ -48,5 +45,8 @@ rule summary:
     threads: 1
     resources:
         mem_mb=300,
+    params:
+        llama2bin=LLAMA2BIN,
     shell:
-        "{LLAMA2BIN} summary {input} --md {output.md} --json {output.json} > {log} 2>&1"
+        "{params.llama2bin:q} summary {input:q} --md {output.md:q} --json {output.json:q} > {log:q} 2>&1"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
