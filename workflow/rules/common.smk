@@ -33,7 +33,7 @@ for _name, _model in config["models"].items():
 # workflow runs unchanged on a cluster (the venv path is the same on every node). Rules take it
 # as params.llama2bin, so it is part of each job's recorded parameters.
 # This is also why no rule has a conda or container directive, the one `snakemake --lint`
-# finding left on purpose (a "lint:" comment above every rule says so): the software of every
+# finding left on purpose - a "lint" comment above each rule says so. The software of every
 # step is this project's own venv, installed from pyproject.toml + constraints.txt; a conda
 # environment per rule would be a second, unpinned copy of it that nothing here tests.
 LLAMA2BIN = [sys.executable, "-m", "llama2bin"]
