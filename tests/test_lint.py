@@ -62,3 +62,26 @@ def test_every_shell_interpolation_is_quoted_and_local():
                     path, field)
                 if name.split(".")[0] != "threads":
                     assert field.endswith(":q"), f"{path}: {{{field}}} reaches the shell unquoted"
+
+
+def test_the_schema_and_the_cli_share_their_defaults():
+    """One owner per default: the pipeline's come from the schema, the CLI's from constants and
+    the check modules; they must be the same numbers."""
+    import yaml
+
+    from llama2bin.cli import build_parser
+    from llama2bin.constants import DEFAULT_GROUP_SIZE
+
+    schema = yaml.safe_load(open(os.path.join(ROOT, "workflow", "schemas", "config.schema.yaml")))["properties"]
+    parser = build_parser()
+    export = parser.parse_args(["export", "o.bin", "--checkpoint", "c.pt"])
+    verify = parser.parse_args(["verify", "o.bin", "--checkpoint", "c.pt"])
+    c_check = parser.parse_args(["c-check", "o.bin"])
+    assert schema["group_size"]["default"] == export.group_size == DEFAULT_GROUP_SIZE
+    functional = {k: v["default"] for k, v in schema["functional"]["properties"].items()}
+    assert functional == {
+        "enabled": not verify.no_functional, "eval_seqs": verify.eval_seqs, "eval_len": verify.eval_len,
+        "eval_seed": verify.eval_seed, "activations": verify.activations, "kld_mean_max": verify.kld_max,
+        "kld_p99_max": verify.kld_p99_max, "same_top_min": verify.same_top_min, "fp32_rtol": verify.fp32_rtol,
+    }
+    assert schema["c_check"]["properties"]["arithmetic"]["default"] == c_check.arithmetic
