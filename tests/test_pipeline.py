@@ -246,7 +246,7 @@ def test_shell_metacharacters_in_paths_are_literal_file_names(tmp_path):
         ({"path": "ckpt{x}.pt"}, {}, "does not match"),
         ({"path": "--help"}, {}, "does not match"),
         ({"path": "ckpt.pt", "tokenizer": "tok.model\n"}, {}, "does not match"),
-        ({"repo": "a/b", "revision": "main", "files": ["-rf"]}, {}, "does not match"),
+        ({"source": "hf", "repo": "a/b", "revision": "main", "files": ["-rf"]}, {}, "does not match"),
     ],
 )
 def test_configs_that_are_not_names_are_refused(tmp_path, model, extra, needle):

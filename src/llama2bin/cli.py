@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from .atomic import write_atomic
 from .constants import DEFAULT_GROUP_SIZE
 from .errors import Llama2binError
-from .formats import FORMATS
+from .formats import DIRECTORY, FORMATS
 
 VERSION_HELP = "\n".join(
-    f"  {spec.version}: read by {spec.read_by}; loses {spec.loses}" for spec in FORMATS.values()
-) + "\n  hf: a Hugging Face Llama directory (config.json, float32 model.safetensors); OUT is a directory"
+    f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
+    f"      read by {spec.read_by}; loses {spec.loses}"
+    for name, spec in FORMATS.items()
+)
 
 
 def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -63,26 +65,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise Llama2binError(
             f"{len(args.outputs)} output path(s) but {len(args.version)} version(s): give one version per output"
         )
-    from .formats.hf import HF_VERSION, check_hf_target, export_hf
+    from .formats.hf_export import check_hf_target, export_hf
 
-    known = [str(k) for k in FORMATS] + [HF_VERSION]
     for v in args.version:
-        if v not in known:
-            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(known)})")
+        if v not in FORMATS:
+            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(FORMATS)})")
     pairs = list(zip(args.version, args.outputs, strict=True))
-    hf_dirs = [out for v, out in pairs if v == HF_VERSION]
-    bin_targets = [(int(v), out) for v, out in pairs if v != HF_VERSION]
-    for out in hf_dirs:  # refuse a bad directory target before writing any .bin
+    dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
+    bin_targets = [(v, out) for v, out in pairs if FORMATS[v].kind != DIRECTORY]
+    for _, out in dir_targets:  # refuse a bad directory target before writing any .bin
         check_hf_target(out)
     with _open_source(args) as source:
-        if bin_targets:  # every .bin version in one pass over the source
+        if bin_targets:  # every .bin format in one pass over the source
             result = export(source, bin_targets, group_size=args.group_size, threads=args.threads, quiet=args.quiet)
             line = result.summary_line()
             if line:
                 print(line)
             for path, layout in result.layouts.items():
-                print(f"wrote {path} (v{layout.version}, {layout.size} bytes)")
-        for out in hf_dirs:  # a directory of float32 safetensors: its own pass
+                print(f"wrote {path} ({FORMATS[layout.format].label}, {layout.size} bytes)")
+        for _, out in dir_targets:  # hf, the one directory format: a directory of float32 safetensors, its own pass
             hf_result = export_hf(source, out, quiet=args.quiet)
             print(f"wrote {out}/ (hf, model.safetensors {hf_result.size} bytes)")
     return 0
@@ -100,8 +101,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _open_source(args) as source:
         reference = None if args.no_functional else _functional_reference(args, source)
         for i, path in enumerate(args.files):
-            if os.path.isdir(path):  # a --version hf export
-                from .formats.hf import verify_hf_dir
+            if os.path.isdir(path):  # a directory format (hf)
+                from .verify_hf import verify_hf_dir
 
                 result = verify_hf_dir(path, source, quiet=args.quiet)
             else:
@@ -111,7 +112,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             if result.passed:
-                label = result.version if isinstance(result.version, str) else f"v{result.version}"  # "hf" or v0/v1/v2
+                label = FORMATS[result.format].label
                 print(f"{path}: OK ({label}, {len(result.tensors)} tensors, sha256 {result.sha256[:16]}…)")
                 if result.functional:
                     f = result.functional
@@ -164,26 +165,9 @@ def _add_functional_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_reverify(args: argparse.Namespace) -> int:
-    """Every model of the plan through `verify`; a failing model does not stop the others."""
-    from .reverify import parse_plan
+    from .reverify import run_plan
 
-    failed = []
-    for job in parse_plan(args.plan):
-        verify_args = build_parser().parse_args(job.verify_argv)
-        try:
-            status = verify_args.func(verify_args)
-        except Llama2binError as e:
-            print(f"llama2bin: error: {job.model}: {e}", file=sys.stderr)
-            status = 1
-        except OSError as e:
-            print(f"llama2bin: error: {job.model}: {e.filename + ': ' if e.filename else ''}{e.strerror or e}",
-                  file=sys.stderr)
-            status = 1
-        if status != 0:
-            failed.append(job.model)
-    if failed:
-        raise Llama2binError(f"re-verification failed for {len(failed)} model(s): {', '.join(failed)}")
-    return 0
+    return run_plan(args.plan, main)  # each model is one `llama2bin verify` run, errors and all
 
 
 # ---- c-check ------------------------------------------------------------------------------
@@ -230,6 +214,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     with BinFile(args.file) as bf:
         info = {
             "file": args.file,
+            "format": bf.format,
+            "format_description": bf.description,
             "header": bf.header_json(),
             "size": bf.size,
             "expected_size": bf.layout.size,
@@ -250,8 +236,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(_dump_json(info))
         return 0
     h = info["header"]
-    print(f"{args.file}: version {h['version']}, {bf.size} bytes (header implies {bf.layout.size}: "
-          f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    print(f"{args.file}: version {bf.format}: {bf.description}")
+    print(f"  {bf.size} bytes (header implies {bf.layout.size}: {'matches' if info['size_matches'] else 'MISMATCH'})")
     print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
     print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
@@ -312,19 +298,25 @@ def _add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
         help="download or locate a model's checkpoint; record it in DEST/SOURCE.json",
         description="Obtain a checkpoint reproducibly. Writes DEST/<filename> (--url), DEST/snapshot/ (--repo) or "
         "nothing (--path, used in place), then DEST/SOURCE.json last: source, resolved revision, sha256 and size of "
-        "every file. Credentials only from HF_TOKEN or the Hugging Face login cache.",
+        "every file. huggingface.co URLs and --repo go through huggingface_hub (its cache first; HF_HUB_OFFLINE=1 "
+        "works offline); other URLs are resumed and sha256-checked before the final name. Credentials only from "
+        "HF_TOKEN or the Hugging Face login cache, and only for the Hub.",
     )
     p.add_argument("--model", required=True, metavar="NAME", help="model name (recorded in SOURCE.json)")
     p.add_argument("--dest", metavar="DIR", help="output folder (default resources/checkpoints/NAME)")
     src = p.add_argument_group("source (exactly one)")
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--path", metavar="P", help="local checkpoint file or directory, used in place")
-    g.add_argument("--url", metavar="URL", help="download one file (resumable, retried, checksum-verified)")
+    g.add_argument("--url", metavar="URL", help="download one file: a huggingface.co/ORG/NAME/resolve/REV/FILE URL "
+                   "through huggingface_hub, any other URL resumable and retried; checked before its final name")
     g.add_argument("--repo", metavar="ORG/NAME", help="Hugging Face Hub repo (needs --revision)")
     src.add_argument("--sha256", metavar="HEX", help="with --url: expected sha256 (without it a warning prints the one to pin)")
     src.add_argument("--filename", metavar="F", help="with --url: file name in DEST (default: the URL's last segment)")
     src.add_argument("--revision", metavar="REV", help="with --repo: commit hash to pin (a branch works, with a warning)")
-    src.add_argument("--files", nargs="+", metavar="PATTERN", help="with --repo: glob patterns of files to fetch (default all)")
+    src.add_argument("--file", metavar="F", help="with --repo: the one file in the repo that is the checkpoint "
+                     "(a llama2.c .pt or a .bin); it becomes DEST/snapshot/F")
+    src.add_argument("--files", nargs="+", metavar="PATTERN", help="with --repo: glob patterns of (further) files to "
+                     "fetch (default: all, unless --file is given)")
     p.add_argument("--retries", type=int, default=5, help="retries of a transient failure without progress (5)")
     p.add_argument("--retry-delay", type=float, default=1.0, metavar="S", help="first back-off delay, doubled per retry (1.0)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="timeout of every socket operation (60)")
@@ -336,17 +328,12 @@ def _add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .fetch import FetchSpec, RetryPolicy, fetch
 
-    if args.path is not None:
-        spec = FetchSpec("path", path=args.path)
-    elif args.url is not None:
-        spec = FetchSpec("url", url=args.url, sha256=args.sha256.lower() if args.sha256 else None, filename=args.filename)
-    else:
-        files = tuple(args.files) if args.files else None
-        spec = FetchSpec("repo", repo=args.repo, revision=args.revision, files=files)
-    for flag, value, kind in (("--sha256", args.sha256, "url"), ("--filename", args.filename, "url"),
-                              ("--revision", args.revision, "repo"), ("--files", args.files, "repo")):
-        if value is not None and spec.kind != kind:
-            raise Llama2binError(f"{flag} goes with --{kind}, not --{spec.kind}")
+    kind = "path" if args.path is not None else "url" if args.url is not None else "repo"
+    spec = FetchSpec(
+        kind, path=args.path, url=args.url, sha256=args.sha256.lower() if args.sha256 else None,
+        filename=args.filename, repo=args.repo, revision=args.revision, file=args.file,
+        files=tuple(args.files) if args.files else None,
+    )  # fetch() validates it, as it does every spec (config entries included)
     if args.retries < 0 or args.retry_delay < 0 or args.timeout <= 0:
         raise Llama2binError("--retries and --retry-delay must be >= 0, --timeout > 0")
     retry = RetryPolicy(retries=args.retries, base_delay=args.retry_delay, timeout=args.timeout)
@@ -374,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("outputs", nargs="+", metavar="OUT.bin")
     _add_source_args(p)
-    p.add_argument("--version", nargs="+", default=["0"], metavar="V", help="format version(s): 0, 1, 2, hf (default 0)")
+    p.add_argument("--version", nargs="+", default=["0"], metavar="V",
+                   help=f"format version(s): {', '.join(FORMATS)} (default 0; see below)")
     p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
                    help=f"Q8_0 group size, halved until it divides dim ({DEFAULT_GROUP_SIZE})")
     p.add_argument("--threads", type=int, default=None,

@@ -15,6 +15,7 @@ argument: nothing here is ever parsed by a shell.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,3 +76,12 @@ def parse_plan(text: str) -> list[ReverifyJob]:
         argv += [*options, "--quiet", "--json", *records]
         jobs.append(ReverifyJob(model, argv))
     return jobs
+
+
+def run_plan(text: str, run_cli: Callable[[Sequence[str]], int]) -> int:
+    """Run every model's verify through `run_cli` (the CLI's main: it prints each run's lines and
+    turns its errors into one line and a status), continuing past a failing model."""
+    failed = [job.model for job in parse_plan(text) if run_cli(job.verify_argv) != 0]
+    if failed:
+        raise Llama2binError(f"re-verification failed for {len(failed)} model(s): {', '.join(failed)}")
+    return 0

@@ -50,7 +50,7 @@ class ExportResult:
         return f"max quantization group error across all weights: {self.max_errors[worst]} ({worst})"
 
 
-def group_size_for(cfg: ModelConfig, versions: list[int], requested: int) -> int | None:
+def group_size_for(cfg: ModelConfig, versions: list[str], requested: int) -> int | None:
     """The seed's back-off, then refuse any quantized tensor the group size does not divide."""
     if not any(format_spec(v).quantized for v in versions):
         return None
@@ -106,14 +106,14 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 def export(
     source: Source,
-    targets: list[tuple[int, str]],
+    targets: list[tuple[str, str]],
     group_size: int = DEFAULT_GROUP_SIZE,
     threads: int | None = None,
     quiet: bool = False,
 ) -> ExportResult:
-    """Write `source` as each (version, path) in `targets`; all or nothing."""
+    """Write `source` as each (format name, path) in `targets` (.bin formats); all or nothing."""
     cfg = source.config
-    versions = [v for v, _ in targets]
+    versions = [str(v) for v, _ in targets]
     gs = group_size_for(cfg, versions, group_size)
     layouts = {path: format_spec(v).layout(cfg, gs) for v, path in targets}
     check_free_space({path: layout.size for path, layout in layouts.items()})

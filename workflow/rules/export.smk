@@ -30,7 +30,7 @@ rule export:
 rule tokenizer:
     input:
         unpack(checkpoint_input),
-        tokenizer=lambda wc: tokenizer_model(wc.model),
+        unpack(tokenizer_input),
     output:
         "results/{model}/tokenizer.bin",
     log:
@@ -43,7 +43,8 @@ rule tokenizer:
     params:
         llama2bin=LLAMA2BIN,
         source=source_args,
+        tokenizer=lambda wc: tokenizer_model(wc.model),
     shell:
         # The source flags make the command refuse a tokenizer whose size is not the model's vocab.
-        "{params.llama2bin:q} tokenizer {input.tokenizer:q} {output:q} {params.source:q} > {log:q} 2>&1"
+        "{params.llama2bin:q} tokenizer {params.tokenizer:q} {output:q} {params.source:q} > {log:q} 2>&1"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
