@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pickle
+import random
 import shutil
 import struct
 import zipfile
@@ -101,6 +102,27 @@ def meta_params(model_args: dict[str, Any]) -> dict[str, Any]:
     return {k: model_args[k] for k in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len")} | {"norm_eps": 1e-5}
 
 
+def repoint_member(path: str, member: str, header_offset: int) -> None:
+    """Make the zip's central-directory entry for `member` point at another local header."""
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.find(b"PK\x01\x02")
+        while at >= 0:
+            (name_len,) = struct.unpack_from("<H", data, at + 28)
+            if data[at + 46 : at + 46 + name_len] == member.encode():
+                f.seek(at + 42)
+                f.write(struct.pack("<I", header_offset))
+                return
+            at = data.find(b"PK\x01\x02", at + 46)
+    raise KeyError(member)
+
+
+def local_header(name: str, size: int) -> bytes:
+    """A stored member's zip local header (CRC 0: the storage reader does not check CRCs)."""
+    raw = name.encode()
+    return struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, size, size, len(raw), 0) + raw
+
+
 # ---- safetensors ---------------------------------------------------------------------------
 
 
@@ -129,6 +151,22 @@ class Base:
     arrays: dict[str, np.ndarray]
     model_args: dict[str, Any]
     sp_model: bytes
+
+
+def make_base() -> Base:
+    """tiny_a's weights and model_args, and a tiny sentencepiece BPE model trained offline."""
+    import sentencepiece as spm
+
+    arrays, model_args = tiny_a_weights()
+    rng = random.Random(0)
+    words = ["hello", "world", "token", "piece", "llama", "größe", "ñandú"]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(400)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=300, byte_fallback=True, model_type="bpe",
+        character_coverage=1.0, num_threads=1, minloglevel=2,
+    )
+    return Base(arrays, model_args, buf.getvalue())
 
 
 def llama2c_pt(b: Base, path: str, mutate: Callable[[dict, dict, dict], None] | None = None, **zip_options) -> str:
@@ -203,6 +241,23 @@ def tokenizer(model: str, d: str) -> list[str]:
     return ["tokenizer", model, os.path.join(d, "tokenizer.bin")]
 
 
-__all__ = ["Base", "FakeTensor", "StorageRef", "export", "hf_config", "hf_config_text", "hf_dir", "hf_header", "llama2c_pt",
-           "meta_dir", "meta_params", "read_safetensors_header", "replace_with", "state_of", "tiny_a_weights", "tokenizer",
-           "write_safetensors", "write_torch_zip"]
+# ---- the corpus registry: name -> (class, build(base, dir) -> (argv, inputs, needle)) --------
+
+Built = tuple[list[str], list[str], str]
+CASES: dict[str, tuple[str, Callable[[Base, str], Built]]] = {}
+
+
+def case(name: str, kind: str):  # type: ignore[no-untyped-def]
+    def register(build: Callable[[Base, str], Built]) -> Callable[[Base, str], Built]:
+        CASES[name] = (kind, build)
+        return build
+
+    return register
+
+
+__all__ = [
+    "CASES", "Built", "case",
+    "Base", "FakeTensor", "StorageRef", "export", "hf_config", "hf_config_text", "hf_dir", "hf_header", "llama2c_pt",
+    "local_header", "make_base", "meta_dir", "meta_params", "read_safetensors_header", "replace_with", "repoint_member",
+    "state_of", "tiny_a_weights", "tokenizer", "write_safetensors", "write_torch_zip",
+]

@@ -314,3 +314,23 @@ def test_config_examples_name_valid_sources():
         for model, entry in config["models"].items():
             examples[model] = (FetchSpec.from_config(model, entry), entry["source"], config["versions"])
     assert examples["stories15M"][0].hub_file() is not None  # through huggingface_hub
+
+
+def test_cache_on_another_file_system_is_copied(hf_cache, tmp_path, monkeypatch, capsys):
+    """os.link fails across file systems (EXDEV): the files are copied instead, still whole
+    before they get their names, and the run says so."""
+    import errno
+
+    def no_link(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    url = f"https://huggingface.co/Org/Tiny/resolve/{SNAP_COMMIT}/model.safetensors"
+    fetch("tiny", FetchSpec("url", url=url, sha256=PAYLOAD_SHA), str(tmp_path / "u"))
+    fetch("tiny", FetchSpec("repo", repo="Org/Tiny", revision=SNAP_COMMIT, files=("*.json",)), str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert (tmp_path / "u" / "model.safetensors").read_bytes() == PAYLOAD
+    assert not os.path.samefile(tmp_path / "u" / "model.safetensors", hf_cache / "blobs" / PAYLOAD_SHA)
+    assert (tmp_path / "r" / "snapshot" / "config.json").read_bytes() == HF_FILES["config.json"]
+    assert "copied 1 file(s)" in err and "copied 2 file(s)" in err
+    assert sorted(os.listdir(tmp_path / "u")) == ["SOURCE.json", "model.safetensors"]

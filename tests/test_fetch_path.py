@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import pytest
 from fetch_fixtures import COMMIT, PAYLOAD, PAYLOAD_SHA, SNAP_COMMIT, listing
@@ -184,3 +185,32 @@ def test_config_source_is_the_pipelines_one_check():
         config_source("x", {"source": "llama2c", "path": "m.pt", "demo": "mha"})
     with pytest.raises(Llama2binError, match="model x: a bin checkpoint is one file"):
         config_source("x", {"source": "bin", "repo": "Org/Llamas", "revision": SNAP_COMMIT})
+
+
+BAD_SOURCES = [
+    ({"source": "llama2c", "url": "ftp://h/m.pt"}, "is not an http(s) URL"),
+    ({"source": "llama2c", "url": "https://h/m.pt", "sha256": "ABC"}, "sha256 must be 64 lowercase hex digits"),
+    ({"source": "hf", "repo": "no-slash", "revision": "main"}, "repo must look like ORG/NAME"),
+    ({"source": "llama2c", "repo": "O/N", "revision": "main", "file": "*.pt"}, "file must be one file's path"),
+]
+
+
+@pytest.mark.parametrize("entry, needle", BAD_SOURCES)
+def test_bad_sources_are_refused_by_config_source(entry, needle):
+    with pytest.raises(Llama2binError, match=re.escape(needle)):
+        config_source("m", entry)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry, needle", BAD_SOURCES)
+def test_pipeline_refuses_bad_sources_with_fetchs_words(tmp_path, entry, needle):
+    """The pipeline validates a source with FetchSpec (config_source in common.smk), so its
+    message is the one `llama2bin fetch` gives, before anything runs."""
+    import yaml
+    from test_pipeline import fresh_copy, snakemake
+
+    workdir = fresh_copy(tmp_path / "w")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"models": {"m": entry}, "versions": [0]}))
+    proc = snakemake(workdir, "-n", "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode != 0 and "model m: " in proc.stdout + proc.stderr
+    assert needle in proc.stdout + proc.stderr

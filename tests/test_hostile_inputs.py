@@ -12,31 +12,34 @@ the damage and not from the builder.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import random
 import shutil
 import struct
+import warnings
 import zipfile
-from collections.abc import Callable
 
 import pytest
 from helpers import DATA, run_cli
 from hostile_builders import (
+    CASES,
     Base,
+    Built,
     FakeTensor,
     StorageRef,
+    case,
     export,
     hf_config,
     hf_config_text,
     hf_dir,
     hf_header,
     llama2c_pt,
+    local_header,
+    make_base,
     meta_dir,
     meta_params,
     replace_with,
-    tiny_a_weights,
+    repoint_member,
     tokenizer,
 )
 from hostile_harness import HostileCase, run_hostile
@@ -47,31 +50,11 @@ TIMEOUT = 30.0
 
 @pytest.fixture(scope="module")
 def base() -> Base:
-    spm = pytest.importorskip("sentencepiece")
-    arrays, model_args = tiny_a_weights()
-    rng = random.Random(0)
-    words = ["hello", "world", "token", "piece", "llama", "größe", "ñandú"]
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(400)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=300, byte_fallback=True, model_type="bpe",
-        character_coverage=1.0, num_threads=1, minloglevel=2,
-    )
-    return Base(arrays, model_args, buf.getvalue())
+    pytest.importorskip("sentencepiece")
+    return make_base()
 
 
-# ---- the cases: name -> (class, build(base, dir) -> (argv, inputs, needle)) -------------------
-
-Built = tuple[list[str], list[str], str]
-CASES: dict[str, tuple[str, Callable[[Base, str], Built]]] = {}
-
-
-def case(name: str, kind: str):  # type: ignore[no-untyped-def]
-    def register(build: Callable[[Base, str], Built]) -> Callable[[Base, str], Built]:
-        CASES[name] = (kind, build)
-        return build
-
-    return register
+# ---- the cases (registered in hostile_builders.CASES) ---------------------------------------
 
 
 # Hangs: opening a FIFO for reading blocks until a writer appears.
@@ -128,7 +111,7 @@ def _zip_bomb(b: Base, d: str) -> Built:
 
 @case("safetensors_100mb_metadata", "memory")
 def _huge_metadata(b: Base, d: str) -> Built:
-    path = hf_header(d, lambda h: json.dumps(h | {"__metadata__": {"format": "pt", "junk": "x" * (100 << 20)}}))
+    path = hf_header(d, lambda h: json.dumps(h | {"__metadata__": {"format": "pt", "junk": "x" * 100_000_000}}))
     return export("--hf", path, d), [path], "header of"
 
 
@@ -313,6 +296,43 @@ def _long_storage(b: Base, d: str) -> Built:
 
     ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"), mutate)
     return export("--checkpoint", ckpt, d), [ckpt], "declares 1024 elements (4096 bytes) but the member holds 3968"
+
+
+@case("zip_duplicate_member", "wrong")
+def _duplicate_member(b: Base, d: str) -> Built:
+    ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"))
+    with warnings.catch_warnings(), zipfile.ZipFile(ckpt, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name we mean to write
+        zf.writestr("archive/data/2", bytes(32 * 32 * 4))
+    return export("--checkpoint", ckpt, d), [ckpt], "zip member archive/data/2 appears twice"
+
+
+@case("zip_entry_points_at_other_member", "wrong")
+def _repointed(b: Base, d: str) -> Built:
+    # wq (storage 1) and wk (storage 2) are both 32 x 32: wk's directory entry now leads to wq's bytes.
+    ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"))
+    with zipfile.ZipFile(ckpt) as zf:
+        wq_header = zf.getinfo("archive/data/1").header_offset
+    repoint_member(ckpt, "archive/data/2", wq_header)
+    return export("--checkpoint", ckpt, d), [ckpt], "archive/data/2 points at another member's local header"
+
+
+@case("zip_member_nested_in_other", "wrong")
+def _nested_member(b: Base, d: str) -> Built:
+    # Storage 1's bytes begin with a local header named archive/data/2, and data/2's directory
+    # entry points there: names match, but wk would read wq's bytes.
+    size = 32 * 32 * 4
+    name = "archive/data/2"
+
+    def mutate(state: dict, args: dict, storages: dict) -> None:
+        fake = local_header(name, size)
+        storages["1"] = (fake + storages["1"])[:size]
+
+    ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"), mutate)
+    with zipfile.ZipFile(ckpt) as zf:
+        info = zf.getinfo("archive/data/1")
+    repoint_member(ckpt, name, info.header_offset + 30 + len(info.filename.encode()) + len(info.extra))
+    return export("--checkpoint", ckpt, d), [ckpt], "overlaps archive/data/1 (one storage aliasing another)"
 
 
 @case("pickle_negative_storage_offset", "wrong")

@@ -4,14 +4,18 @@ still reads. The CLI-level corpus is tests/test_hostile_inputs.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 
 import pytest
+from helpers import DATA
 
 from llama2bin.errors import Llama2binError
 from llama2bin.safe_io import MAX_JSON_DEPTH, load_json, open_regular, parse_json, read_capped
+from llama2bin.sources import open_source
 from llama2bin.sources.policy import int_field, positive_float_field
 
 
@@ -100,3 +104,13 @@ def test_positive_float_field_refusals(value: object) -> None:
     with pytest.raises(Llama2binError, match="norm_eps must be a positive finite number"):
         positive_float_field("p", "norm_eps", value)
     assert positive_float_field("p", "norm_eps", 1e-6) == 1e-6
+
+
+def test_zero_kv_heads_is_refused_not_replaced(tmp_path) -> None:
+    # `num_key_value_heads: 0` used to become num_attention_heads without a word.
+    src = tmp_path / "hf"
+    shutil.copytree(os.path.join(DATA, "tiny_hf_untied"), src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(config | {"num_key_value_heads": 0}))
+    with pytest.raises(Llama2binError, match="n_kv_heads must be a positive integer, got 0"):
+        open_source("hf", str(src))

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
 
+from . import cli_types
 from .atomic import write_atomic
+from .cli_errors import ErrorLineParser, run_reporting_errors
 from .constants import DEFAULT_GROUP_SIZE
 from .errors import Llama2binError
-from .formats import DIRECTORY, FORMATS
+from .formats import DIRECTORY, FORMATS, output_format
+from .outputs_guard import Output, check_outputs, fetch_outputs
 
 VERSION_HELP = "\n".join(
     f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
@@ -31,12 +33,19 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--checkpoint", metavar="CKPT.pt", help="llama2.c training checkpoint")
     g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
     g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
-    p.add_argument("--max-seq-len", type=int, help="override max_seq_len (C readers size their KV cache by it)")
+    p.add_argument("--max-seq-len", type=cli_types.max_seq_len, help="override max_seq_len (C readers size their KV cache by it)")
     p.add_argument(
         "--allow-rope-theta",
         action="store_true",
         help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000); recorded as an accepted departure",
     )
+
+
+def _source_path(args: argparse.Namespace) -> list[str]:
+    """The source checkpoint or directory, as a list of inputs for check_outputs. Every source flag
+    counts, including ones added later (`--bin`): an unguarded source could be overwritten."""
+    flags = ("checkpoint", "meta_llama", "hf", "bin")
+    return [path for path in (getattr(args, flag, None) for flag in flags) if path]
 
 
 def _open_source(args: argparse.Namespace):
@@ -71,6 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if v not in FORMATS:
             raise Llama2binError(f"unknown version {v!r} (known: {', '.join(FORMATS)})")
     pairs = list(zip(args.version, args.outputs, strict=True))
+    check_outputs(_source_path(args), [Output(out, FORMATS[v].kind == DIRECTORY, f"--version {v} writes a directory")
+                                       for v, out in pairs])
     dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
     bin_targets = [(v, out) for v, out in pairs if FORMATS[v].kind != DIRECTORY]
     for _, out in dir_targets:  # refuse a bad directory target before writing any .bin
@@ -97,11 +108,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    if not args.no_functional:
+        cli_types.check_eval_tokens(args.eval_seqs, args.eval_len)
+    check_outputs(_source_path(args) + args.files, args.json or [])
     ok = True
     with _open_source(args) as source:
         reference = None if args.no_functional else _functional_reference(args, source)
         for i, path in enumerate(args.files):
-            if os.path.isdir(path):  # a directory format (hf)
+            if output_format(path).kind == DIRECTORY:  # hf
                 from .verify_hf import verify_hf_dir
 
                 result = verify_hf_dir(path, source, quiet=args.quiet)
@@ -147,20 +161,22 @@ def _add_functional_args(p: argparse.ArgumentParser) -> None:
     ev, lim = EvalSet(), Thresholds()
     g = p.add_argument_group("functional verification (logits of the file vs the source on a seeded evaluation set)")
     g.add_argument("--no-functional", action="store_true", help="compare tensors only, skip the forward passes")
-    g.add_argument("--eval-seqs", type=int, default=ev.seqs, metavar="N", help=f"random token sequences ({ev.seqs})")
-    g.add_argument("--eval-len", type=int, default=ev.length, metavar="T",
+    g.add_argument("--eval-seqs", type=cli_types.eval_seqs, default=ev.seqs, metavar="N",
+                   help=f"random token sequences ({ev.seqs})")
+    g.add_argument("--eval-len", type=cli_types.eval_len, default=ev.length, metavar="T",
                    help=f"tokens per sequence, at most max_seq_len ({ev.length})")
-    g.add_argument("--eval-seed", type=int, default=ev.seed, metavar="S", help=f"seed of the token draw ({ev.seed})")
+    g.add_argument("--eval-seed", type=cli_types.eval_seed, default=ev.seed, metavar="S",
+                   help=f"seed of the token draw ({ev.seed})")
     g.add_argument("--activations", choices=("f32", "q8"), default="f32",
                    help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
                    "Q8_0-quantized activations (q8)")
-    g.add_argument("--kld-max", type=float, default=lim.kld_mean_max, metavar="X",
+    g.add_argument("--kld-max", type=cli_types.non_negative, default=lim.kld_mean_max, metavar="X",
                    help=f"quantized files fail above this mean KL divergence ({lim.kld_mean_max:g})")
-    g.add_argument("--kld-p99-max", type=float, default=lim.kld_p99_max, metavar="X",
+    g.add_argument("--kld-p99-max", type=cli_types.non_negative, default=lim.kld_p99_max, metavar="X",
                    help=f"... or above this 99th-percentile KL divergence ({lim.kld_p99_max:g})")
-    g.add_argument("--same-top-min", type=float, default=lim.same_top_min, metavar="X",
+    g.add_argument("--same-top-min", type=cli_types.fraction, default=lim.same_top_min, metavar="X",
                    help=f"... or below this same-top-token rate ({lim.same_top_min:g})")
-    g.add_argument("--fp32-rtol", type=float, default=lim.fp32_rtol, metavar="X",
+    g.add_argument("--fp32-rtol", type=cli_types.non_negative, default=lim.fp32_rtol, metavar="X",
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
 
 
@@ -178,6 +194,7 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    check_outputs(args.files, args.json or [])
     compiler = find_compiler(args.cc)
     if compiler is None:
         if args.require_cc:
@@ -209,39 +226,23 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import BinFile
+    from .describe import describe_output
 
-    with BinFile(args.file) as bf:
-        info = {
-            "file": args.file,
-            "format": bf.format,
-            "format_description": bf.description,
-            "header": bf.header_json(),
-            "size": bf.size,
-            "expected_size": bf.layout.size,
-            "size_matches": bf.size == bf.layout.size,
-            "tensors": [
-                {
-                    "name": t.name,
-                    "shape": list(t.shape),
-                    "dtype": t.dtype,
-                    "offset": t.offset,
-                    "nbytes": t.values.nbytes,
-                    **({"scales_offset": t.scales_offset} if t.scales is not None else {}),
-                }
-                for t in bf.tensors.values()
-            ],
-        }
+    info = describe_output(args.file)
     if args.json:
         sys.stdout.write(_dump_json(info))
         return 0
     h = info["header"]
-    print(f"{args.file}: version {bf.format}: {bf.description}")
-    print(f"  {bf.size} bytes (header implies {bf.layout.size}: {'matches' if info['size_matches'] else 'MISMATCH'})")
+    print(f"{args.file}: version {info['format']}: {info['format_description']}")
+    if info["expected_size"] is not None:
+        print(f"  {info['size']} bytes (header implies {info['expected_size']}: "
+              f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    else:
+        print(f"  {info['size']} bytes in its files")
     print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
     print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
-        print(f"  {t['offset']:>12}  {t['nbytes']:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+        print(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
     return 0
 
 
@@ -251,14 +252,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo_checkpoint
 
+    check_outputs([], [args.output])
     write_demo_checkpoint(args.preset, args.output)
     print(f"wrote {args.output} (demo preset {args.preset})")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_reports
+    from .report import report_outputs, write_reports
 
+    outputs = report_outputs(args.verify_json, args.out_dir, plots=not args.no_plots)
+    check_outputs(args.verify_json + args.c_check, outputs)
     for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check, plots=not args.no_plots):
         print(f"wrote {path}")
     return 0
@@ -267,6 +271,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .report import write_summary
 
+    check_outputs(args.reports, [args.json, args.md])
     write_summary(args.reports, args.md, args.json)
     print(f"wrote {args.md} and {args.json}")
     return 0
@@ -278,6 +283,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer import write_tokenizer_bin
 
+    check_outputs([args.model, *_source_path(args)], [args.output])
     vocab_size = args.vocab_size
     if args.checkpoint or args.meta_llama or args.hf:  # check against the model it will run with
         with _open_source(args) as source:
@@ -337,6 +343,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.retries < 0 or args.retry_delay < 0 or args.timeout <= 0:
         raise Llama2binError("--retries and --retry-delay must be >= 0, --timeout > 0")
     retry = RetryPolicy(retries=args.retries, base_delay=args.retry_delay, timeout=args.timeout)
+    check_outputs(*fetch_outputs(args.model, spec, args.dest, args.path, args.hf_cache))
     result = fetch(args.model, spec, args.dest, retry=retry, quiet=args.quiet, hf_cache_dir=args.hf_cache)
     n = len(result.record["files"])
     state = "already present" if result.reused else "ok"
@@ -349,7 +356,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -363,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--version", nargs="+", default=["0"], metavar="V",
                    help=f"format version(s): {', '.join(FORMATS)} (default 0; see below)")
-    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
+    p.add_argument("--group-size", type=cli_types.group_size, default=DEFAULT_GROUP_SIZE,
                    help=f"Q8_0 group size, halved until it divides dim ({DEFAULT_GROUP_SIZE})")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
@@ -374,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="OUT.bin")
     _add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_functional_args(p)
@@ -397,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a compiler the check is skipped with a notice (exit 0) unless --require-cc.",
     )
     p.add_argument("files", nargs="+", metavar="OUT.bin")
-    p.add_argument("--tokens", type=int, nargs="+", metavar="ID",
+    p.add_argument("--tokens", type=cli_types.token_id, nargs="+", metavar="ID",
                    help="token ids (default: the first sequence of the default functional evaluation set)")
     p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
                    help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
@@ -406,15 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
     p.set_defaults(func=cmd_c_check)
 
-    p = sub.add_parser("inspect", help="show a .bin file's header and tensor table")
-    p.add_argument("file", metavar="OUT.bin")
+    p = sub.add_parser("inspect", help="show an output's format, header and tensor table (.bin file or hf directory)")
+    p.add_argument("file", metavar="OUT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin")
     p.add_argument("model", metavar="TOKENIZER.model")
     p.add_argument("output", metavar="OUT.bin")
-    p.add_argument("--vocab-size", type=int, help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
+    p.add_argument("--vocab-size", type=cli_types.vocab_size,
+                   help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
     _add_source_args(p, required=False)
     p.set_defaults(func=cmd_tokenizer)
 
@@ -454,18 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread (main() embedded in another program)
         pass
-    try:
-        return args.func(args)
-    except Llama2binError as e:
-        print(f"llama2bin: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"llama2bin: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("llama2bin: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(args.func, args)
 
 
 if __name__ == "__main__":

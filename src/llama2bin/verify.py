@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import Llama2binError
 from .formats import json_version
-from .formats.layout import F32, ROPE_COS, ROPE_SIN
+from .formats.layout import F32, PARAM_NAMES, ROPE_COS, ROPE_SIN
 from .formats.q8_0 import ABS_MASK as _ABS_MASK
 from .formats.q8_0 import Scratch, group_scales_into, process_scratch
 from .formats.rope import rope_tables
@@ -140,8 +140,7 @@ def verify(bin_path: str, source: Source, quiet: bool = False, threads: int | No
 
 def _check_header(bf: BinFile, source: Source, result: VerifyResult) -> None:
     want, got = source.config, bf.config
-    for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
-                 "shared_classifier"):
+    for name in (*PARAM_NAMES, "shared_classifier"):
         if getattr(want, name) != getattr(got, name):
             result.failures.append(f"header {name} is {getattr(got, name)}, the source has {getattr(want, name)}")
 

@@ -43,11 +43,7 @@ def _fetch_path(spec: FetchSpec, quiet: bool, desc: str) -> list[FileRecord]:
     path = spec.path or ""
     if not os.path.lexists(path):
         raise Llama2binError(f"{path}: no such file or directory (the model's path: source)")
-    try:
-        is_dir = os.path.isdir(path)
-    except OSError:
-        is_dir = False
-    if is_dir:
+    if os.path.isdir(path):
         entries = checkpoint_files(path)
         if not entries:
             raise Llama2binError(f"{path}: the directory holds no files")

@@ -208,6 +208,7 @@ class TorchZip:
         except Exception as e:  # any malformed pickle: one clear line, never a traceback
             raise Llama2binError(f"{path}: corrupt checkpoint pickle: {type(e).__name__}: {e}") from None
         self._offsets: dict[str, int] = {}
+        self._ranges: list[tuple[int, int, str]] = []  # [local header, data end) of each member read
 
     def _read_pickle(self, f: Any) -> bytes:
         """data.pkl's bytes; notes the zip's members and their common prefix."""
@@ -219,7 +220,12 @@ class TorchZip:
                 f"{path}: not a PyTorch zip checkpoint (truncated, or saved with the pre-1.6 format)"
             ) from None
         with zf:
-            self._members = {info.filename: info for info in zf.infolist()}
+            infos = zf.infolist()
+            self._members = {info.filename: info for info in infos}
+            if len(self._members) != len(infos):
+                names = [info.filename for info in infos]
+                dup = next(name for name in names if names.count(name) > 1)
+                raise Llama2binError(f"{path}: zip member {dup} appears twice (which one is meant?)")
             pkl = [n for n in self._members if n.endswith("/data.pkl") or n == "data.pkl"]
             if len(pkl) != 1:
                 raise Llama2binError(f"{path}: not a PyTorch checkpoint (no data.pkl in the zip)")
@@ -269,7 +275,20 @@ class TorchZip:
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
             raise Llama2binError(f"{self.path}: corrupt zip local header for {member}")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
+        # The local header must name the member the directory does, and no two members' bytes
+        # may overlap: otherwise one storage could alias another's data.
+        # (the local name is decoded as zipfile decodes the directory's: UTF-8 if flagged, else cp437)
+        local_name = os.pread(fd, name_len, info.header_offset + 30).decode(
+            "utf-8" if info.flag_bits & 0x800 else "cp437", "replace"
+        )
+        if local_name != info.orig_filename:
+            raise Llama2binError(f"{self.path}: zip directory entry {member} points at another member's local header")
         offset = info.header_offset + 30 + name_len + extra_len
+        end = offset + info.file_size
+        for begin, other_end, other in self._ranges:
+            if info.header_offset < other_end and begin < end:
+                raise Llama2binError(f"{self.path}: storage {member} overlaps {other} (one storage aliasing another)")
+        self._ranges.append((info.header_offset, end, member))
         if offset + info.file_size > os.fstat(fd).st_size:
             raise Llama2binError(f"{self.path}: tensor {name}: data runs past the end of the file (truncated)")
         self._offsets[storage.key] = offset
