@@ -195,16 +195,8 @@ def report_c_check_args(wildcards, input):
     return ["--c-check", *input.c_check] if input.c_check else []
 
 
-def report_items(model, ext, caption, kind):
-    """One report() entry per output label. Kept short enough that snakefmt leaves it on one
-    line: a line starting with `report` is Snakemake's report keyword."""
-    common = {"caption": caption, "category": "{model}"}
-    items = []
-    for label in LABELS:
-        path = f"reports/{model}/{model}.{label}.{ext}"
-        labels = {"model": "{model}", "output": label, "kind": kind}
-        items.append(report(path, labels=labels, **common))
-    return items
+def report_source_record_args(wildcards, input):
+    return ["--source-record", input.source_record] if input.source_record else []
 
 
 def reverify_records(model):
