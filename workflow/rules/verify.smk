@@ -11,11 +11,11 @@ def eval_tokens_args(wildcards, input):
     """eval-tokens flags: the model's own token ids or text, else the global recipe."""
     f, m = config["functional"], model_cfg(wildcards)
     if "eval_tokens" in m:
-        return f"--eval-tokens {shlex.quote(input.eval_file)}"  # eval-tokens reads and records them
-    size = f"--eval-seqs {f['eval_seqs']} --eval-len {f['eval_len']}"
+        return ["--eval-tokens", input.eval_file]  # checked against the model and recorded
+    size = ["--eval-seqs", str(f["eval_seqs"]), "--eval-len", str(f["eval_len"])]
     if "eval_text" in m:
-        return f"--eval-text {shlex.quote(input.eval_file)} --tokenizer {shlex.quote(input.tokenizer)} {size}"
-    return f"--eval {f['eval']} {size} --eval-seed {f['eval_seed']}"
+        return ["--eval-text", input.eval_file, "--tokenizer", input.tokenizer, *size]
+    return ["--eval", f["eval"], *size, "--eval-seed", str(f["eval_seed"])]
 
 
 def eval_inputs(wildcards):
@@ -26,40 +26,11 @@ def eval_inputs(wildcards):
     if "eval_text" in m:
         tokenizer = tokenizer_model(wildcards.model)
         if tokenizer is None:
-            raise WorkflowError(f"model {wildcards.model}: eval_text needs the model's tokenizer (set tokenizer:)")
+            raise WorkflowError(
+                f"model {wildcards.model}: eval_text needs the model's tokenizer (set tokenizer:)"
+            )
         inputs["tokenizer"] = tokenizer
     return inputs
-
-
-def quality_limits(model):
-    """The global `quality` section with the model's own `quality` overrides on top."""
-    return {**config["quality"], **config["models"][model].get("quality", {})}
-
-
-def verify_args(wildcards):
-    """verify flags of the `functional:` and `quality:` config sections."""
-    f = config["functional"]
-    if not f["enabled"]:
-        return "--no-functional"
-    q = quality_limits(wildcards.model)
-    return (
-        f"--eval-tokens results/{wildcards.model}/eval_tokens.json --activations {f['activations']}"
-        f" --fp32-rtol {f['fp32_rtol']!r} --kld-max {q['kld_mean_max']!r} --kld-p99-max {q['kld_p99_max']!r}"
-        f" --same-top-min {q['same_top_min']!r} --ppl-ratio-max {q['ppl_ratio_max']!r}"
-        + (" --quality-gate" if q["gate"] else "")
-    )
-
-
-def c_check_jsons(model):
-    """The C check's results, one per .bin (a Hugging Face directory has no C reader)."""
-    if not config["c_check"]["enabled"]:
-        return []
-    return [f"results/{model}/{model}.v{v}.ccheck.json" for v in BIN_VERSIONS]
-
-
-def c_check_args():
-    c = config["c_check"]
-    return f"--arithmetic {c['arithmetic']}" + (f" --cc {shlex.quote(c['cc'])}" if "cc" in c else "")
 
 
 def verify_inputs(wildcards):
@@ -69,14 +40,12 @@ def verify_inputs(wildcards):
     return inputs
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule eval_tokens:
     input:
         unpack(eval_inputs),
     output:
         "results/{model}/eval_tokens.json",
-    params:
-        source=source_args,
-        recipe=eval_tokens_args,
     log:
         "logs/eval_tokens/{model}.log",
     benchmark:
@@ -84,19 +53,22 @@ rule eval_tokens:
     threads: 1
     resources:
         mem_mb=verify_mem_mb,
+    params:
+        llama2bin=LLAMA2BIN,
+        source=source_args,
+        recipe=eval_tokens_args,
     shell:
-        "{LLAMA2BIN} eval-tokens {output} {params.source} {params.recipe} > {log} 2>&1"
+        "{params.llama2bin:q} eval-tokens {output:q} {params.source:q} {params.recipe:q} > {log:q} 2>&1"
+        " || (s=$?; grep -h -E '^llama2bin: ' {log:q} >&2; exit $s)"
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule verify:
     input:
         unpack(verify_inputs),
         bins=lambda wc: export_paths(wc.model),
     output:
         expand("results/{{model}}/{{model}}.{label}.verify.json", label=LABELS),
-    params:
-        source=source_args,
-        functional=verify_args,
     log:
         "logs/verify/{model}.log",
     benchmark:
@@ -104,20 +76,28 @@ rule verify:
     threads: 2
     resources:
         mem_mb=verify_mem_mb,
+    params:
+        llama2bin=LLAMA2BIN,
+        source=source_args,
+        functional=lambda wc: functional_args(wc.model),
     shell:
         # Quality warnings and failure reasons are one line each: repeated on the terminal.
-        "{LLAMA2BIN} verify {input.bins} {params.source} {params.functional} --threads {threads}"
-        " --json {output} > {log} 2>&1 && s=0 || s=$?;"
-        " grep -h -e 'llama2bin: warning:' -e 'llama2bin: error:' -e 'FAILED:' {log} >&2 || true; exit $s"
+        "{params.llama2bin:q} verify {input.bins:q} {params.source:q} {params.functional:q}"
+        " --threads {threads} --json {output:q} > {log:q} 2>&1"
+        " && (grep -h '^llama2bin: warning:' {log:q} >&2 || true)"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule c_check:
     input:
-        bins=lambda wc: [f"results/{wc.model}/{wc.model}.v{v}.bin" for v in BIN_VERSIONS],
+        bins=lambda wc: [
+            f"results/{wc.model}/{wc.model}.v{v}.bin" for v in BIN_VERSIONS
+        ],
     output:
-        expand("results/{{model}}/{{model}}.v{version}.ccheck.json", version=BIN_VERSIONS),
-    params:
-        args=c_check_args(),
+        expand(
+            "results/{{model}}/{{model}}.v{version}.ccheck.json", version=BIN_VERSIONS
+        ),
     log:
         "logs/c_check/{model}.log",
     benchmark:
@@ -125,7 +105,11 @@ rule c_check:
     threads: 1
     resources:
         mem_mb=400,
+    params:
+        llama2bin=LLAMA2BIN,
+        args=c_check_args(),
     shell:
         # Without a compiler the check records "skipped"; its notice is repeated on the terminal.
-        "{LLAMA2BIN} c-check {input.bins} {params.args} --json {output} > {log} 2>&1"
-        " && (grep -h 'notice:' {log} >&2 || true)"
+        "{params.llama2bin:q} c-check {input.bins:q} {params.args:q} --json {output:q} > {log:q} 2>&1"
+        " && (grep -h 'notice:' {log:q} >&2 || true)"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
