@@ -72,7 +72,8 @@ def test_the_schema_and_the_cli_share_their_defaults():
     from llama2bin.cli import build_parser
     from llama2bin.constants import DEFAULT_GROUP_SIZE
 
-    schema = yaml.safe_load(open(os.path.join(ROOT, "workflow", "schemas", "config.schema.yaml")))["properties"]
+    full = yaml.safe_load(open(os.path.join(ROOT, "workflow", "schemas", "config.schema.yaml")))
+    schema = full["properties"]
     parser = build_parser()
     export = parser.parse_args(["export", "o.bin", "--checkpoint", "c.pt"])
     verify = parser.parse_args(["verify", "o.bin", "--checkpoint", "c.pt"])
@@ -80,8 +81,13 @@ def test_the_schema_and_the_cli_share_their_defaults():
     assert schema["group_size"]["default"] == export.group_size == DEFAULT_GROUP_SIZE
     functional = {k: v["default"] for k, v in schema["functional"]["properties"].items()}
     assert functional == {
-        "enabled": not verify.no_functional, "eval_seqs": verify.eval_seqs, "eval_len": verify.eval_len,
-        "eval_seed": verify.eval_seed, "activations": verify.activations, "kld_mean_max": verify.kld_max,
-        "kld_p99_max": verify.kld_p99_max, "same_top_min": verify.same_top_min, "fp32_rtol": verify.fp32_rtol,
+        "enabled": not verify.no_functional, "eval": verify.eval_recipe, "eval_seqs": verify.eval_seqs,
+        "eval_len": verify.eval_len, "eval_seed": verify.eval_seed, "activations": verify.activations,
+        "fp32_rtol": verify.fp32_rtol,
+    }
+    quality = {k: v["default"] for k, v in full["definitions"]["quality"]["properties"].items()}
+    assert quality == {
+        "gate": verify.quality_gate, "kld_mean_max": verify.kld_mean_max, "kld_p99_max": verify.kld_p99_max,
+        "same_top_min": verify.same_top_min, "ppl_ratio_max": verify.ppl_ratio_max,
     }
     assert schema["c_check"]["properties"]["arithmetic"]["default"] == c_check.arithmetic

@@ -162,7 +162,10 @@ def tokenizer_input(wildcards):
 
 def quality_limits(model):
     """The global `quality` section with the model's own `quality` overrides on top."""
-    return {**config["quality"], **(config["models"][model].get("quality", {}) if model else {})}
+    return {
+        **config["quality"],
+        **(config["models"][model].get("quality", {}) if model else {}),
+    }
 
 
 def functional_args(model=None):
@@ -178,13 +181,61 @@ def functional_args(model=None):
     if model:
         args += ["--eval-tokens", f"results/{model}/eval_tokens.json"]
     else:
-        args += ["--eval", f["eval"], "--eval-seqs", str(f["eval_seqs"]), "--eval-len", str(f["eval_len"]),
-                 "--eval-seed", str(f["eval_seed"])]
+        args += [
+            "--eval",
+            f["eval"],
+            "--eval-seqs",
+            str(f["eval_seqs"]),
+            "--eval-len",
+            str(f["eval_len"]),
+            "--eval-seed",
+            str(f["eval_seed"]),
+        ]
     q = quality_limits(model)
-    limits = {"--kld-max": "kld_mean_max", "--kld-p99-max": "kld_p99_max", "--same-top-min": "same_top_min",
-              "--ppl-ratio-max": "ppl_ratio_max"}
+    limits = {
+        "--kld-max": "kld_mean_max",
+        "--kld-p99-max": "kld_p99_max",
+        "--same-top-min": "same_top_min",
+        "--ppl-ratio-max": "ppl_ratio_max",
+    }
     args += [a for flag, key in limits.items() for a in (flag, str(q[key]))]
     return args + (["--quality-gate"] if q["gate"] else [])
+
+
+def eval_tokens_args(wildcards, input):
+    """eval-tokens flags: the model's own token ids or text, else the global recipe."""
+    f, m = config["functional"], model_cfg(wildcards)
+    if "eval_tokens" in m:
+        return [
+            "--eval-tokens",
+            input.eval_file,
+        ]  # checked against the model and recorded
+    size = ["--eval-seqs", str(f["eval_seqs"]), "--eval-len", str(f["eval_len"])]
+    if "eval_text" in m:
+        return ["--eval-text", input.eval_file, "--tokenizer", input.tokenizer, *size]
+    return ["--eval", f["eval"], *size, "--eval-seed", str(f["eval_seed"])]
+
+
+def eval_inputs(wildcards):
+    m = model_cfg(wildcards)
+    inputs = checkpoint_input(wildcards)
+    if "eval_tokens" in m or "eval_text" in m:
+        inputs["eval_file"] = m.get("eval_tokens") or m["eval_text"]
+    if "eval_text" in m:
+        tokenizer = tokenizer_model(wildcards.model)
+        if tokenizer is None:
+            raise WorkflowError(
+                f"model {wildcards.model}: eval_text needs the model's tokenizer (set tokenizer:)"
+            )
+        inputs["tokenizer"] = tokenizer
+    return inputs
+
+
+def verify_inputs(wildcards):
+    inputs = checkpoint_input(wildcards)
+    if config["functional"]["enabled"]:
+        inputs["eval_tokens"] = f"results/{wildcards.model}/eval_tokens.json"
+    return inputs
 
 
 def c_check_jsons(model):

@@ -7,39 +7,6 @@
 #   limits, a failure only with `quality: {gate: true}` (globally or per model).
 
 
-def eval_tokens_args(wildcards, input):
-    """eval-tokens flags: the model's own token ids or text, else the global recipe."""
-    f, m = config["functional"], model_cfg(wildcards)
-    if "eval_tokens" in m:
-        return ["--eval-tokens", input.eval_file]  # checked against the model and recorded
-    size = ["--eval-seqs", str(f["eval_seqs"]), "--eval-len", str(f["eval_len"])]
-    if "eval_text" in m:
-        return ["--eval-text", input.eval_file, "--tokenizer", input.tokenizer, *size]
-    return ["--eval", f["eval"], *size, "--eval-seed", str(f["eval_seed"])]
-
-
-def eval_inputs(wildcards):
-    m = model_cfg(wildcards)
-    inputs = checkpoint_input(wildcards)
-    if "eval_tokens" in m or "eval_text" in m:
-        inputs["eval_file"] = m.get("eval_tokens") or m["eval_text"]
-    if "eval_text" in m:
-        tokenizer = tokenizer_model(wildcards.model)
-        if tokenizer is None:
-            raise WorkflowError(
-                f"model {wildcards.model}: eval_text needs the model's tokenizer (set tokenizer:)"
-            )
-        inputs["tokenizer"] = tokenizer
-    return inputs
-
-
-def verify_inputs(wildcards):
-    inputs = checkpoint_input(wildcards)
-    if config["functional"]["enabled"]:
-        inputs["eval_tokens"] = f"results/{wildcards.model}/eval_tokens.json"
-    return inputs
-
-
 # lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule eval_tokens:
     input:
