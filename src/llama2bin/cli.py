@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import cli_types
 from .atomic import write_atomic
 from .cli_errors import ErrorLineParser, run_reporting_errors
+from .constants import DEFAULT_GROUP_SIZE
 from .errors import Llama2binError
 from .formats import DIRECTORY, FORMATS, output_format
 from .outputs_guard import Output, check_outputs, fetch_outputs
@@ -179,6 +180,12 @@ def _add_functional_args(p: argparse.ArgumentParser) -> None:
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
 
 
+def cmd_reverify(args: argparse.Namespace) -> int:
+    from .reverify import run_plan
+
+    return run_plan(args.plan, main)  # each model is one `llama2bin verify` run, errors and all
+
+
 # ---- c-check ------------------------------------------------------------------------------
 
 
@@ -219,23 +226,10 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .describe import describe_output
+    from .describe import describe_output, render_text
 
     info = describe_output(args.file)
-    if args.json:
-        sys.stdout.write(_dump_json(info))
-        return 0
-    h = info["header"]
-    print(f"{args.file}: version {info['format']}: {info['format_description']}")
-    if info["expected_size"] is not None:
-        print(f"  {info['size']} bytes (header implies {info['expected_size']}: "
-              f"{'matches' if info['size_matches'] else 'MISMATCH'})")
-    else:
-        print(f"  {info['size']} bytes in its files")
-    print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
-    print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
-    for t in info["tensors"]:
-        print(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+    sys.stdout.write(_dump_json(info) if args.json else render_text(info))
     return 0
 
 
@@ -366,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--version", nargs="+", default=["0"], metavar="V",
                    help=f"format version(s): {', '.join(FORMATS)} (default 0; see below)")
-    p.add_argument("--group-size", type=cli_types.group_size, default=64,
-                   help="Q8_0 group size, halved until it divides dim (64)")
+    p.add_argument("--group-size", type=cli_types.group_size, default=DEFAULT_GROUP_SIZE,
+                   help=f"Q8_0 group size, halved until it divides dim ({DEFAULT_GROUP_SIZE})")
     p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -382,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_functional_args(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "reverify",
+        help="verify several models' outputs again against their sources (the pipeline's reverify target)",
+        description="Run `verify` for every model of a JSON plan (see llama2bin/reverify.py), continuing past a "
+        "failing model; exit 1 if any file fails.",
+    )
+    p.add_argument("--plan", required=True, metavar="JSON", help="the plan, as JSON text")
+    p.set_defaults(func=cmd_reverify)
 
     p = sub.add_parser(
         "c-check",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import AtomicOutput, check_free_space
+from .constants import DEFAULT_GROUP_SIZE
 from .errors import Llama2binError
 from .formats import format_spec
 from .formats.layout import F32, Q8, ROPE_COS, ROPE_SIN, SCALE, Layout
@@ -106,7 +107,7 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 def export(
     source: Source,
     targets: list[tuple[str, str]],
-    group_size: int = 64,
+    group_size: int = DEFAULT_GROUP_SIZE,
     threads: int | None = None,
     quiet: bool = False,
 ) -> ExportResult:
