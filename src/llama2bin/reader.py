@@ -20,6 +20,7 @@ from . import constants as C
 from .errors import Llama2binError
 from .formats import FORMATS
 from .formats.layout import F32, Q8, SCALE, Layout
+from .formats.v0 import v0_layout_without_rope
 from .model import FIELD_BOUNDS, ModelConfig
 
 _HEADER_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
@@ -83,6 +84,12 @@ class BinFile:
         self.version, cfg, self.group_size = self._parse_header(head)
         self.config = cfg
         self.layout: Layout = FORMATS[self.version].layout(cfg, self.group_size)
+        if self.version == 0 and self.size != self.layout.size:
+            # llama2.c's run.c never reads the rope tables, and v0 files without them exist; the
+            # file size tells (issue 12.2). Such a file has no freqs_cos/freqs_sin tensors.
+            without = v0_layout_without_rope(cfg)
+            if self.size == without.size:
+                self.layout = without
         if self.size != self.layout.size:
             what = "truncated" if self.size < self.layout.size else "trailing bytes"
             raise Llama2binError(

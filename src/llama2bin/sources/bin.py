@@ -1,0 +1,99 @@
+"""An existing llama2.c `.bin` (any version the reader knows) as a checkpoint (issue 12.2).
+
+Float32 tensors are read as they are. Q8_0 tensors (v1, v2) are exposed twice: `read_rows`
+dequantizes (q * scale in float32, as the reader and runq.c do), and `read_q8` hands out the
+stored q and scales so that a writer targeting the same group size copies them instead of
+quantizing a second time (dequantize + requantize is not guaranteed to give the same scales:
+fl(fl(127 * s) / 127) need not equal s). Verification compares against these tensors: bit for
+bit, q and scales included, where they were carried over.
+
+Like every source, nothing is read until rows are asked for, and then only those rows (preadv,
+no memory map held), so memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import Llama2binError
+from ..formats.layout import F32, Q8
+from ..reader import BinFile
+from .base import FilePool, RawTensor, Source, TensorRef
+
+
+@dataclass
+class Q8Tensor(TensorRef):
+    """A Q8_0 tensor of a .bin: int8 q at `offset`, float32 scales at `scales_offset`."""
+
+    name: str
+    shape: tuple[int, ...]
+    path: str
+    offset: int
+    scales_offset: int
+    group_size: int
+    pool: FilePool = field(repr=False, compare=False)
+
+    def read_q8(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) as (int8 q, float32 scales), flat; the rows must hold whole groups."""
+        cols, gs = self.cols, self.group_size
+        first, count = start * cols, (stop - start) * cols
+        if first % gs or count % gs:
+            raise ValueError(f"rows {start}:{stop} of {self.name} do not hold whole groups of {gs}")
+        q = np.empty(count, dtype=np.int8)
+        s = np.empty(count // gs, dtype="<f4")
+        fd = self.pool.fd(self.path)
+        for buf, offset in ((q, self.offset + first), (s, self.scales_offset + 4 * (first // gs))):
+            if os.preadv(fd, [buf.view(np.uint8)], offset) != buf.nbytes:
+                raise Llama2binError(f"{self.path}: tensor {self.name} is truncated (file too short)")
+        return q, s
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        q, s = self.read_q8(start, stop)
+        values = q.reshape(-1, self.group_size).astype(np.float32)
+        values *= s[:, None]  # float32 q * scale: what reader.BinTensor.read and runq.c compute
+        return values.reshape(stop - start, self.cols)
+
+
+class BinSource(Source):
+    kind = "bin"
+
+    def __init__(self, path: str, max_seq_len: int | None = None, allow_rope_theta: bool = False):
+        self.path = path
+        self._pool = FilePool()
+        with BinFile(path) as bf:  # header, size and layout checks; then only offsets are kept
+            self.version = bf.version
+            cfg = bf.config
+            self.group_size = bf.group_size
+            self.has_rope_tables = any(name.startswith("freqs_") for name in bf.tensors)
+            refs: dict[str, TensorRef] = {}
+            for name in cfg.shapes():
+                t = bf.tensors[name]
+                if t.encoding == F32:
+                    refs[name] = RawTensor(name, t.shape, path, t.offset, "F32", self._pool)
+                elif t.encoding == Q8:
+                    assert t.scales_offset is not None and t.group_size
+                    refs[name] = Q8Tensor(name, t.shape, path, t.offset, t.scales_offset, t.group_size, self._pool)
+        if max_seq_len is not None:
+            cfg = dataclasses.replace(cfg, max_seq_len=max_seq_len)
+            cfg.validate(path)
+        self.config = cfg
+        self._refs = refs
+        self.allow_rope_theta = allow_rope_theta  # a .bin states no rope_theta: run.c's 10000 is assumed
+
+    @property
+    def quantized(self) -> dict[str, Any] | None:
+        """{"format", "group_size"} when the file is already Q8_0 (recorded by verify), else None."""
+        if self.group_size is None:
+            return None
+        return {"format": str(self.version), "group_size": self.group_size}
+
+    def describe(self) -> dict[str, Any]:
+        described = {**super().describe(), "format": str(self.version)}
+        if self.quantized:
+            described["source_quantized"] = self.quantized
+        return described
