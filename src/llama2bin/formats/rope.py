@@ -14,7 +14,7 @@ ROPE_CHUNK_ROWS rows, so any vector-width remainder handling is the same as for 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -75,3 +75,40 @@ def rope_json(theta: float) -> dict:
         "ignored_by": list(HARD_CODED_10000),
         "all_readers_agree": theta == ROPE_THETA,
     }
+
+
+# Tables written by another torch build may differ in the last bits of cos/sin (SLEEF is within
+# 1 ulp, not correctly rounded); any other base differs by far more than this.
+_TABLE_ATOL = 1e-5
+
+
+def _table_matches(read_rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]], head_size: int,
+                   max_seq_len: int, theta: float) -> bool:
+    for start, cos, sin in rope_chunks(head_size, max_seq_len, theta):
+        got_cos, got_sin = read_rows(start, start + len(cos))
+        if not (np.abs(got_cos - cos).max(initial=0) <= _TABLE_ATOL and np.abs(got_sin - sin).max(initial=0) <= _TABLE_ATOL):
+            return False
+    return True
+
+
+def stored_rope_theta(read_rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]], head_size: int,
+                      max_seq_len: int) -> float | None:
+    """The rotary base a v0 file's freqs_cos/freqs_sin were computed with, or None when they are
+    not llama2.c's tables for any base. `read_rows(start, stop)` gives (cos, sin) rows.
+
+    Position 1 holds the frequencies themselves (angle = f_j, all in (0, 1]); f_1 = theta^(-2/hd)
+    gives an estimate, rounded to 4 significant digits (bases in use are round numbers), which
+    the whole table must then match."""
+    if _table_matches(read_rows, head_size, max_seq_len, ROPE_THETA):
+        return ROPE_THETA
+    if max_seq_len < 2 or head_size < 4:
+        return None
+    cos, sin = read_rows(1, 2)
+    f1 = float(np.arctan2(np.float64(sin[0, 1]), np.float64(cos[0, 1])))
+    if not 0 < f1 < 1:
+        return None
+    estimate = f1 ** (-head_size / 2)
+    if not np.isfinite(estimate) or estimate <= 1:
+        return None
+    theta = float(f"{estimate:.4g}")
+    return theta if _table_matches(read_rows, head_size, max_seq_len, theta) else None

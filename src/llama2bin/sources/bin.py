@@ -22,8 +22,11 @@ import numpy as np
 
 from ..errors import Llama2binError
 from ..formats.layout import F32, Q8
+from ..formats.rope import stored_rope_theta
+from ..model import ModelConfig
 from ..reader import BinFile
 from .base import FilePool, RawTensor, Source, TensorRef
+from .policy import rope_theta_departure
 
 
 @dataclass
@@ -60,6 +63,9 @@ class Q8Tensor(TensorRef):
 
 
 class BinSource(Source):
+    """A .bin file as a checkpoint. A v0 file's rope tables state its rope_theta (10000 unless
+    --allow-rope-theta accepts another); the other versions store none, so 10000 is assumed."""
+
     kind = "bin"
 
     def __init__(self, path: str, max_seq_len: int | None = None, allow_rope_theta: bool = False):
@@ -78,12 +84,26 @@ class BinSource(Source):
                 elif t.encoding == Q8:
                     assert t.scales_offset is not None and t.group_size
                     refs[name] = Q8Tensor(name, t.shape, path, t.offset, t.scales_offset, t.group_size, self._pool)
+            rope = (bf.tensors["freqs_cos"].offset, bf.tensors["freqs_sin"].offset) if self.has_rope_tables else None
+        if rope is not None:  # v0: the tables are how the file states its rope_theta
+            theta, departures = rope_theta_departure(f"{path}: freqs_cos", "rope_theta", self._stored_theta(cfg, *rope),
+                                                     allow_rope_theta)
+            cfg = dataclasses.replace(cfg, rope_theta=theta, accepted_departures=departures)
         if max_seq_len is not None:
             cfg = dataclasses.replace(cfg, max_seq_len=max_seq_len)
             cfg.validate(path)
         self.config = cfg
         self._refs = refs
-        self.allow_rope_theta = allow_rope_theta  # a .bin states no rope_theta: run.c's 10000 is assumed
+
+    def _stored_theta(self, cfg: ModelConfig, cos_offset: int, sin_offset: int) -> float:
+        half = cfg.head_size // 2
+        tables = [RawTensor(name, (cfg.max_seq_len, half), self.path, offset, "F32", self._pool)
+                  for name, offset in (("freqs_cos", cos_offset), ("freqs_sin", sin_offset))]
+        theta = stored_rope_theta(lambda a, b: (tables[0].read_rows(a, b), tables[1].read_rows(a, b)),
+                                  cfg.head_size, cfg.max_seq_len)
+        if theta is None:
+            raise Llama2binError(f"{self.path}: freqs_cos/freqs_sin are not llama2.c's rotary tables for any rope_theta")
+        return theta
 
     @property
     def quantized(self) -> dict[str, Any] | None:
