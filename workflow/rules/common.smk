@@ -57,7 +57,7 @@ MODELS = list(config["models"])
 BIN_VERSIONS = [v for v in config["versions"] if v != "hf"]
 WRITE_HF = "hf" in config["versions"]
 LABELS = [f"v{v}" for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
-SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf"}
+SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf", "bin": "--bin"}
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),

@@ -11,7 +11,8 @@ rule export:
     params:
         source=source_args,
         versions=export_versions(),
-        group_size=config["group_size"],
+        # only when configured: the default group size backs off for runq.c (v2), an explicit one never does
+        group_size=f" --group-size {config['group_size']}" if "group_size" in config else "",
     log:
         "logs/export/{model}.log",
     benchmark:
@@ -21,7 +22,7 @@ rule export:
         mem_mb=export_mem_mb,
     shell:
         "{LLAMA2BIN} export {output} {params.source} --version {params.versions}"
-        " --group-size {params.group_size} --threads {threads} > {log} 2>&1"
+        "{params.group_size} --threads {threads} > {log} 2>&1"
 
 
 rule tokenizer:
