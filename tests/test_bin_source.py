@@ -13,7 +13,7 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import DATA, assert_one_line_error, run_cli
+from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.cli import main
@@ -197,3 +197,25 @@ def test_the_error_names_the_file(tmp_path):
     path = _edited(tmp_path, "cut.bin", "tiny_a.v0.bin", lambda d: d.__delitem__(slice(100, None)))
     assert_one_line_error(run_cli("export", str(tmp_path / "o.bin"), "--bin", path), path, "truncated")
     assert not (tmp_path / "o.bin").exists()
+
+
+def test_q8_groups_that_straddle_rows_read_right(tmp_path):
+    """stories260K's shape (hidden_dim 172) at group size 64, as v1 allows (and llama2.c's own v2 export
+    writes): any rows dequantize like the reader's whole-tensor dequantization; to v2 it needs a
+    requantization runq.c can run, refused unless asked."""
+    changes = {"multiple_of": 4, "n_heads": 8, "n_kv_heads": 4}
+    ckpt = save_llama2c(str(tmp_path / "s.pt"), preset_arrays("mha", **changes), {**preset_args("mha"), **changes})
+    v1 = str(tmp_path / "s.v1.bin")
+    assert main(["export", v1, "--checkpoint", ckpt, "--version", "1", "--quiet"]) == 0
+    with BinFile(v1) as bf, open_source("bin", v1) as source:
+        want = bf.tensors["layers.1.feed_forward.w2"].dequantize()
+        got = source.tensor("layers.1.feed_forward.w2")
+        for start, stop in ((0, 64), (1, 3), (5, 6), (63, 64)):
+            assert np.array_equal(got.read_rows(start, stop), want[start:stop]), (start, stop)
+    v2 = tmp_path / "o" / "s.v2.bin"
+    proc = run_cli("export", str(v2), "--bin", v1, "--version", "2")
+    assert_one_line_error(proc, "already Q8_0 at group size 64", "group size 4", "--allow-requantize")
+    assert not v2.exists()
+    assert main(["export", str(v2), "--bin", v1, "--version", "2", "--allow-requantize", "--quiet"]) == 0
+    with open_source("bin", v1) as source:
+        assert verify(str(v2), source, quiet=True).passed

@@ -47,19 +47,28 @@ class Q8Tensor(TensorRef):
         first, count = start * cols, (stop - start) * cols
         if first % gs or count % gs:
             raise ValueError(f"rows {start}:{stop} of {self.name} do not hold whole groups of {gs}")
-        q = np.empty(count, dtype=np.int8)
-        s = np.empty(count // gs, dtype="<f4")
+        return self._read_groups(first // gs, (first + count) // gs)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        # Any rows: llama2.c's own export writes v2 whose groups straddle rows (hidden_dim not a
+        # multiple of the group size), so read the groups that cover the rows and cut them out.
+        cols, gs = self.cols, self.group_size
+        first, end = start * cols, stop * cols
+        g0, g1 = first // gs, -(-end // gs)
+        q, s = self._read_groups(g0, g1)
+        values = q.reshape(-1, gs).astype(np.float32)
+        values *= s[:, None]  # float32 q * scale: what reader.BinTensor.read and runq.c compute
+        return np.ascontiguousarray(values.reshape(-1)[first - g0 * gs : end - g0 * gs]).reshape(stop - start, cols)
+
+    def _read_groups(self, g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
+        gs = self.group_size
+        q = np.empty((g1 - g0) * gs, dtype=np.int8)
+        s = np.empty(g1 - g0, dtype="<f4")
         fd = self.pool.fd(self.path)
-        for buf, offset in ((q, self.offset + first), (s, self.scales_offset + 4 * (first // gs))):
+        for buf, offset in ((q, self.offset + g0 * gs), (s, self.scales_offset + 4 * g0)):
             if os.preadv(fd, [buf.view(np.uint8)], offset) != buf.nbytes:
                 raise Llama2binError(f"{self.path}: tensor {self.name} is truncated (file too short)")
         return q, s
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        q, s = self.read_q8(start, stop)
-        values = q.reshape(-1, self.group_size).astype(np.float32)
-        values *= s[:, None]  # float32 q * scale: what reader.BinTensor.read and runq.c compute
-        return values.reshape(stop - start, self.cols)
 
 
 class BinSource(Source):
