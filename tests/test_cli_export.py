@@ -83,3 +83,12 @@ def test_stories260k_shape_gets_a_v2_runq_can_run(tmp_path):
     checked = run_cli("c-check", v2, "--require-cc")
     assert checked.returncode == 0, checked.stderr
     assert "C consumer agrees (v2, q8 arithmetic" in checked.stdout
+
+
+def test_a_shared_back_off_is_said_once_and_quantized_once(tmp_path):
+    outs = [str(tmp_path / "b.v1.bin"), str(tmp_path / "b.v2.bin")]
+    proc = run_cli("export", *outs, "--checkpoint", os.path.join(DATA, "tiny_b.pt"), "--version", "1", "2", "--quiet")
+    assert proc.returncode == 0 and proc.stderr.splitlines() == ["BACKOFF: reducing group size to 8 to fit dim 40"]
+    for out, v in zip(outs, ("1", "2"), strict=True):
+        with open(out, "rb") as f, open(os.path.join(DATA, f"tiny_b.v{v}.bin"), "rb") as g:
+            assert f.read() == g.read()

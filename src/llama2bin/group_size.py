@@ -43,13 +43,14 @@ def plan_group_sizes(
     are instead of being quantized a second time)."""
     start = requested if requested is not None else (source_group_size or DEFAULT_GROUP_SIZE)
     plan = {}
+    notes: dict[str, None] = {}  # one line per distinct back-off (v1 and v2 often share one)
     for v in versions:
         spec = format_spec(v)
         if not spec.quantized:
             continue
         gs = choose_group_size(cfg.dim, start)
         if gs != start:
-            print(f"BACKOFF: reducing group size to {gs} to fit dim {cfg.dim}", file=sys.stderr)
+            notes[f"BACKOFF: reducing group size to {gs} to fit dim {cfg.dim}"] = None
         if spec.groups_within_rows and cfg.hidden_dim % gs:
             if requested is not None:
                 raise Llama2binError(
@@ -60,16 +61,15 @@ def plan_group_sizes(
             seed_gs = gs
             while not _divides_rows(cfg, gs):
                 gs //= 2
-            print(
-                f"BACKOFF: version {v} group size {gs} instead of {seed_gs}: runq.c needs it to divide dim "
-                f"{cfg.dim} and hidden_dim {cfg.hidden_dim}",
-                file=sys.stderr,
-            )
+            notes[f"BACKOFF: version {v} group size {gs} instead of {seed_gs}: runq.c needs it to divide dim "
+                  f"{cfg.dim} and hidden_dim {cfg.hidden_dim}"] = None
         for name, shape in cfg.shapes().items():
             numel = math.prod(shape)
             if len(shape) == 2 and numel % gs:
                 raise Llama2binError(f"tensor {name} has {numel} elements, not a multiple of group size {gs}")
         plan[v] = gs
+    for note in notes:
+        print(note, file=sys.stderr)
     return plan
 
 
