@@ -47,6 +47,16 @@ def test_v0_source_gives_every_golden_version(model, tmp_path):
         assert read(out) == read(golden(f"{model}.v{v}.bin")), f"v0 -> v{v}"
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_float32_v1f_round_trips(model, tmp_path):
+    """llama2.c's current float32 v1 ("1f") in and out: exact both ways."""
+    master = golden(f"{model}.master_v1.bin")
+    (v0,) = export(tmp_path, master, "0")
+    assert read(v0) == read(golden(f"{model}.v0.bin"))
+    (v1f,) = export(tmp_path, golden(f"{model}.v0.bin"), "1f")
+    assert read(v1f) == read(master)
+
+
 @pytest.mark.parametrize(("model", "src", "dst"), [("tiny_a", "2", "1"), ("tiny_b", "2", "1"), ("tiny_b", "1", "2")])
 def test_q8_to_q8_at_the_same_group_size_is_lossless(model, src, dst, tmp_path):
     (out,) = export(tmp_path, golden(f"{model}.v{src}.bin"), dst)

@@ -30,7 +30,7 @@ from llama2bin import forward  # noqa: E402
 from llama2bin.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
 from llama2bin.demo import write_demo_checkpoint  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
-from llama2bin.formats.hf import export_hf  # noqa: E402
+from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.functional import EvalSet, ReferenceLogits, Thresholds, compare_logits, functional_verify  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
 from llama2bin.plots import render_png  # noqa: E402

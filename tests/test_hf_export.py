@@ -20,8 +20,10 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from llama2bin.cli import main  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
-from llama2bin.formats.hf import CONFIG_NAME, WEIGHTS_NAME, export_hf, verify_hf_dir  # noqa: E402
+from llama2bin.formats.hf import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
+from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.verify_hf import verify_hf_dir  # noqa: E402
 
 try:  # the numpy reference forward, when this build has it
     from llama2bin import forward
@@ -312,7 +314,7 @@ def test_unknown_version_writes_nothing(tmp_path, capsys):
     out = tmp_path / "x.bin"
     assert main(["export", str(out), "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "--version", "7"]) == 1
     err = capsys.readouterr().err
-    assert err == "llama2bin: error: unknown version '7' (known: 0, 1, 2, hf)\n"
+    assert err == "llama2bin: error: unknown version '7' (known: 0, 1, 1f, 2, hf)\n"
     assert os.listdir(tmp_path) == []
 
 

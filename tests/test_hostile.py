@@ -109,7 +109,7 @@ def make_cases(out_dir: str) -> list[dict]:
     from llama2bin.formats import FORMATS
     from llama2bin.model import ModelConfig
 
-    size = FORMATS[0].layout(ModelConfig(1024, 2816, 8, 16, 16, 8192, 256, shared_classifier=True), None).size
+    size = FORMATS["0"].layout(ModelConfig(1024, 2816, 8, 16, 16, 8192, 256, shared_classifier=True), None).size
     os.truncate(path, size)
     cases.append({"path": path, "source": os.path.join(DATA, "tiny_a.pt"), "expect": "failures"})
     return cases

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import Llama2binError
+from .formats import json_version
 from .forward import F32, Q8, bin_logits
 from .functional import EvalSet
 from .reader import BinFile
@@ -103,7 +104,7 @@ class Consumer:
 @dataclass
 class CCheckResult:
     file: str
-    version: int | None
+    version: int | str | None  # formats.json_version of the file's format: 0, 1, 2 or "1f"
     arithmetic: str | None
     tokens: list[int]
     compiler: str | None
@@ -125,7 +126,7 @@ def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:
     if arithmetic == "auto":
         return Q8 if bf.group_size else F32  # runq.c's way for Q8_0 files
     if arithmetic == Q8 and not bf.group_size:
-        raise Llama2binError(f"{bf.path}: q8 arithmetic needs a Q8_0 file (v1 or v2), this is v{bf.version}")
+        raise Llama2binError(f"{bf.path}: q8 arithmetic needs a Q8_0 file (v1 or v2), this is {bf.spec.label}")
     if arithmetic not in (F32, Q8):
         raise Llama2binError(f"unknown arithmetic {arithmetic!r} (auto, f32 or q8)")
     return arithmetic
@@ -138,7 +139,7 @@ def c_check(bin_path: str, consumer: Consumer | None, tokens: list[int] | None =
     if os.path.isdir(bin_path):
         raise Llama2binError(f"{bin_path}: is a directory (the C check reads .bin files)")
     with BinFile(bin_path) as bf:
-        version = bf.version
+        version = json_version(bf.format)
         arith = resolve_arithmetic(bf, arithmetic)
         toks = list(tokens) if tokens else EvalSet().tokens(bf.config)[0].tolist()
     result = CCheckResult(os.path.basename(bin_path), version, arith, toks,

@@ -17,11 +17,13 @@ from . import __version__
 from .atomic import write_atomic
 from .cli_export import add_export_format_args, check_output_name, split_versions_and_outputs
 from .errors import Llama2binError
-from .formats import FORMATS
+from .formats import DIRECTORY, FORMATS
 
 VERSION_HELP = "\n".join(
-    f"  {spec.version}: read by {spec.read_by}; loses {spec.loses}" for spec in FORMATS.values()
-) + "\n  hf: a Hugging Face Llama directory (config.json, float32 model.safetensors); OUT is a directory"
+    f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
+    f"      read by {spec.read_by}; loses {spec.loses}"
+    for name, spec in FORMATS.items()
+)
 
 
 def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -70,29 +72,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise Llama2binError(
             f"{len(args.outputs)} output path(s) but {len(args.version)} version(s): give one version per output"
         )
-    from .formats.hf import HF_VERSION, check_hf_target, export_hf
+    from .formats.hf_export import check_hf_target, export_hf
 
-    known = [str(k) for k in FORMATS] + [HF_VERSION]
     for v in args.version:
-        if v not in known:
-            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(known)})")
+        if v not in FORMATS:
+            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(FORMATS)})")
     pairs = list(zip(args.version, args.outputs, strict=True))
     for v, out in pairs:
-        check_output_name(out, v, known)
-    hf_dirs = [out for v, out in pairs if v == HF_VERSION]
-    bin_targets = [(int(v), out) for v, out in pairs if v != HF_VERSION]
-    for out in hf_dirs:  # refuse a bad directory target before writing any .bin
+        check_output_name(out, v, list(FORMATS))
+    dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
+    bin_targets = [(v, out) for v, out in pairs if FORMATS[v].kind != DIRECTORY]
+    for _, out in dir_targets:  # refuse a bad directory target before writing any .bin
         check_hf_target(out)
     with _open_source(args) as source:
-        if bin_targets:  # every .bin version in one pass over the source
+        if bin_targets:  # every .bin format in one pass over the source
             result = export(source, bin_targets, group_size=args.group_size, threads=args.threads, quiet=args.quiet,
                             allow_requantize=args.allow_requantize)
             line = result.summary_line()
             if line:
                 print(line)
             for path, layout in result.layouts.items():
-                print(f"wrote {path} (v{layout.version}, {layout.size} bytes)")
-        for out in hf_dirs:  # a directory of float32 safetensors: its own pass
+                print(f"wrote {path} ({FORMATS[layout.format].label}, {layout.size} bytes)")
+        for _, out in dir_targets:  # hf, the one directory format: a directory of float32 safetensors, its own pass
             hf_result = export_hf(source, out, quiet=args.quiet)
             print(f"wrote {out}/ (hf, model.safetensors {hf_result.size} bytes)")
     return 0
@@ -110,8 +111,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _open_source(args) as source:
         reference = None if args.no_functional else _functional_reference(args, source)
         for i, path in enumerate(args.files):
-            if os.path.isdir(path):  # a --version hf export
-                from .formats.hf import verify_hf_dir
+            if os.path.isdir(path):  # a directory format (hf)
+                from .verify_hf import verify_hf_dir
 
                 result = verify_hf_dir(path, source, quiet=args.quiet)
             else:
@@ -121,7 +122,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             if result.passed:
-                label = result.version if isinstance(result.version, str) else f"v{result.version}"  # "hf" or v0/v1/v2
+                label = FORMATS[result.format].label
                 print(f"{path}: OK ({label}, {len(result.tensors)} tensors, sha256 {result.sha256[:16]}…)")
                 if result.functional:
                     f = result.functional
@@ -217,6 +218,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     with BinFile(args.file) as bf:
         info = {
             "file": args.file,
+            "format": bf.format,
+            "format_description": bf.description,
             "header": bf.header_json(),
             "size": bf.size,
             "expected_size": bf.layout.size,
@@ -237,8 +240,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(_dump_json(info))
         return 0
     h = info["header"]
-    print(f"{args.file}: version {h['version']}, {bf.size} bytes (header implies {bf.layout.size}: "
-          f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    print(f"{args.file}: version {bf.format}: {bf.description}")
+    print(f"  {bf.size} bytes (header implies {bf.layout.size}: {'matches' if info['size_matches'] else 'MISMATCH'})")
     print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
     print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
@@ -372,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("outputs", nargs="*", metavar="OUT.bin")
     _add_source_args(p)
-    add_export_format_args(p)
+    add_export_format_args(p, list(FORMATS))
     p.add_argument("--threads", type=int, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

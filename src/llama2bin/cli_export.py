@@ -33,10 +33,11 @@ def check_output_name(path: str, version: str, known: list[str]) -> None:
                              f"{version}; rename it or change --version")
 
 
-def add_export_format_args(p: argparse.ArgumentParser) -> None:
+def add_export_format_args(p: argparse.ArgumentParser, formats: list[str]) -> None:
     p.add_argument("--version", nargs="+", action="extend", metavar="V",
-                   help="format version(s), one per output in order: 0, 1, 2, hf (default 0). Repeatable, comma "
-                   "lists work, and paths after it are outputs: --version 2 out.bin, --version 0 1 2, --version 0,2")
+                   help=f"format version(s), one per output in order: {', '.join(formats)} (default 0; see below). "
+                   "Repeatable, comma lists work, and paths after it are outputs: --version 2 out.bin, "
+                   "--version 0 1 2, --version 0,2")
     p.add_argument("--group-size", type=int, default=None,
                    help="Q8_0 group size (default 64, or a Q8_0 --bin source's own), halved until it divides dim; "
                    "the default also backs off until it divides hidden_dim for v2 (runq.c)")

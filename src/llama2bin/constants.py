@@ -2,14 +2,10 @@
 
 from typing import Final
 
-# v1/v2 header: uint32 magic "ak42", int32 version, 7 int32 params, uint8 shared_classifier,
-# int32 group_size at the unaligned offset 37, zero padding to 256 bytes.
+# The "ak42" header (v1, 1f, v2) and v0's: their fields are tabled in formats/layout.py.
 MAGIC: Final = 0x616B3432
 V0_HEADER_SIZE: Final = 28
 QHEADER_SIZE: Final = 256
-QHEADER_SHARED_OFFSET: Final = 36
-QHEADER_GROUP_SIZE_OFFSET: Final = 37
-QHEADER_USED_BYTES: Final = 41
 
 DEFAULT_GROUP_SIZE: Final = 64
 Q8_MAX: Final = 127.0
@@ -22,9 +18,6 @@ ROPE_THETA: Final = 10000.0
 # llama2.c's own export.py sets for Meta checkpoints (and transformers' LlamaConfig default).
 # Llama 2 was trained with 4096: pass --max-seq-len 4096 for its full context (KV cache x2).
 DEFAULT_MAX_SEQ_LEN: Final = 2048
-
-# Versions this project writes to a single .bin file ("hf" is a directory, handled elsewhere).
-BIN_VERSIONS: Final = (0, 1, 2)
 
 # Sanity bounds for header fields read from untrusted files: large enough for any released
 # LLaMA-family model (70B: dim 8192, hidden 28672, 80 layers, vocab 128256), small enough that

@@ -25,13 +25,13 @@ not comparable one to one with llama.cpp's (measured on wikitext).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import Llama2binError
+from .formats import DIRECTORY, output_format
 from .forward import ARITHMETICS, F32, BinWeights, SourceWeights, logits
 from .model import ModelConfig
 from .reader import BinFile
@@ -179,10 +179,9 @@ def _output_logits(path: str, reference: ReferenceLogits, arithmetic: str) -> tu
     """Logits of an exported .bin (or --version hf directory) on the evaluation set, and
     whether its weights are quantized."""
     cfg = reference.config
-    if os.path.isdir(path):  # a Hugging Face export: read it back through the hf source
-        from .sources import open_source
-
-        with open_source("hf", path, max_seq_len=cfg.max_seq_len, allow_rope_theta=True) as exported:
+    spec = output_format(path)
+    if spec.kind == DIRECTORY:  # hf: read back as a source (canonical tensors, q/k un-permuted)
+        with spec.open(path) as exported:
             if exported.config.shapes() != cfg.shapes():
                 raise Llama2binError(f"{path}: its tensors do not have the source's shapes")
             return logits(SourceWeights(exported, cfg), cfg, reference.tokens), False

@@ -1,4 +1,5 @@
-"""Read a .bin back: parse the header, rebuild its layout, expose tensors as memmap views.
+"""Read a .bin back: identify its format from the header, rebuild its layout, expose tensors
+as memmap views.
 
 Nothing is copied on open; a tensor's bytes are touched only when asked for. Every header
 field is checked against sane bounds before any size is computed from it, so hostile files
@@ -10,7 +11,6 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,13 +18,9 @@ import numpy as np
 
 from . import constants as C
 from .errors import Llama2binError
-from .formats import FORMATS
-from .formats.layout import F32, Q8, SCALE, Layout
+from .formats import FormatSpec, identify
+from .formats.layout import F32, PARAM_NAMES, Q8, SCALE, Encoding, Layout
 from .formats.v0 import v0_layout_without_rope
-from .model import FIELD_BOUNDS, ModelConfig
-
-_HEADER_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
-_BOUNDS = FIELD_BOUNDS
 
 
 @dataclass(frozen=True)
@@ -33,7 +29,7 @@ class BinTensor:
 
     name: str
     shape: tuple[int, ...]
-    encoding: str  # F32 or Q8
+    encoding: Encoding  # F32 or Q8
     offset: int  # of the values (q for Q8)
     values: np.ndarray  # memmap view, flat: float32 or int8
     scales: np.ndarray | None  # memmap view, flat float32 (Q8 only)
@@ -81,74 +77,32 @@ class BinFile:
             raise Llama2binError(f"{path}: is a directory") from None
         except OSError as e:
             raise Llama2binError(f"{path}: cannot read: {e.strerror}") from None
-        self.version, cfg, self.group_size = self._parse_header(head)
-        self.config = cfg
-        self.layout: Layout = FORMATS[self.version].layout(cfg, self.group_size)
-        if self.version == 0 and self.size != self.layout.size:
+        self.spec: FormatSpec = identify(head, path)
+        self.format: str = self.spec.name  # the registered format: "0", "1", "1f", "2"
+        self.version: int = self.spec.header_version  # the number the header stores (v0: none, 0)
+        try:
+            self.config, self.group_size = self.spec.decode_header(head, path)
+        except Llama2binError as e:
+            if self.spec.header is not None and not self.spec.header.has("magic"):
+                raise Llama2binError(f"{e} (no 'ak42' magic, so read as a v0 header)") from None
+            raise
+        self.layout: Layout = self.spec.layout(self.config, self.group_size)
+        if self.format == "0" and self.size != self.layout.size:
             # llama2.c's run.c never reads the rope tables, and v0 files without them exist; the
             # file size tells (issue 12.2). Such a file has no freqs_cos/freqs_sin tensors.
-            without = v0_layout_without_rope(cfg)
+            without = v0_layout_without_rope(self.config)
             if self.size == without.size:
                 self.layout = without
         if self.size != self.layout.size:
             what = "truncated" if self.size < self.layout.size else "trailing bytes"
             raise Llama2binError(
                 f"{path}: file size {self.size} bytes does not match the {self.layout.size} bytes "
-                f"its v{self.version} header implies ({what})"
+                f"its {self.spec.label} header implies ({what})"
             )
         self._file = open(path, "rb")
         self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self._buf = np.frombuffer(self._mmap, dtype=np.uint8)
         self.tensors: dict[str, BinTensor] = self._index()
-
-    # ---- header -----------------------------------------------------------------------
-
-    def _parse_header(self, head: bytes) -> tuple[int, ModelConfig, int | None]:
-        if len(head) < 4:
-            raise Llama2binError(f"{self.path}: too short ({len(head)} bytes) to hold a header")
-        (magic,) = struct.unpack_from("<I", head, 0)
-        if magic == C.MAGIC:
-            if len(head) < C.QHEADER_SIZE:
-                raise Llama2binError(f"{self.path}: truncated header ({len(head)} of {C.QHEADER_SIZE} bytes)")
-            (version,) = struct.unpack_from("<i", head, 4)
-            if version not in FORMATS or not FORMATS[version].quantized:
-                raise Llama2binError(f"{self.path}: unsupported version {version} at byte 4 (this reads 1 and 2)")
-            fields = dict(zip(_HEADER_FIELDS, struct.unpack_from("<7i", head, 8), strict=True))
-            shared = head[C.QHEADER_SHARED_OFFSET]
-            (group_size,) = struct.unpack_from("<i", head, C.QHEADER_GROUP_SIZE_OFFSET)
-            if shared not in (0, 1):
-                raise Llama2binError(f"{self.path}: shared_classifier byte at offset 36 is {shared}, not 0 or 1")
-            padding = head[C.QHEADER_USED_BYTES : C.QHEADER_SIZE]
-            if any(padding):
-                first = C.QHEADER_USED_BYTES + next(i for i, b in enumerate(padding) if b)
-                raise Llama2binError(f"{self.path}: header padding is not zero (byte {first})")
-            self._check_fields(fields)
-            if group_size <= 0 or fields["dim"] % group_size:
-                raise Llama2binError(
-                    f"{self.path}: group_size {group_size} at byte 37 does not divide dim {fields['dim']}"
-                )
-            return version, self._config(fields, bool(shared)), group_size
-        if len(head) < C.V0_HEADER_SIZE:
-            raise Llama2binError(f"{self.path}: too short ({len(head)} bytes) for a v0 header")
-        fields = dict(zip(_HEADER_FIELDS, struct.unpack_from("<7i", head, 0), strict=True))
-        shared = fields["vocab_size"] > 0
-        fields["vocab_size"] = abs(fields["vocab_size"])
-        try:
-            self._check_fields(fields)
-        except Llama2binError as e:
-            raise Llama2binError(f"{e} (no 'ak42' magic, so read as a v0 header)") from None
-        return 0, self._config(fields, shared), None
-
-    def _check_fields(self, fields: dict[str, int]) -> None:
-        for i, name in enumerate(_HEADER_FIELDS):
-            value = fields[name]
-            if not 0 < value <= _BOUNDS[name]:
-                raise Llama2binError(f"{self.path}: header field {name} = {value} (int {i}) is out of range")
-
-    def _config(self, fields: dict[str, int], shared: bool) -> ModelConfig:
-        cfg = ModelConfig(**fields, shared_classifier=shared)
-        cfg.validate(self.path)
-        return cfg
 
     # ---- tensors ----------------------------------------------------------------------
 
@@ -192,8 +146,14 @@ class BinFile:
             start = offset // page * page
             self._mmap.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
 
+    @property
+    def description(self) -> str:
+        """Which format this is, in words (e.g. "seed v1 (Q8_0 ...)")."""
+        return self.spec.description
+
     def header_json(self) -> dict:
-        return {"version": self.version, **{k: getattr(self.config, k) for k in _HEADER_FIELDS},
+        """The header's values (the keys reports have always carried; the format's name is `format`)."""
+        return {"version": self.version, **{k: getattr(self.config, k) for k in PARAM_NAMES},
                 "shared_classifier": self.config.shared_classifier, "group_size": self.group_size}
 
     def close(self) -> None:

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 
 from .atomic import write_atomic
 from .errors import Llama2binError
+from .safe_io import read_capped
+
+# Llama 2's tokenizer.model is 500 KB; sentencepiece models with 256k pieces are ~4 MB. 64 MiB
+# bounds what a hostile file (or a symlink to a huge one) makes us read and hand to protobuf.
+MAX_TOKENIZER_MODEL_BYTES = 64 << 20
+# A tokenizer.bin is at most ~(8 + max piece length) bytes per token: 64 MiB is far above any.
+MAX_TOKENIZER_BIN_BYTES = 64 << 20
 
 WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁"
 BOS_TEXT = "\n<s>\n"
@@ -49,11 +56,7 @@ def _load_sentencepiece(model_path: str):
         raise Llama2binError(
             "the sentencepiece package is needed to read tokenizer.model (pip install sentencepiece)"
         ) from None
-    try:
-        with open(model_path, "rb") as f:
-            proto = f.read()
-    except OSError as e:
-        raise Llama2binError(f"{model_path}: cannot read: {e.strerror}") from None
+    proto = read_capped(model_path, MAX_TOKENIZER_MODEL_BYTES, "sentencepiece tokenizer.model")
     if not proto:
         raise Llama2binError(f"{model_path}: not a sentencepiece model (empty file)")
     try:
@@ -64,6 +67,15 @@ def _load_sentencepiece(model_path: str):
     if sp.get_piece_size() <= 0:
         raise Llama2binError(f"{model_path}: not a sentencepiece model (no pieces)")
     return sp
+
+
+def _piece_text(sp, i: int, model_path: str) -> str:  # type: ignore[no-untyped-def]
+    """Piece `i` as text. sentencepiece does not check that a model's pieces are UTF-8; run.c
+    prints them as UTF-8, so a piece that is not is refused rather than written as garbage."""
+    try:
+        return sp.id_to_piece(i)
+    except UnicodeDecodeError:
+        raise Llama2binError(f"{model_path}: piece {i} is not valid UTF-8 (a corrupt or hand-edited model)") from None
 
 
 def tokenizer_entries(model_path: str, vocab_size: int | None = None) -> TokenizerBin:
@@ -81,7 +93,7 @@ def tokenizer_entries(model_path: str, vocab_size: int | None = None) -> Tokeniz
         elif i == eos_id:
             text = EOS_TEXT
         else:
-            text = sp.id_to_piece(i)
+            text = _piece_text(sp, i, model_path)
         pieces.append(text.replace(WORD_BOUNDARY, " ").encode("utf-8"))
         scores.append(sp.get_score(i))
     # Round scores to float32 here so that the in-memory value is exactly what the file holds.
@@ -98,11 +110,7 @@ def write_tokenizer_bin(model_path: str, out_path: str, vocab_size: int | None =
 
 def read_tokenizer_bin(path: str, vocab_size: int) -> TokenizerBin:
     """Parse a tokenizer.bin of `vocab_size` entries (the file does not record its own count)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise Llama2binError(f"{path}: cannot read: {e.strerror}") from None
+    data = read_capped(path, MAX_TOKENIZER_BIN_BYTES, "tokenizer.bin")
     if len(data) < 4:
         raise Llama2binError(f"{path}: too short for a tokenizer.bin ({len(data)} bytes)")
     (max_len,) = struct.unpack_from("<I", data, 0)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import Llama2binError
+from .formats import json_version
 from .formats.layout import F32, ROPE_COS, ROPE_SIN
 from .formats.q8_0 import ABS_MASK as _ABS_MASK
 from .formats.q8_0 import Scratch, group_scales_into, process_scratch
@@ -74,7 +75,7 @@ class TensorStats:
 @dataclass
 class VerifyResult:
     file: str
-    version: int
+    format: str  # the registered format's name: "0", "1", "1f", "2", "hf"
     size: int
     sha256: str
     group_size: int | None
@@ -95,8 +96,14 @@ class VerifyResult:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def version(self) -> int | str:
+        """The JSON `version` value (0, 1, 2 as ints, as before formats had names; else the name)."""
+        return json_version(self.format)
+
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        fields = asdict(self)
+        d = {"file": fields.pop("file"), "version": self.version, **fields}  # `version` where reports always read it
         d["passed"] = self.passed
         return d
 
@@ -119,7 +126,7 @@ def verify(bin_path: str, source: Source, quiet: bool = False, threads: int | No
     with BinFile(bin_path) as bf:
         result = VerifyResult(
             file=os.path.basename(bin_path),
-            version=bf.version,
+            format=bf.format,
             size=bf.size,
             sha256="",  # below: hashed in a side process while the tensors are compared
             group_size=bf.group_size,
@@ -190,7 +197,7 @@ def _check_tensors(bf: BinFile, source: Source, result: VerifyResult, workers: i
             digest = stack.enter_context(ForkedCall(sha256_file, bf.path))  # a process: a thread would fight for the GIL
             # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP may
             # hang there if this process used it before
-            rope = ROPE_COS in bf.tensors
+            rope = bool(bf.layout.sections_of(ROPE_COS))
             progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
             try:
                 stats: TensorStats | None = None

@@ -87,18 +87,18 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 def export(
     source: Source,
-    targets: list[tuple[int, str]],
+    targets: list[tuple[str, str]],
     group_size: int | None = None,
     threads: int | None = None,
     quiet: bool = False,
     allow_requantize: bool = False,
 ) -> ExportResult:
-    """Write `source` as each (version, path) in `targets`; all or nothing.
+    """Write `source` as each (format name, path) in `targets` (.bin formats); all or nothing.
 
     `group_size`: an explicit Q8_0 group size, or None for the default (see group_size.py)."""
     cfg = source.config
     source_q8 = source_group_size(source)
-    plan = plan_group_sizes(cfg, [v for v, _ in targets], group_size, source_q8)
+    plan = plan_group_sizes(cfg, [str(v) for v, _ in targets], group_size, source_q8)
     if source_q8 is not None and not allow_requantize:
         for v, gs in plan.items():
             if gs != source_q8:
@@ -106,7 +106,7 @@ def export(
                     f"{source.path}: already Q8_0 at group size {source_q8}; version {v} at group size {gs} would "
                     "quantize it a second time (pass --allow-requantize to accept the added error)"
                 )
-    layouts = {path: format_spec(v).layout(cfg, plan.get(v)) for v, path in targets}
+    layouts = {path: format_spec(v).layout(cfg, plan.get(str(v))) for v, path in targets}
     check_free_space({path: layout.size for path, layout in layouts.items()})
     result = ExportResult(layouts, plan)
 

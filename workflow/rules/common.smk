@@ -8,6 +8,7 @@ import yaml
 from snakemake.utils import validate
 
 from llama2bin.fetch import FetchSpec
+from llama2bin.formats import DIRECTORY, FORMATS
 
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first.
@@ -54,8 +55,8 @@ LLAMA2BIN = f'"{sys.executable}" -m llama2bin'
 
 MODELS = list(config["models"])
 # Output labels in the order export writes them: .bin versions first ("v0", ...), then "hf".
-BIN_VERSIONS = [v for v in config["versions"] if v != "hf"]
-WRITE_HF = "hf" in config["versions"]
+BIN_VERSIONS = [v for v in config["versions"] if FORMATS[str(v)].kind != DIRECTORY]
+WRITE_HF = any(FORMATS[str(v)].kind == DIRECTORY for v in config["versions"])  # hf, the one directory format
 LABELS = [f"v{v}" for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
 SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf", "bin": "--bin"}
 

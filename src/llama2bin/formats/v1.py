@@ -1,7 +1,7 @@
 """v1: the seed's `version1_export` (Q8_0; all int8 values, then all scales)."""
 
 from ..model import ModelConfig
-from .layout import F32, Q8, SCALE, FormatSpec, SectionSpec, norm_order, quantized_header, quantized_order
+from .layout import F32, FILE, Q8, SCALE, FormatSpec, SectionSpec, ak42_header, norm_order, quantized_order
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -10,10 +10,12 @@ def _order(cfg: ModelConfig) -> list[SectionSpec]:
 
 
 SPEC = FormatSpec(
-    version=1,
-    quantized=True,
-    header=lambda cfg, gs: quantized_header(1, cfg, gs),
+    name="1",
+    description="seed v1 (Q8_0: all q, then all scales; 'ak42' header version 1, group_size > 0)",
+    kind=FILE,
+    header=ak42_header(1, group_size=True),
     order=_order,
+    quantized=True,
     read_by="no llama2.c program (the seed's v1; kept for files already in use)",
     loses="Q8_0 precision (error <= scale/2 per weight); rope_theta and norm_eps are not stored",
 )

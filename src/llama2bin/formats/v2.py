@@ -1,7 +1,7 @@
 """v2: the interleaved Q8_0 layout llama2.c `runq.c` reads (each tensor's q, then its scales)."""
 
 from ..model import ModelConfig
-from .layout import F32, Q8, SCALE, FormatSpec, SectionSpec, norm_order, quantized_header, quantized_order
+from .layout import F32, FILE, Q8, SCALE, FormatSpec, SectionSpec, ak42_header, norm_order, quantized_order
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -12,10 +12,12 @@ def _order(cfg: ModelConfig) -> list[SectionSpec]:
 
 
 SPEC = FormatSpec(
-    version=2,
-    quantized=True,
-    header=lambda cfg, gs: quantized_header(2, cfg, gs),
+    name="2",
+    description="llama2.c v2 (Q8_0, interleaved; runq.c)",
+    kind=FILE,
+    header=ak42_header(2, group_size=True),
     order=_order,
+    quantized=True,
     read_by="llama2.c runq.c",
     loses="Q8_0 precision (error <= scale/2 per weight); rope_theta and norm_eps are not stored",
     groups_within_rows=True,

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import Llama2binError
 from ..model import ModelConfig
+from ..safe_io import open_regular
 
 # Bytes of float32 a chunk holds. Peak memory of an export or verify is a small multiple of
 # this per worker process, whatever the model size; 8 MiB makes syscall and per-chunk Python
@@ -99,10 +100,8 @@ class FilePool:
     def fd(self, path: str) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as e:
-                raise Llama2binError(f"{path}: cannot open: {e.strerror}") from None
+            # Regular files only: a FIFO would block reads, a device (/dev/zero) never ends.
+            fd = open_regular(path, "weight file")
             self._fds[path] = fd
         return fd
 

@@ -81,7 +81,7 @@ class BinSource(Source):
         self.path = path
         self._pool = FilePool()
         with BinFile(path) as bf:  # header, size and layout checks; then only offsets are kept
-            self.version = bf.version
+            self.version = bf.format  # the registered name: "0", "1", "1f", "2"
             cfg = bf.config
             self.group_size = bf.group_size
             self.has_rope_tables = any(name.startswith("freqs_") for name in bf.tensors)

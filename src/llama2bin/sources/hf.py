@@ -27,7 +27,15 @@ from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig, canonical_name, hf_name
 from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
-from .policy import load_json_object, require_dir, rope_theta_departure
+from .policy import (
+    bool_field,
+    int_field,
+    load_json_object,
+    optional_int_field,
+    positive_float_field,
+    require_dir,
+    rope_theta_departure,
+)
 from .safetensors import SafetensorsFile
 from .torchzip import TorchTensor, TorchZip
 
@@ -80,7 +88,7 @@ def _field(cfg: dict[str, Any], path: str, name: str) -> Any:
 def _check_config(cfg: dict[str, Any], path: str, allow_rope_theta: bool) -> tuple[float, tuple[str, ...]]:
     """Refuse every config.json setting the formats cannot express; returns (rope_theta, departures)."""
     model_type = cfg.get("model_type")
-    if model_type not in _ARCHITECTURES:
+    if not isinstance(model_type, str) or model_type not in _ARCHITECTURES:
         raise Llama2binError(f"{path}: model_type {model_type!r} is not supported (llama, or mistral without sliding window)")
     if model_type == "mistral" and cfg.get("sliding_window", 4096) is not None:
         # MistralConfig's default is 4096 when the key is absent.
@@ -102,9 +110,10 @@ def _check_config(cfg: dict[str, Any], path: str, allow_rope_theta: bool) -> tup
     if partial not in (None, 1, 1.0):
         raise Llama2binError(f"{path}: partial_rotary_factor = {partial!r}: llama2.c rotates whole heads")
 
-    dim, n_heads = _field(cfg, path, "hidden_size"), _field(cfg, path, "num_attention_heads")
-    head_dim = cfg.get("head_dim")
-    if head_dim is not None and (not isinstance(n_heads, int) or n_heads <= 0 or head_dim * n_heads != dim):
+    dim = int_field(path, "hidden_size", _field(cfg, path, "hidden_size"))
+    n_heads = int_field(path, "num_attention_heads", _field(cfg, path, "num_attention_heads"))
+    head_dim = optional_int_field(path, "head_dim", cfg.get("head_dim"))
+    if head_dim is not None and (n_heads <= 0 or head_dim * n_heads != dim):
         raise Llama2binError(
             f"{path}: head_dim = {head_dim!r} but hidden_size / num_attention_heads = {dim}/{n_heads}: "
             "llama2.c derives the head size from dim"
@@ -158,7 +167,9 @@ class HfSource(Source):
 
     def _find_weights(self, path: str) -> tuple[dict[str, TensorRef], dict[str, Any]]:
         """HF name -> lazy raw tensor, from whichever weight files the directory has."""
-        has = {f: os.path.isfile(os.path.join(path, f)) for f in (SAFETENSORS_FILE, SAFETENSORS_INDEX, BIN_FILE, BIN_INDEX)}
+        # lexists, not isfile: a weight file that is a FIFO, a device or a dangling link is opened
+        # (and refused by name by safe_io) rather than skipped as if it were absent.
+        has = {f: os.path.lexists(os.path.join(path, f)) for f in (SAFETENSORS_FILE, SAFETENSORS_INDEX, BIN_FILE, BIN_INDEX)}
         if has[SAFETENSORS_FILE] and has[SAFETENSORS_INDEX]:
             raise Llama2binError(f"{path}: both {SAFETENSORS_FILE} and {SAFETENSORS_INDEX}: which weights are meant?")
         if has[BIN_FILE] and has[BIN_INDEX]:
@@ -191,7 +202,7 @@ class HfSource(Source):
         for name, file in weight_map.items():
             if not isinstance(file, str) or os.path.basename(file) != file or file in ("", ".", ".."):
                 raise Llama2binError(f"{index_path}: tensor {name} maps to {file!r}, not a file in the directory")
-            if not os.path.isfile(os.path.join(path, file)):
+            if not os.path.lexists(os.path.join(path, file)):
                 raise Llama2binError(f"{index_path}: tensor {name} is in {file}, which does not exist")
         named = set(weight_map.values())
         for entry in sorted(os.listdir(path)):
@@ -254,10 +265,14 @@ class HfSource(Source):
         departures: tuple[str, ...],
         max_seq_len: int | None,
     ) -> None:
-        n_heads = _field(cfg, config_path, "num_attention_heads")
-        n_kv_heads = cfg.get("num_key_value_heads") or n_heads
-        dim = _field(cfg, config_path, "hidden_size")
-        head_size = dim // n_heads if isinstance(dim, int) and isinstance(n_heads, int) and n_heads > 0 else 0
+        def int_of(name: str) -> int:
+            return int_field(config_path, name, _field(cfg, config_path, name))
+
+        n_heads, dim = int_of("num_attention_heads"), int_of("hidden_size")
+        n_kv_heads = optional_int_field(config_path, "num_key_value_heads", cfg.get("num_key_value_heads")) or n_heads
+        head_size = dim // n_heads if n_heads > 0 else 0
+        if max_seq_len is None:
+            max_seq_len = optional_int_field(config_path, "max_position_embeddings", cfg.get("max_position_embeddings"))
 
         refs: dict[str, TensorRef] = {}
         for key, ref in raw.items():
@@ -271,7 +286,7 @@ class HfSource(Source):
                 ref = HfRotaryRef(ref, head_size)
             refs[name] = ref
 
-        tied = cfg.get("tie_word_embeddings", False)  # LlamaConfig's default
+        tied = bool_field(config_path, "tie_word_embeddings", cfg.get("tie_word_embeddings", False))  # LlamaConfig's default
         output = refs.pop("output", None)
         if "tok_embeddings" not in refs:
             raise Llama2binError(f"{path}: missing tensor model.embed_tokens.weight")
@@ -290,14 +305,14 @@ class HfSource(Source):
 
         config = ModelConfig(
             dim=dim,
-            hidden_dim=_field(cfg, config_path, "intermediate_size"),
-            n_layers=_field(cfg, config_path, "num_hidden_layers"),
+            hidden_dim=int_of("intermediate_size"),
+            n_layers=int_of("num_hidden_layers"),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
-            vocab_size=_field(cfg, config_path, "vocab_size"),
-            max_seq_len=max_seq_len if max_seq_len is not None else cfg.get("max_position_embeddings", DEFAULT_MAX_SEQ_LEN),
+            vocab_size=int_of("vocab_size"),
+            max_seq_len=max_seq_len if max_seq_len is not None else DEFAULT_MAX_SEQ_LEN,
             shared_classifier=shared,
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default
+            norm_eps=positive_float_field(config_path, "rms_norm_eps", cfg.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default
             rope_theta=theta,
             accepted_departures=departures,
         )

@@ -22,7 +22,7 @@ from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig
 from .base import FilePool, Source, TensorRef, check_tensors, split_classifier, tensors_equal
-from .policy import load_json_object, require_dir, rope_theta_departure
+from .policy import int_field, load_json_object, optional_int_field, positive_float_field, require_dir, rope_theta_departure
 from .torchzip import TorchTensor, TorchZip
 
 PARAMS_FILE = "params.json"
@@ -171,6 +171,11 @@ class MetaSource(Source):
         for field in ("dim", "n_layers", "n_heads"):
             if field not in params:
                 raise Llama2binError(f"{params_path}: no {field}")
+        # Every value's type before any is used (a fractional dim is refused, never truncated).
+        ints = {f: int_field(params_path, f, params[f]) for f in ("dim", "n_layers", "n_heads")}
+        for f in ("n_kv_heads", "vocab_size", "max_seq_len"):
+            ints[f] = optional_int_field(params_path, f, params.get(f))
+        norm_eps = positive_float_field(params_path, "norm_eps", params.get("norm_eps", 1e-5))
         theta, departures = rope_theta_departure(
             params_path, "rope_theta", params.get("rope_theta", 10000.0), allow_rope_theta
         )
@@ -180,24 +185,24 @@ class MetaSource(Source):
             if needed not in refs:
                 raise Llama2binError(f"{shards[0]}: missing tensor {needed}.weight")
 
-        vocab = params.get("vocab_size", -1)
-        if vocab == -1:  # Meta's convention: the tokenizer decides; the embeddings record it
+        vocab = ints["vocab_size"]
+        if vocab is None or vocab == -1:  # Meta's convention: the tokenizer decides; the embeddings record it
             vocab = refs["tok_embeddings"].shape[0]
         if max_seq_len is None:
-            max_seq_len = params.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
+            max_seq_len = DEFAULT_MAX_SEQ_LEN if ints["max_seq_len"] is None else ints["max_seq_len"]
         # Meta always stores output separately; it is "shared" only if it equals the embeddings.
         shared = split_classifier(refs)
-        n_heads = params["n_heads"]
+        n_heads = ints["n_heads"]
         config = ModelConfig(
-            dim=params["dim"],
+            dim=ints["dim"],
             hidden_dim=refs["layers.0.feed_forward.w1"].shape[0],  # multiple_of rounding: trust the tensors
-            n_layers=params["n_layers"],
+            n_layers=ints["n_layers"],
             n_heads=n_heads,
-            n_kv_heads=params.get("n_kv_heads") or n_heads,
+            n_kv_heads=ints["n_kv_heads"] or n_heads,
             vocab_size=vocab,
             max_seq_len=max_seq_len,
             shared_classifier=shared,
-            norm_eps=float(params.get("norm_eps", 1e-5)),
+            norm_eps=norm_eps,
             rope_theta=theta,
             accepted_departures=departures,
         )

@@ -3,26 +3,19 @@ from the formats a user may accept knowingly (a rotary base other than llama2.c'
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
 from ..constants import ROPE_THETA
 from ..errors import Llama2binError
+from ..safe_io import load_json
 
 
 def load_json_object(path: str, what: str) -> dict[str, Any]:
-    """A JSON file that must hold an object; `what` says what the directory is missing otherwise."""
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise Llama2binError(f"{path}: no such file ({what})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Llama2binError(f"{path}: not valid JSON: {e}") from None
-    except OSError as e:
-        raise Llama2binError(f"{path}: cannot read: {e.strerror}") from None
+    """A JSON file that must hold an object; `what` says what the directory is missing otherwise.
+    Read through safe_io: a regular file, size-capped, strict JSON (no NaN, no duplicate keys)."""
+    data = load_json(path, what)
     if not isinstance(data, dict):
         raise Llama2binError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -49,3 +42,45 @@ def rope_theta_departure(where: str, field: str, value: Any, allow: bool) -> tup
             "pass --allow-rope-theta to export anyway (the C readers would then use the wrong rotary base)"
         )
     return theta, (f"rope_theta={theta}",)
+
+
+# ---- field types: a config value is checked for its type before anything uses it -----------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def int_field(where: str, field: str, value: Any) -> int:
+    """`value` as an int: a bool, a string or a fractional number (64.9, never truncated) is refused.
+    An integral float (4096.0) is accepted as the int it equals. Bounds are ModelConfig.validate's."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    raise Llama2binError(f"{where}: {field} must be an integer, got {_type_name(value)} {value!r:.60}")
+
+
+def optional_int_field(where: str, field: str, value: Any) -> int | None:
+    return None if value is None else int_field(where, field, value)
+
+
+def positive_float_field(where: str, field: str, value: Any) -> float:
+    """A finite number > 0 (an epsilon, a rotary base): NaN, inf, 0, strings and bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise Llama2binError(f"{where}: {field} must be a positive finite number, got {_type_name(value)} {value!r:.60}")
+    return float(value)
+
+
+def str_field(where: str, field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise Llama2binError(f"{where}: {field} must be a string, got {_type_name(value)} {value!r:.60}")
+    return value
+
+
+def bool_field(where: str, field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Llama2binError(f"{where}: {field} must be true or false, got {_type_name(value)} {value!r:.60}")
+    return value

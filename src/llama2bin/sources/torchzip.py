@@ -7,7 +7,9 @@ dtype, shape) and read row by row later. llama.cpp's old converter did the same.
 
 Safety: the unpickler resolves only an explicit allowlist (OrderedDict, the tensor rebuild
 helpers, storage types) - stricter than `torch.load(weights_only=True)`. Any other global,
-e.g. `os.system` in a crafted pickle, is refused before anything is called.
+e.g. `os.system` in a crafted pickle, is refused before anything is called. The file must be
+a regular file (safe_io); the pickle is size-capped and must be stored, not deflated; every
+argument of a tensor rebuild is type-checked; each storage's declared size must fit its member.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Llama2binError
-from .base import FilePool, RawTensor
+from ..safe_io import open_regular
+from .base import DTYPE_ITEMSIZE, FilePool, RawTensor
+
+# A state dict's pickle describes each tensor in ~100-200 bytes: a 70B model's is ~150 KB, a
+# llama2.c checkpoint with optimizer state a few hundred KB. 16 MiB is far above any real one
+# and bounds the objects a hostile pickle can make us build (~8 bytes per opcode byte at worst).
+MAX_PICKLE_BYTES = 16 << 20
 
 _STORAGE_DTYPES = {
     "FloatStorage": "F32",
@@ -72,8 +80,40 @@ class TorchTensor:
         return True
 
 
+class _BadPickle(Exception):
+    """A pickle that unpickles but describes something no torch.save writes."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# torch's own limits: sizes and strides are int64, and no tensor has more than 64 dims. Holding
+# a hostile pickle to them keeps every product of a shape small enough to compute at once.
+_MAX_NDIM = 64
+_MAX_INT64 = (1 << 63) - 1
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    # torch.Size pickles as a tuple; a float, bool or negative entry is not a size (never truncated).
+    if (
+        not isinstance(value, tuple | list)
+        or len(value) > _MAX_NDIM
+        or not all(_is_int(v) and 0 <= v <= _MAX_INT64 for v in value)
+    ):
+        raise _BadPickle(f"tensor {what} {value!r:.80} is not a tuple of at most {_MAX_NDIM} int64s >= 0")
+    return tuple(value)
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    return TorchTensor(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    if not isinstance(storage, _Storage):
+        raise _BadPickle(f"a tensor's storage argument is {type(storage).__name__} {storage!r:.60}, not a storage")
+    if not _is_int(storage_offset) or not 0 <= storage_offset <= _MAX_INT64:
+        raise _BadPickle(f"storage_offset {storage_offset!r:.60} is not a non-negative integer (storage {storage.key})")
+    shape, strides = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+    if len(shape) != len(strides):
+        raise _BadPickle(f"tensor size {list(shape)} and stride {list(strides)} differ in length")
+    return TorchTensor(storage, storage_offset, shape, strides)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -100,9 +140,18 @@ class _WeightsOnlyUnpickler(pickle.Unpickler):
         raise _UnsafeGlobal(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
-        return _Storage(pid[1].dtype, str(pid[2]), int(pid[4]))
+        # torch.save writes ("storage", storage type, key (str of an int), location, numel).
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and _is_int(pid[4])
+            and 0 <= pid[4] <= _MAX_INT64
+        ):
+            raise _BadPickle(f"unexpected persistent id {pid!r:.80}")
+        return _Storage(pid[1].dtype, pid[2], pid[4])
 
 
 class TorchZip:
@@ -111,15 +160,31 @@ class TorchZip:
     def __init__(self, path: str, pool: FilePool):
         self.path = path
         self.pool = pool
+        # A FIFO or a device (e.g. a symlink to /dev/zero) is refused here, before zipfile reads.
+        fd = open_regular(path, "PyTorch checkpoint (.pt/.pth)")
+        with os.fdopen(fd, "rb") as f:  # ZipFile does not close a file object it was given
+            data = self._read_pickle(f)
         try:
-            zf = zipfile.ZipFile(path)
-        except FileNotFoundError:
-            raise Llama2binError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise Llama2binError(f"{path}: is a directory, expected a .pt/.pth file") from None
-        except PermissionError:
-            raise Llama2binError(f"{path}: permission denied") from None
-        except (zipfile.BadZipFile, OSError, EOFError):
+            self.obj = _WeightsOnlyUnpickler(io.BytesIO(data)).load()
+        except _UnsafeGlobal as e:
+            raise Llama2binError(
+                f"{path}: refused: the pickle references {e}, which is not a weight "
+                "(only tensors and plain data are loaded, as with weights_only=True)"
+            ) from None
+        except _BadPickle as e:
+            raise Llama2binError(f"{path}: corrupt checkpoint pickle: {e}") from None
+        except MemoryError:  # a length or memo index far beyond the (capped) pickle's size
+            raise Llama2binError(f"{path}: corrupt checkpoint pickle: a length field exceeds the pickle's size") from None
+        except Exception as e:  # any malformed pickle: one clear line, never a traceback
+            raise Llama2binError(f"{path}: corrupt checkpoint pickle: {type(e).__name__}: {e}") from None
+        self._offsets: dict[str, int] = {}
+
+    def _read_pickle(self, f: Any) -> bytes:
+        """data.pkl's bytes; notes the zip's members and their common prefix."""
+        path = self.path
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
             raise Llama2binError(
                 f"{path}: not a PyTorch zip checkpoint (truncated, or saved with the pre-1.6 format)"
             ) from None
@@ -131,32 +196,44 @@ class TorchZip:
             self._prefix = pkl[0][: -len("data.pkl")]
             byteorder = self._prefix + "byteorder"
             try:
-                if byteorder in self._members and zf.read(byteorder) != b"little":
+                if byteorder in self._members and self._read_member(zf, byteorder, 16) != b"little":
                     raise Llama2binError(f"{path}: big-endian checkpoints are not supported")
-                data = zf.read(pkl[0])
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                return self._read_member(zf, pkl[0], MAX_PICKLE_BYTES)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 raise Llama2binError(f"{path}: corrupt zip member {pkl[0]}: {e}") from None
-        try:
-            self.obj = _WeightsOnlyUnpickler(io.BytesIO(data)).load()
-        except _UnsafeGlobal as e:
+
+    def _read_member(self, zf: zipfile.ZipFile, member: str, max_bytes: int) -> bytes:
+        """A small member's bytes: stored (never inflated) and at most `max_bytes`."""
+        info = self._members[member]
+        if info.compress_type != zipfile.ZIP_STORED:
             raise Llama2binError(
-                f"{path}: refused: the pickle references {e}, which is not a weight "
-                "(only tensors and plain data are loaded, as with weights_only=True)"
-            ) from None
-        except Exception as e:  # any malformed pickle: one clear line, never a traceback
-            raise Llama2binError(f"{path}: corrupt checkpoint pickle: {type(e).__name__}: {e}") from None
-        self._offsets: dict[str, int] = {}
+                f"{self.path}: zip member {member} is compressed; torch.save stores members uncompressed, so this "
+                "is a re-zipped file or a zip bomb (not inflated; re-save it with torch.save)"
+            )
+        if info.file_size != info.compress_size or info.file_size > max_bytes:
+            raise Llama2binError(f"{self.path}: zip member {member} declares {info.file_size} bytes (limit {max_bytes})")
+        return zf.read(info)
 
     def _storage_offset(self, storage: _Storage, name: str) -> int:
-        """Byte offset of a storage's data in the zip file (members are stored uncompressed)."""
-        if storage.key in self._offsets:
-            return self._offsets[storage.key]
+        """Byte offset of a storage's data in the zip file (members are stored uncompressed),
+        after checking that the storage's declared size fits in its member."""
         member = f"{self._prefix}data/{storage.key}"
         info = self._members.get(member)
         if info is None:
             raise Llama2binError(f"{self.path}: tensor {name}: storage {member} missing (truncated checkpoint?)")
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise Llama2binError(f"{self.path}: tensor {name}: storage {member} is compressed; re-save with torch.save")
+        itemsize = DTYPE_ITEMSIZE[storage.dtype]
+        if storage.numel * itemsize > info.file_size:
+            raise Llama2binError(
+                f"{self.path}: tensor {name}: storage {member} declares {storage.numel} elements "
+                f"({storage.numel * itemsize} bytes) but the member holds {info.file_size} bytes"
+            )
+        if storage.key in self._offsets:
+            return self._offsets[storage.key]
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise Llama2binError(
+                f"{self.path}: tensor {name}: storage {member} is compressed; torch.save stores storages "
+                "uncompressed (not inflated; re-save it with torch.save)"
+            )
         fd = self.pool.fd(self.path)
         header = os.pread(fd, 30, info.header_offset)
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
@@ -176,7 +253,7 @@ class TorchZip:
             raise Llama2binError(f"{self.path}: tensor {name} is stored non-contiguously; re-save it with .contiguous()")
         if t.storage_offset + math.prod(t.shape) > t.storage.numel:
             raise Llama2binError(f"{self.path}: tensor {name} is larger than its storage")
-        itemsize = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}[t.storage.dtype]
+        itemsize = DTYPE_ITEMSIZE[t.storage.dtype]
         base = self._storage_offset(t.storage, name)
         return RawTensor(
             name=name,
