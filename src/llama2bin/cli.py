@@ -295,8 +295,9 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
         if os.path.realpath(args.model) == os.path.realpath(args.output):
             raise Llama2binError(f"{args.output}: is the input tokenizer.bin itself")
         content = read_tokenizer_bin(args.model, vocab_size)  # refuses a tokenizer of another size
-        with open(args.model, "rb") as f:
-            write_atomic(args.output, f.read())
+        # the parsed entries re-encoded: the same bytes (the whole file was consumed), and exactly
+        # what was checked even if the input changes meanwhile
+        write_atomic(args.output, content.to_bytes())
     else:
         content = write_tokenizer_bin(args.model, args.output, vocab_size=vocab_size)
     print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length})")
