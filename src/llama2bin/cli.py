@@ -37,7 +37,8 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--allow-rope-theta",
         action="store_true",
-        help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000); recorded as an accepted departure",
+        help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000; v0's rope tables are then computed at "
+        "it, for the ports that read them); recorded as an accepted departure",
     )
 
 
