@@ -1,219 +1,32 @@
-"""Fetching checkpoints: a real HTTP server on 127.0.0.1 (Range, failures, corruption, 404/401,
-dropped and killed connections) through the real download code, and Hugging Face snapshots from a
-local cache laid out the way huggingface_hub writes it, offline."""
+"""Generic URLs: the thin resumable client against a real HTTP server on 127.0.0.1 (Range,
+failures, corruption, 404/401, dropped and killed connections); back-off delays are recorded,
+never waited for."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pytest
+from fetch_fixtures import CUT, FAST, NO_RETRY, PAYLOAD, PAYLOAD_SHA, TOKEN, corrupted, listing, url_fetch
 
 from llama2bin.cli import main
 from llama2bin.errors import Llama2binError
 from llama2bin.fetch import (
     SOURCE_JSON,
-    FetchSpec,
     RetryPolicy,
     checkpoint_from_source_json,
     download_url,
-    fetch,
 )
 
-PAYLOAD = random.Random(20240601).randbytes(300_000)
-PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
-CUT = 100_000  # where the server drops (or stalls) a first response
-FAST = RetryPolicy(retries=3, base_delay=0.01, max_delay=0.05, timeout=5.0)
-NO_RETRY = RetryPolicy(retries=0, base_delay=0.01, timeout=5.0)
-TOKEN = "hf_test_secret_token_value"
-COMMIT = "a" * 40  # what the fake hub says a branch URL resolved to
-
-
-# ---- the test server ------------------------------------------------------------------------
-
-
-class FixtureServer:
-    """Serves PAYLOAD under several behaviours; records every request's path and headers."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.counts: dict[str, int] = defaultdict(int)
-        self.lock = threading.Lock()
-        self.release = threading.Event()  # lets a stalled response finish (see /stall)
-        fixture = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 5  # every server-side socket operation
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = urlsplit(self.path).path
-                with fixture.lock:
-                    fixture.requests.append((path, {k.lower(): v for k, v in self.headers.items()}))
-                    fixture.counts[path] += 1
-                    n = fixture.counts[path]
-                route = path.strip("/").split("/")[0]
-                getattr(self, "route_" + route.replace("-", "_"), self.route_unknown)(n)
-
-            # -- helpers --
-            def send_body(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def send_file(self, data: bytes, honor_range: bool = True) -> None:
-                etag = '"' + hashlib.sha256(data).hexdigest() + '"'
-                rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
-                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-                if honor_range and m and (if_range is None or if_range == etag):
-                    start = int(m.group(1))
-                    if start >= len(data):
-                        self.send_body(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-                        return
-                    self.send_body(206, data[start:], {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}",
-                                                       "ETag": etag, "Accept-Ranges": "bytes"})
-                else:
-                    self.send_body(200, data, {"ETag": etag, "Accept-Ranges": "bytes" if honor_range else "none"})
-
-            def send_cut(self, data: bytes) -> None:
-                """Announce the whole file, send CUT bytes, close: a connection lost midway."""
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-                self.end_headers()
-                self.wfile.write(data[:CUT])
-                self.wfile.flush()
-                self.close_connection = True
-
-            # -- routes --
-            def route_files(self, n: int) -> None:
-                self.send_file(PAYLOAD)
-
-            def route_flaky(self, n: int) -> None:
-                if n <= 2:
-                    self.send_body(503, b"busy")
-                else:
-                    self.send_file(PAYLOAD)
-
-            def route_ratelimited(self, n: int) -> None:
-                if n == 1:
-                    self.send_body(429, b"slow down", {"Retry-After": "0"})
-                else:
-                    self.send_file(PAYLOAD)
-
-            def route_down(self, n: int) -> None:
-                self.send_body(503, b"down")
-
-            def route_corrupt(self, n: int) -> None:
-                self.send_file(corrupted(PAYLOAD))
-
-            def route_missing(self, n: int) -> None:
-                self.send_body(404, b"no such file")
-
-            def route_gated(self, n: int) -> None:
-                if self.headers.get("Authorization") == f"Bearer {TOKEN}":
-                    self.send_file(PAYLOAD)
-                else:
-                    self.send_body(401, b"auth required")
-
-            def route_cut(self, n: int) -> None:
-                if n == 1:
-                    self.send_cut(PAYLOAD)
-                else:
-                    self.send_file(PAYLOAD)
-
-            def route_cut_norange(self, n: int) -> None:
-                if n == 1:
-                    self.send_cut(PAYLOAD)
-                else:
-                    self.send_file(PAYLOAD, honor_range=False)
-
-            def route_stall(self, n: int) -> None:
-                if n > 1:
-                    self.send_file(PAYLOAD)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(PAYLOAD)))
-                self.send_header("ETag", '"' + PAYLOAD_SHA + '"')
-                self.end_headers()
-                self.wfile.write(PAYLOAD[:CUT])
-                self.wfile.flush()
-                fixture.release.wait(10)  # the client is killed meanwhile
-                self.close_connection = True
-
-            def route_redirect(self, n: int) -> None:
-                """Like huggingface.co/…/resolve/main/F: a redirect to another host, carrying the
-                commit the branch resolved to and the file's sha256."""
-                port = self.server.server_address[1]
-                self.send_body(302, b"", {"Location": f"http://localhost:{port}/files/stories.pt",
-                                          "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{PAYLOAD_SHA}"'})
-
-            def route_redirect_badsha(self, n: int) -> None:
-                port = self.server.server_address[1]
-                self.send_body(302, b"", {"Location": f"http://localhost:{port}/files/stories.pt",
-                                          "X-Linked-Etag": f'"{"0" * 64}"'})
-
-            def route_unknown(self, n: int) -> None:
-                self.send_body(500, b"unknown route")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def url(self, route: str, name: str = "stories.pt") -> str:
-        return f"http://127.0.0.1:{self.port}/{route}/{name}"
-
-    def seen(self, route: str) -> list[dict[str, str]]:
-        with self.lock:
-            return [h for p, h in self.requests if p.split("/")[1] == route]
-
-
-def corrupted(data: bytes) -> bytes:
-    return data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
-
-
-@pytest.fixture
-def server():
-    s = FixtureServer()
-    s.thread.start()
-    try:
-        yield s
-    finally:
-        s.release.set()
-        s.httpd.shutdown()
-        s.httpd.server_close()
-        s.thread.join(5)
-
-
-def listing(folder) -> list[str]:
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-
-
-def url_fetch(server, route, dest, *, sha256=PAYLOAD_SHA, retry=FAST, **kw):
-    spec = FetchSpec("url", url=server.url(route), sha256=sha256)
-    return fetch("stories", spec, str(dest), retry=retry, quiet=True, **kw)
-
-
 # ---- url: downloads -------------------------------------------------------------------------
+
+pytest_plugins = ("fetch_plugin",)  # its fixtures: server, hf_cache, hub_env, ...
 
 
 def test_download_writes_file_and_source_json(server, tmp_path):
@@ -264,17 +77,25 @@ def test_unpinned_download_warns_with_the_sha_to_pin(server, tmp_path, capsys):
     assert f"wrote {dest / SOURCE_JSON}" in out
 
 
-def test_503_twice_then_success(server, tmp_path):
+def test_503_twice_then_success_with_exponential_back_off(server, tmp_path):
     warnings: list[str] = []
-    url_fetch(server, "flaky", tmp_path / "d", warn=warnings.append)
+    delays: list[float] = []
+    retry = RetryPolicy(retries=3, base_delay=1.0, max_delay=60.0, timeout=5.0, sleep=delays.append)
+    url_fetch(server, "flaky", tmp_path / "d", warn=warnings.append, retry=retry)
     assert (tmp_path / "d" / "stories.pt").read_bytes() == PAYLOAD
     assert len(server.seen("flaky")) == 3
+    assert delays == [1.0, 2.0]  # asked for, never waited
     assert len(warnings) == 2 and all("503" in w and "retry" in w for w in warnings)
 
 
-def test_429_is_retried(server, tmp_path):
-    url_fetch(server, "ratelimited", tmp_path / "d", warn=lambda m: None)
+def test_429_is_retried_after_the_delay_the_server_asks(server, tmp_path):
+    delays: list[float] = []
+    retry = RetryPolicy(retries=3, base_delay=0.5, timeout=5.0, sleep=delays.append)
+    url_fetch(server, "ratelimited", tmp_path / "d", warn=lambda m: None, retry=retry)
     assert len(server.seen("ratelimited")) == 2
+    assert delays == [0.5]  # Retry-After: 0 never shortens our own back-off
+    assert RetryPolicy(base_delay=1.0, max_delay=60.0).delay(1, retry_after=30.0) == 30.0
+    assert RetryPolicy(base_delay=1.0, max_delay=60.0).delay(9) == 60.0
 
 
 def test_retries_are_bounded(server, tmp_path):
@@ -313,36 +134,13 @@ def test_http_errors_are_one_line(server, tmp_path, capsys, route, words):
     assert listing(dest) == []
 
 
-def test_hf_token_sent_only_where_allowed_and_never_recorded(server, tmp_path, monkeypatch, capsys):
+def test_generic_url_never_gets_the_token(server, tmp_path, monkeypatch):
+    """127.0.0.1 is not the Hub: HF_TOKEN is not sent there, so the gated file is refused."""
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    # 127.0.0.1 is not a Hugging Face host: no token, so the gated file is refused.
-    with pytest.raises(Llama2binError, match="HTTP 401"):
+    with pytest.raises(Llama2binError, match="HTTP 401.*no credentials are sent to this host") as e:
         url_fetch(server, "gated", tmp_path / "a")
     assert "authorization" not in server.seen("gated")[0]
-    # Allowed host: the bearer header goes out and the download succeeds.
-    url_fetch(server, "gated", tmp_path / "b", token_hosts=("127.0.0.1",))
-    assert server.seen("gated")[1]["authorization"] == f"Bearer {TOKEN}"
-    # A redirect to another host (localhost) must not carry it.
-    url_fetch(server, "redirect", tmp_path / "c", token_hosts=("127.0.0.1",))
-    assert server.seen("redirect")[0]["authorization"] == f"Bearer {TOKEN}"
-    files_requests = server.seen("files")
-    assert files_requests[-1]["host"].startswith("localhost") and "authorization" not in files_requests[-1]
-    out, err = capsys.readouterr()
-    for path in (tmp_path / "b" / SOURCE_JSON, tmp_path / "c" / SOURCE_JSON):
-        assert TOKEN not in path.read_text()
-    assert TOKEN not in out + err
-
-
-def test_hub_redirect_headers_give_revision_and_checksum(server, tmp_path):
-    dest = tmp_path / "d"
-    url_fetch(server, "redirect", dest, sha256=None, warn=lambda m: None)
-    record = json.loads((dest / SOURCE_JSON).read_text())
-    assert record["revision"] == COMMIT
-    assert record["files"][0]["sha256"] == PAYLOAD_SHA
-    # The hub's announced sha256 is checked even when none is pinned.
-    with pytest.raises(Llama2binError, match=f"announced sha256 {'0' * 64}, got {PAYLOAD_SHA}"):
-        url_fetch(server, "redirect-badsha", tmp_path / "e", sha256=None, warn=lambda m: None)
-    assert listing(tmp_path / "e") == []
+    assert TOKEN not in str(e.value)
 
 
 # ---- url: interrupted downloads -------------------------------------------------------------
@@ -439,206 +237,6 @@ def test_killed_process_resumes(server, tmp_path):
                  "--sha256", PAYLOAD_SHA, "--quiet"]) == 0
     assert server.seen("stall")[1]["range"] == f"bytes={CUT}-"
     assert (dest / "stories.pt").read_bytes() == PAYLOAD
-
-
-# ---- path: used in place --------------------------------------------------------------------
-
-
-def test_path_file_and_directory_recorded_relative(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    os.makedirs("models/meta")
-    with open("models/one.pt", "wb") as f:
-        f.write(PAYLOAD)
-    with open("models/meta/params.json", "w") as f:
-        f.write('{"dim": 8}')
-    os.makedirs("models/meta/sub")
-    with open("models/meta/sub/consolidated.00.pth", "wb") as f:
-        f.write(PAYLOAD[:5000])
-    with open("models/meta/.hidden", "w") as f:
-        f.write("editor backup")
-
-    result = fetch("one", FetchSpec("path", path="models/one.pt"), quiet=True)
-    assert result.checkpoint == "models/one.pt"
-    text = open("resources/checkpoints/one/SOURCE.json").read()
-    assert str(tmp_path) not in text
-    assert json.loads(text) == {
-        "model": "one", "kind": "path", "path": "models/one.pt",
-        "checkpoint": "../../../models/one.pt",
-        "files": [{"path": "one.pt", "sha256": PAYLOAD_SHA, "size": len(PAYLOAD)}],
-    }
-    assert checkpoint_from_source_json("resources/checkpoints/one/SOURCE.json") == "models/one.pt"
-    assert listing("resources/checkpoints/one") == ["SOURCE.json"]  # used in place, not copied
-
-    fetch("meta", FetchSpec("path", path="models/meta"), quiet=True)
-    record = json.load(open("resources/checkpoints/meta/SOURCE.json"))
-    assert record["files"] == [
-        {"path": "params.json", "sha256": hashlib.sha256(b'{"dim": 8}').hexdigest(), "size": 10},
-        {"path": "sub/consolidated.00.pth", "sha256": hashlib.sha256(PAYLOAD[:5000]).hexdigest(), "size": 5000},
-    ]
-
-
-def test_missing_path_is_a_one_line_error(tmp_path, capsys):
-    code = main(["fetch", "--model", "x", "--dest", str(tmp_path / "d"), "--path", str(tmp_path / "nope.pt")])
-    err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1
-    assert "nope.pt: no such file or directory" in err
-    assert listing(tmp_path / "d") == []
-
-
-def test_flags_that_do_not_go_with_the_source(tmp_path, capsys):
-    assert main(["fetch", "--model", "x", "--path", "p", "--sha256", "0" * 64]) == 1
-    assert "--sha256 goes with --url" in capsys.readouterr().err
-    assert main(["fetch", "--model", "x", "--repo", "org/name"]) == 1
-    assert "needs a revision" in capsys.readouterr().err
-    assert main(["fetch", "--model", "x", "--url", "http://user:pw@example.com/a.pt"]) == 1
-    assert "credentials" in capsys.readouterr().err
-    assert main(["fetch", "--model", "../x", "--path", "p"]) == 1
-    assert "model name" in capsys.readouterr().err
-
-
-def test_spec_from_config_and_cli_args():
-    spec = FetchSpec.from_config("s", {"source": "llama2c", "url": "https://h/x/stories15M.pt", "max_seq_len": 256})
-    assert spec.checkpoint_path("resources/checkpoints/s") == "resources/checkpoints/s/stories15M.pt"
-    assert spec.cli_args() == ["--url", "https://h/x/stories15M.pt"]
-    spec = FetchSpec.from_config("t", {"source": "hf", "repo": "Org/Name", "revision": COMMIT, "files": ["*.json"]})
-    assert spec.checkpoint_path("d") == "d/snapshot"
-    assert spec.cli_args() == ["--repo", "Org/Name", "--revision", COMMIT, "--files", "*.json"]
-    with pytest.raises(Llama2binError, match="exactly one of"):
-        FetchSpec.from_config("u", {"source": "hf", "repo": "Org/Name", "path": "x"})
-    with pytest.raises(Llama2binError, match="sha256 must be"):
-        FetchSpec.from_config("u", {"source": "llama2c", "url": "https://h/x.pt", "sha256": "ABC"})
-
-
-# ---- repo: Hugging Face snapshots from a local cache ----------------------------------------
-
-SNAP_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-HF_FILES = {
-    "config.json": b'{"model_type": "llama", "hidden_size": 8}',
-    "model.safetensors": PAYLOAD,
-    "tokenizer.model": PAYLOAD[:2048],
-    "README.md": b"# a model card\n",
-    "original/params.json": b'{"dim": 8}',
-}
-LFS = {"model.safetensors", "tokenizer.model"}  # named by sha256 in blobs/; the rest by git object id
-
-
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def make_hf_cache(cache, repo: str, commit: str, files: dict[str, bytes], ref: str = "main"):
-    """models--ORG--NAME/{blobs/<id>, snapshots/<commit>/<file> -> ../../blobs/<id>, refs/<ref>}."""
-    root = cache / ("models--" + repo.replace("/", "--"))
-    (root / "blobs").mkdir(parents=True)
-    (root / "refs").mkdir()
-    for rel, data in files.items():
-        blob = root / "blobs" / (hashlib.sha256(data).hexdigest() if rel in LFS else git_blob_id(data))
-        blob.write_bytes(data)
-        link = root / "snapshots" / commit / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blob, link.parent), link)
-    (root / "refs" / ref).write_text(commit)
-    return root
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    pytest.importorskip("huggingface_hub")
-    cache = tmp_path / "hf-cache"
-    root = make_hf_cache(cache, "Org/Tiny", SNAP_COMMIT, HF_FILES)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    return root
-
-
-def test_hf_snapshot_offline_from_cache(hf_cache, tmp_path, capsys):
-    dest = tmp_path / "ck" / "tiny"
-    code = main(["fetch", "--model", "tiny", "--dest", str(dest), "--repo", "Org/Tiny", "--revision", SNAP_COMMIT,
-                 "--files", "*.safetensors", "*.json", "tokenizer.model", "--quiet"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert err == ""  # pinned commit: no warning
-    chosen = ["config.json", "model.safetensors", "original/params.json", "tokenizer.model"]  # not README.md
-    snapshot = dest / "snapshot"
-    for rel in chosen:
-        assert (snapshot / rel).read_bytes() == HF_FILES[rel]
-        assert not (snapshot / rel).is_symlink()
-    assert os.path.samefile(snapshot / "model.safetensors", hf_cache / "blobs" / PAYLOAD_SHA)  # hard link, no copy
-    assert not (snapshot / "README.md").exists()
-    assert listing(dest) == ["SOURCE.json", "snapshot"]
-    text = (dest / SOURCE_JSON).read_text()
-    assert str(tmp_path) not in text
-    assert json.loads(text) == {
-        "model": "tiny", "kind": "repo", "repo": "Org/Tiny", "revision": SNAP_COMMIT, "commit": SNAP_COMMIT,
-        "files_patterns": ["*.safetensors", "*.json", "tokenizer.model"],
-        "checkpoint": "snapshot",
-        "files": [{"path": rel, "sha256": hashlib.sha256(HF_FILES[rel]).hexdigest(), "size": len(HF_FILES[rel])}
-                  for rel in chosen],
-    }
-    assert f"tiny: {snapshot} (ok; 4 files" in out
-
-    # Again: same record, and the snapshot directory is replaced, not merged.
-    (snapshot / "stray").write_text("left over")
-    assert main(["fetch", "--model", "tiny", "--dest", str(dest), "--repo", "Org/Tiny", "--revision", SNAP_COMMIT,
-                 "--files", "*.safetensors", "*.json", "tokenizer.model", "--quiet"]) == 0
-    assert (dest / SOURCE_JSON).read_text() == text
-    assert not (snapshot / "stray").exists()
-    assert [n for n in listing(dest) if n.startswith(".")] == []
-
-
-def test_hf_branch_resolves_through_refs_and_warns_to_pin(hf_cache, tmp_path):
-    warnings: list[str] = []
-    result = fetch("tiny", FetchSpec("repo", repo="Org/Tiny", revision="main"), str(tmp_path / "d"), quiet=True,
-                   warn=warnings.append)
-    assert result.record["commit"] == SNAP_COMMIT and result.record["revision"] == "main"
-    assert [p["path"] for p in result.record["files"]] == sorted(HF_FILES)  # no patterns: the whole snapshot
-    assert len(warnings) == 1 and f"revision: {SNAP_COMMIT}" in warnings[0]
-
-
-def test_hf_offline_miss_says_how_to_fetch(hf_cache, tmp_path, capsys):
-    code = main(["fetch", "--model", "other", "--dest", str(tmp_path / "d"), "--repo", "Org/Other",
-                 "--revision", SNAP_COMMIT, "--quiet"])
-    err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1
-    assert "not in the Hugging Face cache" in err and "HF_HUB_OFFLINE=1" in err
-    assert "run once with network, or set HF_HUB_OFFLINE=0" in err
-    assert listing(tmp_path / "d") == []
-
-
-def test_hf_pattern_matching_nothing_is_refused(hf_cache, tmp_path):
-    with pytest.raises(Llama2binError, match=r"'\*\.bin' matches no file .*run once with network"):
-        fetch("tiny", FetchSpec("repo", repo="Org/Tiny", revision=SNAP_COMMIT, files=("*.bin",)), str(tmp_path / "d"),
-              quiet=True)
-    assert listing(tmp_path / "d") == []
-
-
-@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json"])  # sha256-named and git-id-named blobs
-def test_hf_damaged_cache_blob_is_caught(hf_cache, tmp_path, damaged):
-    blob = os.path.realpath(hf_cache / "snapshots" / SNAP_COMMIT / damaged)
-    data = bytearray(open(blob, "rb").read())
-    data[5] ^= 0xFF
-    os.chmod(blob, 0o644)
-    with open(blob, "wb") as f:
-        f.write(data)
-    with pytest.raises(Llama2binError, match=f"{damaged}: the cached blob .* is damaged"):
-        fetch("tiny", FetchSpec("repo", repo="Org/Tiny", revision=SNAP_COMMIT), str(tmp_path / "d"), quiet=True)
-    assert listing(tmp_path / "d") == []
-
-
-def test_hf_unreachable_hub_falls_back_to_the_cache(hf_cache, tmp_path, monkeypatch):
-    """Not offline, but the Hub cannot be reached (a closed local port): the cached snapshot of a
-    pinned commit is used; an uncached repo gets a message about the network."""
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    result = fetch("tiny", FetchSpec("repo", repo="Org/Tiny", revision=SNAP_COMMIT, files=("config.json",)),
-                   str(tmp_path / "d"), quiet=True, hf_endpoint=dead)
-    assert [f["path"] for f in result.record["files"]] == ["config.json"]
-    with pytest.raises(Llama2binError, match="cannot reach the Hugging Face Hub"):
-        fetch("other", FetchSpec("repo", repo="Org/Other", revision=SNAP_COMMIT), str(tmp_path / "e"), quiet=True,
-              hf_endpoint=dead)
 
 
 def test_progress_lines_in_a_log(server, tmp_path, capsys):

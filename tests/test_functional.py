@@ -63,7 +63,7 @@ def models(tmp_path_factory):
             _spec_checkpoint(SPECS[name], ckpt)
         else:
             write_demo_checkpoint(name, ckpt)
-        bins = {v: str(root / f"{name}.v{v}.bin") for v in (0, 1, 2)}
+        bins = {v: str(root / f"{name}.v{v}.bin") for v in (0, 1, "1f", 2)}
         with open_source("llama2c", ckpt) as src:
             export(src, list(bins.items()), quiet=True)
         out[name] = (ckpt, bins)
@@ -200,7 +200,8 @@ def test_every_version_passes_functional_verification(models, name, arithmetic):
         ref = ReferenceLogits(src, EvalSet())
         results = {v: functional_verify(p, ref, arithmetic=arithmetic) for v, p in bins.items()}
     v0, v1, v2 = results[0], results[1], results[2]
-    assert v0.passed and v0.max_abs_dlogit == 0 and v0.kld_max == 0 and v0.same_top == 1.0 and not v0.quantized
+    for r in (v0, results["1f"]):  # float32: the source's logits exactly
+        assert r.passed and r.max_abs_dlogit == 0 and r.kld_max == 0 and r.same_top == 1.0 and not r.quantized
     for r in (v1, v2):
         assert r.passed, r.failures
         assert r.quantized and r.arithmetic == arithmetic and r.positions == 8 * 16
@@ -269,8 +270,8 @@ def consumer():
         yield built
 
 
-C_CASES = [(name, v, arith) for name in ("gqa_untied", *DEMOS) for v in (0, 1, 2) for arith in ("f32", "q8")
-           if v or arith == "f32"]
+C_CASES = [(name, v, arith) for name in ("gqa_untied", *DEMOS) for v in (0, 1, "1f", 2) for arith in ("f32", "q8")
+           if v in (1, 2) or arith == "f32"]
 
 
 @pytest.mark.parametrize("name,version,arithmetic", C_CASES)
@@ -282,12 +283,25 @@ def test_c_consumer_reproduces_the_python_logits(models, consumer, name, version
     assert result.max_abs_diff <= TOLERANCE[arithmetic] * max(1.0, result.max_abs_logit)
 
 
-@pytest.mark.parametrize("golden", ["tiny_hf_untied.v0.bin", "tiny_hf_untied.v2.bin", "tiny_b.v1.bin"])
+@pytest.mark.parametrize("golden", ["tiny_hf_untied.v0.bin", "tiny_hf_untied.v2.bin", "tiny_b.v1.bin",
+                                    "tiny_a.master_v1.bin", "tiny_b.master_v1.bin", "tiny_hf_untied.master_v1.bin"])
 def test_c_consumer_reads_the_golden_files(consumer, golden):
-    """Untied classifier from Hugging Face (negative vocab_size in v0), and tiny_b (GQA, group size 8,
-    all-zero embedding rows 3 and 17, which quantize to scale 0)."""
+    """Untied classifier from Hugging Face (negative vocab_size in v0), tiny_b (GQA, group size 8,
+    all-zero embedding rows 3 and 17, which quantize to scale 0), and llama2.c master's float32 v1
+    (1f: group_size 0, norms first, untied classifier last)."""
     result = c_check(os.path.join(DATA, golden), consumer, tokens=[1, 3, 17, 5, 9, 2, 11])
     assert result.passed, result.failures
+    if "master_v1" in golden:
+        assert result.version == "1f" and result.arithmetic == "f32"
+
+
+def test_c_consumer_refuses_q8_arithmetic_on_1f(consumer):
+    path = os.path.join(DATA, "tiny_b.master_v1.bin")
+    with pytest.raises(Llama2binError, match="needs a Q8_0 file .* this is v1f"):
+        c_check(path, consumer, arithmetic="q8")
+    # the C side refuses it on its own too, naming the file
+    with pytest.raises(Llama2binError, match="float32"):
+        consumer.logits(path, [1, 2], "q8")
 
 
 def test_c_check_compares_for_real(models, consumer):
@@ -342,8 +356,9 @@ def test_without_a_compiler_the_check_is_skipped_visibly(models, tmp_path):
 
 def _verify_jsons(models, name, tmp_path) -> list[str]:
     ckpt, bins = models[name]
-    jsons = [str(tmp_path / f"{name}.v{v}.verify.json") for v in (0, 1, 2)]
-    proc = run_cli("verify", *bins.values(), "--checkpoint", ckpt, "--json", *jsons, "--quiet")
+    versions = (0, 1, 2, "1f")
+    jsons = [str(tmp_path / f"{name}.v{v}.verify.json") for v in versions]
+    proc = run_cli("verify", *(bins[v] for v in versions), "--checkpoint", ckpt, "--json", *jsons, "--quiet")
     assert proc.returncode == 0, proc.stderr
     return jsons
 
@@ -375,6 +390,9 @@ def test_reports_embed_the_figure_and_the_functional_table(models, tmp_path):
     assert summary.returncode == 0
     text = (tmp_path / "s.md").read_text()
     assert "## Functional verification" in text and text.count("| m | ") == 6
+    # llama2.c master's float32 v1: a report of its own, exact like v0
+    assert (out / "gqa_backoff.v1f.md").read_text().startswith("# m — version 1f")
+    assert json.load(open(out / "gqa_backoff.v1f.json"))["version"] == "1f"
 
 
 def test_snakemake_html_report_builds(tmp_path):

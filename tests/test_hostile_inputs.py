@@ -12,29 +12,35 @@ the damage and not from the builder.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import random
 import shutil
 import struct
+import warnings
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import pytest
 from helpers import DATA, run_cli
 from hostile_builders import (
+    CASES,
+    Base,
+    Built,
     FakeTensor,
     StorageRef,
+    case,
+    export,
+    hf_config,
+    hf_config_text,
+    hf_dir,
+    hf_header,
+    llama2c_pt,
+    local_header,
+    make_base,
+    meta_dir,
     meta_params,
-    read_safetensors_header,
-    state_of,
-    tiny_a_weights,
-    write_safetensors,
-    write_torch_zip,
+    replace_with,
+    repoint_member,
+    tokenizer,
 )
 from hostile_harness import HostileCase, run_hostile
 
@@ -42,117 +48,13 @@ from hostile_harness import HostileCase, run_hostile
 TIMEOUT = 30.0
 
 
-@dataclass
-class Base:
-    """What the cases are made from, built once per module."""
-
-    arrays: dict[str, np.ndarray]
-    model_args: dict[str, Any]
-    sp_model: bytes
-
-
 @pytest.fixture(scope="module")
 def base() -> Base:
-    spm = pytest.importorskip("sentencepiece")
-    arrays, model_args = tiny_a_weights()
-    rng = random.Random(0)
-    words = ["hello", "world", "token", "piece", "llama", "größe", "ñandú"]
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(400)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=300, byte_fallback=True, model_type="bpe",
-        character_coverage=1.0, num_threads=1, minloglevel=2,
-    )
-    return Base(arrays, model_args, buf.getvalue())
+    pytest.importorskip("sentencepiece")
+    return make_base()
 
 
-# ---- building blocks -------------------------------------------------------------------------
-
-
-def llama2c_pt(b: Base, path: str, mutate: Callable[[dict, dict, dict], None] | None = None, **zip_options) -> str:
-    """tiny_a as a llama2.c checkpoint; `mutate(state, model_args, storages)` damages it first."""
-    state, storages = state_of(b.arrays)
-    args = dict(b.model_args)
-    if mutate:
-        mutate(state, args, storages)
-    return write_torch_zip(path, {"model": state, "model_args": args, "iter_num": 0}, storages, **zip_options)
-
-
-def meta_dir(b: Base, d: str) -> str:
-    """tiny_a as a one-shard Meta directory (the same names; output stored separately)."""
-    path = os.path.join(d, "meta")
-    os.makedirs(path)
-    state, storages = state_of(b.arrays)
-    write_torch_zip(os.path.join(path, "consolidated.00.pth"), state, storages)
-    with open(os.path.join(path, "params.json"), "w") as f:
-        json.dump(meta_params(b.model_args), f)
-    return path
-
-
-def hf_dir(d: str) -> str:
-    path = os.path.join(d, "hf")
-    shutil.copytree(os.path.join(DATA, "tiny_hf_untied"), path)
-    return path
-
-
-def hf_config_text(d: str, edit: Callable[[str], str]) -> str:
-    """The HF fixture with config.json's text replaced by edit(text)."""
-    path = hf_dir(d)
-    config = os.path.join(path, "config.json")
-    with open(config) as f:
-        text = f.read()
-    with open(config, "w") as f:
-        f.write(edit(text))
-    return path
-
-
-def hf_config(d: str, **changes: Any) -> str:
-    def edit(text: str) -> str:
-        return json.dumps(json.loads(text) | changes)
-
-    return hf_config_text(d, edit)
-
-
-def hf_header(d: str, edit: Callable[[dict], str]) -> str:
-    """The HF fixture with its safetensors header rewritten: edit(header dict) -> JSON text."""
-    path = hf_dir(d)
-    st = os.path.join(path, "model.safetensors")
-    header, data = read_safetensors_header(st)
-    write_safetensors(st, edit(header), data)
-    return path
-
-
-def replace_with(path: str, kind: str) -> str:
-    """Replace file `path` by a FIFO or a symlink to /dev/zero."""
-    if os.path.lexists(path):
-        os.remove(path)
-    if kind == "fifo":
-        os.mkfifo(path)
-    else:
-        os.symlink("/dev/zero", path)
-    return path
-
-
-def export(flag: str, src: str, d: str) -> list[str]:
-    return ["export", flag, src, os.path.join(d, "out.bin"), "--version", "0"]
-
-
-def tokenizer(model: str, d: str) -> list[str]:
-    return ["tokenizer", model, os.path.join(d, "tokenizer.bin")]
-
-
-# ---- the cases: name -> (class, build(base, dir) -> (argv, inputs, needle)) -------------------
-
-Built = tuple[list[str], list[str], str]
-CASES: dict[str, tuple[str, Callable[[Base, str], Built]]] = {}
-
-
-def case(name: str, kind: str):  # type: ignore[no-untyped-def]
-    def register(build: Callable[[Base, str], Built]) -> Callable[[Base, str], Built]:
-        CASES[name] = (kind, build)
-        return build
-
-    return register
+# ---- the cases (registered in hostile_builders.CASES) ---------------------------------------
 
 
 # Hangs: opening a FIFO for reading blocks until a writer appears.
@@ -209,7 +111,7 @@ def _zip_bomb(b: Base, d: str) -> Built:
 
 @case("safetensors_100mb_metadata", "memory")
 def _huge_metadata(b: Base, d: str) -> Built:
-    path = hf_header(d, lambda h: json.dumps(h | {"__metadata__": {"format": "pt", "junk": "x" * (100 << 20)}}))
+    path = hf_header(d, lambda h: json.dumps(h | {"__metadata__": {"format": "pt", "junk": "x" * 100_000_000}}))
     return export("--hf", path, d), [path], "header of"
 
 
@@ -230,6 +132,19 @@ def _huge_bytes(b: Base, d: str) -> Built:
     with zipfile.ZipFile(ckpt, "w") as zf:
         zf.writestr("archive/data.pkl", b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"x" * 10 + b".")
     return export("--checkpoint", ckpt, d), [ckpt], "a length field exceeds the pickle's size"
+
+
+@case("zip64_central_directory_1_tib", "memory")
+def _huge_directory(b: Base, d: str) -> Built:
+    # torch.save writes zip64 end records; zipfile trusts the zip64 size and reads that much.
+    with open(os.path.join(DATA, "tiny_a.pt"), "rb") as f:
+        data = bytearray(f.read())
+    at = data.rfind(b"PK\x06\x06")
+    data[at + 40 : at + 48] = struct.pack("<Q", 1 << 40)
+    ckpt = os.path.join(d, "ckpt.pt")
+    with open(ckpt, "wb") as f:
+        f.write(data)
+    return export("--checkpoint", ckpt, d), [ckpt], "central directory of 1099511627776 bytes"
 
 
 # Tracebacks: type confusion in JSON, pickles and headers.
@@ -383,6 +298,43 @@ def _long_storage(b: Base, d: str) -> Built:
     return export("--checkpoint", ckpt, d), [ckpt], "declares 1024 elements (4096 bytes) but the member holds 3968"
 
 
+@case("zip_duplicate_member", "wrong")
+def _duplicate_member(b: Base, d: str) -> Built:
+    ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"))
+    with warnings.catch_warnings(), zipfile.ZipFile(ckpt, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name we mean to write
+        zf.writestr("archive/data/2", bytes(32 * 32 * 4))
+    return export("--checkpoint", ckpt, d), [ckpt], "zip member archive/data/2 appears twice"
+
+
+@case("zip_entry_points_at_other_member", "wrong")
+def _repointed(b: Base, d: str) -> Built:
+    # wq (storage 1) and wk (storage 2) are both 32 x 32: wk's directory entry now leads to wq's bytes.
+    ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"))
+    with zipfile.ZipFile(ckpt) as zf:
+        wq_header = zf.getinfo("archive/data/1").header_offset
+    repoint_member(ckpt, "archive/data/2", wq_header)
+    return export("--checkpoint", ckpt, d), [ckpt], "archive/data/2 points at another member's local header"
+
+
+@case("zip_member_nested_in_other", "wrong")
+def _nested_member(b: Base, d: str) -> Built:
+    # Storage 1's bytes begin with a local header named archive/data/2, and data/2's directory
+    # entry points there: names match, but wk would read wq's bytes.
+    size = 32 * 32 * 4
+    name = "archive/data/2"
+
+    def mutate(state: dict, args: dict, storages: dict) -> None:
+        fake = local_header(name, size)
+        storages["1"] = (fake + storages["1"])[:size]
+
+    ckpt = llama2c_pt(b, os.path.join(d, "ckpt.pt"), mutate)
+    with zipfile.ZipFile(ckpt) as zf:
+        info = zf.getinfo("archive/data/1")
+    repoint_member(ckpt, name, info.header_offset + 30 + len(info.filename.encode()) + len(info.extra))
+    return export("--checkpoint", ckpt, d), [ckpt], "overlaps archive/data/1 (one storage aliasing another)"
+
+
 @case("pickle_negative_storage_offset", "wrong")
 def _negative_offset(b: Base, d: str) -> Built:
     def mutate(state: dict, args: dict, storages: dict) -> None:
@@ -440,3 +392,14 @@ def test_controls_convert(base: Base, tmp_path) -> None:
         f.write(base.sp_model)
     proc = run_cli("tokenizer", model, os.path.join(d, "tok.bin"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_verify_refuses_a_fifo_in_an_hf_export(base: Base, tmp_path) -> None:
+    """An exported HF directory whose model.safetensors is a FIFO: verify hashes the exported
+    file, and must refuse it rather than wait for a writer."""
+    exported = hf_dir(str(tmp_path))
+    replace_with(os.path.join(exported, "model.safetensors"), "fifo")
+    report = os.path.join(tmp_path, "verify.json")
+    argv = ["verify", "--hf", os.path.join(DATA, "tiny_hf_untied"), exported, "--json", report, "--no-functional"]
+    run_hostile(HostileCase("verify_hf_export_fifo", argv, inputs=[exported], outputs=[report],
+                            needle="model.safetensors: is a FIFO", timeout=TIMEOUT))

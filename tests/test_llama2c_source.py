@@ -62,7 +62,9 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_directory_instead_of_checkpoint(tmp_path):
-    _export_fails(tmp_path, str(tmp_path), "is a directory")
+    # A directory beside the outputs: one that contains them is refused earlier, by the output guard.
+    (tmp_path / "ckpt").mkdir()
+    _export_fails(tmp_path, str(tmp_path / "ckpt"), "is a directory")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")
@@ -153,7 +155,7 @@ def test_usage_errors(tmp_path):
     out = str(tmp_path / "x.bin")
     assert_one_line_error(run_cli("export", out, "--checkpoint", ckpt, "--version", "7"), "unknown version '7'")
     assert_one_line_error(run_cli("export", out, "--checkpoint", ckpt, "--version", "0", "1"), "give one version per output")
-    assert_one_line_error(run_cli("export", out, "--checkpoint", ckpt, "--version", "1", "--group-size", "0"), "group size")
+    assert_one_line_error(run_cli("export", out, "--checkpoint", ckpt, "--version", "1", "--group-size", "0"), "--group-size")
     assert os.listdir(tmp_path) == []
 
 

@@ -125,3 +125,74 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "pipe.bin"
     os.mkfifo(fifo)
     assert_one_line_error(run_cli("inspect", str(fifo)), "not a regular file")
+
+
+# ---- which format: identified from the header alone ------------------------------------------
+
+@pytest.mark.parametrize(
+    "name,fmt,version,group_size",
+    [("tiny_a.v0.bin", "0", 0, None), ("tiny_b.v1.bin", "1", 1, 8), ("tiny_b.master_v1.bin", "1f", 1, None),
+     ("tiny_b.v2.bin", "2", 2, 8), ("tiny_hf_untied.master_v1.bin", "1f", 1, None)],
+)
+def test_reader_identifies_every_format_from_its_header(name, fmt, version, group_size):
+    with BinFile(os.path.join(DATA, name)) as bf:
+        assert (bf.format, bf.version, bf.group_size) == (fmt, version, group_size)
+
+
+def test_reader_reads_1f_float32_norms_first():
+    """llama2.c master's v1: 256-byte header, norms, then float32 matrices in the Q8_0 formats' order."""
+    path = os.path.join(DATA, "tiny_hf_untied.master_v1.bin")
+    raw = open(path, "rb").read()
+    with BinFile(path) as bf, BinFile(os.path.join(DATA, "tiny_hf_untied.v0.bin")) as v0:
+        assert not bf.config.shared_classifier and raw[36] == 0 and raw[37:41] == b"\0\0\0\0"
+        first = bf.tensors["layers.0.attention_norm"]
+        assert first.offset == 256
+        assert bf.layout.sections[-1].tensor == "output"  # untied: the classifier last, no rope tables
+        for name in v0.config.shapes():  # the same float32 weights as the golden v0 of the model
+            np.testing.assert_array_equal(bf.tensors[name].dequantize(), v0.tensors[name].dequantize())
+
+
+def test_inspect_names_the_format_in_words():
+    seed = run_cli("inspect", os.path.join(DATA, "tiny_b.v1.bin"))
+    master = run_cli("inspect", os.path.join(DATA, "tiny_b.master_v1.bin"))
+    assert seed.returncode == master.returncode == 0
+    assert "seed v1 (Q8_0" in seed.stdout.splitlines()[0]
+    assert "llama2.c v1 (float32, current export.py --version 1" in master.stdout.splitlines()[0]
+    info = json.loads(run_cli("inspect", os.path.join(DATA, "tiny_b.master_v1.bin"), "--json").stdout)
+    assert info["format"] == "1f" and info["header"]["version"] == 1 and info["header"]["group_size"] is None
+    assert all(t["dtype"] == "float32" for t in info["tensors"])
+
+
+def test_a_seed_v1_with_group_size_0_reads_as_1f_and_its_size_refuses_it(tmp_path):
+    raw = bytearray(open(os.path.join(DATA, "tiny_b.v1.bin"), "rb").read())
+    raw[37:41] = b"\0\0\0\0"
+    assert_one_line_error(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "its v1f header implies")
+
+
+def test_a_1f_with_bytes_past_the_header_fields_is_refused(tmp_path):
+    raw = bytearray(open(os.path.join(DATA, "tiny_a.master_v1.bin"), "rb").read())
+    raw[41] = 1
+    assert_one_line_error(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "padding is not zero (byte 41)")
+
+
+def test_verify_accepts_1f_against_its_source(tmp_path):
+    out = tmp_path / "v.json"
+    proc = run_cli("verify", os.path.join(DATA, "tiny_b.master_v1.bin"), "--checkpoint", os.path.join(DATA, "tiny_b.pt"),
+                   "--json", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "OK (v1f," in proc.stdout and "functional OK" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["format"] == "1f" and result["version"] == "1f" and result["group_size"] is None
+    assert all(t["max_abs_err"] == 0.0 for t in result["tensors"])
+
+
+def test_inspect_describes_an_hf_directory_through_the_registry():
+    proc = run_cli("inspect", os.path.join(DATA, "tiny_hf_untied"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["format"] == "hf" and info["header"]["dim"] == 32 and not info["header"]["shared_classifier"]
+    names = [t["name"] for t in info["tensors"]]
+    assert names[0] == "tok_embeddings" and names[-1] == "output" and len(names) == 2 + 1 + 9 * 2
+    assert {t["dtype"] for t in info["tensors"]} == {"float32"}
+    text = run_cli("inspect", os.path.join(DATA, "tiny_hf_untied"))
+    assert text.returncode == 0 and "version hf: Hugging Face Llama directory" in text.stdout

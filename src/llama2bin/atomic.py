@@ -16,6 +16,7 @@ from .errors import Llama2binError
 class AtomicOutput:
     def __init__(self, final_path: str):
         self.final_path = final_path
+        refuse_non_regular(final_path)
         folder = os.path.dirname(os.path.abspath(final_path))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -38,6 +39,7 @@ class AtomicOutput:
 
     def commit(self) -> None:
         os.fsync(self.fd)
+        refuse_non_regular(self.final_path)  # again: something may have appeared there while we wrote
         os.replace(self.tmp_path, self.final_path)  # still holding the lock: no sweeper touches it
         os.close(self.fd)
         self.fd = -1
@@ -51,6 +53,22 @@ class AtomicOutput:
             os.unlink(self.tmp_path)
         except FileNotFoundError:
             pass
+
+
+def refuse_non_regular(final_path: str) -> None:
+    """The rename replaces whatever is at `final_path`: refuse anything but a regular file (or a
+    symlink, whose link alone the rename replaces). A FIFO, a device or a socket there is not an
+    old output: as root, `/dev/null` would otherwise become a regular file. Defence in depth
+    behind outputs_guard.check_outputs, which every command runs first."""
+    try:
+        mode = os.lstat(final_path).st_mode
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise Llama2binError(f"{final_path}: cannot inspect the output path: {getattr(e, 'strerror', None) or e}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        kind = "directory" if stat.S_ISDIR(mode) else "special file (FIFO, device or socket)"
+        raise Llama2binError(f"{final_path}: output exists and is a {kind}, not a regular file; refusing to replace it")
 
 
 # A writer holds an exclusive flock on its .part file until it commits or dies (the kernel drops

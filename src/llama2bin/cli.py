@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, cli_types
 from .atomic import write_atomic
+from .cli_errors import ErrorLineParser, run_reporting_errors
 from .cli_export import add_export_format_args, check_output_name, split_versions_and_outputs
 from .errors import Llama2binError
-from .formats import DIRECTORY, FORMATS
+from .formats import DIRECTORY, FORMATS, output_format
+from .outputs_guard import Output, check_outputs, fetch_outputs
 
 VERSION_HELP = "\n".join(
     f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
@@ -33,13 +34,20 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
     g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
     g.add_argument("--bin", metavar="FILE.bin", help="an existing llama2.c .bin of any version (e.g. stories15M.bin)")
-    p.add_argument("--max-seq-len", type=int, help="override max_seq_len (C readers size their KV cache by it)")
+    p.add_argument("--max-seq-len", type=cli_types.max_seq_len, help="override max_seq_len (C readers size their KV cache by it)")
     p.add_argument(
         "--allow-rope-theta",
         action="store_true",
         help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000; v0's rope tables are then computed at "
         "it, for the ports that read them); recorded as an accepted departure",
     )
+
+
+def _source_path(args: argparse.Namespace) -> list[str]:
+    """The source checkpoint or directory, as a list of inputs for check_outputs. Every source flag
+    counts, including ones added later (`--bin`): an unguarded source could be overwritten."""
+    flags = ("checkpoint", "meta_llama", "hf", "bin")
+    return [path for path in (getattr(args, flag, None) for flag in flags) if path]
 
 
 def _open_source(args: argparse.Namespace):
@@ -81,6 +89,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     pairs = list(zip(args.version, args.outputs, strict=True))
     for v, out in pairs:
         check_output_name(out, v, list(FORMATS))
+    check_outputs(_source_path(args), [Output(out, FORMATS[v].kind == DIRECTORY, f"--version {v} writes a directory")
+                                       for v, out in pairs])
     dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
     bin_targets = [(v, out) for v, out in pairs if FORMATS[v].kind != DIRECTORY]
     for _, out in dir_targets:  # refuse a bad directory target before writing any .bin
@@ -108,11 +118,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    if not args.no_functional:
+        cli_types.check_eval_tokens(args.eval_seqs, args.eval_len)
+    check_outputs(_source_path(args) + args.files, args.json or [])
     ok = True
     with _open_source(args) as source:
         reference = None if args.no_functional else _functional_reference(args, source)
         for i, path in enumerate(args.files):
-            if os.path.isdir(path):  # a directory format (hf)
+            if output_format(path).kind == DIRECTORY:  # hf
                 from .verify_hf import verify_hf_dir
 
                 result = verify_hf_dir(path, source, quiet=args.quiet)
@@ -158,20 +171,22 @@ def _add_functional_args(p: argparse.ArgumentParser) -> None:
     ev, lim = EvalSet(), Thresholds()
     g = p.add_argument_group("functional verification (logits of the file vs the source on a seeded evaluation set)")
     g.add_argument("--no-functional", action="store_true", help="compare tensors only, skip the forward passes")
-    g.add_argument("--eval-seqs", type=int, default=ev.seqs, metavar="N", help=f"random token sequences ({ev.seqs})")
-    g.add_argument("--eval-len", type=int, default=ev.length, metavar="T",
+    g.add_argument("--eval-seqs", type=cli_types.eval_seqs, default=ev.seqs, metavar="N",
+                   help=f"random token sequences ({ev.seqs})")
+    g.add_argument("--eval-len", type=cli_types.eval_len, default=ev.length, metavar="T",
                    help=f"tokens per sequence, at most max_seq_len ({ev.length})")
-    g.add_argument("--eval-seed", type=int, default=ev.seed, metavar="S", help=f"seed of the token draw ({ev.seed})")
+    g.add_argument("--eval-seed", type=cli_types.eval_seed, default=ev.seed, metavar="S",
+                   help=f"seed of the token draw ({ev.seed})")
     g.add_argument("--activations", choices=("f32", "q8"), default="f32",
                    help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
                    "Q8_0-quantized activations (q8)")
-    g.add_argument("--kld-max", type=float, default=lim.kld_mean_max, metavar="X",
+    g.add_argument("--kld-max", type=cli_types.non_negative, default=lim.kld_mean_max, metavar="X",
                    help=f"quantized files fail above this mean KL divergence ({lim.kld_mean_max:g})")
-    g.add_argument("--kld-p99-max", type=float, default=lim.kld_p99_max, metavar="X",
+    g.add_argument("--kld-p99-max", type=cli_types.non_negative, default=lim.kld_p99_max, metavar="X",
                    help=f"... or above this 99th-percentile KL divergence ({lim.kld_p99_max:g})")
-    g.add_argument("--same-top-min", type=float, default=lim.same_top_min, metavar="X",
+    g.add_argument("--same-top-min", type=cli_types.fraction, default=lim.same_top_min, metavar="X",
                    help=f"... or below this same-top-token rate ({lim.same_top_min:g})")
-    g.add_argument("--fp32-rtol", type=float, default=lim.fp32_rtol, metavar="X",
+    g.add_argument("--fp32-rtol", type=cli_types.non_negative, default=lim.fp32_rtol, metavar="X",
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
 
 
@@ -183,6 +198,7 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    check_outputs(args.files, args.json or [])
     compiler = find_compiler(args.cc)
     if compiler is None:
         if args.require_cc:
@@ -214,39 +230,23 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import BinFile
+    from .describe import describe_output
 
-    with BinFile(args.file) as bf:
-        info = {
-            "file": args.file,
-            "format": bf.format,
-            "format_description": bf.description,
-            "header": bf.header_json(),
-            "size": bf.size,
-            "expected_size": bf.layout.size,
-            "size_matches": bf.size == bf.layout.size,
-            "tensors": [
-                {
-                    "name": t.name,
-                    "shape": list(t.shape),
-                    "dtype": t.dtype,
-                    "offset": t.offset,
-                    "nbytes": t.values.nbytes,
-                    **({"scales_offset": t.scales_offset} if t.scales is not None else {}),
-                }
-                for t in bf.tensors.values()
-            ],
-        }
+    info = describe_output(args.file)
     if args.json:
         sys.stdout.write(_dump_json(info))
         return 0
     h = info["header"]
-    print(f"{args.file}: version {bf.format}: {bf.description}")
-    print(f"  {bf.size} bytes (header implies {bf.layout.size}: {'matches' if info['size_matches'] else 'MISMATCH'})")
+    print(f"{args.file}: version {info['format']}: {info['format_description']}")
+    if info["expected_size"] is not None:
+        print(f"  {info['size']} bytes (header implies {info['expected_size']}: "
+              f"{'matches' if info['size_matches'] else 'MISMATCH'})")
+    else:
+        print(f"  {info['size']} bytes in its files")
     print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
     print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
-        print(f"  {t['offset']:>12}  {t['nbytes']:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+        print(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
     return 0
 
 
@@ -256,14 +256,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo_checkpoint
 
+    check_outputs([], [args.output])
     write_demo_checkpoint(args.preset, args.output)
     print(f"wrote {args.output} (demo preset {args.preset})")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_reports
+    from .report import report_outputs, write_reports
 
+    outputs = report_outputs(args.verify_json, args.out_dir, plots=not args.no_plots)
+    check_outputs(args.verify_json + args.c_check, outputs)
     for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check, plots=not args.no_plots):
         print(f"wrote {path}")
     return 0
@@ -272,6 +275,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .report import write_summary
 
+    check_outputs(args.reports, [args.json, args.md])
     write_summary(args.reports, args.md, args.json)
     print(f"wrote {args.md} and {args.json}")
     return 0
@@ -283,6 +287,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer import read_tokenizer_bin, write_tokenizer_bin
 
+    check_outputs([args.model, *_source_path(args)], [args.output])
     vocab_size = args.vocab_size
     if args.checkpoint or args.meta_llama or args.hf or args.bin:  # check against the model it will run with
         with _open_source(args) as source:
@@ -293,8 +298,6 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
         if vocab_size is None:
             raise Llama2binError(f"{args.model}: a tokenizer.bin does not record its size; give the model "
                                  "(--checkpoint/--bin/...) or --vocab-size to check it against")
-        if os.path.realpath(args.model) == os.path.realpath(args.output):
-            raise Llama2binError(f"{args.output}: is the input tokenizer.bin itself")
         content = read_tokenizer_bin(args.model, vocab_size)  # refuses a tokenizer of another size
         # the parsed entries re-encoded: the same bytes (the whole file was consumed), and exactly
         # what was checked even if the input changes meanwhile
@@ -314,19 +317,25 @@ def _add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
         help="download or locate a model's checkpoint; record it in DEST/SOURCE.json",
         description="Obtain a checkpoint reproducibly. Writes DEST/<filename> (--url), DEST/snapshot/ (--repo) or "
         "nothing (--path, used in place), then DEST/SOURCE.json last: source, resolved revision, sha256 and size of "
-        "every file. Credentials only from HF_TOKEN or the Hugging Face login cache.",
+        "every file. huggingface.co URLs and --repo go through huggingface_hub (its cache first; HF_HUB_OFFLINE=1 "
+        "works offline); other URLs are resumed and sha256-checked before the final name. Credentials only from "
+        "HF_TOKEN or the Hugging Face login cache, and only for the Hub.",
     )
     p.add_argument("--model", required=True, metavar="NAME", help="model name (recorded in SOURCE.json)")
     p.add_argument("--dest", metavar="DIR", help="output folder (default resources/checkpoints/NAME)")
     src = p.add_argument_group("source (exactly one)")
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--path", metavar="P", help="local checkpoint file or directory, used in place")
-    g.add_argument("--url", metavar="URL", help="download one file (resumable, retried, checksum-verified)")
+    g.add_argument("--url", metavar="URL", help="download one file: a huggingface.co/ORG/NAME/resolve/REV/FILE URL "
+                   "through huggingface_hub, any other URL resumable and retried; checked before its final name")
     g.add_argument("--repo", metavar="ORG/NAME", help="Hugging Face Hub repo (needs --revision)")
     src.add_argument("--sha256", metavar="HEX", help="with --url: expected sha256 (without it a warning prints the one to pin)")
     src.add_argument("--filename", metavar="F", help="with --url: file name in DEST (default: the URL's last segment)")
     src.add_argument("--revision", metavar="REV", help="with --repo: commit hash to pin (a branch works, with a warning)")
-    src.add_argument("--files", nargs="+", metavar="PATTERN", help="with --repo: glob patterns of files to fetch (default all)")
+    src.add_argument("--file", metavar="F", help="with --repo: the one file in the repo that is the checkpoint "
+                     "(a llama2.c .pt or a .bin); it becomes DEST/snapshot/F")
+    src.add_argument("--files", nargs="+", metavar="PATTERN", help="with --repo: glob patterns of (further) files to "
+                     "fetch (default: all, unless --file is given)")
     p.add_argument("--retries", type=int, default=5, help="retries of a transient failure without progress (5)")
     p.add_argument("--retry-delay", type=float, default=1.0, metavar="S", help="first back-off delay, doubled per retry (1.0)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="timeout of every socket operation (60)")
@@ -338,20 +347,16 @@ def _add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .fetch import FetchSpec, RetryPolicy, fetch
 
-    if args.path is not None:
-        spec = FetchSpec("path", path=args.path)
-    elif args.url is not None:
-        spec = FetchSpec("url", url=args.url, sha256=args.sha256.lower() if args.sha256 else None, filename=args.filename)
-    else:
-        files = tuple(args.files) if args.files else None
-        spec = FetchSpec("repo", repo=args.repo, revision=args.revision, files=files)
-    for flag, value, kind in (("--sha256", args.sha256, "url"), ("--filename", args.filename, "url"),
-                              ("--revision", args.revision, "repo"), ("--files", args.files, "repo")):
-        if value is not None and spec.kind != kind:
-            raise Llama2binError(f"{flag} goes with --{kind}, not --{spec.kind}")
+    kind = "path" if args.path is not None else "url" if args.url is not None else "repo"
+    spec = FetchSpec(
+        kind, path=args.path, url=args.url, sha256=args.sha256.lower() if args.sha256 else None,
+        filename=args.filename, repo=args.repo, revision=args.revision, file=args.file,
+        files=tuple(args.files) if args.files else None,
+    )  # fetch() validates it, as it does every spec (config entries included)
     if args.retries < 0 or args.retry_delay < 0 or args.timeout <= 0:
         raise Llama2binError("--retries and --retry-delay must be >= 0, --timeout > 0")
     retry = RetryPolicy(retries=args.retries, base_delay=args.retry_delay, timeout=args.timeout)
+    check_outputs(*fetch_outputs(args.model, spec, args.dest, args.path, args.hf_cache))
     result = fetch(args.model, spec, args.dest, retry=retry, quiet=args.quiet, hf_cache_dir=args.hf_cache)
     n = len(result.record["files"])
     state = "already present" if result.reused else "ok"
@@ -364,7 +369,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -378,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outputs", nargs="*", metavar="OUT.bin")
     _add_source_args(p)
     add_export_format_args(p, list(FORMATS))
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
@@ -387,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="OUT.bin")
     _add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_functional_args(p)
@@ -401,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a compiler the check is skipped with a notice (exit 0) unless --require-cc.",
     )
     p.add_argument("files", nargs="+", metavar="OUT.bin")
-    p.add_argument("--tokens", type=int, nargs="+", metavar="ID",
+    p.add_argument("--tokens", type=cli_types.token_id, nargs="+", metavar="ID",
                    help="token ids (default: the first sequence of the default functional evaluation set)")
     p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
                    help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
@@ -410,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
     p.set_defaults(func=cmd_c_check)
 
-    p = sub.add_parser("inspect", help="show a .bin file's header and tensor table")
-    p.add_argument("file", metavar="OUT.bin")
+    p = sub.add_parser("inspect", help="show an output's format, header and tensor table (.bin file or hf directory)")
+    p.add_argument("file", metavar="OUT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
@@ -419,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(a tokenizer.bin input is checked against the vocab size and copied)")
     p.add_argument("model", metavar="TOKENIZER.model|tokenizer.bin")
     p.add_argument("output", metavar="OUT.bin")
-    p.add_argument("--vocab-size", type=int, help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
+    p.add_argument("--vocab-size", type=cli_types.vocab_size,
+                   help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
     _add_source_args(p, required=False)
     p.set_defaults(func=cmd_tokenizer)
 
@@ -459,18 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread (main() embedded in another program)
         pass
-    try:
-        return args.func(args)
-    except Llama2binError as e:
-        print(f"llama2bin: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"llama2bin: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("llama2bin: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(args.func, args)
 
 
 if __name__ == "__main__":

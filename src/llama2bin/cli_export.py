@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 
+from . import cli_types
 from .errors import Llama2binError
 
 # A --version value: a format name such as 0, 2, 1f or hf. Anything else (a path: it has a dot or
@@ -38,7 +39,7 @@ def add_export_format_args(p: argparse.ArgumentParser, formats: list[str]) -> No
                    help=f"format version(s), one per output in order: {', '.join(formats)} (default 0; see below). "
                    "Repeatable, comma lists work, and paths after it are outputs: --version 2 out.bin, "
                    "--version 0 1 2, --version 0,2")
-    p.add_argument("--group-size", type=int, default=None,
+    p.add_argument("--group-size", type=cli_types.group_size, default=None,
                    help="Q8_0 group size (default 64, or a Q8_0 --bin source's own), halved until it divides dim; "
                    "the default also backs off until it divides hidden_dim for v2 (runq.c)")
     p.add_argument("--allow-requantize", action="store_true",

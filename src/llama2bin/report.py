@@ -25,9 +25,32 @@ def _round(x: float | None) -> float | None:
 def load_json(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+            obj = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise Llama2binError(f"{path}: cannot read JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise Llama2binError(f"{path}: expected a JSON object, got a {type(obj).__name__}")
+    return obj
+
+
+def _malformed(path: str, e: Exception) -> Llama2binError:
+    """A result JSON of the wrong shape: name the file and the field instead of a traceback."""
+    if isinstance(e, KeyError):
+        return Llama2binError(f"{path}: not a llama2bin result: missing field {e.args[0]!r}")
+    return Llama2binError(f"{path}: not a llama2bin result: a field has the wrong type ({type(e).__name__}: {e})")
+
+
+_SHAPE_ERRORS = (KeyError, TypeError, AttributeError, ValueError, IndexError)
+
+
+def _stem(verify_path: str) -> str:
+    return os.path.basename(verify_path).removesuffix(".verify.json").removesuffix(".json")
+
+
+def report_outputs(verify_paths: list[str], out_dir: str, plots: bool = True) -> list[str]:
+    """The files write_reports writes, known before reading anything (for the output guard)."""
+    exts = ("json", "md", "png") if plots else ("json", "md")
+    return [os.path.join(out_dir, f"{_stem(p)}.{ext}") for p in verify_paths for ext in exts]
 
 
 def dump_json(obj: object) -> str:
@@ -215,28 +238,46 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
     from .verify import HIST_EDGES
 
     c_checks = {os.path.basename(p).removesuffix(".ccheck.json"): p for p in c_check_paths or []}
-    stems = [os.path.basename(p).removesuffix(".verify.json").removesuffix(".json") for p in verify_paths]
+    stems = [_stem(p) for p in verify_paths]
     for stem in sorted(set(c_checks) - set(stems)):
         raise Llama2binError(f"{c_checks[stem]}: no {stem}.verify.json among the verification results")
-    written = []
+    contents: list[tuple[str, str | bytes]] = []  # every report built before any is written: all or nothing
     for path, stem in zip(verify_paths, stems, strict=True):
         result = load_json(path)
         c_check = load_json(c_checks[stem]) if stem in c_checks else None
-        report = build_report(model, result, c_check, plot=f"{stem}.png" if plots else None)
-        outputs: list[tuple[str, str | bytes]] = [("json", dump_json(report)), ("md", render_markdown(report))]
-        if plots:
-            from .plots import render_png
+        try:
+            report = build_report(model, result, c_check, plot=f"{stem}.png" if plots else None)
+            outputs: list[tuple[str, str | bytes]] = [("json", dump_json(report)), ("md", render_markdown(report))]
+            if plots:
+                from .plots import render_png
 
-            label = "Hugging Face directory" if report["version"] == "hf" else f"version {report['version']}"
-            tensors = [{**t, "rel_err": _round(t["rel_err"])} for t in result["tensors"]]
-            png = render_png(f"{model} — {label}", tensors, report["model_config"]["n_layers"], HIST_EDGES,
-                             report["functional"])
-            outputs.append(("png", png))
-        for ext, data in outputs:
-            out = os.path.join(out_dir, f"{stem}.{ext}")
-            write_atomic(out, data)
-            written.append(out)
-    return written
+                label = "Hugging Face directory" if report["version"] == "hf" else f"version {report['version']}"
+                tensors = [{**t, "rel_err": _round(t["rel_err"])} for t in result["tensors"]]
+                png = render_png(f"{model} — {label}", tensors, report["model_config"]["n_layers"], HIST_EDGES,
+                                 report["functional"])
+                outputs.append(("png", png))
+        except _SHAPE_ERRORS as e:
+            raise _malformed(f"{path} or {c_checks[stem]}" if stem in c_checks else path, e) from None
+        contents += [(os.path.join(out_dir, f"{stem}.{ext}"), data) for ext, data in outputs]
+    for out, data in contents:
+        write_atomic(out, data)
+    return [out for out, _ in contents]
+
+
+def _summary_row(r: dict[str, Any]) -> dict[str, Any]:
+    w = r["worst_tensor"] or {}
+    f = r.get("functional")
+    c = r.get("c_check")
+    return {
+        "model": r["model"], "version": r["version"], "file": r["file"], "size": r["size"], "sha256": r["sha256"],
+        "verified": r["verified"], "worst_tensor": w.get("name"), "worst_rel_err": w.get("rel_err"),
+        "worst_max_abs_err": w.get("max_abs_err"),
+        "functional": None if not f else {
+            "arithmetic": f["arithmetic"], "positions": f["positions"], "max_abs_dlogit": f["max_abs_dlogit"],
+            "kld_mean": f["kld_mean"], "kld_p99": f["kld_percentiles"]["p99"], "kld_max": f["kld_max"],
+            "same_top": f["same_top"], "rms_dp": f["rms_dp"], "passed": f["passed"]},
+        "c_check": None if not c else {"arithmetic": c["arithmetic"], "passed": c["passed"], "skipped": c["skipped"]},
+    }
 
 
 def write_summary(report_paths: list[str], out_md: str, out_json: str) -> None:
@@ -244,21 +285,20 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str) -> None:
     rows = []
     for path in report_paths:
         r = load_json(path)
-        w = r["worst_tensor"] or {}
-        f = r.get("functional")
-        c = r.get("c_check")
-        rows.append({
-            "model": r["model"], "version": r["version"], "file": r["file"], "size": r["size"], "sha256": r["sha256"],
-            "verified": r["verified"], "worst_tensor": w.get("name"), "worst_rel_err": w.get("rel_err"),
-            "worst_max_abs_err": w.get("max_abs_err"),
-            "functional": None if not f else {
-                "arithmetic": f["arithmetic"], "positions": f["positions"], "max_abs_dlogit": f["max_abs_dlogit"],
-                "kld_mean": f["kld_mean"], "kld_p99": f["kld_percentiles"]["p99"], "kld_max": f["kld_max"],
-                "same_top": f["same_top"], "rms_dp": f["rms_dp"], "passed": f["passed"]},
-            "c_check": None if not c else {"arithmetic": c["arithmetic"], "passed": c["passed"], "skipped": c["skipped"]},
-        })
+        try:
+            rows.append(_summary_row(r))
+        except _SHAPE_ERRORS as e:
+            raise _malformed(path, e) from None
     rows.sort(key=lambda r: (r["model"], str(r["version"])))
+    try:
+        markdown = _summary_markdown(rows)
+    except _SHAPE_ERRORS as e:  # a field of the right name but the wrong type
+        raise _malformed(" or ".join(report_paths), e) from None
     write_atomic(out_json, dump_json({"files": rows}))
+    write_atomic(out_md, markdown)
+
+
+def _summary_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Summary",
         "",
@@ -295,4 +335,4 @@ def write_summary(report_paths: list[str], out_md: str, out_json: str) -> None:
             f"{_fmt(f['kld_mean'])} | {_fmt(f['kld_p99'])} | {_fmt(f['kld_max'])} | {_pct(f['same_top'])} | "
             f"{_fmt(f['rms_dp'])} | {'passed' if f['passed'] else '**FAILED**'} | {check} |"
         )
-    write_atomic(out_md, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"

@@ -24,13 +24,14 @@ import numpy as np
 
 from .errors import Llama2binError
 from .formats import json_version
-from .formats.layout import F32, ROPE_COS, ROPE_SIN
+from .formats.layout import F32, PARAM_NAMES, ROPE_COS, ROPE_SIN
 from .formats.q8_0 import ABS_MASK as _ABS_MASK
 from .formats.q8_0 import Scratch, group_scales_into, process_scratch
 from .formats.rope import rope_chunks, rope_json
 from .parallel import ForkedCall, ForkPool, default_workers
 from .progress import Progress
 from .reader import BinFile, BinTensor
+from .safe_io import open_regular
 from .sources.base import Source, TensorRef, row_chunks
 
 # |q*s - w| <= s/2 holds exactly in real arithmetic; float32 rounding of w/s and of q*s adds
@@ -114,7 +115,8 @@ def sha256_file(path: str) -> str:
     # straight from a multi-MiB buffer runs at ~60% of that speed).
     buf = bytearray(1 << 20)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    # Regular files only: a FIFO in place of an exported file would block the read forever.
+    with os.fdopen(open_regular(path, "file to verify"), "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
@@ -144,8 +146,7 @@ def verify(bin_path: str, source: Source, quiet: bool = False, threads: int | No
 
 def _check_header(bf: BinFile, source: Source, result: VerifyResult) -> None:
     want, got = source.config, bf.config
-    for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
-                 "shared_classifier"):
+    for name in (*PARAM_NAMES, "shared_classifier"):
         if getattr(want, name) != getattr(got, name):
             result.failures.append(f"header {name} is {getattr(got, name)}, the source has {getattr(want, name)}")
 

@@ -7,18 +7,19 @@ import sys
 import yaml
 from snakemake.utils import validate
 
-from llama2bin.fetch import FetchSpec
+from llama2bin.errors import Llama2binError
+from llama2bin.fetch import FetchSpec, config_source
 from llama2bin.formats import DIRECTORY, FORMATS
 
 
-# jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first.
+# jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
+# the same checks `llama2bin fetch` applies (FetchSpec is the one place a source is validated).
 for _name, _model in (config.get("models") or {}).items():
     if isinstance(_model, dict):
-        _where = [k for k in ("path", "url", "repo", "demo") if k in _model]
-        if len(_where) != 1:
-            raise WorkflowError(
-                f"model {_name}: give exactly one of path, url (+sha256), repo (+revision) or demo; got {_where or 'none'}"
-            )
+        try:
+            config_source(_name, _model)
+        except Llama2binError as _e:
+            raise WorkflowError(str(_e))
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -134,7 +135,16 @@ def tokenizer_model(model):
         return m["tokenizer"]
     if "path" in m and os.path.isfile(os.path.join(m["path"], "tokenizer.model")):
         return os.path.join(m["path"], "tokenizer.model")
+    if "repo" in m:  # a snapshot whose files: name tokenizer.model (FetchSpec.snapshot_tokenizer)
+        return fetch_spec(model).snapshot_tokenizer(checkpoint_dir(model))
     return None
+
+
+def tokenizer_input(wildcards):
+    """tokenizer.model as an input file, unless it comes inside a fetched snapshot: then the
+    SOURCE.json in checkpoint_input stands for it, as it does for the checkpoint."""
+    m = config["models"][wildcards.model]
+    return {} if "repo" in m and "tokenizer" not in m else {"tokenizer": tokenizer_model(wildcards.model)}
 
 
 # Memory per job, from measured peak RSS (bench/results.md, "Memory per job"): jobs stream

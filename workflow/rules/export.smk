@@ -28,11 +28,12 @@ rule export:
 rule tokenizer:
     input:
         unpack(checkpoint_input),
-        tokenizer=lambda wc: tokenizer_model(wc.model),
+        unpack(tokenizer_input),
     output:
         "results/{model}/tokenizer.bin",
     params:
         source=source_args,
+        tokenizer=lambda wc: tokenizer_model(wc.model),
     log:
         "logs/tokenizer/{model}.log",
     benchmark:
@@ -42,4 +43,4 @@ rule tokenizer:
         mem_mb=300,
     shell:
         # The source flags make the command refuse a tokenizer whose size is not the model's vocab.
-        "{LLAMA2BIN} tokenizer {input.tokenizer} {output} {params.source} > {log} 2>&1"
+        "{LLAMA2BIN} tokenizer {params.tokenizer:q} {output} {params.source} > {log} 2>&1"

@@ -1,8 +1,8 @@
 /*
  * llama2bin's C consumer check.
  *
- * Memory-maps a llama2.c .bin file of version 0, 1 or 2 the way llama2.c's run.c (v0) and
- * runq.c (v2) do - weight pointers straight into the mapping, nothing copied - runs one
+ * Memory-maps a llama2.c .bin file of version 0, 1 (the seed's Q8_0 v1, or llama2.c master's
+ * float32 v1, "1f": group_size 0) or 2 the way llama2.c's run.c (v0) and runq.c (v2) do - weight pointers straight into the mapping, nothing copied - runs one
  * forward pass per position of a token sequence with a KV cache, and prints the logits of
  * every position. It shares no code with llama2bin's Python reader, so agreement between
  * the two proves the file is consumable from C, not merely self-consistent.
@@ -12,7 +12,7 @@
  *   --mode q8   (v1/v2 only) runq.c's arithmetic: activations are quantized to Q8_0 with the
  *               file's group size before every matmul, products are summed as int32 per group
  *               and scaled by both group scales
- *   default: f32 for v0, q8 for v1 and v2.
+ *   default: f32 for float32 files (v0, 1f), q8 for Q8_0 ones (v1, v2).
  * stdout: one line per position, vocab_size logits printed with %.9g (exact for float32).
  * Like run.c and runq.c it assumes rope_theta 10000 and norm_eps 1e-5: the files store neither.
  * Exit status 1 with one line on stderr for anything it refuses.
@@ -101,13 +101,15 @@ static const float *take_f32(Cursor *c, size_t count) { return (const float *)(v
 
 static size_t kv_dim(const Params *p) { return (size_t)p->dim / p->n_heads * p->n_kv_heads; }
 
-/* The size each format implies, computed independently of the mapping code below. */
+/* The size each format implies, computed independently of the mapping code below
+ * (gs 0 with the 256-byte header: 1f, every weight float32). */
 static size_t expected_size(const Params *p, int version, int shared, int gs) {
     size_t dim = p->dim, hid = p->hidden_dim, L = p->n_layers, V = p->vocab_size, kv = kv_dim(p);
     size_t hs = dim / p->n_heads;
     size_t matrices = L * (2 * dim * dim + 2 * kv * dim + 3 * dim * hid) + V * dim + (shared ? 0 : V * dim);
     size_t norms = L * 2 * dim + dim;
     if (version == 0) return V0_HEADER_BYTES + 4 * (matrices + norms + 2 * (size_t)p->seq_len * (hs / 2));
+    if (gs == 0) return QHEADER_BYTES + 4 * (norms + matrices);
     return QHEADER_BYTES + 4 * norms + matrices + 4 * (matrices / gs);
 }
 
@@ -146,9 +148,9 @@ static size_t quantized_list(Model *m, Weight **out, size_t *numel) {
     return n;
 }
 
-/* v1 and v2 (runq.c's memory_map_weights for v2): norms first (attention_norm xL, ffn_norm xL,
- * final norm), then v2 interleaves each tensor's int8 values with its scales while v1 writes
- * all values and then all scales. */
+/* v1, 1f and v2 (runq.c's memory_map_weights for v2): norms first (attention_norm xL, ffn_norm
+ * xL, final norm); then 1f stores each matrix as float32, v2 interleaves each tensor's int8
+ * values with its scales, v1 writes all values and then all scales. */
 static void map_quantized(Model *m, Cursor *c) {
     const Params *p = &m->p;
     size_t dim = p->dim;
@@ -159,11 +161,12 @@ static void map_quantized(Model *m, Cursor *c) {
     Weight **list = xcalloc(count, sizeof *list);
     size_t *numel = xcalloc(count, sizeof *numel);
     size_t n = quantized_list(m, list, numel);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && !m->quantized; i++) list[i]->f = take_f32(c, numel[i]);
+    for (size_t i = 0; i < n && m->quantized; i++) {
         list[i]->q = (const int8_t *)take(c, numel[i]);
         if (m->version == 2) list[i]->scales = take(c, 4 * (numel[i] / m->group_size));
     }
-    if (m->version == 1)
+    if (m->version == 1 && m->quantized)
         for (size_t i = 0; i < n; i++) list[i]->scales = take(c, 4 * (numel[i] / m->group_size));
     if (m->shared) m->cls = m->tok;
     free(list);
@@ -198,7 +201,7 @@ static void open_model(Model *m, const char *path) {
         for (int i = 0; i < 7; i++) fields[i] = read_i32(h + 8 + 4 * i);
         m->shared = h[36];
         m->group_size = read_i32(h + 37);
-        m->quantized = 1;
+        m->quantized = !(m->version == 1 && m->group_size == 0); /* group_size 0: 1f, float32 */
     } else {
         m->version = 0;
         for (int i = 0; i < 7; i++) fields[i] = read_i32(h + 4 * i);
@@ -213,7 +216,7 @@ static void open_model(Model *m, const char *path) {
         if (fields[i] <= 0 || fields[i] > (1 << 22)) die("header field %d is %d", i, fields[i]);
     if (p->dim % p->n_heads || p->n_heads % p->n_kv_heads || (p->dim / p->n_heads) % 2)
         die("inconsistent heads: dim %d, n_heads %d, n_kv_heads %d", p->dim, p->n_heads, p->n_kv_heads);
-    if (m->quantized && (m->shared > 1 || m->group_size <= 0 || p->dim % m->group_size))
+    if (m->version && (m->shared > 1 || (m->quantized && (m->group_size <= 0 || p->dim % m->group_size))))
         die("bad quantization header: shared %d, group_size %d", m->shared, m->group_size);
     size_t want = expected_size(p, m->version, m->shared, m->group_size);
     if (want != m->size) die("file has %zu bytes, its v%d header implies %zu", m->size, m->version, want);
@@ -415,7 +418,7 @@ int main(int argc, char **argv) {
     Model m = {0};
     open_model(&m, argv[arg++]);
     if (mode < 0) mode = m.quantized;
-    if (mode == 1 && !m.quantized) die("--mode q8 needs a Q8_0 file (v1 or v2), this is v0");
+    if (mode == 1 && !m.quantized) die("--mode q8 needs a Q8_0 file (v1 or v2), this is float32 (v0 or 1f)");
     if (mode == 1 && m.p.hidden_dim % m.group_size)
         die("hidden_dim %d is not a multiple of group_size %d: runq.c's grouped matmul cannot run it", m.p.hidden_dim,
             m.group_size);

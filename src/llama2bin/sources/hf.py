@@ -99,7 +99,7 @@ def _check_config(cfg: dict[str, Any], path: str, allow_rope_theta: bool) -> tup
     if archs is not None and (not isinstance(archs, list) or _ARCHITECTURES[model_type] not in archs):
         raise Llama2binError(f"{path}: architectures {archs!r} does not include {_ARCHITECTURES[model_type]}")
     for flag in ("attention_bias", "mlp_bias"):
-        if cfg.get(flag):
+        if cfg.get(flag) is not None and bool_field(path, flag, cfg[flag]):
             raise Llama2binError(f"{path}: {flag} = {cfg[flag]!r}: the .bin formats have no biases")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
@@ -269,7 +269,8 @@ class HfSource(Source):
             return int_field(config_path, name, _field(cfg, config_path, name))
 
         n_heads, dim = int_of("num_attention_heads"), int_of("hidden_size")
-        n_kv_heads = optional_int_field(config_path, "num_key_value_heads", cfg.get("num_key_value_heads")) or n_heads
+        n_kv_heads = optional_int_field(config_path, "num_key_value_heads", cfg.get("num_key_value_heads"))
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads  # 0 stays 0 and is refused, not replaced
         head_size = dim // n_heads if n_heads > 0 else 0
         if max_seq_len is None:
             max_seq_len = optional_int_field(config_path, "max_position_embeddings", cfg.get("max_position_embeddings"))

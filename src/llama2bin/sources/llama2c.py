@@ -69,7 +69,7 @@ class Llama2cSource(Source):
             hidden_dim=refs["layers.0.feed_forward.w1"].shape[0],  # multiple_of rounding: trust the tensors
             n_layers=ints["n_layers"],
             n_heads=n_heads,
-            n_kv_heads=n_kv_heads or n_heads,
+            n_kv_heads=n_heads if n_kv_heads is None else n_kv_heads,  # 0 is refused, not replaced
             vocab_size=ints["vocab_size"],
             max_seq_len=max_seq_len,
             shared_classifier=shared,

@@ -198,7 +198,7 @@ class MetaSource(Source):
             hidden_dim=refs["layers.0.feed_forward.w1"].shape[0],  # multiple_of rounding: trust the tensors
             n_layers=ints["n_layers"],
             n_heads=n_heads,
-            n_kv_heads=ints["n_kv_heads"] or n_heads,
+            n_kv_heads=n_heads if ints["n_kv_heads"] is None else ints["n_kv_heads"],  # 0 is refused
             vocab_size=vocab,
             max_seq_len=max_seq_len,
             shared_classifier=shared,

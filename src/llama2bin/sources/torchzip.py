@@ -32,6 +32,30 @@ from .base import DTYPE_ITEMSIZE, FilePool, RawTensor
 # llama2.c checkpoint with optimizer state a few hundred KB. 16 MiB is far above any real one
 # and bounds the objects a hostile pickle can make us build (~8 bytes per opcode byte at worst).
 MAX_PICKLE_BYTES = 16 << 20
+# zipfile reads the whole central directory and builds a ZipInfo (~0.5 KB) per entry. torch.save
+# writes ~100 bytes of it per storage (~70 KB for a 70B model); 16 MiB bounds the entries built.
+MAX_CENTRAL_DIRECTORY_BYTES = 16 << 20
+_EOCD_SIG, _ZIP64_LOCATOR_SIG, _ZIP64_EOCD_SIG = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+
+
+def central_directory_size(fd: int) -> int:
+    """The central directory size a zip's end records declare (the larger of the classic and the
+    zip64 record, as zipfile prefers zip64 whenever its locator is present); 0 if there is no
+    end record, which zipfile then reports as "not a zip"."""
+    size = os.fstat(fd).st_size
+    tail_len = min(size, 22 + 0xFFFF)  # the end record, then at most a 64 KiB comment
+    tail = os.pread(fd, tail_len, size - tail_len)
+    at = tail.rfind(_EOCD_SIG)
+    if at < 0 or at + 22 > len(tail):
+        return 0
+    declared = struct.unpack_from("<I", tail, at + 12)[0]
+    locator = tail[at - 20 : at] if at >= 20 else b""
+    if locator[:4] == _ZIP64_LOCATOR_SIG:
+        record_at = struct.unpack_from("<Q", locator, 8)[0]
+        record = os.pread(fd, 56, record_at) if record_at < size else b""
+        if len(record) == 56 and record[:4] == _ZIP64_EOCD_SIG:
+            declared = max(declared, struct.unpack_from("<Q", record, 40)[0])
+    return declared
 
 _STORAGE_DTYPES = {
     "FloatStorage": "F32",
@@ -162,7 +186,13 @@ class TorchZip:
         self.pool = pool
         # A FIFO or a device (e.g. a symlink to /dev/zero) is refused here, before zipfile reads.
         fd = open_regular(path, "PyTorch checkpoint (.pt/.pth)")
-        with os.fdopen(fd, "rb") as f:  # ZipFile does not close a file object it was given
+        with os.fdopen(fd, "rb") as f:
+            directory = central_directory_size(fd)
+            if directory > MAX_CENTRAL_DIRECTORY_BYTES:
+                raise Llama2binError(
+                    f"{path}: zip central directory of {directory} bytes is too large for a checkpoint "
+                    f"(limit {MAX_CENTRAL_DIRECTORY_BYTES})"
+                )  # ZipFile does not close a file object it was given
             data = self._read_pickle(f)
         try:
             self.obj = _WeightsOnlyUnpickler(io.BytesIO(data)).load()
@@ -178,6 +208,7 @@ class TorchZip:
         except Exception as e:  # any malformed pickle: one clear line, never a traceback
             raise Llama2binError(f"{path}: corrupt checkpoint pickle: {type(e).__name__}: {e}") from None
         self._offsets: dict[str, int] = {}
+        self._ranges: list[tuple[int, int, str]] = []  # [local header, data end) of each member read
 
     def _read_pickle(self, f: Any) -> bytes:
         """data.pkl's bytes; notes the zip's members and their common prefix."""
@@ -189,7 +220,12 @@ class TorchZip:
                 f"{path}: not a PyTorch zip checkpoint (truncated, or saved with the pre-1.6 format)"
             ) from None
         with zf:
-            self._members = {info.filename: info for info in zf.infolist()}
+            infos = zf.infolist()
+            self._members = {info.filename: info for info in infos}
+            if len(self._members) != len(infos):
+                names = [info.filename for info in infos]
+                dup = next(name for name in names if names.count(name) > 1)
+                raise Llama2binError(f"{path}: zip member {dup} appears twice (which one is meant?)")
             pkl = [n for n in self._members if n.endswith("/data.pkl") or n == "data.pkl"]
             if len(pkl) != 1:
                 raise Llama2binError(f"{path}: not a PyTorch checkpoint (no data.pkl in the zip)")
@@ -239,7 +275,20 @@ class TorchZip:
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
             raise Llama2binError(f"{self.path}: corrupt zip local header for {member}")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
+        # The local header must name the member the directory does, and no two members' bytes
+        # may overlap: otherwise one storage could alias another's data.
+        # (the local name is decoded as zipfile decodes the directory's: UTF-8 if flagged, else cp437)
+        local_name = os.pread(fd, name_len, info.header_offset + 30).decode(
+            "utf-8" if info.flag_bits & 0x800 else "cp437", "replace"
+        )
+        if local_name != info.orig_filename:
+            raise Llama2binError(f"{self.path}: zip directory entry {member} points at another member's local header")
         offset = info.header_offset + 30 + name_len + extra_len
+        end = offset + info.file_size
+        for begin, other_end, other in self._ranges:
+            if info.header_offset < other_end and begin < end:
+                raise Llama2binError(f"{self.path}: storage {member} overlaps {other} (one storage aliasing another)")
+        self._ranges.append((info.header_offset, end, member))
         if offset + info.file_size > os.fstat(fd).st_size:
             raise Llama2binError(f"{self.path}: tensor {name}: data runs past the end of the file (truncated)")
         self._offsets[storage.key] = offset
