@@ -7,7 +7,9 @@ limit, and asserts, in this order:
 1. it finished within `timeout` seconds (a hang is killed and fails the case);
 2. exit status non-zero;
 3. no Python traceback on stderr;
-4. exactly one `llama2bin: error:` line (and, if given, that it names `needle`);
+4. exactly one `llama2bin: error:` line (and, if given, that it names `needle`), and not the
+   CLI's last-resort `internal error` line: hostile input is refused for a named reason, not by
+   an exception nobody anticipated;
 5. no file under a final output name (`outputs` must not exist afterwards, unless it existed
    before, in which case it is unchanged);
 6. every input unchanged: sha256 (or, for special files, the stat identity) before and after;
@@ -101,6 +103,7 @@ def run_hostile(case: HostileCase) -> subprocess.CompletedProcess:
     assert "MemoryError" not in stderr, where
     errors = [line for line in stderr.splitlines() if line.startswith("llama2bin: error:")]
     assert len(errors) == 1, where
+    assert "internal error" not in errors[0], where
     if case.needle is not None:
         assert case.needle in errors[0], where
     for path, before in before_outputs.items():

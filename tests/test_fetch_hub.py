@@ -334,3 +334,23 @@ def test_cache_on_another_file_system_is_copied(hf_cache, tmp_path, monkeypatch,
     assert (tmp_path / "r" / "snapshot" / "config.json").read_bytes() == HF_FILES["config.json"]
     assert "copied 1 file(s)" in err and "copied 2 file(s)" in err
     assert sorted(os.listdir(tmp_path / "u")) == ["SOURCE.json", "model.safetensors"]
+
+
+@pytest.mark.slow  # transformers is imported by the checkpoint builders
+def test_meta_layout_snapshot_converts_like_the_local_directory(hf_cache, tmp_path):
+    """A repo holding Meta's layout (params.json + consolidated.NN.pth, as meta-llama/Llama-2-7b
+    does): the fetched snapshot exports byte for byte what the same files on disk export."""
+    from llama_checkpoints import Spec, save_meta
+
+    local = save_meta(Spec(), str(tmp_path / "meta"), 2)
+    files = {name: open(os.path.join(local, name), "rb").read() for name in sorted(os.listdir(local))}
+    make_hf_cache(hf_cache.parent, "Org/Meta", SNAP_COMMIT, {**files, "README.md": b"card"},
+                  lfs={n for n in files if n.endswith(".pth")})
+    assert main(["fetch", "--model", "meta", "--dest", str(tmp_path / "m"), "--repo", "Org/Meta", "--revision",
+                 SNAP_COMMIT, "--files", "params.json", "consolidated.*.pth", "--quiet"]) == 0
+    snapshot = tmp_path / "m" / "snapshot"
+    assert sorted(os.listdir(snapshot)) == sorted(files)
+    for name, source in (("from-snapshot", str(snapshot)), ("from-disk", local)):
+        assert main(["export", str(tmp_path / f"{name}.v0.bin"), "--meta-llama", source, "--max-seq-len", "16",
+                     "--version", "0"]) == 0
+    assert (tmp_path / "from-snapshot.v0.bin").read_bytes() == (tmp_path / "from-disk.v0.bin").read_bytes()

@@ -5,21 +5,20 @@
   corrupted file that passes every size check fails it;
 - llama2bin's C consumer (compiled with the system cc) reproduces the Python logits on v0/v1/v2
   of GQA and untied models, in float32 and in runq.c's Q8_0 arithmetic;
-- the report figures are byte-identical from render to render, and `snakemake --report` builds.
+- the report figures are byte-identical from render to render (the HTML report: test_report_html.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import weakref
 
 import numpy as np
 import pytest
-from helpers import DATA, ROOT, assert_one_line_error, run_cli, save_llama2c
+from helpers import DATA, assert_one_line_error, run_cli, save_llama2c
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -33,8 +32,8 @@ from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.functional import EvalSet, ReferenceLogits, Thresholds, compare_logits, functional_verify  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
-from llama2bin.plots import render_png  # noqa: E402
 from llama2bin.reader import BinFile  # noqa: E402
+from llama2bin.report.plots import render_model_png  # noqa: E402
 from llama2bin.sources import open_source  # noqa: E402
 from llama2bin.verify import HIST_EDGES  # noqa: E402
 from llama2bin.writer import export  # noqa: E402
@@ -367,10 +366,10 @@ def test_figures_are_byte_identical_render_to_render(models, tmp_path):
     import matplotlib
 
     result = json.load(open(_verify_jsons(models, "untied", tmp_path)[2]))
-    args = ("untied — version 2", result["tensors"], 2, HIST_EDGES, {**result["functional"]})
-    first = render_png(*args)
+    args = ("untied", [{"title": "v2", "tensors": result["tensors"], "functional": result["functional"]}], 2, HIST_EDGES)
+    first = render_model_png(*args)
     with matplotlib.rc_context({"font.size": 20, "lines.linewidth": 5}):  # a caller's style must not leak in
-        second = render_png(*args)
+        second = render_model_png(*args)
     assert first == second and first.startswith(b"\x89PNG")
     assert b"Software" not in first and b"Matplotlib" not in first
 
@@ -381,36 +380,16 @@ def test_reports_embed_the_figure_and_the_functional_table(models, tmp_path):
     proc = run_cli("report", *jsons, "--model", "m", "--out-dir", str(out))
     assert proc.returncode == 0, proc.stderr
     md = (out / "gqa_backoff.v2.md").read_text()
-    assert "![" in md and "(gqa_backoff.v2.png)" in md and (out / "gqa_backoff.v2.png").exists()
-    assert "functional verification: passed" in md and "same top token" in md
+    assert "![" in md and "(m.png)" in md and (out / "m.png").exists()  # one figure per model
+    assert "functional verification: logits" in md and "same top token" in md
     report = json.load(open(out / "gqa_backoff.v2.json"))
-    assert report["functional"]["passed"] and report["plot"] == "gqa_backoff.v2.png"
+    assert report["functional"]["passed"] and report["plot"] == "m.png"
+    assert json.load(open(out / "gqa_backoff.v0.json"))["plot"] is None  # float32: exact, nothing plotted
     summary = run_cli("summary", *(str(out / f"gqa_backoff.v{v}.json") for v in (0, 1, 2)),
                       "--md", str(tmp_path / "s.md"), "--json", str(tmp_path / "s.json"))
     assert summary.returncode == 0
     text = (tmp_path / "s.md").read_text()
-    assert "## Functional verification" in text and text.count("| m | ") == 6
+    assert "## Logits against the source" in text and text.count("| m | ") == 4  # 3 outputs, 1 distinct quantization
     # llama2.c master's float32 v1: a report of its own, exact like v0
     assert (out / "gqa_backoff.v1f.md").read_text().startswith("# m — version 1f")
     assert json.load(open(out / "gqa_backoff.v1f.json"))["version"] == "1f"
-
-
-def test_snakemake_html_report_builds(tmp_path):
-    workdir = tmp_path / "w"
-    workdir.mkdir()
-    for name in ("Snakefile", "workflow"):
-        src = os.path.join(ROOT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
-    (workdir / "config.yaml").write_text("models: {u: {source: llama2c, demo: untied}}\nversions: [0, 2]\n")
-
-    def snakemake(*args):
-        return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
-                              capture_output=True, text=True)
-
-    run = snakemake()
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (workdir / "reports/u/u.v2.png").exists() and (workdir / "results/u/u.v2.ccheck.json").exists()
-    built = snakemake("--report", "report.html")
-    assert built.returncode == 0, built.stderr[-3000:]
-    html = (workdir / "report.html").read_text(errors="replace")
-    assert "u.v2.png" in html and "u.v0.md" in html and "summary.md" in html

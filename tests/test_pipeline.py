@@ -72,8 +72,10 @@ def test_second_clean_run_is_byte_identical(default_run, tmp_path):
     for model in ("demo-mha", "demo-gqa", "demo-untied"):
         for v in (0, 1, 2):
             for rel in (f"results/{model}/{model}.v{v}.bin", f"results/{model}/{model}.v{v}.verify.json",
-                        f"reports/{model}/{model}.v{v}.md"):
+                        f"reports/{model}/{model}.v{v}.md", f"reports/{model}/{model}.html"):
                 assert filecmp.cmp(os.path.join(default_run, rel), os.path.join(other, rel), shallow=False), rel
+    assert filecmp.cmp(os.path.join(default_run, "reports/summary.html"), os.path.join(other, "reports/summary.html"),
+                       shallow=False)
 
 
 def test_nothing_to_do_on_rerun(default_run):

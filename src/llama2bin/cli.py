@@ -265,9 +265,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_outputs, write_reports
 
-    outputs = report_outputs(args.verify_json, args.out_dir, plots=not args.no_plots)
-    check_outputs(args.verify_json + args.c_check, outputs)
-    for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check, plots=not args.no_plots):
+    outputs = report_outputs(args.model, args.verify_json, args.out_dir, plots=not args.no_plots)
+    check_outputs(args.verify_json + args.c_check + ([args.source_record] if args.source_record else []), outputs)
+    for path in write_reports(args.model, args.verify_json, args.out_dir, c_check_paths=args.c_check,
+                              plots=not args.no_plots, source_record_path=args.source_record):
         print(f"wrote {path}")
     return 0
 
@@ -275,9 +276,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .report import write_summary
 
-    check_outputs(args.reports, [args.json, args.md])
-    write_summary(args.reports, args.md, args.json)
-    print(f"wrote {args.md} and {args.json}")
+    outputs = [p for p in (args.md, args.json, args.html, args.figure) if p]
+    check_outputs(args.reports, outputs)
+    write_summary(args.reports, args.md, args.json, out_html=args.html, out_png=args.figure)
+    for path in outputs:
+        print(f"wrote {path}")
     return 0
 
 
@@ -434,18 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, help="mha, gqa_backoff or untied")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("report", help="quantization-error reports (JSON + Markdown) from verify --json results")
+    p = sub.add_parser("report", help="reports of one model from its verify --json results: per output JSON + Markdown, "
+                                      "one HTML page and one figure")
     p.add_argument("verify_json", nargs="+", metavar="NAME.vN.verify.json")
     p.add_argument("--model", required=True)
-    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json, .md and .png")
+    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json and .md, OUT_DIR/MODEL.html and .png")
     p.add_argument("--c-check", nargs="+", default=[], metavar="NAME.vN.ccheck.json", help="c-check --json results to include")
-    p.add_argument("--no-plots", action="store_true", help="no .png figures (and no matplotlib needed)")
+    p.add_argument("--no-plots", action="store_true", help="no figure (and no matplotlib needed)")
+    p.add_argument("--source-record", metavar="SOURCE.json", help="the fetch record: repo@revision or URL and "
+                   "file sha256s go into the reports")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("summary", help="one table of every model x version from report JSONs")
     p.add_argument("reports", nargs="+", metavar="REPORT.json")
     p.add_argument("--md", required=True)
     p.add_argument("--json", required=True)
+    p.add_argument("--html", help="also a self-contained HTML page (figure embedded) for snakemake --report")
+    p.add_argument("--figure", metavar="PNG", help="also the figure of bits per weight against quality")
     p.set_defaults(func=cmd_summary)
 
     _add_fetch_parser(sub)
