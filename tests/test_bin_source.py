@@ -99,6 +99,10 @@ def test_q8_to_float32_is_dequantized_and_says_so(tmp_path):
     record = json.loads(jpath.read_text())
     assert record["source_quantized"] == {"format": "2", "group_size": 8}
     assert record["source"]["kind"] == "bin" and record["rope_tables"]["theta"] == 10000.0
+    reports = tmp_path / "reports"
+    assert main(["report", str(jpath), "--model", "b", "--out-dir", str(reports), "--no-plots"]) == 0
+    (md,) = [p for p in reports.iterdir() if p.name.endswith(".md")]
+    assert "the source was already Q8_0 (version 2, group size 8)" in md.read_text()
 
 
 def test_another_group_size_quantizes_twice_only_when_asked(tmp_path, capsys):
