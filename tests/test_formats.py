@@ -24,6 +24,8 @@ def test_every_format_is_registered_by_its_name_with_readers_and_losses():
         assert (spec.kind == FILE) == (spec.header is not None and spec.order is not None)
     assert FORMATS["hf"].kind == DIRECTORY and FORMATS["hf"].source_kind == "hf"
     assert [json_version(n) for n in FORMATS] == [0, 1, "1f", 2, "hf"]
+    assert [spec.title for spec in FORMATS.values()] == ["version 0", "version 1", "version 1f", "version 2",
+                                                         "Hugging Face directory"]  # report titles
 
 
 @pytest.mark.parametrize("name", ["0", "1", "1f", "2"])

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 from helpers import DATA, assert_one_line_error, run_cli
+from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.errors import Llama2binError
 from llama2bin.reader import BinFile
@@ -163,16 +164,29 @@ def test_inspect_names_the_format_in_words():
     assert all(t["dtype"] == "float32" for t in info["tensors"])
 
 
-def test_a_seed_v1_with_group_size_0_reads_as_1f_and_its_size_refuses_it(tmp_path):
-    raw = bytearray(open(os.path.join(DATA, "tiny_b.v1.bin"), "rb").read())
-    raw[37:41] = b"\0\0\0\0"
-    assert_one_line_error(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "its v1f header implies")
+def _1f_mutations() -> list[tuple[str, str, bytes, str]]:
+    """(case, golden, hostile bytes, needle): a seed v1 and a 1f each bent where the two meet."""
+    seed_v1 = open(os.path.join(DATA, "tiny_b.v1.bin"), "rb").read()
+    master = open(os.path.join(DATA, "tiny_a.master_v1.bin"), "rb").read()
+    zero_gs = seed_v1[:37] + b"\0\0\0\0" + seed_v1[41:]  # header says 1f, body is Q8_0
+    padded = master[:41] + b"\1" + master[42:]
+    negative_gs = master[:37] + struct.pack("<i", -8) + master[41:]
+    shared_2 = master[:36] + b"\2" + master[37:]
+    return [
+        ("seed v1 with group_size 0", zero_gs, "its v1f header implies"),
+        ("1f with a byte after the header fields", padded, "padding is not zero (byte 41)"),
+        ("1f with a negative group_size", negative_gs, "group_size = -8 at byte 37 is out of range"),
+        ("1f with shared_classifier 2", shared_2, "shared_classifier = 2 at byte 36"),
+        ("1f truncated", master[:-4], "truncated"),
+        ("1f with trailing bytes", master + b"\0" * 4, "trailing bytes"),
+    ]
 
 
-def test_a_1f_with_bytes_past_the_header_fields_is_refused(tmp_path):
-    raw = bytearray(open(os.path.join(DATA, "tiny_a.master_v1.bin"), "rb").read())
-    raw[41] = 1
-    assert_one_line_error(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "padding is not zero (byte 41)")
+@pytest.mark.parametrize("case", range(6))
+def test_bent_version_1_headers_are_refused(tmp_path, case):
+    name, data, needle = _1f_mutations()[case]
+    path = _mutated(tmp_path, data)
+    run_hostile(HostileCase(name, ["inspect", path], inputs=[path], needle=needle))
 
 
 def test_verify_accepts_1f_against_its_source(tmp_path):

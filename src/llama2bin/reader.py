@@ -38,7 +38,8 @@ class BinTensor:
 
     @property
     def dtype(self) -> str:
-        return "float32" if self.encoding == F32 else f"q8_0(group_size={self.group_size})"
+        name = self.encoding.dtype_name
+        return f"{name}(group_size={self.group_size})" if self.group_size else name
 
     @property
     def cols(self) -> int:

@@ -206,7 +206,7 @@ def _check_tensors(bf: BinFile, source: Source, result: VerifyResult, workers: i
                 failed = False
                 for i, ((t, _, _), r) in enumerate(zip(tasks, pool.results(), strict=True)):
                     if stats is None:  # a tensor's first chunk
-                        stats = TensorStats(t.name, list(t.shape), "f32" if t.encoding == F32 else "q8_0", t.group_size)
+                        stats = TensorStats(t.name, list(t.shape), t.encoding.json_name, t.group_size)
                         hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64) if t.group_size else None
                         failed = False
                     if failed:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .formats import FORMATS
 from .formats.hf import CHECKED_CONFIG_KEYS, CONFIG_NAME, WEIGHTS_NAME, hf_config
+from .formats.layout import F32
 from .model import hf_name
 from .progress import Progress
 from .sources.base import Source, TensorRef, row_chunks
@@ -67,7 +68,7 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> VerifyRe
 
 def _compare(canonical: str, ref_t: TensorRef, got_t: TensorRef, failures: list[str]) -> dict:
     """Float32 bit-for-bit comparison in row chunks; the first differing element becomes a failure."""
-    stats = TensorStats(canonical, list(ref_t.shape), "f32", None)
+    stats = TensorStats(canonical, list(ref_t.shape), F32.json_name, None)
     for start, stop in row_chunks(ref_t):
         ref = ref_t.read_rows(start, stop).reshape(-1)
         got = np.ascontiguousarray(got_t.read_rows(start, stop)).reshape(-1)

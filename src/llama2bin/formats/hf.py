@@ -31,6 +31,7 @@ SPEC = FormatSpec(
     read_by="transformers (LlamaForCausalLM.from_pretrained) and tools that load Hugging Face Llama checkpoints",
     loses="nothing of the weights (float32); q_proj/k_proj rows are permuted to Hugging Face's rotary layout",
     source_kind="hf",
+    report_title="Hugging Face directory",
 )
 
 # config.json fields that must equal what hf_config writes for the model (checked on read-back).

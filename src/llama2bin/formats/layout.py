@@ -27,6 +27,16 @@ class Encoding(StrEnum):
     Q8 = "q8"  # int8 Q8_0 values
     SCALE = "scale"  # float32 Q8_0 group scales
 
+    @property
+    def json_name(self) -> str:
+        """How verify JSON and the reports name a tensor stored this way: "f32" or "q8_0"."""
+        return "q8_0" if self is Encoding.Q8 else "f32"
+
+    @property
+    def dtype_name(self) -> str:
+        """How `inspect` names it: "float32" or "q8_0"."""
+        return "q8_0" if self is Encoding.Q8 else "float32"
+
 
 # Short aliases: the names the writer, reader and checks use.
 F32 = Encoding.F32
@@ -256,6 +266,12 @@ class FormatSpec:
     groups_within_rows: bool = False
     # DIRECTORY formats: the `sources` kind that reads the output back.
     source_kind: str | None = None
+    # How report titles name it; None: "version NAME".
+    report_title: str | None = None
+
+    @property
+    def title(self) -> str:
+        return self.report_title or f"version {self.name}"
 
     def open(self, path: str) -> Any:
         """Read an output of this format back: a reader.BinFile for a .bin, a sources.Source

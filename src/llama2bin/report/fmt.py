@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..formats import format_spec
 from .records import MB
 
 
@@ -40,7 +41,8 @@ def signed(x: float | None, spec: str = ".4g") -> str:
 
 
 def output_name(r: dict[str, Any]) -> str:
-    return "Hugging Face directory" if r["version"] == "hf" else f"version {r['version']}"
+    """How titles name an output ("version 2", "Hugging Face directory"): the format registry's title."""
+    return format_spec(r["version"]).title
 
 
 def encoding_name(r: dict[str, Any]) -> str:

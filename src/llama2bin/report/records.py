@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import Llama2binError
+from ..formats import format_spec
 
 _SIG = 6
 _STAT_KEYS = ("max_abs_err", "rmse", "rel_err", "snr_db")
@@ -116,8 +117,8 @@ def _weights_fingerprint(verify_result: dict[str, Any]) -> str:
 
 
 def output_label(version: int | str) -> str:
-    """'v0', 'v1', ... for .bin versions, 'hf' for the Hugging Face directory."""
-    return "hf" if version == "hf" else f"v{version}"
+    """'v0', 'v1', 'v1f', ... for .bin versions, 'hf' for the Hugging Face directory (the registry's label)."""
+    return format_spec(version).label
 
 
 def source_record(path: str) -> dict[str, Any]:
