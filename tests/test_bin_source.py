@@ -16,9 +16,9 @@ import pytest
 from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_harness import HostileCase, run_hostile
 
+from llama2bin.bin_source import BinSource
 from llama2bin.cli import main
 from llama2bin.reader import BinFile
-from llama2bin.sources import open_source
 from llama2bin.verify import verify
 
 MODELS = ("tiny_a", "tiny_b", "tiny_hf_untied")  # tiny_b: GQA, group size 8; tiny_hf_untied: negative vocab_size
@@ -61,7 +61,7 @@ def test_float32_v1f_round_trips(model, tmp_path):
 def test_q8_to_q8_at_the_same_group_size_is_lossless(model, src, dst, tmp_path):
     (out,) = export(tmp_path, golden(f"{model}.v{src}.bin"), dst)
     assert read(out) == read(golden(f"{model}.v{dst}.bin"))
-    with open_source("bin", golden(f"{model}.v{src}.bin")) as source:
+    with BinSource(golden(f"{model}.v{src}.bin")) as source:
         result = verify(out, source, quiet=True)
     assert result.passed, result.failures
     assert result.source_quantized == {"format": src, "group_size": 8 if model == "tiny_b" else 32}
@@ -77,7 +77,7 @@ def test_verify_compares_q_and_scales_with_the_q8_source_bit_for_bit(tmp_path):
     struct.pack_into("<f", data, scale_at, np.nextafter(np.float32(scale), np.float32(1)))  # one ulp
     bad = tmp_path / "bad.v1.bin"
     bad.write_bytes(bytes(data))
-    with open_source("bin", golden("tiny_a.v2.bin")) as source:
+    with BinSource(golden("tiny_a.v2.bin")) as source:
         result = verify(str(bad), source, quiet=True)
     assert result.failures == ["tensor layers.1.attention.wq: scale of group 3 differs from the Q8_0 source"]
 
@@ -112,7 +112,7 @@ def test_another_group_size_quantizes_twice_only_when_asked(tmp_path, capsys):
     assert "already Q8_0 at group size 32" in err and "--allow-requantize" in err and not out.exists()
     assert main(["export", str(out), "--bin", golden("tiny_a.v2.bin"), "--version", "2", "--group-size", "16",
                  "--allow-requantize", "--quiet"]) == 0
-    with open_source("bin", golden("tiny_a.v2.bin")) as source:
+    with BinSource(golden("tiny_a.v2.bin")) as source:
         result = verify(str(out), source, quiet=True)  # against the dequantized source: a fresh quantization
     assert result.passed and result.group_size == 16
 
@@ -221,7 +221,7 @@ def test_q8_groups_that_straddle_rows_read_right(tmp_path):
     ckpt = save_llama2c(str(tmp_path / "s.pt"), preset_arrays("mha", **changes), {**preset_args("mha"), **changes})
     v1 = str(tmp_path / "s.v1.bin")
     assert main(["export", v1, "--checkpoint", ckpt, "--version", "1", "--quiet"]) == 0
-    with BinFile(v1) as bf, open_source("bin", v1) as source:
+    with BinFile(v1) as bf, BinSource(v1) as source:
         want = bf.tensors["layers.1.feed_forward.w2"].dequantize()
         got = source.tensor("layers.1.feed_forward.w2")
         for start, stop in ((0, 64), (1, 3), (5, 6), (63, 64)):
@@ -231,5 +231,5 @@ def test_q8_groups_that_straddle_rows_read_right(tmp_path):
     assert_one_line_error(proc, "already Q8_0 at group size 64", "group size 4", "--allow-requantize")
     assert not v2.exists()
     assert main(["export", str(v2), "--bin", v1, "--version", "2", "--allow-requantize", "--quiet"]) == 0
-    with open_source("bin", v1) as source:
+    with BinSource(v1) as source:
         assert verify(str(v2), source, quiet=True).passed

@@ -57,8 +57,10 @@ def _open_source(args: argparse.Namespace):
         kind, path = "llama2c", args.checkpoint
     elif args.meta_llama:
         kind, path = "meta", args.meta_llama
-    elif args.bin:
-        kind, path = "bin", args.bin
+    elif args.bin:  # an existing .bin: read through the reader, so it is not one of sources/' kinds
+        from .bin_source import BinSource
+
+        return BinSource(args.bin, max_seq_len=args.max_seq_len, allow_rope_theta=args.allow_rope_theta)
     else:
         kind, path = "hf", args.hf
     return open_source(kind, path, max_seq_len=args.max_seq_len, allow_rope_theta=args.allow_rope_theta)

@@ -9,7 +9,7 @@ __all__ = ["Source", "TensorRef", "open_source"]
 
 
 def open_source(kind: str, path: str, *, max_seq_len: int | None = None, **options: object) -> Source:
-    """Open `path` as a checkpoint of `kind` ("llama2c", "meta", "hf" or "bin": an existing .bin).
+    """Open `path` as a checkpoint of `kind` ("llama2c", "meta" or "hf").
 
     Options: allow_rope_theta (bool) accepts a rotary base other than 10000 in Meta/HF configs,
     recording it in config.accepted_departures (llama2.c checkpoints have no such field).
@@ -27,8 +27,4 @@ def open_source(kind: str, path: str, *, max_seq_len: int | None = None, **optio
         from .hf import HfSource
 
         return HfSource(path, max_seq_len=max_seq_len, allow_rope_theta=allow_rope_theta)
-    if kind == "bin":
-        from .bin import BinSource
-
-        return BinSource(path, max_seq_len=max_seq_len, allow_rope_theta=allow_rope_theta)
     raise ValueError(f"unknown source kind {kind!r}")
