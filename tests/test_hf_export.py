@@ -299,6 +299,17 @@ def _canonical_index(hf_flat: int, hd: int, cols: int) -> int:
     return (head * hd + 2 * j + c) * cols + col
 
 
+def test_verify_detects_bytes_outside_every_tensor(tmp_path):
+    ckpt = os.path.join(DATA, "tiny_a.pt")
+    out = str(tmp_path / "hf")
+    export(ckpt, out)
+    with open(os.path.join(out, WEIGHTS_NAME), "ab") as f:
+        f.write(b"\0" * 12)
+    with open_source("llama2c", ckpt) as source:
+        result = verify_hf_dir(out, source, quiet=True)
+    assert result.failures == [f"{WEIGHTS_NAME}: 12 bytes of its data section belong to no tensor"]
+
+
 def test_verify_detects_config_mismatch(tmp_path):
     out = str(tmp_path / "hf")
     export(os.path.join(DATA, "tiny_a.pt"), out)

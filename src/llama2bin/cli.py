@@ -232,23 +232,10 @@ def cmd_c_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .describe import describe_output
+    from .describe import describe_output, render_text
 
     info = describe_output(args.file)
-    if args.json:
-        sys.stdout.write(_dump_json(info))
-        return 0
-    h = info["header"]
-    print(f"{args.file}: version {info['format']}: {info['format_description']}")
-    if info["expected_size"] is not None:
-        print(f"  {info['size']} bytes (header implies {info['expected_size']}: "
-              f"{'matches' if info['size_matches'] else 'MISMATCH'})")
-    else:
-        print(f"  {info['size']} bytes in its files")
-    print("  " + ", ".join(f"{k}={v}" for k, v in h.items() if k != "version"))
-    print(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
-    for t in info["tensors"]:
-        print(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+    sys.stdout.write(_dump_json(info) if args.json else render_text(info))
     return 0
 
 

@@ -60,3 +60,18 @@ def _describe_directory(path: str) -> dict[str, Any]:
                   "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps}
     return {"file": path, "format": spec.name, "format_description": spec.description, "header": header,
             "size": size, "expected_size": None, "size_matches": None, "tensors": tensors}
+
+
+def render_text(info: dict[str, Any]) -> str:
+    """`inspect`'s human-readable form of `describe_output`."""
+    lines = [f"{info['file']}: version {info['format']}: {info['format_description']}"]
+    if info["expected_size"] is not None:
+        state = "matches" if info["size_matches"] else "MISMATCH"
+        lines.append(f"  {info['size']} bytes (header implies {info['expected_size']}: {state})")
+    else:
+        lines.append(f"  {info['size']} bytes in its files")
+    lines.append("  " + ", ".join(f"{k}={v}" for k, v in info["header"].items() if k != "version"))
+    lines.append(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
+    for t in info["tensors"]:
+        lines.append(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from .errors import Llama2binError
 
 # Upper bounds per header field: no released LLaMA-family model comes near them, and a value past
 # them (a corrupt header, a typo'd max_seq_len) would otherwise size gigabytes of rope tables or KV cache.
+# The keys are the 7 int32 hyper-parameters of every .bin header, in header order.
 FIELD_BOUNDS = {
     "dim": C.MAX_DIM,
     "hidden_dim": C.MAX_HIDDEN_DIM,

@@ -17,8 +17,9 @@ from .formats.hf import CHECKED_CONFIG_KEYS, CONFIG_NAME, WEIGHTS_NAME, hf_confi
 from .formats.layout import F32
 from .model import hf_name
 from .progress import Progress
-from .sources.base import Source, TensorRef, row_chunks
+from .sources.base import FilePool, Source, TensorRef, row_chunks
 from .sources.policy import load_json_object
+from .sources.safetensors import SafetensorsFile
 from .verify import TensorStats, VerifyResult, sha256_file
 
 HF = FORMATS["hf"]
@@ -47,6 +48,13 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> VerifyRe
         result.failures.append(f"{CONFIG_NAME}: rope_theta is {theta!r}, the source has {cfg.rope_theta!r}")
     if result.failures:
         return result
+    pool = FilePool()
+    try:  # the one safetensors parser, for what the source view hides: bytes outside every tensor
+        unaccounted = SafetensorsFile(weights, pool).unaccounted_bytes
+    finally:
+        pool.close()
+    if unaccounted:
+        result.failures.append(f"{WEIGHTS_NAME}: {unaccounted} bytes of its data section belong to no tensor")
     with HF.open(out_dir) as exported:
         names = list(cfg.shapes())
         for name in sorted(set(exported.config.shapes()) - set(names)):

@@ -95,8 +95,9 @@ class HeaderField:
         return struct.unpack_from("<" + self.code, head, self.offset)[0]
 
 
-# Header fields that are ModelConfig attributes of the same name, in header order.
-PARAM_NAMES = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
+# Header fields that are ModelConfig attributes of the same name, in header order (model.py's
+# FIELD_BOUNDS lists them once, with their bounds, in that order).
+PARAM_NAMES: tuple[str, ...] = tuple(FIELD_BOUNDS)
 MAX_GROUP_SIZE = FIELD_BOUNDS["dim"]
 
 

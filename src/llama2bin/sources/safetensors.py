@@ -95,6 +95,9 @@ class SafetensorsFile:
             self._entries[name], begin, end = self._check_entry(name, entry, size)
             ranges.append((begin, end, name))
         ranges.sort()
+        # Bytes of the data section no tensor covers (gaps, trailing bytes): readers ignore them;
+        # verifying a file llama2bin wrote flags them (verify_hf).
+        self.unaccounted_bytes = size - self._data_start - sum(end - begin for begin, end, _ in ranges)
         for (_, prev_end, prev), (begin, end, name) in zip(ranges, ranges[1:], strict=False):
             if begin < prev_end:
                 raise Llama2binError(
