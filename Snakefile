@@ -1,6 +1,11 @@
 # llama2bin: checkpoints -> llama2.c .bin files, verified and reported.
 # This file only validates the config, includes one rule file per step and builds `all`.
 
+
+# Config files are plain data: checked (no YTE templating, no duplicate keys) before use.
+include: "workflow/rules/config_guard.smk"
+
+
 # `--configfile FILE` replaces the default config instead of merging into it.
 if not workflow.overwrite_configfiles:
 

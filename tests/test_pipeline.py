@@ -206,3 +206,85 @@ def test_fresh_clone_with_tracked_reports_still_does_the_work(tmp_path):
     stats = out[out.index("Job stats:"):].splitlines()
     counts = dict(line.split() for line in stats[3:] if len(line.split()) == 2)
     assert counts["export"] == counts["verify"] == counts["report"] == "3"
+
+
+# Shell metacharacters of every kind; a shell that ever parsed one would create a file PWNED.
+HOSTILE = "x $(touch PWNED) `touch PWNED` \"q\" 'q' || touch PWNED; touch PWNED & $HOME"
+
+
+def _pwned(*folders) -> list[str]:
+    return [os.path.join(d, f) for folder in folders for d, _, files in os.walk(folder) for f in files if "PWNED" == f]
+
+
+@pytest.mark.slow
+def test_shell_metacharacters_in_paths_are_literal_file_names(tmp_path):
+    """Checkpoint directory and tokenizer names full of shell syntax: the pipeline converts them as
+    the literal file names they are (issue 14), and nothing they spell is ever executed."""
+    workdir = fresh_copy(tmp_path / "w")
+    hf_dir = tmp_path / f"hf {HOSTILE}"
+    shutil.copytree(os.path.join(ROOT, "tests", "data", "tiny_hf_untied"), hf_dir)
+    tok = tmp_path / f"tok {HOSTILE}.model"
+    shutil.copy(_train_tokenizer(tmp_path, 64), tok)
+    config = {"models": {"odd": {"source": "hf", "path": str(hf_dir), "tokenizer": str(tok)}}, "versions": [2],
+              "functional": {"enabled": False}, "c_check": {"enabled": False}}
+    (tmp_path / "c.yaml").write_text(json.dumps(config))  # JSON is YAML, with no quoting of our own
+    proc = snakemake(workdir, "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert filecmp.cmp(os.path.join(workdir, "results/odd/odd.v2.bin"),
+                       os.path.join(ROOT, "tests/data/tiny_hf_untied.v2.bin"), shallow=False)
+    assert os.path.getsize(os.path.join(workdir, "results/odd/tokenizer.bin")) > 0
+    assert json.load(open(os.path.join(workdir, "reports/summary.json")))["files"][0]["verified"] is True
+    assert not _pwned(tmp_path, ROOT)
+
+
+@pytest.mark.parametrize(
+    "model,extra,needle",
+    [
+        ({"path": "ckpt.pt"}, {"c_check": {"cc": "cc'; touch PWNED; echo '"}}, "does not match"),
+        ({"path": "ckpt.pt"}, {"c_check": {"cc": "$(touch PWNED)"}}, "does not match"),
+        ({"path": "ckpt.pt"}, {"c_check": {"cc": "gcc `touch PWNED`"}}, "does not match"),
+        ({"path": "ckpt.pt"}, {"c_check": {"cc": "gcc || touch PWNED"}}, "does not match"),
+        ({"path": "ckpt.pt\ntouch PWNED"}, {}, "does not match"),
+        ({"path": "ckpt{x}.pt"}, {}, "does not match"),
+        ({"path": "--help"}, {}, "does not match"),
+        ({"path": "ckpt.pt", "tokenizer": "tok.model\n"}, {}, "does not match"),
+        ({"source": "hf", "repo": "a/b", "revision": "main", "files": ["-rf"]}, {}, "does not match"),
+    ],
+)
+def test_configs_that_are_not_names_are_refused(tmp_path, model, extra, needle):
+    """What must be a path, a name or a compiler is validated before any job runs."""
+    workdir = fresh_copy(tmp_path / "w")
+    (tmp_path / "c.yaml").write_text(json.dumps({"models": {"m": {"source": "llama2c", **model}}, **extra}))
+    proc = snakemake(workdir, "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode != 0 and needle in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert not os.path.exists(os.path.join(workdir, "results")) and not _pwned(tmp_path)
+
+
+def test_yte_templating_in_the_config_is_refused_before_it_runs(tmp_path):
+    """`__use_yte__` makes Snakemake evaluate Python in a config. The default config.yaml is checked
+    before Snakemake loads it, so its expressions never run; a --configfile is refused before any job."""
+    workdir = fresh_copy(tmp_path / "w")
+    with open(os.path.join(workdir, "config.yaml"), "w") as f:
+        f.write("__use_yte__: true\nmodels:\n  ?__import__('pathlib').Path('PWNED').touch() or 'm':\n"
+                "    source: llama2c\n    demo: mha\n")
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode != 0 and "__use_yte__ turns on YTE templating" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert not _pwned(tmp_path)
+    (tmp_path / "c.yaml").write_text("__use_yte__: true\nmodels: {m: {source: llama2c, demo: mha}}\n")
+    proc = snakemake(workdir, "-n", "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode != 0 and "__use_yte__ turns on YTE templating" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+
+
+def test_a_failed_job_shows_its_error_line_in_snakemakes_output(tmp_path):
+    """A garbage checkpoint: the export job's one-line error reaches Snakemake's own stderr, not
+    only logs/export/g.log."""
+    workdir = fresh_copy(tmp_path / "w")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint\n" * 40)
+    (tmp_path / "c.yaml").write_text(json.dumps({"models": {"g": {"source": "llama2c", "path": str(garbage)}},
+                                                 "versions": [0]}))
+    proc = snakemake(workdir, "results/g/g.v0.bin", "--configfile", str(tmp_path / "c.yaml"))
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("llama2bin: error:")]
+    assert len(errors) == 1 and "garbage.pt" in errors[0], proc.stderr[-3000:]
+    assert errors[0] in open(os.path.join(workdir, "logs/export/g.log")).read()

@@ -192,6 +192,12 @@ def _add_functional_args(p: argparse.ArgumentParser) -> None:
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({lim.fp32_rtol:g})")
 
 
+def cmd_reverify(args: argparse.Namespace) -> int:
+    from .reverify import run_plan
+
+    return run_plan(args.plan, main)  # each model is one `llama2bin verify` run, errors and all
+
+
 # ---- c-check ------------------------------------------------------------------------------
 
 
@@ -389,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_functional_args(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "reverify",
+        help="verify several models' outputs again against their sources (the pipeline's reverify target)",
+        description="Run `verify` for every model of a JSON plan (see llama2bin/reverify.py), continuing past a "
+        "failing model; exit 1 if any file fails.",
+    )
+    p.add_argument("--plan", required=True, metavar="JSON", help="the plan, as JSON text")
+    p.set_defaults(func=cmd_reverify)
 
     p = sub.add_parser(
         "c-check",

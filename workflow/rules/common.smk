@@ -1,16 +1,17 @@
-# Helpers shared by every rule: config validation, checkpoint locations, resources.
+# Helpers shared by every rule: config validation, checkpoint locations, command arguments,
+# resources. Rules pass every file name and config value to the shell quoted ({...:q}), and
+# every command-line argument here is one list element, so no value is ever parsed by a shell.
+import json
 import os
 import re
-import shlex
 import sys
+from types import SimpleNamespace
 
-import yaml
 from snakemake.utils import validate
 
 from llama2bin.errors import Llama2binError
 from llama2bin.fetch import FetchSpec, config_source
 from llama2bin.formats import DIRECTORY, FORMATS
-
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
 # the same checks `llama2bin fetch` applies (FetchSpec is the one place a source is validated).
@@ -20,46 +21,34 @@ for _name, _model in (config.get("models") or {}).items():
             config_source(_name, _model)
         except Llama2binError as _e:
             raise WorkflowError(str(_e))
-validate(config, schema="../schemas/config.schema.yaml")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML silently keeps the last of two equal keys; a duplicated model name is an error."""
-
-
-def _construct_unique_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ValueError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-for _configfile in dict.fromkeys([*workflow.configfiles, *(workflow.overwrite_configfiles or [])]):
-    with open(_configfile) as _f:
-        try:
-            yaml.load(_f, Loader=_UniqueKeyLoader)
-        except ValueError as _e:
-            raise WorkflowError(f"{_configfile}: {_e}")
+# The schema owns every default: validate() fills in what the config leaves out.
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 for _name, _model in config["models"].items():
     if "demo" in _model and _model["source"] != "llama2c":
-        raise WorkflowError(f"model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)")
+        raise WorkflowError(
+            f"model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)"
+        )
 
 
 # Every job runs the CLI of the interpreter running Snakemake, as its own process, so the same
-# workflow runs unchanged on a cluster (the venv path is the same on every node).
-LLAMA2BIN = f'"{sys.executable}" -m llama2bin'
+# workflow runs unchanged on a cluster (the venv path is the same on every node). Rules take it
+# as params.llama2bin, so it is part of each job's recorded parameters.
+# This is also why no rule has a conda or container directive, the one `snakemake --lint`
+# finding left on purpose - a "lint" comment above each rule says so. The software of every
+# step is this project's own venv, installed from pyproject.toml + constraints.txt; a conda
+# environment per rule would be a second, unpinned copy of it that nothing here tests.
+LLAMA2BIN = [sys.executable, "-m", "llama2bin"]
 
 MODELS = list(config["models"])
 # Output labels in the order export writes them: .bin versions first ("v0", ...), then "hf".
 BIN_VERSIONS = [v for v in config["versions"] if FORMATS[str(v)].kind != DIRECTORY]
-WRITE_HF = any(FORMATS[str(v)].kind == DIRECTORY for v in config["versions"])  # hf, the one directory format
+WRITE_HF = any(
+    FORMATS[str(v)].kind == DIRECTORY for v in config["versions"]
+)  # hf, the one directory format
 LABELS = [f"v{v}" for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
 SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf", "bin": "--bin"}
+
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
@@ -77,6 +66,11 @@ def fetch_spec(model):
     return FetchSpec.from_config(model, config["models"][model])
 
 
+def fetch_args(wildcards):
+    """The `llama2bin fetch` flags naming the source, one argument per element."""
+    return fetch_spec(wildcards.model).cli_args()
+
+
 def checkpoint_path(model):
     """Where the checkpoint of `model` is once located: the file or directory the CLI reads.
     Known before anything is fetched, so the DAG can be built up front."""
@@ -89,7 +83,8 @@ def checkpoint_path(model):
 def checkpoint_input(wildcards):
     """Inputs that make a job wait for (and re-run after) its checkpoint. A fetched checkpoint is
     represented by SOURCE.json, which the fetch writes last: declaring the downloaded file itself
-    as an output would let Snakemake delete a verified download before a forced re-run."""
+    as an output would let Snakemake delete a verified download before a forced re-run.
+    """
     model = wildcards.model
     if "demo" in config["models"][model]:
         return {"checkpoint": checkpoint_path(model)}
@@ -102,21 +97,29 @@ def checkpoint_input(wildcards):
 def source_args(wildcards):
     """The CLI flags that name the source, shared by export, verify and tokenizer."""
     m = model_cfg(wildcards)
-    args = [SOURCE_FLAGS[m["source"]], f'"{checkpoint_path(wildcards.model)}"']
+    args = [SOURCE_FLAGS[m["source"]], checkpoint_path(wildcards.model)]
     if "max_seq_len" in m:
         args += ["--max-seq-len", str(m["max_seq_len"])]
-    if m.get("allow_rope_theta"):
+    if m["allow_rope_theta"]:
         args.append("--allow-rope-theta")
-    return " ".join(args)
+    return args
 
 
 def export_versions():
-    """--version arguments matching export_outputs() one to one."""
-    return " ".join([str(v) for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else []))
+    """--version arguments matching export_paths() one to one."""
+    return [str(v) for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
+
+
+def export_outputs():
+    """The export rule's outputs: one .bin per version, then the hf directory."""
+    bins = [f"results/{{model}}/{{model}}.v{v}.bin" for v in BIN_VERSIONS]
+    return bins + ([directory("results/{model}/hf")] if WRITE_HF else [])
 
 
 def export_paths(model):
-    return [f"results/{model}/{model}.v{v}.bin" for v in BIN_VERSIONS] + ([f"results/{model}/hf"] if WRITE_HF else [])
+    return [f"results/{model}/{model}.v{v}.bin" for v in BIN_VERSIONS] + (
+        [f"results/{model}/hf"] if WRITE_HF else []
+    )
 
 
 def verify_jsons(model):
@@ -124,7 +127,11 @@ def verify_jsons(model):
 
 
 def report_files(model):
-    return [f"reports/{model}/{model}.{label}.{ext}" for label in LABELS for ext in ("json", "md")]
+    return [
+        f"reports/{model}/{model}.{label}.{ext}"
+        for label in LABELS
+        for ext in ("json", "md")
+    ]
 
 
 def tokenizer_model(model):
@@ -135,7 +142,9 @@ def tokenizer_model(model):
         return m["tokenizer"]
     if "path" in m and os.path.isfile(os.path.join(m["path"], "tokenizer.model")):
         return os.path.join(m["path"], "tokenizer.model")
-    if "repo" in m:  # a snapshot whose files: name tokenizer.model (FetchSpec.snapshot_tokenizer)
+    if (
+        "repo" in m
+    ):  # a snapshot whose files: name tokenizer.model (FetchSpec.snapshot_tokenizer)
         return fetch_spec(model).snapshot_tokenizer(checkpoint_dir(model))
     return None
 
@@ -144,7 +153,81 @@ def tokenizer_input(wildcards):
     """tokenizer.model as an input file, unless it comes inside a fetched snapshot: then the
     SOURCE.json in checkpoint_input stands for it, as it does for the checkpoint."""
     m = config["models"][wildcards.model]
-    return {} if "repo" in m and "tokenizer" not in m else {"tokenizer": tokenizer_model(wildcards.model)}
+    return (
+        {}
+        if "repo" in m and "tokenizer" not in m
+        else {"tokenizer": tokenizer_model(wildcards.model)}
+    )
+
+
+def functional_args():
+    """verify flags of the `functional:` config section."""
+    f = config["functional"]
+    if not f["enabled"]:
+        return ["--no-functional"]
+    flags = {
+        "--eval-seqs": "eval_seqs",
+        "--eval-len": "eval_len",
+        "--eval-seed": "eval_seed",
+        "--activations": "activations",
+        "--kld-max": "kld_mean_max",
+        "--kld-p99-max": "kld_p99_max",
+        "--same-top-min": "same_top_min",
+        "--fp32-rtol": "fp32_rtol",
+    }
+    # str() of a float is its shortest round-tripping form: every digit of a threshold is kept.
+    return [a for flag, key in flags.items() for a in (flag, str(f[key]))]
+
+
+def c_check_jsons(model):
+    """The C check's results, one per .bin (a Hugging Face directory has no C reader)."""
+    if not config["c_check"]["enabled"]:
+        return []
+    return [f"results/{model}/{model}.v{v}.ccheck.json" for v in BIN_VERSIONS]
+
+
+def c_check_args():
+    c = config["c_check"]
+    return ["--arithmetic", c["arithmetic"]] + (["--cc", c["cc"]] if "cc" in c else [])
+
+
+def report_c_check_args(wildcards, input):
+    return ["--c-check", *input.c_check] if input.c_check else []
+
+
+def report_source_record_args(wildcards, input):
+    return ["--source-record", input.source_record] if input.source_record else []
+
+
+def reverify_records(model):
+    return [f"results/{model}/reverify/{model}.{label}.verify.json" for label in LABELS]
+
+
+def reverify_inputs():
+    inputs = []
+    for model in MODELS:
+        inputs += list(checkpoint_input(SimpleNamespace(model=model)).values())
+        inputs += export_paths(model)
+    return inputs
+
+
+def reverify_plan():
+    """What `llama2bin reverify --plan` checks: every model's outputs against its source."""
+    models = []
+    for model in MODELS:
+        m = config["models"][model]
+        entry = {
+            "model": model,
+            "source": m["source"],
+            "path": checkpoint_path(model),
+            "allow_rope_theta": m["allow_rope_theta"],
+            "files": export_paths(model),
+            "json": reverify_records(model),
+        }
+        if "max_seq_len" in m:
+            entry["max_seq_len"] = m["max_seq_len"]
+        models.append(entry)
+    return json.dumps({"models": models, "verify_options": functional_args()})
 
 
 # Memory per job, from measured peak RSS (bench/results.md, "Memory per job"): jobs stream

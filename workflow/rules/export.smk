@@ -2,17 +2,12 @@
 # checkpoint feeds all versions, and the per-job start-up cost is paid once per model.
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule export:
     input:
         unpack(checkpoint_input),
     output:
-        expand("results/{{model}}/{{model}}.v{version}.bin", version=BIN_VERSIONS)
-        + ([directory("results/{model}/hf")] if WRITE_HF else []),
-    params:
-        source=source_args,
-        versions=export_versions(),
-        # only when configured: the default group size backs off for runq.c (v2), an explicit one never does
-        group_size=f" --group-size {config['group_size']}" if "group_size" in config else "",
+        export_outputs(),
     log:
         "logs/export/{model}.log",
     benchmark:
@@ -20,20 +15,25 @@ rule export:
     threads: 2
     resources:
         mem_mb=export_mem_mb,
+    params:
+        llama2bin=LLAMA2BIN,
+        source=source_args,
+        versions=export_versions(),
+        # only when configured: the default group size backs off for runq.c (v2), an explicit one never does
+        group_size=["--group-size", str(config["group_size"])] if "group_size" in config else [],
     shell:
-        "{LLAMA2BIN} export {output} {params.source} --version {params.versions}"
-        "{params.group_size} --threads {threads} > {log} 2>&1"
+        "{params.llama2bin:q} export {output:q} {params.source:q} --version {params.versions:q}"
+        " {params.group_size:q} --threads {threads} > {log:q} 2>&1"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule tokenizer:
     input:
         unpack(checkpoint_input),
         unpack(tokenizer_input),
     output:
         "results/{model}/tokenizer.bin",
-    params:
-        source=source_args,
-        tokenizer=lambda wc: tokenizer_model(wc.model),
     log:
         "logs/tokenizer/{model}.log",
     benchmark:
@@ -41,6 +41,11 @@ rule tokenizer:
     threads: 1
     resources:
         mem_mb=300,
+    params:
+        llama2bin=LLAMA2BIN,
+        source=source_args,
+        tokenizer=lambda wc: tokenizer_model(wc.model),
     shell:
         # The source flags make the command refuse a tokenizer whose size is not the model's vocab.
-        "{LLAMA2BIN} tokenizer {params.tokenizer:q} {output} {params.source} > {log} 2>&1"
+        "{params.llama2bin:q} tokenizer {params.tokenizer:q} {output:q} {params.source:q} > {log:q} 2>&1"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"

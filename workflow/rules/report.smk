@@ -5,6 +5,7 @@
 # but offers Markdown only as a download, so every number a researcher needs is in the pages.
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule report:
     input:
         verify=lambda wc: verify_jsons(wc.model),
@@ -21,9 +22,6 @@ rule report:
             category="Models",
             labels={"model": "{model}"},
         ),
-    params:
-        c_check=lambda wc, input: f"--c-check {input.c_check}" if input.c_check else "",
-        source_record=lambda wc, input: f"--source-record {input.source_record}" if input.source_record else "",
     log:
         "logs/report/{model}.log",
     benchmark:
@@ -31,11 +29,18 @@ rule report:
     threads: 1
     resources:
         mem_mb=400,
+    params:
+        llama2bin=LLAMA2BIN,
+        c_check=report_c_check_args,
+        source_record=report_source_record_args,
+        out_dir=lambda wc: f"reports/{wc.model}",
     shell:
-        "{LLAMA2BIN} report {input.verify} {params.c_check} {params.source_record} --model {wildcards.model}"
-        " --out-dir reports/{wildcards.model} > {log} 2>&1"
+        "{params.llama2bin:q} report {input.verify:q} {params.c_check:q} {params.source_record:q}"
+        " --model {wildcards.model:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 
 
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule summary:
     input:
         [f"reports/{m}/{m}.{label}.json" for m in MODELS for label in LABELS],
@@ -56,6 +61,9 @@ rule summary:
     threads: 1
     resources:
         mem_mb=300,
+    params:
+        llama2bin=LLAMA2BIN,
     shell:
-        "{LLAMA2BIN} summary {input} --md {output.md} --json {output.json} --html {output.html}"
-        " --figure {output.png} > {log} 2>&1"
+        "{params.llama2bin:q} summary {input:q} --md {output.md:q} --json {output.json:q}"
+        " --html {output.html:q} --figure {output.png:q} > {log:q} 2>&1"
+        " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"

@@ -5,37 +5,25 @@
 # files copied between machines, a disk that may have corrupted them, a new llama2bin release.
 #
 # The rule has no declared output, so Snakemake never considers it done: every invocation runs
-# the checks again. Each file's result is recorded in results/NAME/reverify/NAME.LABEL.verify.json
-# (same content as the pipeline's verify JSON; not tracked); every model is checked even when
-# an earlier one fails, and the job fails if any file does. Outputs that do not exist yet are
-# first made by the usual rules. To re-verify per model in parallel jobs instead, and refresh the
-# pipeline's own verify JSONs and reports: `snakemake --cores 4 --forcerun verify`.
-from types import SimpleNamespace
+# the checks again. `llama2bin reverify` records each file's result in
+# results/NAME/reverify/NAME.LABEL.verify.json (same content as the pipeline's verify JSON; not
+# tracked); every model is checked even when an earlier one fails, and the job fails if any file
+# does. Outputs that do not exist yet are first made by the usual rules. To re-verify per model
+# in parallel jobs instead, and refresh the pipeline's own verify JSONs and reports:
+# `snakemake --cores 4 --forcerun verify`.
 
 
-def reverify_records(model):
-    return [f"results/{model}/reverify/{model}.{label}.verify.json" for label in LABELS]
-
-
-def reverify_command():
-    lines = ["status=0"]
-    for m in MODELS:
-        wc = SimpleNamespace(model=m)
-        outputs = " ".join(f'"{p}"' for p in export_paths(m))
-        records = " ".join(f'"{p}"' for p in reverify_records(m))
-        lines.append(f"{LLAMA2BIN} verify {outputs} {source_args(wc)} --json {records} --quiet || status=1")
-    lines.append("exit $status")
-    return "\n".join(lines)
-
-
+# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule reverify:
     input:
-        [checkpoint_path(m) for m in MODELS],
-        [p for m in MODELS for p in export_paths(m)],
+        reverify_inputs(),
     log:
         "logs/reverify/reverify.log",
     threads: 1
     resources:
         mem_mb=verify_mem_mb,
+    params:
+        llama2bin=LLAMA2BIN,
+        plan=reverify_plan(),
     shell:
-        "( " + reverify_command().replace("{", "{{").replace("}", "}}") + " ) 2>&1 | tee {log}"
+        "{params.llama2bin:q} reverify --plan {params.plan:q} 2>&1 | tee {log:q}"
