@@ -20,7 +20,11 @@ rule export:
         source=source_args,
         versions=export_versions(),
         # only when configured: the default group size backs off for runq.c (v2), an explicit one never does
-        group_size=["--group-size", str(config["group_size"])] if "group_size" in config else [],
+        group_size=(
+            ["--group-size", str(config["group_size"])]
+            if "group_size" in config
+            else []
+        ),
     shell:
         "{params.llama2bin:q} export {output:q} {params.source:q} --version {params.versions:q}"
         " {params.group_size:q} --threads {threads} > {log:q} 2>&1"
