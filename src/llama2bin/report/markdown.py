@@ -52,6 +52,14 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     if r["accepted_departures"]:
         lines.append(f"- accepted departures from the format: {', '.join(r['accepted_departures'])}")
+    if r.get("source_quantized"):
+        sq = r["source_quantized"]
+        lines.append(f"- the source was already Q8_0 (version {sq['format']}, group size {sq['group_size']}): float32 "
+                     "outputs hold its dequantized values, not the original weights")
+    if r.get("rope_tables"):
+        rope = r["rope_tables"]
+        lines.append(f"- rope tables at rope_theta {rope['theta']:g}: right for readers that use them "
+                     f"({', '.join(rope['read_from_table_by'])}); ignored by {', '.join(rope['ignored_by'])} (10000)")
     w = r["worst_tensor"]
     if w and w["rel_err"]:
         lines.append(f"- worst tensor: `{w['name']}` (relative error {num(w['rel_err'])}, SNR {w['snr_db']:.2f} dB)")
