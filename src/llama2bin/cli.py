@@ -44,8 +44,8 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _source_path(args: argparse.Namespace) -> list[str]:
-    """The source checkpoint or directory, as a list of inputs for check_outputs. Every source flag
-    counts, including ones added later (`--bin`): an unguarded source could be overwritten."""
+    """The source file or directory, as a list of inputs for check_outputs: every source flag
+    counts (an unguarded source could be overwritten)."""
     flags = ("checkpoint", "meta_llama", "hf", "bin")
     return [path for path in (getattr(args, flag, None) for flag in flags) if path]
 
