@@ -271,7 +271,8 @@ def test_repo_file_missing_from_the_snapshot(llama2c_repo, tmp_path):
 def test_pipeline_converts_hub_sources_of_every_kind_offline(tmp_path, monkeypatch):
     """Snakemake from an offline Hugging Face cache: an HF snapshot whose files: name
     tokenizer.model gives tokenizer.bin (as a local directory would), and a llama2.c .pt named by
-    file: in another repo converts; both byte-identical to the golden files."""
+    file: in another repo converts, and so does a llama2.c v0 .bin (source: bin) named by file:;
+    all byte-identical to the golden files."""
     from test_pipeline import _train_tokenizer, fresh_copy, snakemake
 
     tokenizer = open(_train_tokenizer(tmp_path, 64), "rb").read()
@@ -289,11 +290,14 @@ def test_pipeline_converts_hub_sources_of_every_kind_offline(tmp_path, monkeypat
         f"  h: {{source: hf, repo: Org/Hf, revision: {SNAP_COMMIT},"
         " files: [config.json, model.safetensors, tokenizer.model]}\n"
         f"  a: {{source: llama2c, repo: Org/Llamas, revision: {SNAP_COMMIT}, file: tiny_a.pt}}\n"
+        f"  b: {{source: bin, repo: Org/Llamas, revision: {SNAP_COMMIT}, file: tiny_a.v0.bin}}\n"
         "versions: [2]\n")
     proc = snakemake(workdir, "results/h/h.v2.bin", "results/h/tokenizer.bin", "results/a/a.v2.bin",
-                     "--configfile", str(tmp_path / "c.yaml"))
+                     "results/b/b.v2.bin", "--configfile", str(tmp_path / "c.yaml"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for got, golden in (("results/h/h.v2.bin", "tiny_hf_untied.v2.bin"), ("results/a/a.v2.bin", "tiny_a.v2.bin")):
+    # a v0 .bin -> v2 equals the v2 of the checkpoint it was exported from (issue 12)
+    for got, golden in (("results/h/h.v2.bin", "tiny_hf_untied.v2.bin"), ("results/a/a.v2.bin", "tiny_a.v2.bin"),
+                        ("results/b/b.v2.bin", "tiny_a.v2.bin")):
         assert open(os.path.join(workdir, got), "rb").read() == open(os.path.join(DATA, golden), "rb").read(), got
     with open(os.path.join(workdir, "results/h/tokenizer.bin"), "rb") as f:
         assert int.from_bytes(f.read(4), "little") > 0  # max_token_length; the format is tested in test_tokenizer
@@ -301,7 +305,8 @@ def test_pipeline_converts_hub_sources_of_every_kind_offline(tmp_path, monkeypat
 
 
 def test_config_examples_name_valid_sources():
-    """Every shipped example passes the pipeline's schema and FetchSpec."""
+    """Every shipped example passes the pipeline's schema and FetchSpec, and stories15M is there
+    both as a .pt by URL and as the published .bin by repo + file, converted to v2."""
     import yaml
     from snakemake.utils import validate
 
@@ -313,6 +318,8 @@ def test_config_examples_name_valid_sources():
         validate(config, os.path.join(ROOT, "workflow", "schemas", "config.schema.yaml"))
         for model, entry in config["models"].items():
             examples[model] = (FetchSpec.from_config(model, entry), entry["source"], config["versions"])
+    spec, source, versions = examples["stories15M-bin"]
+    assert (source, spec.repo, spec.file, versions) == ("bin", "karpathy/tinyllamas", "stories15M.bin", [2])
     assert examples["stories15M"][0].hub_file() is not None  # through huggingface_hub
 
 

@@ -60,6 +60,7 @@ def _int_fields(version: int) -> dict[str, int]:
 def make_cases(out_dir: str) -> list[dict]:
     """Write every hostile file; return [{path, source, expect}] (expect: refuse | failures)."""
     from llama2bin import constants as C
+    from llama2bin.formats.v0 import v0_layout_without_rope
     from llama2bin.reader import BinFile
 
     bounds = {"dim": C.MAX_DIM, "hidden_dim": C.MAX_HIDDEN_DIM, "n_layers": C.MAX_LAYERS, "n_heads": C.MAX_HEADS,
@@ -80,6 +81,8 @@ def make_cases(out_dir: str) -> list[dict]:
         with BinFile(os.path.join(DATA, base)) as bf:
             version = bf.version
             boundaries = sorted({0} | {s.offset for s in bf.layout.sections} | {s.offset + s.nbytes for s in bf.layout.sections})
+            # a v0 file cut exactly before its rope tables is a valid v0 without them (issue 12.2; test_bin_source)
+            without_rope = {v0_layout_without_rope(bf.config).size} if version == 0 else set()
         for field, offset in _int_fields(version).items():
             values = list(EXTREMES) + ([bounds[field] + 1] if field in bounds else [])
             if field == "vocab_size" and version == 0:
@@ -87,7 +90,7 @@ def make_cases(out_dir: str) -> list[dict]:
             for value in values:
                 add(f"{stem}.{field}={value}.bin", raw[:offset] + struct.pack("<i", value) + raw[offset + 4 :], source,
                     "refuse")
-        for cut in sorted({b + d for b in boundaries for d in (-1, 0, 1)} - {len(raw)}):
+        for cut in sorted({b + d for b in boundaries for d in (-1, 0, 1)} - {len(raw)} - without_rope):
             if 0 <= cut < len(raw):
                 add(f"{stem}.cut{cut}.bin", raw[:cut], source, "refuse")
         for extra in (1, 3, 64, 4096):

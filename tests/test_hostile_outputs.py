@@ -1,15 +1,15 @@
 """Issue 14, outputs: no command destroys an input, lets two outputs collide, replaces a special
 file, or prints a traceback. Every case runs the real CLI through tests/hostile_harness.py (one
 error line, non-zero exit, no traceback, no output under a final name, inputs unchanged by hash,
-time limit, 1 GiB address-space cap); the unit tests at the end check the guard does not refuse
-ordinary outputs and that atomic.py refuses special files on its own (defence in depth).
-"""
+time limit, 1 GiB address-space cap); unit tests at the end: the guard accepts ordinary outputs,
+atomic.py refuses special files on its own (defence in depth)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import pathlib
 import random
 import resource
 import shutil
@@ -92,6 +92,11 @@ def test_export_over_a_symlink_to_the_checkpoint(ws, tmp_path):
 def test_export_over_the_checkpoint_spelled_differently(ws):
     run_hostile(_case(ws, "export ./x.pt --checkpoint x.pt", ["export", "./tiny_a.pt", "--checkpoint", "tiny_a.pt"],
                       cwd=ws["root"], needle="./tiny_a.pt: output is the same file as input tiny_a.pt"))
+
+
+def test_export_over_its_own_bin_source(ws):
+    run_hostile(_case(ws, "export OUT = --bin source", ["export", ws["bin"], "--bin", ws["bin"], "--version", "0"],
+                      needle=f"{ws['bin']}: output is the same file as input {ws['bin']}"))
 
 
 def test_verify_json_over_the_checkpoint_or_the_file(ws):
@@ -237,8 +242,7 @@ def test_directory_where_a_file_goes_and_file_where_a_directory_goes(ws, tmp_pat
 
 
 def _write_json(path: str, obj: object) -> str:
-    with open(path, "w") as f:
-        json.dump(obj, f)
+    pathlib.Path(path).write_text(json.dumps(obj))
     return path
 
 

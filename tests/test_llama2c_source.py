@@ -159,21 +159,28 @@ def test_usage_errors(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_v2_refuses_groups_that_would_straddle_rows(tmp_path):
-    """runq.c walks each row of w2 (hidden_dim long) in whole groups; v1 has no such reader."""
+def test_v2_groups_never_straddle_rows(tmp_path):
+    """runq.c walks each row of w2 (hidden_dim long) in whole groups; v1 has no such reader.
+    The default group size backs off for v2 only (one line says so); an explicit one is refused."""
     args = preset_args("mha")  # hidden_dim is taken from the tensors, which we cut to 176
     arrays = preset_arrays("mha")
-    hidden = 176  # a multiple of 16 but not of 64 (dim 64 keeps group size 64)
+    hidden = 176  # a multiple of 16 but not of 32 (dim 64 keeps group size 64)
     for i in range(2):
         ffn = f"layers.{i}.feed_forward"
         arrays[f"{ffn}.w1.weight"] = arrays[f"{ffn}.w1.weight"][:hidden]
         arrays[f"{ffn}.w3.weight"] = arrays[f"{ffn}.w3.weight"][:hidden]
         arrays[f"{ffn}.w2.weight"] = np.ascontiguousarray(arrays[f"{ffn}.w2.weight"][:, :hidden])
     ckpt = save_llama2c(str(tmp_path / "h.pt"), arrays, args)
-    _export_fails(tmp_path, ckpt, "hidden_dim 176", "group size 64")
+    _export_fails(tmp_path, ckpt, "hidden_dim 176", "group size 64", extra=("--group-size", "64"))
     out = tmp_path / "ok"
-    assert run_cli("export", str(out / "h.v1.bin"), "--checkpoint", ckpt, "--version", "1").returncode == 0
-    assert run_cli("export", str(out / "h.v2.bin"), "--checkpoint", ckpt, "--version", "2", "--group-size", "16").returncode == 0
+    proc = run_cli("export", str(out / "h.v1.bin"), str(out / "h.v2.bin"), "--checkpoint", ckpt, "--version", "1", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "BACKOFF" in line] == [
+        "BACKOFF: version 2 group size 16 instead of 64: runq.c needs it to divide dim 64 and hidden_dim 176"]
+    with BinFile(str(out / "h.v1.bin")) as v1, BinFile(str(out / "h.v2.bin")) as v2:
+        assert (v1.group_size, v2.group_size) == (64, 16)  # each version its own quantization
+    explicit = run_cli("export", str(out / "h16.v2.bin"), "--checkpoint", ckpt, "--version", "2", "--group-size", "16")
+    assert explicit.returncode == 0, explicit.stderr
 
 
 def test_absurd_max_seq_len_is_refused_before_sizing_anything(tmp_path):

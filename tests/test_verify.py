@@ -73,7 +73,7 @@ def test_flipped_rope_byte_fails(tmp_path):
         offset = bf.tensors["freqs_sin"].offset + 4
     with open_source("llama2c", os.path.join(DATA, "tiny_a.pt")) as src:
         result = check_tensors(_flip(golden, tmp_path / "bad.bin", offset), src, quiet=True)
-    assert result.failures == ["freqs_sin: rotary table differs from llama2.c's"]
+    assert result.failures == ["freqs_sin: rotary table differs from llama2.c's at rope_theta 10000"]
 
 
 def test_header_must_match_the_source(tmp_path):

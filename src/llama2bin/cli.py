@@ -12,10 +12,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import cli_types
+from . import __version__, cli_types
 from .atomic import write_atomic
 from .cli_errors import ErrorLineParser, run_reporting_errors
-from .constants import DEFAULT_GROUP_SIZE
+from .cli_export import add_export_format_args, check_output_name, split_versions_and_outputs
 from .errors import Llama2binError
 from .formats import DIRECTORY, FORMATS
 from .outputs_guard import Output, check_outputs, fetch_outputs
@@ -33,17 +33,19 @@ def _add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--checkpoint", metavar="CKPT.pt", help="llama2.c training checkpoint")
     g.add_argument("--meta-llama", metavar="DIR", help="Meta Llama 2 directory (params.json, consolidated.NN.pth)")
     g.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json, *.safetensors or *.bin)")
+    g.add_argument("--bin", metavar="FILE.bin", help="an existing llama2.c .bin of any version (e.g. stories15M.bin)")
     p.add_argument("--max-seq-len", type=cli_types.max_seq_len, help="override max_seq_len (C readers size their KV cache by it)")
     p.add_argument(
         "--allow-rope-theta",
         action="store_true",
-        help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000); recorded as an accepted departure",
+        help="accept a rope_theta other than 10000 (run.c/runq.c hard-code 10000; v0's rope tables are then computed at "
+        "it, for the ports that read them); recorded as an accepted departure",
     )
 
 
 def _source_path(args: argparse.Namespace) -> list[str]:
-    """The source checkpoint or directory, as a list of inputs for check_outputs. Every source flag
-    counts, including ones added later (`--bin`): an unguarded source could be overwritten."""
+    """The source file or directory, as a list of inputs for check_outputs: every source flag
+    counts (an unguarded source could be overwritten)."""
     flags = ("checkpoint", "meta_llama", "hf", "bin")
     return [path for path in (getattr(args, flag, None) for flag in flags) if path]
 
@@ -55,6 +57,10 @@ def _open_source(args: argparse.Namespace):
         kind, path = "llama2c", args.checkpoint
     elif args.meta_llama:
         kind, path = "meta", args.meta_llama
+    elif args.bin:  # an existing .bin: read through the reader, so it is not one of sources/' kinds
+        from .bin_source import BinSource
+
+        return BinSource(args.bin, max_seq_len=args.max_seq_len, allow_rope_theta=args.allow_rope_theta)
     else:
         kind, path = "hf", args.hf
     return open_source(kind, path, max_seq_len=args.max_seq_len, allow_rope_theta=args.allow_rope_theta)
@@ -70,6 +76,9 @@ def _dump_json(obj: object) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from .writer import export
 
+    args.version, args.outputs = split_versions_and_outputs(args.version, args.outputs)
+    if not args.outputs:
+        raise Llama2binError("no output path given (llama2bin export [--version V] OUT.bin --checkpoint CKPT.pt)")
     if len(args.outputs) != len(args.version):
         raise Llama2binError(
             f"{len(args.outputs)} output path(s) but {len(args.version)} version(s): give one version per output"
@@ -80,6 +89,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if v not in FORMATS:
             raise Llama2binError(f"unknown version {v!r} (known: {', '.join(FORMATS)})")
     pairs = list(zip(args.version, args.outputs, strict=True))
+    for v, out in pairs:
+        check_output_name(out, v, list(FORMATS))
     check_outputs(_source_path(args), [Output(out, FORMATS[v].kind == DIRECTORY, f"--version {v} writes a directory")
                                        for v, out in pairs])
     dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
@@ -88,7 +99,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_hf_target(out)
     with _open_source(args) as source:
         if bin_targets:  # every .bin format in one pass over the source
-            result = export(source, bin_targets, group_size=args.group_size, threads=args.threads, quiet=args.quiet)
+            result = export(source, bin_targets, group_size=args.group_size, threads=args.threads, quiet=args.quiet,
+                            allow_requantize=args.allow_requantize)
             line = result.summary_line()
             if line:
                 print(line)
@@ -191,16 +203,25 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    from .tokenizer import write_tokenizer_bin
+    from .tokenizer import read_tokenizer_bin, write_tokenizer_bin
 
     check_outputs([args.model, *_source_path(args)], [args.output])
     vocab_size = args.vocab_size
-    if args.checkpoint or args.meta_llama or args.hf:  # check against the model it will run with
+    if args.checkpoint or args.meta_llama or args.hf or args.bin:  # check against the model it will run with
         with _open_source(args) as source:
             if vocab_size is not None and vocab_size != source.config.vocab_size:
                 raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
             vocab_size = source.config.vocab_size
-    content = write_tokenizer_bin(args.model, args.output, vocab_size=vocab_size)
+    if args.model.endswith(".bin"):  # already llama2.c's tokenizer.bin: checked, then copied as it is
+        if vocab_size is None:
+            raise Llama2binError(f"{args.model}: a tokenizer.bin does not record its size; give the model "
+                                 "(--checkpoint/--bin/...) or --vocab-size to check it against")
+        content = read_tokenizer_bin(args.model, vocab_size)  # refuses a tokenizer of another size
+        # the parsed entries re-encoded: the same bytes (the whole file was consumed), and exactly
+        # what was checked even if the input changes meanwhile
+        write_atomic(args.output, content.to_bytes())
+    else:
+        content = write_tokenizer_bin(args.model, args.output, vocab_size=vocab_size)
     print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length})")
     return 0
 
@@ -267,6 +288,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -276,12 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write OUT.bin (several outputs pair up with several --version values).",
         epilog="versions:\n" + VERSION_HELP,
     )
-    p.add_argument("outputs", nargs="+", metavar="OUT.bin")
+    p.add_argument("outputs", nargs="*", metavar="OUT.bin")
     _add_source_args(p)
-    p.add_argument("--version", nargs="+", default=["0"], metavar="V",
-                   help=f"format version(s): {', '.join(FORMATS)} (default 0; see below)")
-    p.add_argument("--group-size", type=cli_types.group_size, default=DEFAULT_GROUP_SIZE,
-                   help=f"Q8_0 group size, halved until it divides dim ({DEFAULT_GROUP_SIZE})")
+    add_export_format_args(p, list(FORMATS))
     p.add_argument("--threads", type=cli_types.threads, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -322,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin")
-    p.add_argument("model", metavar="TOKENIZER.model")
+    p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin "
+                       "(a tokenizer.bin input is checked against the vocab size and copied)")
+    p.add_argument("model", metavar="TOKENIZER.model|tokenizer.bin")
     p.add_argument("output", metavar="OUT.bin")
     p.add_argument("--vocab-size", type=cli_types.vocab_size,
                    help="refuse a tokenizer whose piece count differs (the model's vocab_size)")

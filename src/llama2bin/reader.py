@@ -20,6 +20,7 @@ from . import constants as C
 from .errors import Llama2binError
 from .formats import FormatSpec, identify
 from .formats.layout import F32, PARAM_NAMES, Q8, SCALE, Encoding, Layout
+from .formats.v0 import v0_layout_without_rope
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ class BinFile:
                 raise Llama2binError(f"{e} (no 'ak42' magic, so read as a v0 header)") from None
             raise
         self.layout: Layout = self.spec.layout(self.config, self.group_size)
+        if self.format == "0" and self.size != self.layout.size:
+            # llama2.c's run.c never reads the rope tables, and v0 files without them exist; the
+            # file size tells (issue 12.2). Such a file has no freqs_cos/freqs_sin tensors.
+            without = v0_layout_without_rope(self.config)
+            if self.size == without.size:
+                self.layout = without
         if self.size != self.layout.size:
             what = "truncated" if self.size < self.layout.size else "trailing bytes"
             raise Llama2binError(

@@ -1,7 +1,9 @@
 """Stream a source into one or more .bin versions in a single pass.
 
 Each source tensor is read once, in row chunks; each chunk is written as float32 to every
-v0 target and quantized once for every Q8_0 target (v1 and v2 share a quantization).
+v0 target and quantized once per distinct group size of the Q8_0 targets (v1 and v2 share a
+quantization when their group sizes agree; see group_size.py). A source that is already Q8_0
+(a v1/v2 .bin) at a target's group size has its q and scales copied, never re-quantized.
 Sections are filled with positional writes at offsets the shared layout computed, so v1's
 split q/scale regions and v2's interleaved ones cost the same. Peak memory is a few chunks
 per worker process, independent of model and tensor size.
@@ -24,13 +26,12 @@ from typing import Any
 import numpy as np
 
 from .atomic import AtomicOutput, check_free_space
-from .constants import DEFAULT_GROUP_SIZE
 from .errors import Llama2binError
 from .formats import format_spec
-from .formats.layout import F32, Q8, ROPE_COS, ROPE_SIN, SCALE, Layout
-from .formats.q8_0 import all_finite, choose_group_size, process_scratch, quantize_into
-from .formats.rope import rope_tables
-from .model import ModelConfig
+from .formats.layout import F32, Q8, ROPE_COS, ROPE_SIN, Layout
+from .formats.q8_0 import all_finite, process_scratch, quantize_into
+from .formats.rope import rope_chunks
+from .group_size import chunk_alignment, plan_group_sizes
 from .parallel import ForkPool, default_workers
 from .progress import Progress
 from .sources.base import Source, row_chunks
@@ -39,7 +40,7 @@ from .sources.base import Source, row_chunks
 @dataclass
 class ExportResult:
     layouts: dict[str, Layout]
-    group_size: int | None
+    group_sizes: dict  # quantized version -> its Q8_0 group size
     # per quantized tensor: the seed's "max error" (largest |w - q*scale|)
     max_errors: dict[str, float] = field(default_factory=dict)
 
@@ -48,26 +49,6 @@ class ExportResult:
             return None
         worst = max(self.max_errors, key=lambda k: self.max_errors[k])
         return f"max quantization group error across all weights: {self.max_errors[worst]} ({worst})"
-
-
-def group_size_for(cfg: ModelConfig, versions: list[str], requested: int) -> int | None:
-    """The seed's back-off, then refuse any quantized tensor the group size does not divide."""
-    if not any(format_spec(v).quantized for v in versions):
-        return None
-    gs = choose_group_size(cfg.dim, requested)
-    if gs != requested:
-        print(f"BACKOFF: reducing group size to {gs} to fit dim {cfg.dim}", file=sys.stderr)
-    for name, shape in cfg.shapes().items():
-        numel = int(np.prod(shape))
-        if len(shape) == 2 and numel % gs:
-            raise Llama2binError(f"tensor {name} has {numel} elements, not a multiple of group size {gs}")
-    for v in versions:
-        if format_spec(v).groups_within_rows and cfg.hidden_dim % gs:
-            raise Llama2binError(
-                f"version {v}: hidden_dim {cfg.hidden_dim} is not a multiple of group size {gs}, so runq.c's groups "
-                f"would straddle rows of feed_forward.w2; choose --group-size dividing both {cfg.dim} and {cfg.hidden_dim}"
-            )
-    return gs
 
 
 def _pwrite(fd: int, data: np.ndarray, offset: int) -> None:
@@ -107,24 +88,34 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 def export(
     source: Source,
     targets: list[tuple[str, str]],
-    group_size: int = DEFAULT_GROUP_SIZE,
+    group_size: int | None = None,
     threads: int | None = None,
     quiet: bool = False,
+    allow_requantize: bool = False,
 ) -> ExportResult:
-    """Write `source` as each (format name, path) in `targets` (.bin formats); all or nothing."""
+    """Write `source` as each (format name, path) in `targets` (.bin formats); all or nothing.
+
+    `group_size`: an explicit Q8_0 group size, or None for the default (see group_size.py)."""
     cfg = source.config
-    versions = [str(v) for v, _ in targets]
-    gs = group_size_for(cfg, versions, group_size)
-    layouts = {path: format_spec(v).layout(cfg, gs) for v, path in targets}
+    source_q8 = source_group_size(source)
+    plan = plan_group_sizes(cfg, [str(v) for v, _ in targets], group_size, source_q8)
+    if source_q8 is not None and not allow_requantize:
+        for v, gs in plan.items():
+            if gs != source_q8:
+                raise Llama2binError(
+                    f"{source.path}: already Q8_0 at group size {source_q8}; version {v} at group size {gs} would "
+                    "quantize it a second time (pass --allow-requantize to accept the added error)"
+                )
+    layouts = {path: format_spec(v).layout(cfg, plan.get(str(v))) for v, path in targets}
     check_free_space({path: layout.size for path, layout in layouts.items()})
-    result = ExportResult(layouts, gs)
+    result = ExportResult(layouts, plan)
 
     outputs = {path: AtomicOutput(path) for path in layouts}
     try:
         for path, layout in layouts.items():
             outputs[path].allocate(layout.size)
             _pwrite(outputs[path].fd, np.frombuffer(layout.header, np.uint8), 0)
-        _stream_tensors(source, layouts, outputs, gs, result, threads, quiet)
+        _stream_tensors(source, layouts, outputs, result, threads, quiet)
         for out in outputs.values():
             out.commit()
     except BaseException:
@@ -134,59 +125,85 @@ def export(
     return result
 
 
+def source_group_size(source: Source) -> int | None:
+    """The group size of a source that is already Q8_0 (a v1/v2 .bin), else None."""
+    quantized = getattr(source, "quantized", None)
+    return quantized["group_size"] if quantized else None
+
+
 def _stream_tensors(
     source: Source,
     layouts: dict[str, Layout],
     outputs: dict[str, AtomicOutput],
-    gs: int | None,
     result: ExportResult,
     workers: int | None,
     quiet: bool,
 ) -> None:
-    tasks = []  # (tensor name, first row, end row, [(fd, offset)] per encoding)
+    tasks = []  # (tensor name, first row, end row, [(fd, offset)] f32, {gs: ([(fd, offset)] q8, [(fd, offset)] scales)})
     for name in source.config.shapes():
         t = source.tensor(name)
-        targets: dict[str, list] = {F32: [], Q8: [], SCALE: []}
+        f32: list = []
+        by_gs: dict[int, tuple[list, list]] = {}
         for path, layout in layouts.items():
             for sec in layout.sections_of(name):
-                targets[sec.encoding].append((outputs[path].fd, sec.offset))
-        if targets[Q8]:
+                if sec.encoding == F32:
+                    f32.append((outputs[path].fd, sec.offset))
+                else:
+                    q8, scale = by_gs.setdefault(layout.group_size, ([], []))
+                    (q8 if sec.encoding == Q8 else scale).append((outputs[path].fd, sec.offset))
+        if by_gs:
             result.max_errors.setdefault(name, 0.0)
-        for start, stop in row_chunks(t, gs if targets[Q8] else 1):
-            tasks.append((name, start, stop, targets[F32], targets[Q8], targets[SCALE]))
+        source_gs = getattr(t, "group_size", None)  # a Q8_0 source reads whole groups only
+        for start, stop in row_chunks(t, chunk_alignment([*by_gs, *([source_gs] if source_gs else [])])):
+            tasks.append((name, start, stop, f32, by_gs))
     total = 4 * sum(source.tensor(n).numel for n in source.config.shapes())
 
     def chunk_job(task: tuple) -> tuple[int, float]:
-        name, start, stop, f32, q8, scale = task
+        name, start, stop, f32, by_gs = task
         t = source.tensor(name)
         scratch = process_scratch()
         first, count = start * t.cols, (stop - start) * t.cols
+        carried = getattr(t, "group_size", None)  # a Q8_0 source tensor: its q and scales as they are
+        if carried is not None:
+            q_src, s_src = t.read_q8(start, stop)
+            if not all_finite(s_src):
+                raise Llama2binError(f"{source.path}: tensor {t.name} has a NaN or Inf scale")
         values = t.read_rows_into(start, stop, scratch.get("values", count, np.float32)).reshape(-1)
         err = 0.0
-        if q8:
-            q = scratch.get("q", count, np.int8)
-            s = scratch.get("s", count // gs, np.float32)
-            err = quantize_into(values, gs, q, s, scratch)
-            if err is None:
-                raise Llama2binError(f"{source.path}: tensor {t.name} contains NaN or Inf")
-        elif not all_finite(values):
+        if carried is None and not by_gs and not all_finite(values):
             raise Llama2binError(f"{source.path}: tensor {t.name} contains NaN or Inf")
         for fd, offset in f32:
             _pwrite(fd, values, offset + 4 * first)
             _start_writeback(fd, offset + 4 * first, values.nbytes)
-        for fd, offset in q8:
-            _pwrite(fd, q, offset + first)
-            _start_writeback(fd, offset + first, q.nbytes)
-        for fd, offset in scale:
-            _pwrite(fd, s, offset + 4 * (first // gs))
+        for gs, (q8, scale) in by_gs.items():
+            if gs == carried:  # same group size: no second quantization, the bytes carry over
+                q, s = q_src, s_src
+            else:
+                q = scratch.get(f"q{gs}", count, np.int8)
+                s = scratch.get(f"s{gs}", count // gs, np.float32)
+                gerr = quantize_into(values, gs, q, s, scratch)
+                if gerr is None:
+                    raise Llama2binError(f"{source.path}: tensor {t.name} contains NaN or Inf")
+                err = max(err, gerr)
+            for fd, offset in q8:
+                _pwrite(fd, q, offset + first)
+                _start_writeback(fd, offset + first, q.nbytes)
+            for fd, offset in scale:
+                _pwrite(fd, s, offset + 4 * (first // gs))
         return values.nbytes, err
 
     cfg = source.config
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(ForkPool(tasks, chunk_job, workers or default_workers(total)))
         # v0's rope tables here while the workers stream (importing torch takes ~1 s); not in a
-        # forked child: torch's OpenMP may hang there if this process used it before
-        rope = rope_tables(cfg.head_size, cfg.max_seq_len) if _rope_sections(layouts) else None
+        # forked child: torch's OpenMP may hang there if this process used it before. In chunks of
+        # rows, so a huge declared max_seq_len costs disk, never memory.
+        rope_sections = _rope_sections(layouts)
+        if rope_sections:
+            for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, cfg.rope_theta):
+                for path, sec in rope_sections:
+                    table = cos if sec.tensor == ROPE_COS else sin
+                    _pwrite(outputs[path].fd, table, sec.offset + 4 * row * table.shape[1])
         progress = Progress(total, "export", quiet=quiet)  # after the forks: tqdm may start a thread
         try:
             for task, (nbytes, err) in zip(tasks, pool.results(), strict=True):
@@ -196,15 +213,7 @@ def _stream_tensors(
                 progress.update(nbytes)
         finally:
             progress.close()
-        if rope is not None:
-            _write_rope(rope, layouts, outputs)
 
 
 def _rope_sections(layouts: dict[str, Layout]) -> list:
     return [(path, sec) for path, layout in layouts.items() for sec in layout.sections if sec.tensor in (ROPE_COS, ROPE_SIN)]
-
-
-def _write_rope(tables: tuple[np.ndarray, np.ndarray], layouts: dict[str, Layout], outputs: dict[str, AtomicOutput]) -> None:
-    cos, sin = tables
-    for path, sec in _rope_sections(layouts):
-        _pwrite(outputs[path].fd, cos if sec.tensor == ROPE_COS else sin, sec.offset)

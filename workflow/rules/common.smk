@@ -47,7 +47,12 @@ WRITE_HF = any(
     FORMATS[str(v)].kind == DIRECTORY for v in config["versions"]
 )  # hf, the one directory format
 LABELS = [f"v{v}" for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
-SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf"}
+SOURCE_FLAGS = {
+    "llama2c": "--checkpoint",
+    "meta": "--meta-llama",
+    "hf": "--hf",
+    "bin": "--bin",
+}
 
 
 wildcard_constraints:

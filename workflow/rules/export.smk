@@ -19,10 +19,15 @@ rule export:
         llama2bin=LLAMA2BIN,
         source=source_args,
         versions=export_versions(),
-        group_size=config["group_size"],
+        # only when configured: the default group size backs off for runq.c (v2), an explicit one never does
+        group_size=(
+            ["--group-size", str(config["group_size"])]
+            if "group_size" in config
+            else []
+        ),
     shell:
         "{params.llama2bin:q} export {output:q} {params.source:q} --version {params.versions:q}"
-        " --group-size {params.group_size:q} --threads {threads} > {log:q} 2>&1"
+        " {params.group_size:q} --threads {threads} > {log:q} 2>&1"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 
 

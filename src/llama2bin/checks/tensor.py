@@ -27,7 +27,7 @@ from ..formats import json_version
 from ..formats.layout import F32, PARAM_NAMES, ROPE_COS, ROPE_SIN
 from ..formats.q8_0 import ABS_MASK as _ABS_MASK
 from ..formats.q8_0 import Scratch, group_scales_into, process_scratch
-from ..formats.rope import rope_tables
+from ..formats.rope import rope_chunks, rope_json
 from ..parallel import ForkedCall, ForkPool, default_workers
 from ..progress import Progress
 from ..reader import BinFile, BinTensor
@@ -83,8 +83,7 @@ class TensorStats:
 
 @dataclass
 class TensorCheckResult:
-    """The round trip of one output: header fields and every tensor against the source.
-    `version` is the format key (0, 1, 2; "hf" for a Hugging Face directory)."""
+    """The round trip of one output: header fields and every tensor against the source."""
 
     file: str
     format: str  # the registered format's name: "0", "1", "1f", "2", "hf"
@@ -95,6 +94,11 @@ class TensorCheckResult:
     source: dict[str, Any]
     failures: list[str] = field(default_factory=list)
     tensors: list[TensorStats] = field(default_factory=list)
+    # {"format", "group_size"} when the source was itself a Q8_0 .bin: a float32 output then holds
+    # dequantized values, not the original weights (issue 12.2).
+    source_quantized: dict[str, Any] | None = None
+    # v0 only: the rotary base of the stored tables and which readers use them (formats.rope.rope_json).
+    rope_tables: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -144,6 +148,7 @@ def check_tensors(bin_path: str, source: Source, quiet: bool = False, threads: i
             group_size=bf.group_size,
             header=bf.header_json(),
             source={**source.describe(), "config": source.config.to_json()},
+            source_quantized=getattr(source, "quantized", None),
         )
         _check_header(bf, source, result)
         if result.failures:  # a different model: comparing tensors would only add noise
@@ -187,7 +192,12 @@ def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, worke
     (in a side process) and v0's rope tables. Chunk results are consumed in file order, so the
     statistics and each tensor's first failure never depend on timing."""
     weights = list(bf.weights())
-    tasks = [(t, start, stop) for t in weights for start, stop in row_chunks(source.tensor(t.name), t.group_size or 1)]
+    tasks = []
+    for t in weights:
+        ref_t = source.tensor(t.name)
+        # chunks hold whole groups of the file and, for a Q8_0 .bin source, of the source too
+        align = math.lcm(t.group_size or 1, getattr(ref_t, "group_size", None) or 1)
+        tasks += [(t, start, stop) for start, stop in row_chunks(ref_t, align)]
     last_chunk = {id(t): i for i, (t, _, _) in enumerate(tasks)}
     total = sum(t.values.size for t in weights)
     fd = os.open(bf.path, os.O_RDONLY)
@@ -202,7 +212,7 @@ def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, worke
             digest = stack.enter_context(ForkedCall(sha256_file, bf.path))  # a process: a thread would fight for the GIL
             # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP may
             # hang there if this process used it before
-            rope = rope_tables(bf.config.head_size, bf.config.max_seq_len) if bf.layout.sections_of(ROPE_COS) else None
+            rope = bool(bf.layout.sections_of(ROPE_COS))
             progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
             try:
                 stats: TensorStats | None = None
@@ -232,8 +242,8 @@ def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, worke
                         bf.release(t)
                         progress.update(t.values.size)
                         stats = None
-                if rope is not None:
-                    _check_rope(bf, result, rope)
+                if rope:
+                    _check_rope(bf, result, source.config.rope_theta)
                 result.sha256 = digest.result()
             finally:
                 progress.close()
@@ -259,6 +269,8 @@ def _check_chunk(t: BinTensor, ref_t: TensorRef, start: int, stop: int, fd: int,
     assert gs
     q = _pread_into(fd, scratch.get("q", count, np.int8), t.offset + first, path)
     scales = _pread_into(fd, scratch.get("scales", count // gs, np.float32), t.scales_offset + 4 * (first // gs), path)
+    if getattr(ref_t, "group_size", None) == gs:  # a Q8_0 .bin source at this group size: carried over as is
+        return _check_carried(t, ref_t, start, stop, q, scales)
     fresh = scratch.get("fresh", count // gs, np.float32)
     group_scales_into(ref, gs, fresh, scratch)
     if not np.array_equal(scales.view(np.uint32), fresh.view(np.uint32)):
@@ -302,12 +314,37 @@ def _check_chunk(t: BinTensor, ref_t: TensorRef, start: int, stop: int, fd: int,
     return out
 
 
-def _check_rope(bf: BinFile, result: TensorCheckResult, tables: tuple[np.ndarray, np.ndarray]) -> None:
-    cos, sin = tables
-    for name, ref in ((ROPE_COS, cos), (ROPE_SIN, sin)):
-        got = np.asarray(bf.tensors[name].values)
-        if not np.array_equal(got.view(np.uint32), ref.reshape(-1).view(np.uint32)):
-            result.failures.append(f"{name}: rotary table differs from llama2.c's")
+def _check_carried(t: BinTensor, ref_t: TensorRef, start: int, stop: int, q: np.ndarray, scales: np.ndarray) -> _ChunkResult:
+    """q and scales must be the Q8_0 source's own, bit for bit (nothing was quantized twice)."""
+    src_q, src_s = ref_t.read_q8(start, stop)  # type: ignore[attr-defined]  # sources.bin.Q8Tensor
+    first = start * ref_t.cols
+    if not np.array_equal(q, src_q):
+        bad = int(np.flatnonzero(q != src_q)[0]) + first
+        return _ChunkResult(f"tensor {t.name}: q of element {bad} differs from the Q8_0 source")
+    if not np.array_equal(scales.view(np.uint32), src_s.view(np.uint32)):
+        bad = int(np.flatnonzero(scales.view(np.uint32) != src_s.view(np.uint32))[0]) + first // t.group_size
+        return _ChunkResult(f"tensor {t.name}: scale of group {bad} differs from the Q8_0 source")
+    hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64)
+    hist[0] = scales.size  # every group exact: error 0
+    return _ChunkResult(n=q.size, hist=hist)
+
+
+def _check_rope(bf: BinFile, result: TensorCheckResult, theta: float) -> None:
+    """v0's tables against llama2.c's at the source's rope_theta, in chunks of rows."""
+    result.rope_tables = rope_json(theta)
+    cfg = bf.config
+    half = cfg.head_size // 2
+    failed = set()
+    fd = os.open(bf.path, os.O_RDONLY)  # preadv, not the memory map: RSS stays at one chunk
+    try:
+        for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, theta):
+            for name, ref in ((ROPE_COS, cos), (ROPE_SIN, sin)):
+                got = _pread_into(fd, np.empty(ref.size, np.float32), bf.tensors[name].offset + 4 * row * half, bf.path)
+                if name not in failed and not np.array_equal(got.view(np.uint32), ref.reshape(-1).view(np.uint32)):
+                    failed.add(name)
+                    result.failures.append(f"{name}: rotary table differs from llama2.c's at rope_theta {theta:g}")
+    finally:
+        os.close(fd)
 
 
 HIST_EDGES = _HIST_EDGES.tolist()

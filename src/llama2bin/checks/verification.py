@@ -48,7 +48,8 @@ class QualityVerdict:
         return cls(QualityLimits.from_json(d["limits"]), bool(d["gate"]), list(d["exceeded"]))
 
 
-_TENSOR_KEYS = ("file", "version", "format", "size", "sha256", "group_size", "header", "source", "tensors")
+_TENSOR_KEYS = ("file", "version", "format", "size", "sha256", "group_size", "header", "source", "tensors",
+                "source_quantized", "rope_tables")
 
 
 @dataclass

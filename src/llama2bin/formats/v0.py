@@ -1,7 +1,7 @@
 """v0: the legacy float32 layout (the seed's `legacy_export`; llama2.c `run.c`)."""
 
 from ..model import ModelConfig
-from .layout import F32, FILE, ROPE_COS, ROPE_SIN, V0_HEADER, FormatSpec, SectionSpec, v0_weight_order
+from .layout import F32, FILE, ROPE_COS, ROPE_SIN, V0_HEADER, FormatSpec, Layout, SectionSpec, build_layout, v0_weight_order
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -21,3 +21,9 @@ SPEC = FormatSpec(
     read_by="llama2.c run.c (and the ports that read its file: Rust, Mojo, C#, TypeScript, WASM)",
     loses="nothing of the weights (float32); rope_theta and norm_eps are not stored (run.c assumes 10000 and 1e-5)",
 )
+
+
+def v0_layout_without_rope(cfg: ModelConfig) -> Layout:
+    """A v0 file as some writers leave it: no freqs_cos/freqs_sin (run.c skips them anyway)."""
+    order = [sec for sec in _order(cfg) if sec[0] not in (ROPE_COS, ROPE_SIN)]
+    return build_layout(SPEC.name, cfg, None, SPEC.header_bytes(cfg, None), order)

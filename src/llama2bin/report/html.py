@@ -166,6 +166,16 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
                         f"{escape(quality_verdict(r))}: {escape('; '.join(quality_exceeded(r)))}</p>")
     body.append(_outputs_table(reports))
     notes = [n for n in (_exact_note(reports),) if n]
+    sq = first.get("source_quantized")
+    if sq:
+        notes.append(f"The source was already Q8_0 (version {sq['format']}, group size {sq['group_size']}): float32 "
+                     "outputs hold its dequantized values, not the original weights.")
+    for r in reports:
+        rope = r.get("rope_tables")
+        if rope:
+            notes.append(f"{r['label']}: rope tables at rope_theta {rope['theta']:g}, right for readers that use them "
+                         f"({', '.join(rope['read_from_table_by'])}); ignored by {', '.join(rope['ignored_by'])} "
+                         "(10000).")
     if len(groups) < sum(r["quantized"] for r in reports):
         notes.append("Outputs joined by “=” hold identical weights (the same Q8_0 values and scales in another "
                      "layout): they are shown once.")

@@ -52,11 +52,23 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     if r["accepted_departures"]:
         lines.append(f"- accepted departures from the format: {', '.join(r['accepted_departures'])}")
+    if r.get("source_quantized"):
+        sq = r["source_quantized"]
+        lines.append(f"- the source was already Q8_0 (version {sq['format']}, group size {sq['group_size']}): float32 "
+                     "outputs hold its dequantized values, not the original weights")
+    if r.get("rope_tables"):
+        rope = r["rope_tables"]
+        lines.append(f"- rope tables at rope_theta {rope['theta']:g}: right for readers that use them "
+                     f"({', '.join(rope['read_from_table_by'])}); ignored by {', '.join(rope['ignored_by'])} (10000)")
     w = r["worst_tensor"]
     if w and w["rel_err"]:
         lines.append(f"- worst tensor: `{w['name']}` (relative error {num(w['rel_err'])}, SNR {w['snr_db']:.2f} dB)")
     f = r.get("functional")
-    if f:
+    if f and not r["quantized"] and f["passed"]:
+        # float32 and within its tolerance: said once, not as a table of zeros
+        same = "identical to" if not f["max_abs_dlogit"] else f"within {f['fp32_rtol']:g} × max(1, max \\|logit\\|) of"
+        lines.append(f"- functional verification: logits {same} the source's on {eval_description(f)}")
+    elif f:
         lines += [f"- functional verification: logits of this file vs the source on {eval_description(f)}", ""]
         lines += _table(["statistic", "value", "limit"], "lrr", [list(row) for row in functional_rows(f)])
         lines.append("")
@@ -67,15 +79,22 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- {_esc(c)}")
     if r.get("plot"):
         lines += ["", f"![relative error by layer, largest error per Q8_0 group, KL divergence]({r['plot']})"]
-    lines += ["", "Per tensor, worst first. Relative error is ‖w−ŵ‖/‖w‖; SNR is 10·log10(‖w‖²/‖w−ŵ‖²).", ""]
-    rows = []
-    for t in r["tensors"]:
-        enc = f"q8_0/{t['group_size']}" if t["encoding"] == "q8_0" else "f32"
-        snr = "∞" if t["snr_db"] is None else f"{t['snr_db']:.2f}"
-        rows.append([f"`{t['name']}`", "×".join(map(str, t["shape"])), enc, num(t["max_abs_err"]), num(t["rmse"]),
-                     num(t["rel_err"]), snr])
-    lines += _table(["tensor", "shape", "encoding", "max abs error", "RMSE", "relative error", "SNR (dB)"],
-                    "lllrrrr", rows)
+    # tensors with an error, worst first; bit-identical float32 tensors in one line
+    lossy = [t for t in r["tensors"] if t["encoding"] != "f32" or t["max_abs_err"] or t["rel_err"]]
+    exact = len(r["tensors"]) - len(lossy)
+    if exact:
+        what = f"every tensor ({exact})" if not lossy else f"{exact} float32 tensors (the norms)"
+        lines += ["", f"- {what} bit-identical to the source"]
+    if lossy:
+        lines += ["", "Per tensor, worst first. Relative error is ‖w−ŵ‖/‖w‖; SNR is 10·log10(‖w‖²/‖w−ŵ‖²).", ""]
+        rows = []
+        for t in lossy:
+            enc = f"q8_0/{t['group_size']}" if t["encoding"] == "q8_0" else "f32"
+            snr = "∞" if t["snr_db"] is None else f"{t['snr_db']:.2f}"
+            rows.append([f"`{t['name']}`", "×".join(map(str, t["shape"])), enc, num(t["max_abs_err"]), num(t["rmse"]),
+                         num(t["rel_err"]), snr])
+        lines += _table(["tensor", "shape", "encoding", "max abs error", "RMSE", "relative error", "SNR (dB)"],
+                        "lllrrrr", rows)
     return "\n".join(lines) + "\n"
 
 

@@ -228,6 +228,8 @@ def render_tradeoff_png(points: list[dict[str, Any]]) -> bytes:
                     ax.annotate(p["label"], (x, y), xytext=(6, 4), textcoords="offset points", fontsize=9)
             if log:
                 ax.set_yscale("log")
+            else:  # ΔPPL: the source itself is the zero line; a noisy small model may fall below it
+                ax.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
             ax.margins(x=0.25, y=0.25)
             ax.set_xlabel("bits per weight (file size × 8 / parameters)")
             ax.set_ylabel(ylabel)

@@ -186,6 +186,10 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "c_check": c_check_section(c_check),
         "plot": plot if quantized else None,
         "tensors": tensors,
+        # only when they say something (the demo reports stay as they are): a source that was already
+        # Q8_0 (binsrc), and v0 rope tables at a base run.c ignores
+        **({"source_quantized": verify_result["source_quantized"]} if verify_result.get("source_quantized") else {}),
+        **({"rope_tables": rope} if (rope := verify_result.get("rope_tables")) and not rope["all_readers_agree"] else {}),
     }
 
 
