@@ -62,20 +62,11 @@ def _worst_first(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _functional_section(verify_result: dict[str, Any]) -> dict[str, Any] | None:
-    """The functional check of a verify result and its quality verdict, rounded like every other
-    statistic. (Verify JSON before llama2bin.verify/2 had random tokens only and pass/fail
-    thresholds; it is read into the same shape.)"""
+    """The functional check of a verify result and its quality verdict, rounded like every other statistic."""
     f = verify_result.get("functional")
     if not f:
         return None
     quality = verify_result.get("quality")
-    if "thresholds" in f:  # before llama2bin.verify/2
-        lim = f["thresholds"]
-        f = {**f, "fp32_rtol": lim["fp32_rtol"],
-             "eval": {"recipe": {"kind": "random", "seqs": f["eval_seqs"], "len": f["eval_len"], "seed": f["eval_seed"]},
-                      "seqs": f["eval_seqs"], "positions": f["positions"], "sha256": None}}
-        quality = {"limits": {k: v for k, v in lim.items() if k != "fp32_rtol"}, "gate": True,
-                   "exceeded": [] if f["passed"] else ["limits"], "passed": f["passed"]}
     return {
         **{k: f[k] for k in _FUNCTIONAL_INFO if k in f},
         **{k: round_sig(f[k]) for k in _FUNCTIONAL_STATS if k in f},
