@@ -10,7 +10,7 @@ from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run
 import llama2bin
 from llama2bin.checks.ccheck import find_compiler
 from llama2bin.cli import main
-from llama2bin.cli_export import split_versions_and_outputs
+from llama2bin.cli.export import split_versions_and_outputs
 from llama2bin.reader import BinFile
 
 CKPT = os.path.join(DATA, "tiny_a.pt")

@@ -62,7 +62,7 @@ def test_help_says_which_programs_read_which_format():
     assert "run.c" in text and "runq.c" in text
 
 
-LATER = ("checks", "verify", "verify_hf", "functional", "ccheck", "forward", "report", "plots", "cli", "cli_verify")
+LATER = ("checks", "verify", "verify_hf", "functional", "ccheck", "forward", "report", "plots", "cli")
 
 
 @pytest.mark.parametrize("package", ["sources", "formats"])

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Llama2binError
+from ..errors import Llama2binError
 
 SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf"}
 MODEL_KEYS = {"model", "source", "path", "max_seq_len", "allow_rope_theta", "files", "json"}

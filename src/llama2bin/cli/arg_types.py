@@ -12,8 +12,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-from .constants import MAX_DIM, MAX_SEQ_LEN, MAX_VOCAB
-from .errors import Llama2binError
+from ..constants import MAX_DIM, MAX_SEQ_LEN, MAX_VOCAB
+from ..errors import Llama2binError
 
 # Worker processes: far more than any machine this runs on, far less than a fork bomb.
 MAX_THREADS = 1024

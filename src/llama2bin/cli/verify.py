@@ -7,10 +7,11 @@ import json
 import sys
 from collections.abc import Callable
 
-from . import cli_types
-from .atomic import write_atomic
-from .errors import Llama2binError
-from .outputs_guard import check_outputs
+from ..atomic import write_atomic
+from ..errors import Llama2binError
+from ..outputs_guard import check_outputs
+from . import arg_types
+from .sources import open_source_from_args, source_paths
 
 
 def _dump_json(obj: object) -> str:
@@ -18,7 +19,7 @@ def _dump_json(obj: object) -> str:
 
 
 def _add_eval_args(p: argparse.ArgumentParser, title: str) -> None:
-    from .checks.eval_tokens import DEFAULT_LEN, DEFAULT_SEED, DEFAULT_SEQS, MAX_LEN, MAX_POSITIONS
+    from ..checks.eval_tokens import DEFAULT_LEN, DEFAULT_SEED, DEFAULT_SEQS, MAX_LEN, MAX_POSITIONS
 
     g = p.add_argument_group(title)
     g.add_argument("--eval", choices=("sampled", "random"), default="sampled", dest="eval_recipe",
@@ -26,11 +27,11 @@ def _add_eval_args(p: argparse.ArgumentParser, title: str) -> None:
                    "default); random: uniform random ids")
     g.add_argument("--eval-text", metavar="FILE", help="evaluate on this text, tokenized with --tokenizer")
     g.add_argument("--tokenizer", metavar="TOKENIZER.model", help="the model's sentencepiece model (for --eval-text)")
-    g.add_argument("--eval-seqs", type=cli_types.eval_seqs, default=DEFAULT_SEQS, metavar="N", help=f"sequences ({DEFAULT_SEQS})")
-    g.add_argument("--eval-len", type=cli_types.eval_len, default=DEFAULT_LEN, metavar="T",
+    g.add_argument("--eval-seqs", type=arg_types.eval_seqs, default=DEFAULT_SEQS, metavar="N", help=f"sequences ({DEFAULT_SEQS})")
+    g.add_argument("--eval-len", type=arg_types.eval_len, default=DEFAULT_LEN, metavar="T",
                    help=f"tokens per sequence, at most max_seq_len and {MAX_LEN} ({DEFAULT_LEN}); "
                    f"at most {MAX_POSITIONS} tokens in all")
-    g.add_argument("--eval-seed", type=cli_types.eval_seed, default=DEFAULT_SEED, metavar="S", help=f"seed ({DEFAULT_SEED})")
+    g.add_argument("--eval-seed", type=arg_types.eval_seed, default=DEFAULT_SEED, metavar="S", help=f"seed ({DEFAULT_SEED})")
 
 
 def _eval_inputs(args: argparse.Namespace) -> list[str]:
@@ -39,7 +40,7 @@ def _eval_inputs(args: argparse.Namespace) -> list[str]:
 
 
 def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: ignore[no-untyped-def]
-    from .checks import eval_tokens as et
+    from ..checks import eval_tokens as et
 
     cfg = source.config
     if args.eval_tokens:
@@ -56,7 +57,7 @@ def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: i
 
 
 def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[no-untyped-def]
-    from .checks.functional import FP32_RTOL, QualityLimits
+    from ..checks.functional import FP32_RTOL, QualityLimits
 
     p = sub.add_parser(
         "verify",
@@ -68,7 +69,7 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     p.add_argument("files", nargs="+", metavar="OUT.bin")
     add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
-    p.add_argument("--threads", type=cli_types.threads, default=None,
+    p.add_argument("--threads", type=arg_types.threads, default=None,
                    help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("functional check (logits of the file vs the source on the evaluation tokens)")
@@ -79,18 +80,18 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     g.add_argument("--activations", choices=("f32", "q8"), default="f32",
                    help="Q8_0 files: float32 activations on dequantized weights (f32, default) or runq.c's "
                    "Q8_0-quantized activations (q8)")
-    g.add_argument("--fp32-rtol", type=cli_types.non_negative, default=FP32_RTOL, metavar="X",
+    g.add_argument("--fp32-rtol", type=arg_types.non_negative, default=FP32_RTOL, metavar="X",
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({FP32_RTOL:g})")
     _add_eval_args(p, "evaluation tokens (without --eval-tokens)")
     lim = QualityLimits()
     q = p.add_argument_group("quality limits of quantized files (a warning; a failure with --quality-gate)")
-    q.add_argument("--kld-max", dest="kld_mean_max", type=cli_types.non_negative, default=lim.kld_mean_max, metavar="X",
+    q.add_argument("--kld-max", dest="kld_mean_max", type=arg_types.non_negative, default=lim.kld_mean_max, metavar="X",
                    help=f"mean KL divergence ({lim.kld_mean_max:g})")
-    q.add_argument("--kld-p99-max", type=cli_types.non_negative, default=lim.kld_p99_max, metavar="X",
+    q.add_argument("--kld-p99-max", type=arg_types.non_negative, default=lim.kld_p99_max, metavar="X",
                    help=f"99th-percentile KL divergence ({lim.kld_p99_max:g})")
-    q.add_argument("--same-top-min", type=cli_types.fraction, default=lim.same_top_min, metavar="X",
+    q.add_argument("--same-top-min", type=arg_types.fraction, default=lim.same_top_min, metavar="X",
                    help=f"rate of positions whose top token is the source's ({lim.same_top_min:g})")
-    q.add_argument("--ppl-ratio-max", type=cli_types.non_negative, default=lim.ppl_ratio_max, metavar="X",
+    q.add_argument("--ppl-ratio-max", type=arg_types.non_negative, default=lim.ppl_ratio_max, metavar="X",
                    help=f"perplexity of the file / of the source ({lim.ppl_ratio_max:g})")
     q.add_argument("--quality-gate", action="store_true", help="fail when a quality limit is exceeded")
     p.set_defaults(func=cmd_verify)
@@ -110,13 +111,12 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
 
 
 def cmd_eval_tokens(args: argparse.Namespace) -> int:
-    from .checks.eval_tokens import check_size
-    from .cli import _open_source, _source_path
+    from ..checks.eval_tokens import check_size
 
     if not args.eval_tokens:
         check_size(args.eval_seqs, args.eval_len)
-    check_outputs(_source_path(args) + _eval_inputs(args), [args.output])
-    with _open_source(args) as source:
+    check_outputs(source_paths(args) + _eval_inputs(args), [args.output])
+    with open_source_from_args(args) as source:
         tokens = _make_eval_tokens(args, source, args.quiet)
     write_atomic(args.output, _dump_json(tokens.to_json()))
     print(f"wrote {args.output} ({tokens.recipe['kind']}, {len(tokens.sequences)} sequences, {tokens.positions} tokens, "
@@ -125,21 +125,20 @@ def cmd_eval_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .checks.eval_tokens import check_size
-    from .checks.functional import QualityLimits, ReferenceModel
-    from .checks.verification import verify_output
-    from .cli import _open_source, _source_path
-    from .formats import FORMATS
+    from ..checks.eval_tokens import check_size
+    from ..checks.functional import QualityLimits, ReferenceModel
+    from ..checks.verification import verify_output
+    from ..formats import FORMATS
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
     if not args.no_functional and not args.eval_tokens:
         check_size(args.eval_seqs, args.eval_len)
-    check_outputs(_source_path(args) + args.files + _eval_inputs(args), args.json or [])
+    check_outputs(source_paths(args) + args.files + _eval_inputs(args), args.json or [])
     limits = QualityLimits(kld_mean_max=args.kld_mean_max, kld_p99_max=args.kld_p99_max,
                            same_top_min=args.same_top_min, ppl_ratio_max=args.ppl_ratio_max)
     ok = True
-    with _open_source(args) as source:
+    with open_source_from_args(args) as source:
         reference = None if args.no_functional else ReferenceModel(source, _make_eval_tokens(args, source, args.quiet))
         for i, path in enumerate(args.files):
             result = verify_output(path, source, reference=reference, arithmetic=args.activations,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .formats import DIRECTORY, output_format
-from .formats.layout import PARAM_NAMES
-from .model import hf_name
-from .reader import BinFile
+from ..formats import DIRECTORY, output_format
+from ..formats.layout import PARAM_NAMES
+from ..model import hf_name
+from ..reader import BinFile
 
 
 def describe_output(path: str) -> dict[str, Any]:

@@ -7,8 +7,11 @@ import argparse
 import os
 import re
 
-from . import cli_types
-from .errors import Llama2binError
+from ..errors import Llama2binError
+from ..formats import DIRECTORY, FORMATS
+from ..outputs_guard import Output, check_outputs
+from . import arg_types
+from .sources import open_source_from_args, source_paths
 
 # A --version value: a format name such as 0, 2, 1f or hf. Anything else (a path: it has a dot or
 # a slash) ends the list, so `--version 2 out.bin` works as llama2.c users type it.
@@ -39,8 +42,47 @@ def add_export_format_args(p: argparse.ArgumentParser, formats: list[str]) -> No
                    help=f"format version(s), one per output in order: {', '.join(formats)} (default 0; see below). "
                    "Repeatable, comma lists work, and paths after it are outputs: --version 2 out.bin, "
                    "--version 0 1 2, --version 0,2")
-    p.add_argument("--group-size", type=cli_types.group_size, default=None,
+    p.add_argument("--group-size", type=arg_types.group_size, default=None,
                    help="Q8_0 group size (default 64, or a Q8_0 --bin source's own), halved until it divides dim; "
                    "the default also backs off until it divides hidden_dim for v2 (runq.c)")
     p.add_argument("--allow-requantize", action="store_true",
                    help="a Q8_0 --bin source may be written at another group size (quantizing twice)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..writer import export
+
+    args.version, args.outputs = split_versions_and_outputs(args.version, args.outputs)
+    if not args.outputs:
+        raise Llama2binError("no output path given (llama2bin export [--version V] OUT.bin --checkpoint CKPT.pt)")
+    if len(args.outputs) != len(args.version):
+        raise Llama2binError(
+            f"{len(args.outputs)} output path(s) but {len(args.version)} version(s): give one version per output"
+        )
+    from ..formats.hf_export import check_hf_target, export_hf
+
+    for v in args.version:
+        if v not in FORMATS:
+            raise Llama2binError(f"unknown version {v!r} (known: {', '.join(FORMATS)})")
+    pairs = list(zip(args.version, args.outputs, strict=True))
+    for v, out in pairs:
+        check_output_name(out, v, list(FORMATS))
+    check_outputs(source_paths(args), [Output(out, FORMATS[v].kind == DIRECTORY, f"--version {v} writes a directory")
+                                       for v, out in pairs])
+    dir_targets = [(v, out) for v, out in pairs if FORMATS[v].kind == DIRECTORY]
+    bin_targets = [(v, out) for v, out in pairs if FORMATS[v].kind != DIRECTORY]
+    for _, out in dir_targets:  # refuse a bad directory target before writing any .bin
+        check_hf_target(out)
+    with open_source_from_args(args) as source:
+        if bin_targets:  # every .bin format in one pass over the source
+            result = export(source, bin_targets, group_size=args.group_size, threads=args.threads, quiet=args.quiet,
+                            allow_requantize=args.allow_requantize)
+            line = result.summary_line()
+            if line:
+                print(line)
+            for path, layout in result.layouts.items():
+                print(f"wrote {path} ({FORMATS[layout.format].label}, {layout.size} bytes)")
+        for _, out in dir_targets:  # hf, the one directory format: a directory of float32 safetensors, its own pass
+            hf_result = export_hf(source, out, quiet=args.quiet)
+            print(f"wrote {out}/ (hf, model.safetensors {hf_result.size} bytes)")
+    return 0

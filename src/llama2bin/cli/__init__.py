@@ -1,0 +1,146 @@
+"""`llama2bin`: the command line over the library. Thin by design: parse, call, report.
+
+Every user-facing failure is a `Llama2binError` (or an OS error about a named file) and
+becomes one line on stderr and exit status 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..formats import DIRECTORY, FORMATS
+from . import arg_types
+from .errors import ErrorLineParser, run_reporting_errors
+from .export import add_export_format_args, cmd_export
+from .fetch import add_fetch_parser
+from .report import cmd_report, cmd_summary
+from .sources import add_source_args
+from .tools import cmd_c_check, cmd_demo, cmd_inspect, cmd_tokenizer
+from .verify import add_parsers as add_verify_parsers
+
+VERSION_HELP = "\n".join(
+    f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
+    f"      read by {spec.read_by}; loses {spec.loses}"
+    for name, spec in FORMATS.items()
+)
+
+
+def cmd_reverify(args: argparse.Namespace) -> int:
+    from .reverify import run_plan
+
+    return run_plan(args.plan, main)  # each model is one `llama2bin verify` run, errors and all
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "export",
+        help="write one or more .bin versions in one pass over the checkpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write OUT.bin (several outputs pair up with several --version values).",
+        epilog="versions:\n" + VERSION_HELP,
+    )
+    p.add_argument("outputs", nargs="*", metavar="OUT.bin")
+    add_source_args(p)
+    add_export_format_args(p, list(FORMATS))
+    p.add_argument("--threads", type=arg_types.threads, default=None,
+                   help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_export)
+
+    add_verify_parsers(sub, add_source_args)
+
+    p = sub.add_parser(
+        "reverify",
+        help="verify several models' outputs again against their sources (the pipeline's reverify target)",
+        description="Run `verify` for every model of a JSON plan (see llama2bin/cli/reverify.py), continuing past a "
+        "failing model; exit 1 if any file fails.",
+    )
+    p.add_argument("--plan", required=True, metavar="JSON", help="the plan, as JSON text")
+    p.set_defaults(func=cmd_reverify)
+
+    p = sub.add_parser(
+        "c-check",
+        help="run llama2bin's C consumer (mmap like run.c/runq.c) on .bin files and compare its logits with Python",
+        description="Compile src/llama2bin/c/consumer.c with the system C compiler, run one forward pass per position "
+        "of a token sequence on each file, and compare the logits with the Python reference forward on the same file. "
+        "Without a compiler the check is skipped with a notice (exit 0) unless --require-cc.",
+    )
+    p.add_argument("files", nargs="+", metavar="OUT.bin")
+    p.add_argument("--tokens", type=arg_types.token_id, nargs="+", metavar="ID",
+                   help="token ids (default: 16 seeded random ids)")
+    p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
+                   help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
+    p.add_argument("--cc", metavar="CMD", help="C compiler command (default: $CC, else cc)")
+    p.add_argument("--require-cc", action="store_true", help="fail instead of skipping when no compiler is found")
+    p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
+    p.set_defaults(func=cmd_c_check)
+
+    p = sub.add_parser("inspect", help="show an output's format, header and tensor table (.bin file or hf directory)")
+    p.add_argument("file", metavar="OUT")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin "
+                       "(a tokenizer.bin input is checked against the vocab size and copied)")
+    p.add_argument("model", metavar="TOKENIZER.model|tokenizer.bin")
+    p.add_argument("output", metavar="OUT.bin")
+    p.add_argument("--vocab-size", type=arg_types.vocab_size,
+                   help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
+    add_source_args(p, required=False)
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("demo", help="write a small deterministic llama2.c checkpoint (offline demo data)")
+    p.add_argument("output", metavar="OUT.pt")
+    p.add_argument("--preset", required=True, help="mha, gqa_backoff or untied")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="reports of one model from its verify --json results: per output JSON + Markdown, "
+                                      "one HTML page and one figure")
+    p.add_argument("verify_json", nargs="+", metavar="NAME.vN.verify.json")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out-dir", required=True, help="writes OUT_DIR/NAME.vN.json and .md, OUT_DIR/MODEL.html and .png")
+    p.add_argument("--c-check", nargs="+", default=[], metavar="NAME.vN.ccheck.json", help="c-check --json results to include")
+    p.add_argument("--no-plots", action="store_true", help="no figure (and no matplotlib needed)")
+    p.add_argument("--source-record", metavar="SOURCE.json", help="the fetch record: repo@revision or URL and "
+                   "file sha256s go into the reports")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("summary", help="one table of every model x version from report JSONs")
+    p.add_argument("reports", nargs="+", metavar="REPORT.json")
+    p.add_argument("--md", required=True)
+    p.add_argument("--json", required=True)
+    p.add_argument("--html", help="also a self-contained HTML page (figure embedded) for snakemake --report")
+    p.add_argument("--figure", metavar="PNG", help="also the figure of bits per weight against quality")
+    p.set_defaults(func=cmd_summary)
+
+    add_fetch_parser(sub)
+    return parser
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM (kill, scancel, a scheduler's time limit) unwinds like Ctrl-C, so the writers
+    # delete their partial outputs before the process ends.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread (main() embedded in another program)
+        pass
+    return run_reporting_errors(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

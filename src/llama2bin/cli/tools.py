@@ -1,0 +1,91 @@
+"""The small commands: c-check, inspect, demo and tokenizer (parsing and printing; the work is in
+checks/, formats/, demo.py and tokenizer.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..atomic import write_atomic
+from ..errors import Llama2binError
+from ..outputs_guard import check_outputs
+from .sources import open_source_from_args, source_paths
+
+
+def _dump_json(obj: object) -> str:
+    return json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
+def cmd_c_check(args: argparse.Namespace) -> int:
+    from ..checks.ccheck import Consumer, c_check, find_compiler
+
+    if args.json and len(args.json) != len(args.files):
+        raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
+    check_outputs(args.files, args.json or [])
+    compiler = find_compiler(args.cc)
+    if compiler is None:
+        if args.require_cc:
+            raise Llama2binError("no C compiler found (cc, or $CC); give one with --cc")
+        print("llama2bin: notice: no C compiler found (cc, or $CC): C consumer check SKIPPED", file=sys.stderr)
+    consumer = Consumer(compiler) if compiler else None
+    ok = True
+    try:
+        for i, path in enumerate(args.files):
+            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic)
+            if args.json:
+                write_atomic(args.json[i], _dump_json(result.to_json()))
+            if result.skipped:
+                print(f"{path}: C consumer check skipped: {result.skipped}")
+            elif result.passed:
+                print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic, {len(result.tokens)} "
+                      f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g})")
+            else:
+                ok = False
+                for failure in result.failures:
+                    print(f"{path}: FAILED: {failure}", file=sys.stderr)
+    finally:
+        if consumer:
+            consumer.close()
+    return 0 if ok else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .describe import describe_output, render_text
+
+    info = describe_output(args.file)
+    sys.stdout.write(_dump_json(info) if args.json else render_text(info))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import write_demo_checkpoint
+
+    check_outputs([], [args.output])
+    write_demo_checkpoint(args.preset, args.output)
+    print(f"wrote {args.output} (demo preset {args.preset})")
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from ..tokenizer import read_tokenizer_bin, write_tokenizer_bin
+
+    check_outputs([args.model, *source_paths(args)], [args.output])
+    vocab_size = args.vocab_size
+    if args.checkpoint or args.meta_llama or args.hf or args.bin:  # check against the model it will run with
+        with open_source_from_args(args) as source:
+            if vocab_size is not None and vocab_size != source.config.vocab_size:
+                raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
+            vocab_size = source.config.vocab_size
+    if args.model.endswith(".bin"):  # already llama2.c's tokenizer.bin: checked, then copied as it is
+        if vocab_size is None:
+            raise Llama2binError(f"{args.model}: a tokenizer.bin does not record its size; give the model "
+                                 "(--checkpoint/--bin/...) or --vocab-size to check it against")
+        content = read_tokenizer_bin(args.model, vocab_size)  # refuses a tokenizer of another size
+        # the parsed entries re-encoded: the same bytes (the whole file was consumed), and exactly
+        # what was checked even if the input changes meanwhile
+        write_atomic(args.output, content.to_bytes())
+    else:
+        content = write_tokenizer_bin(args.model, args.output, vocab_size=vocab_size)
+    print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length})")
+    return 0
