@@ -78,7 +78,7 @@ class Row:
 
 def llama2bin_cmd() -> list[str]:
     exe = os.path.join(os.path.dirname(sys.executable), "llama2bin")
-    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "llama2bin.cli"]
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "llama2bin"]
 
 
 # Peak memory is measured from a small parent: Linux carries the forking process's RSS
@@ -219,7 +219,8 @@ def python_baselines(repeats: int) -> dict[str, Run]:
     """What a process costs before any conversion: interpreter + numpy, and torch (v0's rope tables)."""
     py = sys.executable
     cases = {
-        "python + numpy + llama2bin": [py, "-c", "import numpy, llama2bin.cli, llama2bin.writer, llama2bin.checks.tensor"],
+        "python + numpy + llama2bin": [py, "-c",
+                                       "import numpy, llama2bin.cli, llama2bin.formats.writer, llama2bin.checks.tensor"],
         "import torch": [py, "-c", "import torch"],
         "rope tables (torch) for 2048 x 64": [py, "-c", "from llama2bin.formats.rope import rope_tables; rope_tables(64, 2048)"],
     }

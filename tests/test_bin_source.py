@@ -16,10 +16,10 @@ import pytest
 from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_harness import HostileCase, run_hostile
 
-from llama2bin.bin_source import BinSource
 from llama2bin.checks.tensor import check_tensors
 from llama2bin.cli import main
-from llama2bin.reader import BinFile
+from llama2bin.formats.bin_source import BinSource
+from llama2bin.formats.reader import BinFile
 
 MODELS = ("tiny_a", "tiny_b", "tiny_hf_untied")  # tiny_b: GQA, group size 8; tiny_hf_untied: negative vocab_size
 

@@ -11,7 +11,7 @@ import llama2bin
 from llama2bin.checks.ccheck import find_compiler
 from llama2bin.cli import main
 from llama2bin.cli.export import split_versions_and_outputs
-from llama2bin.reader import BinFile
+from llama2bin.formats.reader import BinFile
 
 CKPT = os.path.join(DATA, "tiny_a.pt")
 

@@ -1,8 +1,10 @@
 """The format registry: one header table per format that encodes and decodes, identification
-from the header alone, and the layering (formats never import a later stage)."""
+from the header alone, and the layering of the whole package (no import from a later stage of
+the flow, no import cycles)."""
 
 import ast
 import os
+import sys
 
 import pytest
 from helpers import ROOT, run_cli
@@ -62,20 +64,104 @@ def test_help_says_which_programs_read_which_format():
     assert "run.c" in text and "runq.c" in text
 
 
-LATER = ("checks", "verify", "verify_hf", "functional", "ccheck", "forward", "report", "plots", "cli")
+# The flow, in order: a module may import its own stage, an earlier one and the foundation,
+# never a later stage. fetch/ obtains checkpoints, so it comes before the sources that read them.
+STAGES = ("fetch", "sources", "formats", "checks", "report", "cli")
+# Small modules every stage may use; they import only each other ("" is the package face).
+FOUNDATION = ("", "constants", "errors", "model", "safe_io", "atomic", "outputs_guard", "parallel", "progress",
+              "tokenizer", "demo")
+PACKAGE = os.path.join(ROOT, "src", "llama2bin")
 
 
-@pytest.mark.parametrize("package", ["sources", "formats"])
-def test_formats_and_sources_never_import_a_later_stage(package):
-    """The flow is sources -> formats -> checks -> report -> cli: no arrow back up."""
-    folder = os.path.join(ROOT, "src", "llama2bin", package)
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(".py"):
+def _modules() -> dict[str, str]:
+    """Every module of the package by dotted name (a package by its own name) -> its file."""
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, name), os.path.dirname(PACKAGE))[: -len(".py")]
+                parts = rel.split(os.sep)
+                found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = os.path.join(folder, name)
+    return found
+
+
+def _imports(module: str, path: str, modules: dict[str, str]) -> set[str]:
+    """The package's modules that `module` imports anywhere in its body (late imports included)."""
+    package = module.split(".") if path.endswith("__init__.py") else module.split(".")[:-1]
+    targets = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            bases = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (node.module or "").split(".") if node.level == 0 else \
+                package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
+            base = ".".join(base)
+            # `from . import hf` names a module; `from .layout import F32` names things in one
+            bases = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
             continue
-        tree = ast.parse(open(os.path.join(folder, name)).read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level >= 2:  # from ..x import
-                top = (node.module or "").split(".")[0]
-                assert top not in LATER, f"{package}/{name} imports {top}"
-                if package == "sources":
-                    assert top not in ("formats", "reader", "writer"), f"sources/{name} imports {top}"
+        targets.update(b for b in bases if b in modules and b != module)
+    return targets
+
+
+def _stage(module: str) -> str:
+    top = module.split(".")[1] if "." in module else ""
+    if top == "__main__":
+        return "cli"
+    assert top in STAGES or top in FOUNDATION, f"llama2bin.{top} is in no stage: add it to STAGES or FOUNDATION"
+    return top
+
+
+def test_no_module_imports_a_later_stage():
+    """The flow is fetch -> sources -> formats -> checks -> report -> cli: no arrow back up, and
+    the foundation imports no stage (so sources/ never reaches the reader or writer)."""
+    modules = _modules()
+    assert {"llama2bin.formats.reader", "llama2bin.cli.verify", "llama2bin.sources.base"} <= set(modules)
+    wrong = []
+    for module, path in modules.items():
+        stage = _stage(module)
+        for target in _imports(module, path, modules):
+            to = _stage(target)
+            if stage in FOUNDATION:
+                if to not in FOUNDATION:
+                    wrong.append(f"{module} (foundation) imports {target} ({to})")
+            elif to not in FOUNDATION and STAGES.index(to) > STAGES.index(stage):
+                wrong.append(f"{module} ({stage}) imports {target} ({to}), a later stage")
+    assert wrong == []
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {module: _imports(module, path, modules) for module, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in trail:
+            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(module):] + [module]))
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, trail + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_the_layering_checks_see_a_backward_import(tmp_path, monkeypatch):
+    """The checks above are only worth something if they fail: a sources/ module that imports the
+    reader, and two modules importing each other, are both caught."""
+    fake = tmp_path / "llama2bin"
+    for sub in ("sources", "formats"):
+        (fake / sub).mkdir(parents=True)
+        (fake / sub / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "sources" / "base.py").write_text("def f():\n    from ..formats.reader import BinFile\n")
+    (fake / "formats" / "reader.py").write_text("from ..sources import base\n")
+    (fake / "cli").mkdir()
+    (fake / "cli" / "verify.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", str(fake))
+    with pytest.raises(AssertionError, match=r"llama2bin.sources.base \(sources\) imports llama2bin.formats.reader"):
+        test_no_module_imports_a_later_stage()
+    with pytest.raises(AssertionError, match="import cycle: llama2bin.formats.reader -> llama2bin.sources.base -> "):
+        test_no_import_cycles()

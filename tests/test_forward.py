@@ -20,8 +20,8 @@ from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_mod
 
 from llama2bin.checks import forward  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
+from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.model import ModelConfig  # noqa: E402
-from llama2bin.reader import BinFile  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 # float32 vs float32, same math in a different order: differences are a few ulps of O(10) logits.

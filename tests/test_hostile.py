@@ -60,8 +60,8 @@ def _int_fields(version: int) -> dict[str, int]:
 def make_cases(out_dir: str) -> list[dict]:
     """Write every hostile file; return [{path, source, expect}] (expect: refuse | failures)."""
     from llama2bin import constants as C
+    from llama2bin.formats.reader import BinFile
     from llama2bin.formats.v0 import v0_layout_without_rope
-    from llama2bin.reader import BinFile
 
     bounds = {"dim": C.MAX_DIM, "hidden_dim": C.MAX_HIDDEN_DIM, "n_layers": C.MAX_LAYERS, "n_heads": C.MAX_HEADS,
               "n_kv_heads": C.MAX_HEADS, "vocab_size": C.MAX_VOCAB, "max_seq_len": C.MAX_SEQ_LEN}
@@ -133,7 +133,7 @@ def _cli(*argv: str) -> tuple[int, str]:
 def run_case(case: dict) -> dict:
     from llama2bin.checks.tensor import check_tensors
     from llama2bin.errors import Llama2binError
-    from llama2bin.reader import BinFile
+    from llama2bin.formats.reader import BinFile
     from llama2bin.sources import open_source
 
     seen: dict = {}

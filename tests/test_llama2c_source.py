@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run_cli, save_llama2c
 
-from llama2bin.reader import BinFile
+from llama2bin.formats.reader import BinFile
 from llama2bin.sources import open_source
 
 

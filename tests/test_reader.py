@@ -10,7 +10,7 @@ from helpers import DATA, assert_one_line_error, run_cli
 from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.errors import Llama2binError
-from llama2bin.reader import BinFile
+from llama2bin.formats.reader import BinFile
 
 GOLDEN = os.path.join(DATA, "tiny_a.v0.bin")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from llama_checkpoints import Spec, hf_model, run, save_hf
 
+from llama2bin.formats.reader import BinFile
 from llama2bin.formats.rope import ROPE_CHUNK_ROWS, rope_chunks, rope_tables
-from llama2bin.reader import BinFile
 
 
 def _whole(head_size: int, seq_len: int, theta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import pytest
 from helpers import DATA, run_cli
 
 from llama2bin.checks.tensor import check_tensors
-from llama2bin.reader import BinFile
+from llama2bin.formats.reader import BinFile
 from llama2bin.sources import open_source
 
 

@@ -174,21 +174,4 @@ def check_outputs(inputs: Sequence[str], outputs: Sequence[str | Output]) -> Non
                 raise Llama2binError(f"{other.path}: output lies inside output directory {out.path}")
 
 
-def fetch_outputs(model: str, spec, dest: str | None, path: str | None,  # type: ignore[no-untyped-def]
-                  hf_cache: str | None) -> tuple[list[str], list[str | Output]]:
-    """(inputs, outputs) of `llama2bin fetch`: DEST/SOURCE.json, plus DEST/<file> (url) or
-    DEST/snapshot/ (repo); the local --path and the hub cache are read."""
-    from .fetch import SNAPSHOT_DIR, SOURCE_JSON, check_model_name, default_dest
-
-    check_model_name(model)  # fetch() checks these again; DEST and the file name are made of them
-    spec.validate(f"model {model}")
-    folder = os.path.normpath(dest or default_dest(model))
-    outputs: list[str | Output] = [os.path.join(folder, SOURCE_JSON)]
-    if spec.kind == "url":
-        outputs.append(spec.checkpoint_path(folder))
-    elif spec.kind == "repo":
-        outputs.append(Output(os.path.join(folder, SNAPSHOT_DIR), directory=True))
-    return [p for p in (path, hf_cache) if p], outputs
-
-
-__all__ = ["Output", "check_outputs", "fetch_outputs"]
+__all__ = ["Output", "check_outputs"]

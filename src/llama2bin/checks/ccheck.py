@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import Llama2binError
 from ..formats import json_version
-from ..reader import BinFile
+from ..formats.reader import BinFile
 from .eval_tokens import random_tokens
 from .forward import F32, Q8, bin_logits
 

@@ -31,8 +31,8 @@ import numpy as np
 
 from ..errors import Llama2binError
 from ..formats.layout import F32 as F32_ENCODING
+from ..formats.reader import BinFile, BinTensor
 from ..model import ModelConfig, layer_name
-from ..reader import BinFile, BinTensor
 from ..sources.base import CHUNK_BYTES, Source
 
 F32 = "f32"

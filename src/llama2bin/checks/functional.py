@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import Llama2binError
-from ..formats import DIRECTORY, output_format
-from ..reader import BinFile
+from ..formats import DIRECTORY
+from ..formats.reader import BinFile, open_output, output_format
 from ..sources.base import Source
 from .eval_tokens import EvalTokens
 from .forward import ARITHMETICS, F32, BinWeights, LazyWeights, SourceWeights, classify, hidden_states
@@ -145,7 +145,7 @@ def _open_output(path: str, reference: ReferenceModel) -> tuple[Any, LazyWeights
     cfg = reference.config
     spec = output_format(path)
     if spec.kind == DIRECTORY:  # hf: read back as a source (canonical tensors, q/k un-permuted)
-        exported = spec.open(path)
+        exported = open_output(spec, path)
         if exported.config.shapes() != cfg.shapes():
             exported.close()
             raise Llama2binError(f"{path}: its tensors do not have the source's shapes")

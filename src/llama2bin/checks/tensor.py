@@ -27,10 +27,10 @@ from ..formats import json_version
 from ..formats.layout import F32, PARAM_NAMES, ROPE_COS, ROPE_SIN
 from ..formats.q8_0 import ABS_MASK as _ABS_MASK
 from ..formats.q8_0 import Scratch, group_scales_into, process_scratch
+from ..formats.reader import BinFile, BinTensor
 from ..formats.rope import rope_chunks, rope_json
 from ..parallel import ForkedCall, ForkPool, default_workers
 from ..progress import Progress
-from ..reader import BinFile, BinTensor
 from ..safe_io import open_regular
 from ..sources.base import Source, TensorRef, row_chunks
 

@@ -55,7 +55,7 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> TensorCh
         pool.close()
     if unaccounted:
         result.failures.append(f"{WEIGHTS_NAME}: {unaccounted} bytes of its data section belong to no tensor")
-    with HF.open(out_dir) as exported:
+    with HF.open_directory(out_dir) as exported:
         names = list(cfg.shapes())
         for name in sorted(set(exported.config.shapes()) - set(names)):
             result.failures.append(f"{WEIGHTS_NAME}: unexpected tensor {hf_name(name)}")

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..formats import DIRECTORY, output_format
+from ..formats import DIRECTORY
+from ..formats.reader import output_format
 from ..sources.base import Source
 from .ccheck import CCheckResult, Consumer, c_check
 from .forward import F32

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from collections.abc import Sequence
 
 from .. import __version__
@@ -140,7 +139,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread (main() embedded in another program)
         pass
     return run_reporting_errors(args.func, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..formats import DIRECTORY, output_format
+from ..formats import DIRECTORY
 from ..formats.layout import PARAM_NAMES
+from ..formats.reader import BinFile, open_output, output_format
 from ..model import hf_name
-from ..reader import BinFile
 
 
 def describe_output(path: str) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def describe_output(path: str) -> dict[str, Any]:
 
 def _describe_directory(path: str) -> dict[str, Any]:
     spec = output_format(path)
-    with spec.open(path) as source:
+    with open_output(spec, path) as source:
         cfg = source.config
         tensors = []
         for name in cfg.shapes():

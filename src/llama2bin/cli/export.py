@@ -50,7 +50,7 @@ def add_export_format_args(p: argparse.ArgumentParser, formats: list[str]) -> No
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..writer import export
+    from ..formats.writer import export
 
     args.version, args.outputs = split_versions_and_outputs(args.version, args.outputs)
     if not args.outputs:

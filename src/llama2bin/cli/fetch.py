@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import Llama2binError
-from ..outputs_guard import check_outputs, fetch_outputs
+from ..outputs_guard import Output, check_outputs
 
 
 def add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
@@ -39,6 +40,23 @@ def add_fetch_parser(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--hf-cache", metavar="DIR", help="Hugging Face cache (default HF_HUB_CACHE, else ~/.cache/huggingface/hub)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_fetch)
+
+
+def fetch_outputs(model: str, spec, dest: str | None, path: str | None,  # type: ignore[no-untyped-def]
+                  hf_cache: str | None) -> tuple[list[str], list[str | Output]]:
+    """(inputs, outputs) of `llama2bin fetch`: DEST/SOURCE.json, plus DEST/<file> (url) or
+    DEST/snapshot/ (repo); the local --path and the hub cache are read."""
+    from ..fetch import SNAPSHOT_DIR, SOURCE_JSON, check_model_name, default_dest  # late: keeps CLI start-up light
+
+    check_model_name(model)  # fetch() checks these again; DEST and the file name are made of them
+    spec.validate(f"model {model}")
+    folder = os.path.normpath(dest or default_dest(model))
+    outputs: list[str | Output] = [os.path.join(folder, SOURCE_JSON)]
+    if spec.kind == "url":
+        outputs.append(spec.checkpoint_path(folder))
+    elif spec.kind == "repo":
+        outputs.append(Output(os.path.join(folder, SNAPSHOT_DIR), directory=True))
+    return [p for p in (path, hf_cache) if p], outputs
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

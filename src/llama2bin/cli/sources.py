@@ -39,7 +39,7 @@ def open_source_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-
     elif args.meta_llama:
         kind, path = "meta", args.meta_llama
     elif args.bin:  # an existing .bin: read through the reader, so it is not one of sources/' kinds
-        from ..bin_source import BinSource
+        from ..formats.bin_source import BinSource
 
         return BinSource(args.bin, max_seq_len=args.max_seq_len, allow_rope_theta=args.allow_rope_theta)
     else:

@@ -274,18 +274,15 @@ class FormatSpec:
     def title(self) -> str:
         return self.report_title or f"version {self.name}"
 
-    def open(self, path: str) -> Any:
-        """Read an output of this format back: a reader.BinFile for a .bin, a sources.Source
-        (canonical tensors) for a directory."""
-        if self.kind == DIRECTORY:
-            from ..sources import open_source
+    def open_directory(self, path: str) -> Any:
+        """Read back an output of this DIRECTORY format: a sources.Source (canonical tensors).
+        A FILE format has no opener of its own: formats/reader.py reads it through its layout."""
+        if self.kind != DIRECTORY or self.source_kind is None:
+            raise ValueError(f"format {self.name} is not a directory format")
+        from ..sources import open_source  # an earlier stage: sources never import formats
 
-            assert self.source_kind is not None
-            # what the directory holds is checked against the source, so nothing is refused here
-            return open_source(self.source_kind, path, allow_rope_theta=True)
-        from ..reader import BinFile
-
-        return BinFile(path)
+        # what the directory holds is checked against the source, so nothing is refused here
+        return open_source(self.source_kind, path, allow_rope_theta=True)
 
     @property
     def header_version(self) -> int:

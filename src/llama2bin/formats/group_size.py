@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 import sys
 
-from .constants import DEFAULT_GROUP_SIZE
-from .errors import Llama2binError
-from .formats import format_spec
-from .formats.q8_0 import choose_group_size
-from .model import ModelConfig
+from ..constants import DEFAULT_GROUP_SIZE
+from ..errors import Llama2binError
+from ..model import ModelConfig
+from .q8_0 import choose_group_size
+from .registry import format_spec
 
 
 def _divides_rows(cfg: ModelConfig, gs: int) -> bool:

@@ -7,8 +7,8 @@ quantizing a second time (dequantize + requantize is not guaranteed to give the 
 fl(fl(127 * s) / 127) need not equal s). Verification compares against these tensors: bit for
 bit, q and scales included, where they were carried over.
 
-It lives beside reader.py, not in sources/: it reads a .bin through the reader and the format
-registry, a later stage than the checkpoint sources (tests/test_formats.py keeps sources/ free
+It lives in formats/ beside reader.py, not in sources/: it reads a .bin through the reader and
+the format registry, a later stage than the checkpoint sources (tests/test_formats.py keeps sources/ free
 of them). The CLI opens it for --bin.
 
 Like every source, nothing is read until rows are asked for, and then only those rows (preadv,
@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import Llama2binError
-from .formats.layout import F32, Q8
-from .formats.rope import stored_rope_theta
-from .model import ModelConfig
+from ..errors import Llama2binError
+from ..model import ModelConfig
+from ..sources.base import FilePool, RawTensor, Source, TensorRef
+from ..sources.policy import rope_theta_departure
+from .layout import F32, Q8
 from .reader import BinFile
-from .sources.base import FilePool, RawTensor, Source, TensorRef
-from .sources.policy import rope_theta_departure
+from .rope import stored_rope_theta
 
 
 @dataclass

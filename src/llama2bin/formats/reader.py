@@ -13,14 +13,15 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from . import constants as C
-from .errors import Llama2binError
-from .formats import FormatSpec, identify
-from .formats.layout import F32, PARAM_NAMES, Q8, SCALE, Encoding, Layout
-from .formats.v0 import v0_layout_without_rope
+from .. import constants as C
+from ..errors import Llama2binError
+from .layout import DIRECTORY, F32, PARAM_NAMES, Q8, SCALE, Encoding, FormatSpec, Layout
+from .registry import FORMATS, identify
+from .v0 import v0_layout_without_rope
 
 
 @dataclass(frozen=True)
@@ -171,3 +172,20 @@ class BinFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def output_format(path: str) -> FormatSpec:
+    """The format of an existing output: a directory is the directory format (hf); a file is
+    identified from its header (refused like any unreadable .bin)."""
+    if os.path.isdir(path):
+        return next(spec for spec in FORMATS.values() if spec.kind == DIRECTORY)
+    with BinFile(path) as bf:
+        return bf.spec
+
+
+def open_output(spec: FormatSpec, path: str) -> Any:
+    """Read an output of `spec` back: a BinFile for a .bin (FILE formats are read through their
+    layout, here), the format's own opener (a sources.Source) for a directory."""
+    if spec.kind == DIRECTORY:
+        return spec.open_directory(path)
+    return BinFile(path)

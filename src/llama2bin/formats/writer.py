@@ -25,16 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import AtomicOutput, check_free_space
-from .errors import Llama2binError
-from .formats import format_spec
-from .formats.layout import F32, Q8, ROPE_COS, ROPE_SIN, Layout
-from .formats.q8_0 import all_finite, process_scratch, quantize_into
-from .formats.rope import rope_chunks
+from ..atomic import AtomicOutput, check_free_space
+from ..errors import Llama2binError
+from ..parallel import ForkPool, default_workers
+from ..progress import Progress
+from ..sources.base import Source, row_chunks
 from .group_size import chunk_alignment, plan_group_sizes
-from .parallel import ForkPool, default_workers
-from .progress import Progress
-from .sources.base import Source, row_chunks
+from .layout import F32, Q8, ROPE_COS, ROPE_SIN, Layout
+from .q8_0 import all_finite, process_scratch, quantize_into
+from .registry import format_spec
+from .rope import rope_chunks
 
 
 @dataclass
