@@ -7,7 +7,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # runs the benchmark end to end
 
 
 def _table(md: str, heading: str) -> list[list[str]]:

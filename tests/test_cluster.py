@@ -16,7 +16,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # every test runs Snakemake through the cluster executor
 
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
 MARKER = "LLAMA2BIN_TEST_SUBMITTER_ONLY"  # set in the submitting process only

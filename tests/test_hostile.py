@@ -26,6 +26,7 @@ import sys
 import traceback
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
@@ -175,6 +176,7 @@ def _one_error_line(stderr: str) -> bool:
     return len(lines) == 1 and lines[0].startswith("llama2bin: error:") and "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_hostile_files_are_refused_or_fail_verification_within_a_memory_cap(tmp_path):
     cases = make_cases(str(tmp_path))
     cases_json = tmp_path / "cases.json"

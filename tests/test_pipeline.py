@@ -10,6 +10,8 @@ import sys
 import pytest
 from helpers import ROOT
 
+pytestmark = pytest.mark.slow  # runs Snakemake on real configs
+
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow")
 
 

@@ -25,6 +25,8 @@ from helpers import ROOT, preset_arrays, run_cli, save_llama2c
 
 from llama2bin.atomic import AtomicOutput
 
+pytestmark = pytest.mark.slow  # kills and re-runs real exports and Snakemake runs
+
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
 VERSIONS = (0, 1, 2)
 SHAPE = {"dim": 320, "n_layers": 5, "n_heads": 5, "n_kv_heads": None, "vocab_size": 8192, "multiple_of": 256,
