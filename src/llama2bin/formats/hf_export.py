@@ -26,6 +26,7 @@ from ..model import ModelConfig, hf_name
 from ..progress import Progress
 from ..sources.base import Source, row_chunks
 from .hf import CONFIG_NAME, OUTPUT_FILES, WEIGHTS_NAME, hf_config, rotary_heads, to_hf_rows
+from .writer import pwrite_all
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,6 @@ def safetensors_layout(cfg: ModelConfig) -> SafetensorsLayout:
     header = struct.pack("<Q", len(text)) + text
     entries = tuple(SafetensorsEntry(c, n, s, len(header) + off, nb) for c, n, s, off, nb in placed)
     return SafetensorsLayout(header, entries, len(header) + pos)
-
-
-def _pwrite(fd: int, data: np.ndarray | bytes, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
 
 
 def _chunks(cfg: ModelConfig, canonical: str, t) -> list[tuple[int, int]]:
@@ -124,7 +117,7 @@ def export_hf(source: Source, out_dir: str, quiet: bool = False) -> HfExportResu
 def _write_small(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        _pwrite(fd, data, 0)
+        pwrite_all(fd, data, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -163,7 +156,7 @@ def _write_weights(source: Source, path: str, layout: SafetensorsLayout, quiet: 
             os.posix_fallocate(fd, 0, layout.size)  # a full disk fails now, not after the work
         except OSError as e:
             raise Llama2binError(f"{path}: cannot reserve {layout.size} bytes: {e.strerror}") from None
-        _pwrite(fd, layout.header, 0)
+        pwrite_all(fd, layout.header, 0)
         for entry in layout.entries:
             t = source.tensor(entry.canonical)
             permuted = rotary_heads(cfg, entry.canonical) is not None
@@ -173,7 +166,7 @@ def _write_weights(source: Source, path: str, layout: SafetensorsLayout, quiet: 
                     raise Llama2binError(f"{source.path}: tensor {t.name} contains NaN or Inf")
                 if permuted:
                     rows = to_hf_rows(rows, cfg.head_size)
-                _pwrite(fd, rows.astype("<f4", copy=False), entry.offset + 4 * start * t.cols)
+                pwrite_all(fd, rows.astype("<f4", copy=False), entry.offset + 4 * start * t.cols)
                 progress.update(rows.nbytes)
         os.fsync(fd)
     finally:

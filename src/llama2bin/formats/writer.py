@@ -51,8 +51,10 @@ class ExportResult:
         return f"max quantization group error across all weights: {self.max_errors[worst]} ({worst})"
 
 
-def _pwrite(fd: int, data: np.ndarray, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+def pwrite_all(fd: int, data: np.ndarray | bytes, offset: int) -> None:
+    """Write all of `data` at `offset` (os.pwrite may write less than asked). Positional writes
+    let every section be filled in any order, by any worker, without seeking a shared offset."""
+    view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
@@ -114,7 +116,7 @@ def export(
     try:
         for path, layout in layouts.items():
             outputs[path].allocate(layout.size)
-            _pwrite(outputs[path].fd, np.frombuffer(layout.header, np.uint8), 0)
+            pwrite_all(outputs[path].fd, np.frombuffer(layout.header, np.uint8), 0)
         _stream_tensors(source, layouts, outputs, result, threads, quiet)
         for out in outputs.values():
             out.commit()
@@ -173,7 +175,7 @@ def _stream_tensors(
         if carried is None and not by_gs and not all_finite(values):
             raise Llama2binError(f"{source.path}: tensor {t.name} contains NaN or Inf")
         for fd, offset in f32:
-            _pwrite(fd, values, offset + 4 * first)
+            pwrite_all(fd, values, offset + 4 * first)
             _start_writeback(fd, offset + 4 * first, values.nbytes)
         for gs, (q8, scale) in by_gs.items():
             if gs == carried:  # same group size: no second quantization, the bytes carry over
@@ -186,10 +188,10 @@ def _stream_tensors(
                     raise Llama2binError(f"{source.path}: tensor {t.name} contains NaN or Inf")
                 err = max(err, gerr)
             for fd, offset in q8:
-                _pwrite(fd, q, offset + first)
+                pwrite_all(fd, q, offset + first)
                 _start_writeback(fd, offset + first, q.nbytes)
             for fd, offset in scale:
-                _pwrite(fd, s, offset + 4 * (first // gs))
+                pwrite_all(fd, s, offset + 4 * (first // gs))
         return values.nbytes, err
 
     cfg = source.config
@@ -203,7 +205,7 @@ def _stream_tensors(
             for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, cfg.rope_theta):
                 for path, sec in rope_sections:
                     table = cos if sec.tensor == ROPE_COS else sin
-                    _pwrite(outputs[path].fd, table, sec.offset + 4 * row * table.shape[1])
+                    pwrite_all(outputs[path].fd, table, sec.offset + 4 * row * table.shape[1])
         progress = Progress(total, "export", quiet=quiet)  # after the forks: tqdm may start a thread
         try:
             for task, (nbytes, err) in zip(tasks, pool.results(), strict=True):
