@@ -105,8 +105,8 @@ def test_weights_from_quantized_bin_are_the_dequantized_values():
     with BinFile(os.path.join(DATA, "tiny_b.v2.bin")) as bf:
         weights = forward.weights_from_bin(bf)
         t = bf.tensors["layers.1.feed_forward.w2"]
-        q = np.asarray(t.values, dtype=np.float32).reshape(-1, bf.group_size)
-        expected = (q * np.asarray(t.scales)[:, None]).reshape(t.shape)
+        q, scales = t.read_q8(0, t.rows)
+        expected = (q.astype(np.float32).reshape(-1, bf.group_size) * scales[:, None]).reshape(t.shape)
     assert np.array_equal(weights["layers.1.feed_forward.w2"], expected)
 
 

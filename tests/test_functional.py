@@ -39,7 +39,7 @@ from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
 from llama2bin.report.plots import render_model_png  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 
 # float32 vs float32, same math in a different order (as in test_forward.py).
 ATOL, RTOL = 1e-4, 1e-5

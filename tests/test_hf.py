@@ -36,7 +36,7 @@ from llama_checkpoints import (  # noqa: E402
 from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
 from llama2bin.checks.tensor import check_tensors  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.sources.hf import HfRotaryRef  # noqa: E402
 from llama2bin.sources.safetensors import SafetensorsFile  # noqa: E402
 
@@ -396,7 +396,7 @@ def test_refusal_through_the_real_process(checkpoints, tmp_path):
 
 _PEAK_RSS_SCRIPT = r"""
 import json, sys
-from llama2bin.sources import open_source
+from llama2bin.formats.source_registry import open_source
 from llama2bin.formats.writer import export
 
 def status_kb(key):

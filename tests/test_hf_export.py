@@ -18,12 +18,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from llama2bin.checks.tensor_hf import verify_hf_dir  # noqa: E402
+from llama2bin.checks.tensor import check_tensors  # noqa: E402
+from llama2bin.formats.families import open_output  # noqa: E402
 from llama2bin.cli import main  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.formats.hf import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 from llama2bin.formats.hf_export import export_hf  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 
 try:  # the numpy reference forward, when this build has it
     from llama2bin.checks import forward
@@ -36,6 +37,12 @@ PREFIX = "_orig_mod."
 
 # ---- independent references ---------------------------------------------------------------
 
+
+
+def _check(out: str, source):  # type: ignore[no-untyped-def]
+    """The round trip of an hf directory, as verify runs it."""
+    with open_output(out) as output:
+        return check_tensors(output, source, quiet=True)
 
 def load_llama2c(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -163,7 +170,7 @@ def test_llama2c_checkpoint_logits_match(name, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(out, source, quiet=True)
+        result = _check(out, source)
         assert result.passed, result.failures
         assert len(result.tensors) == len(keys) and all(t.max_abs_err == 0.0 for t in result.tensors)
         if forward is not None:  # the project's numpy float32 oracle agrees as well
@@ -197,7 +204,7 @@ def test_wrong_kv_permutation_would_be_caught(tmp_path):
     want = llama2c_logits(sd, args, tokens)
     assert np.abs(hf_logits(str(bad), tokens) - want).max() > 1e-2
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(str(bad), source, quiet=True)
+        result = _check(str(bad), source)
     assert not result.passed and "k_proj" in result.failures[0]
 
 
@@ -259,7 +266,7 @@ def test_hf_source_round_trip(tmp_path):
     out = str(tmp_path / "hf")
     with open_source("hf", os.path.join(DATA, "tiny_hf_untied")) as source:
         export_hf(source, out, quiet=True)
-        assert verify_hf_dir(out, source, quiet=True).passed
+        assert _check(out, source).passed
     original = safetensors_torch.load_file(os.path.join(DATA, "tiny_hf_untied", WEIGHTS_NAME))
     exported = safetensors_torch.load_file(os.path.join(out, WEIGHTS_NAME))
     assert set(exported) == set(original)
@@ -285,7 +292,7 @@ def test_verify_detects_a_flipped_bit(tmp_path):
     data[8 + int(n) + begin + 4 * 37 + 1] ^= 0x01
     open(path, "wb").write(bytes(data))
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(out, source, quiet=True)
+        result = _check(out, source)
     assert result.failures == [f"tensor model.layers.1.self_attn.k_proj.weight: element "
                                f"{_canonical_index(37, 8, 32)} differs from the float32 source"]
     assert main(["verify", out, "--checkpoint", ckpt, "--quiet"]) == 1
@@ -306,7 +313,7 @@ def test_verify_detects_bytes_outside_every_tensor(tmp_path):
     with open(os.path.join(out, WEIGHTS_NAME), "ab") as f:
         f.write(b"\0" * 12)
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(out, source, quiet=True)
+        result = _check(out, source)
     assert result.failures == [f"{WEIGHTS_NAME}: 12 bytes of its data section belong to no tensor"]
 
 
@@ -314,7 +321,7 @@ def test_verify_detects_config_mismatch(tmp_path):
     out = str(tmp_path / "hf")
     export(os.path.join(DATA, "tiny_a.pt"), out)
     with open_source("llama2c", os.path.join(DATA, "tiny_b.pt")) as other:
-        result = verify_hf_dir(out, other, quiet=True)
+        result = _check(out, other)
     assert not result.passed and result.failures[0].startswith("config.json: hidden_size is 32")
 
 

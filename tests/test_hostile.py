@@ -135,7 +135,7 @@ def run_case(case: dict) -> dict:
     from llama2bin.checks.tensor import check_tensors
     from llama2bin.errors import Llama2binError
     from llama2bin.formats.reader import BinFile
-    from llama2bin.sources import open_source
+    from llama2bin.formats.source_registry import open_source
 
     seen: dict = {}
     try:

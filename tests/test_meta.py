@@ -36,7 +36,7 @@ from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
 from llama2bin.checks.tensor import check_tensors  # noqa: E402
 from llama2bin.constants import DEFAULT_MAX_SEQ_LEN  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.sources.meta import ConcatTensor  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-5

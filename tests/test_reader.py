@@ -22,8 +22,8 @@ def test_reader_reads_v0_tensors_at_seed_offsets():
         emb = bf.tensors["tok_embeddings"]
         # v0 puts the embeddings right after the 28-byte header
         assert emb.offset == 28 and emb.shape == (64, 32)
-        np.testing.assert_array_equal(emb.dequantize().reshape(-1), np.frombuffer(raw, "<f4", 64 * 32, 28))
-        assert isinstance(emb.values, np.ndarray) and not emb.values.flags.owndata  # a view, not a copy
+        np.testing.assert_array_equal(emb.read_all().reshape(-1), np.frombuffer(raw, "<f4", 64 * 32, 28))
+        assert emb.encoding == "f32" and emb.nbytes == 64 * 32 * 4  # read lazily, at its offset, as stored
 
 
 def test_reader_dequantizes_q8_like_the_format_says():
@@ -33,7 +33,7 @@ def test_reader_dequantizes_q8_like_the_format_says():
         t = bf.tensors["tok_embeddings"]
         q = np.frombuffer(raw, np.int8, 80 * 40, t.offset)
         s = np.frombuffer(raw, "<f4", 80 * 40 // 8, t.offset + 80 * 40)  # v2: scales right after q
-        np.testing.assert_array_equal(t.dequantize().reshape(-1), (q.reshape(-1, 8) * s[:, None]).reshape(-1))
+        np.testing.assert_array_equal(t.read_all().reshape(-1), (q.reshape(-1, 8) * s[:, None]).reshape(-1))
 
 
 def test_inspect_json_lists_every_tensor():
@@ -150,7 +150,7 @@ def test_reader_reads_1f_float32_norms_first():
         assert first.offset == 256
         assert bf.layout.sections[-1].tensor == "output"  # untied: the classifier last, no rope tables
         for name in v0.config.shapes():  # the same float32 weights as the golden v0 of the model
-            np.testing.assert_array_equal(bf.tensors[name].dequantize(), v0.tensors[name].dequantize())
+            np.testing.assert_array_equal(bf.tensors[name].read_all(), v0.tensors[name].read_all())
 
 
 def test_inspect_names_the_format_in_words():

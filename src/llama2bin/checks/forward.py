@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import Llama2binError
-from ..formats.layout import F32 as F32_ENCODING
-from ..formats.reader import BinFile, BinTensor
+from ..formats.output import Output
+from ..formats.reader import BinFile
 from ..model import ModelConfig, layer_name
-from ..sources.base import CHUNK_BYTES, Source
+from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef
 
 F32 = "f32"
 Q8 = "q8"
@@ -92,35 +92,29 @@ class LazyWeights(Mapping):
 
 
 class BinWeights(LazyWeights):
-    """The weights of an open `BinFile`, dequantized on access; pages are released after each
-    read so the file's weights never accumulate in this process. Valid while the file is open."""
+    """The weights of an opened output (formats.output.Output), dequantized on access; valid
+    while it is open."""
 
-    def __init__(self, bf: BinFile):
-        self.bf = bf
-        self.config = bf.config
-        self.group_size = bf.group_size
+    def __init__(self, output: Output):
+        self.output = output
+        self.config = output.config
+        self.group_size = output.group_size
 
-    def tensor(self, name: str) -> BinTensor:
-        return self.bf.tensors[self._resolve(name)]
+    def tensor(self, name: str) -> TensorRef:
+        return self.output.tensors[self._resolve(name)]
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        t = self.tensor(name)
-        cols = t.cols
-        rows = np.array(t.read(start * cols, stop * cols), dtype=np.float32, copy=True).reshape(stop - start, cols)
-        self.bf.release(t)
-        return rows
+        return self.tensor(name).read_rows(start, stop)
 
     def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
         t = self.tensor(name)
-        if t.encoding == F32_ENCODING:
-            raise Llama2binError(f"{self.bf.path}: tensor {name} is float32, not Q8_0")
+        if t.encoding != TensorEncoding.Q8_0:
+            raise Llama2binError(f"{self.output.path}: tensor {name} is float32, not Q8_0")
         cols, gs = t.cols, t.group_size
         assert gs and cols % gs == 0
-        q = np.array(t.values[start * cols : stop * cols], copy=True).reshape(stop - start, cols)
-        s = np.array(t.scales[start * cols // gs : stop * cols // gs], copy=True).reshape(stop - start, cols // gs)
-        self.bf.release(t)
-        return q, s
+        q, s = t.read_q8(start, stop)
+        return q.reshape(stop - start, cols), s.reshape(stop - start, cols // gs)
 
 
 class SourceWeights(LazyWeights):
@@ -134,7 +128,7 @@ class SourceWeights(LazyWeights):
         return self.source.tensor(self._resolve(name)).read_rows(start, stop)
 
 
-def weights_from_bin(bf: BinFile) -> dict[str, np.ndarray]:
+def weights_from_bin(bf: Output) -> dict[str, np.ndarray]:
     """Every weight of an opened .bin as float32 in its canonical shape (Q8_0 dequantized);
     `output` is the embedding matrix when the classifier is shared. This loads the whole model
     (tests and tiny models); `BinWeights(bf)` is the lazy equivalent."""

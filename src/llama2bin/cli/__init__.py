@@ -11,7 +11,7 @@ import signal
 from collections.abc import Sequence
 
 from .. import __version__
-from ..formats import DIRECTORY, FORMATS
+from ..formats import FORMATS
 from . import arg_types
 from .errors import ErrorLineParser, run_reporting_errors
 from .export import add_export_format_args, cmd_export
@@ -22,7 +22,7 @@ from .tools import cmd_c_check, cmd_demo, cmd_inspect, cmd_tokenizer
 from .verify import add_parsers as add_verify_parsers
 
 VERSION_HELP = "\n".join(
-    f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
+    f"  {name}: {spec.description}{'; OUT is a directory' if spec.directory else ''}\n"
     f"      read by {spec.read_by}; loses {spec.loses}"
     for name, spec in FORMATS.items()
 )

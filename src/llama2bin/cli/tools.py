@@ -10,7 +10,7 @@ import sys
 from ..atomic import write_atomic
 from ..errors import Llama2binError
 from ..outputs_guard import check_outputs
-from .sources import open_source_from_args, source_paths
+from .sources import named_source, open_source_from_args, source_paths
 
 
 def _dump_json(obj: object) -> str:
@@ -72,7 +72,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
     check_outputs([args.model, *source_paths(args)], [args.output])
     vocab_size = args.vocab_size
-    if args.checkpoint or args.meta_llama or args.hf or args.bin:  # check against the model it will run with
+    if named_source(args):  # check against the model it will run with
         with open_source_from_args(args) as source:
             if vocab_size is not None and vocab_size != source.config.vocab_size:
                 raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")

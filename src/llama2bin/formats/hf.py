@@ -4,8 +4,10 @@ The directory holds `config.json` (a LlamaConfig) and `model.safetensors` (float
 `formats.hf_export`). q_proj and k_proj get their rows permuted from the interleaved rotary
 layout llama2.c/Meta use to the half-rotation layout Hugging Face uses - the inverse of
 FORMATS.md's un-permutation, with n_heads for q and n_kv_heads for k. A shared classifier is
-`tie_word_embeddings` with no `lm_head` tensor. It is read back as any HF checkpoint is: through
-`sources/hf.py` (one safetensors parser, one un-permutation).
+`tie_word_embeddings` with no `lm_head` tensor. It is read back (`HfDirectory`) as any HF
+checkpoint is: through `sources/hf.py` (one safetensors parser, one un-permutation), in
+hf_directory.py.
+docs/formats.md has the bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..model import ModelConfig
-from .layout import DIRECTORY, FormatSpec
+from .spec import HF_DIRECTORY, FormatSpec
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -27,10 +29,11 @@ EOS_TOKEN_ID = 2
 SPEC = FormatSpec(
     name="hf",
     description="Hugging Face Llama directory (config.json, float32 model.safetensors)",
-    kind=DIRECTORY,
+    family=HF_DIRECTORY,
     read_by="transformers (LlamaForCausalLM.from_pretrained) and tools that load Hugging Face Llama checkpoints",
     loses="nothing of the weights (float32); q_proj/k_proj rows are permuted to Hugging Face's rotary layout",
-    source_kind="hf",
+    file_label="hf",
+    file_name="hf",
     report_title="Hugging Face directory",
 )
 

@@ -1,7 +1,8 @@
 """v0: the legacy float32 layout (the seed's `legacy_export`; llama2.c `run.c`)."""
 
 from ..model import ModelConfig
-from .layout import F32, FILE, ROPE_COS, ROPE_SIN, V0_HEADER, FormatSpec, Layout, SectionSpec, build_layout, v0_weight_order
+from .layout import F32, ROPE_COS, ROPE_SIN, V0_HEADER, Layout, SectionSpec, build_layout, v0_weight_order
+from .spec import LLAMA2C_BIN, FormatSpec
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -14,7 +15,7 @@ def _order(cfg: ModelConfig) -> list[SectionSpec]:
 SPEC = FormatSpec(
     name="0",
     description="llama2.c v0 (float32, legacy export; no magic)",
-    kind=FILE,
+    family=LLAMA2C_BIN,
     header=V0_HEADER,
     order=_order,
     negative_vocab_unshared=True,

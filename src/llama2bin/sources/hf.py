@@ -26,7 +26,7 @@ import numpy as np
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig, canonical_name, hf_name
-from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
+from .base import FilePool, RawTensor, Source, TensorRef, check_tensors, tensors_equal
 from .policy import (
     bool_field,
     int_field,
@@ -67,6 +67,7 @@ class HfRotaryRef(TensorRef):
         self.src = src
         self.name = src.name
         self.shape = src.shape
+        self.encoding = src.encoding  # the permutation moves rows, the values stay as stored
         self.head_size = head_size
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
@@ -156,6 +157,7 @@ class HfSource(Source):
         self._pool = FilePool()
         try:
             raw, self._weights_desc = self._find_weights(path)
+            self.stored: dict[str, RawTensor] = raw  # by Hugging Face key, as the files store them
             self._open(path, config_path, cfg, raw, theta, departures, max_seq_len)
         except BaseException:
             self._pool.close()
@@ -165,7 +167,7 @@ class HfSource(Source):
 
     # ---- weights ----------------------------------------------------------------------
 
-    def _find_weights(self, path: str) -> tuple[dict[str, TensorRef], dict[str, Any]]:
+    def _find_weights(self, path: str) -> tuple[dict[str, RawTensor], dict[str, Any]]:
         """HF name -> lazy raw tensor, from whichever weight files the directory has."""
         # lexists, not isfile: a weight file that is a FIFO, a device or a dangling link is opened
         # (and refused by name by safe_io) rather than skipped as if it were absent.
@@ -210,8 +212,8 @@ class HfSource(Source):
                 raise Llama2binError(f"{index_path}: shard {entry} is in the directory but missing from the index")
         return weight_map
 
-    def _safetensors_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, TensorRef]:
-        raw: dict[str, TensorRef] = {}
+    def _safetensors_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, RawTensor]:
+        raw: dict[str, RawTensor] = {}
         opened = {f: SafetensorsFile(os.path.join(path, f), self._pool) for f in files}
         for file, st in opened.items():
             for name in st.names:
@@ -228,8 +230,8 @@ class HfSource(Source):
                     raise Llama2binError(f"{opened[file].path}: has no tensor {name}, which the index puts there")
         return raw
 
-    def _bin_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, TensorRef]:
-        raw: dict[str, TensorRef] = {}
+    def _bin_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, RawTensor]:
+        raw: dict[str, RawTensor] = {}
         for file in files:
             shard = os.path.join(path, file)
             z = TorchZip(shard, self._pool)
@@ -260,7 +262,7 @@ class HfSource(Source):
         path: str,
         config_path: str,
         cfg: dict[str, Any],
-        raw: dict[str, TensorRef],
+        raw: dict[str, RawTensor],
         theta: float,
         departures: tuple[str, ...],
         max_seq_len: int | None,

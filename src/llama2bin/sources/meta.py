@@ -21,7 +21,7 @@ import numpy as np
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig
-from .base import FilePool, Source, TensorRef, check_tensors, split_classifier, tensors_equal
+from .base import FilePool, Source, TensorEncoding, TensorRef, check_tensors, split_classifier, tensors_equal
 from .policy import int_field, load_json_object, optional_int_field, positive_float_field, require_dir, rope_theta_departure
 from .torchzip import TorchTensor, TorchZip
 
@@ -87,6 +87,11 @@ class ConcatTensor(TensorRef):
         # Row (axis 0) or column (axis 1) at which each part starts.
         sizes = [p.rows if axis == 0 else p.cols for p in parts]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+
+    @property  # type: ignore[override]
+    def encoding(self) -> TensorEncoding:
+        """The shards' storage (torch.save'd shards of one model share a dtype)."""
+        return self.parts[0].encoding
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         if len(self.parts) == 1:
