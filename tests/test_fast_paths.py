@@ -17,9 +17,9 @@ from llama2bin.checks.tensor import check_tensors
 from llama2bin.errors import Llama2binError
 from llama2bin.formats import q8_0
 from llama2bin.formats.q8_0 import Scratch, group_scales_into, max_group_error, quantize, quantize_into
+from llama2bin.formats.source_registry import open_source
 from llama2bin.formats.writer import export
 from llama2bin.parallel import ForkedCall, ForkPool, can_fork
-from llama2bin.formats.source_registry import open_source
 from llama2bin.sources.base import to_float32
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked on Linux only")

@@ -36,10 +36,10 @@ from llama2bin.demo import write_demo_checkpoint  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
 from llama2bin.report.plots import render_model_png  # noqa: E402
-from llama2bin.formats.source_registry import open_source  # noqa: E402
 
 # float32 vs float32, same math in a different order (as in test_forward.py).
 ATOL, RTOL = 1e-4, 1e-5

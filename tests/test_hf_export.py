@@ -19,9 +19,9 @@ transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from llama2bin.checks.tensor import check_tensors  # noqa: E402
-from llama2bin.formats.families import open_output  # noqa: E402
 from llama2bin.cli import main  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
+from llama2bin.formats.families import open_output  # noqa: E402
 from llama2bin.formats.hf import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.formats.source_registry import open_source  # noqa: E402

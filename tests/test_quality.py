@@ -31,9 +31,9 @@ import trained_model  # noqa: E402
 from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
 from llama2bin.checks.forward import SourceWeights, logits  # noqa: E402
 from llama2bin.checks.functional import QualityLimits, ReferenceModel, functional_check  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
-from llama2bin.formats.source_registry import open_source  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import pytest
 from helpers import DATA
 
 from llama2bin.errors import Llama2binError
-from llama2bin.safe_io import MAX_JSON_DEPTH, load_json, open_regular, parse_json, read_capped
 from llama2bin.formats.source_registry import open_source
+from llama2bin.safe_io import MAX_JSON_DEPTH, load_json, open_regular, parse_json, read_capped
 from llama2bin.sources.policy import int_field, positive_float_field
 
 
