@@ -13,7 +13,8 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run_cli, save_llama2c
+from conftest import assert_refused, export
+from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.checks.tensor import check_tensors
@@ -34,12 +35,6 @@ def _check(path: str, source: BinSource):  # type: ignore[no-untyped-def]
         return check_tensors(output, source, quiet=True)
 
 
-def export(tmp_path, src: str, *versions: str, extra: tuple[str, ...] = ()) -> list[str]:
-    outs = [str(tmp_path / f"out.v{v}.bin") for v in versions]
-    assert main(["export", *outs, "--bin", src, "--version", *versions, "--quiet", *extra]) == 0
-    return outs
-
-
 def read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -48,7 +43,7 @@ def read(path: str) -> bytes:
 @pytest.mark.parametrize("model", MODELS)
 def test_v0_source_gives_every_golden_version(model, tmp_path):
     versions = ("0", "1", "2") if model != "tiny_hf_untied" else ("0", "2")
-    outs = export(tmp_path, golden(f"{model}.v0.bin"), *versions)
+    outs = export(tmp_path, "--bin", golden(f"{model}.v0.bin"), *versions)
     for v, out in zip(versions, outs, strict=True):
         assert read(out) == read(golden(f"{model}.v{v}.bin")), f"v0 -> v{v}"
 
@@ -57,15 +52,15 @@ def test_v0_source_gives_every_golden_version(model, tmp_path):
 def test_float32_v1f_round_trips(model, tmp_path):
     """llama2.c's current float32 v1 ("1f") in and out: exact both ways."""
     master = golden(f"{model}.master_v1.bin")
-    (v0,) = export(tmp_path, master, "0")
+    (v0,) = export(tmp_path, "--bin", master, "0")
     assert read(v0) == read(golden(f"{model}.v0.bin"))
-    (v1f,) = export(tmp_path, golden(f"{model}.v0.bin"), "1f")
+    (v1f,) = export(tmp_path, "--bin", golden(f"{model}.v0.bin"), "1f")
     assert read(v1f) == read(master)
 
 
 @pytest.mark.parametrize(("model", "src", "dst"), [("tiny_a", "2", "1"), ("tiny_b", "2", "1"), ("tiny_b", "1", "2")])
 def test_q8_to_q8_at_the_same_group_size_is_lossless(model, src, dst, tmp_path):
-    (out,) = export(tmp_path, golden(f"{model}.v{src}.bin"), dst)
+    (out,) = export(tmp_path, "--bin", golden(f"{model}.v{src}.bin"), dst)
     assert read(out) == read(golden(f"{model}.v{dst}.bin"))
     with BinSource(golden(f"{model}.v{src}.bin")) as source:
         result = _check(out, source)
@@ -75,7 +70,7 @@ def test_q8_to_q8_at_the_same_group_size_is_lossless(model, src, dst, tmp_path):
 
 
 def test_verify_compares_q_and_scales_with_the_q8_source_bit_for_bit(tmp_path):
-    (out,) = export(tmp_path, golden("tiny_a.v2.bin"), "1")
+    (out,) = export(tmp_path, "--bin", golden("tiny_a.v2.bin"), "1")
     with BinFile(out) as bf:
         scale_at = bf.tensors["layers.1.attention.wq"].scales_offset + 4 * 3
     data = bytearray(read(out))
@@ -89,7 +84,7 @@ def test_verify_compares_q_and_scales_with_the_q8_source_bit_for_bit(tmp_path):
 
 
 def test_q8_to_float32_is_dequantized_and_says_so(tmp_path):
-    (out,) = export(tmp_path, golden("tiny_b.v2.bin"), "0")
+    (out,) = export(tmp_path, "--bin", golden("tiny_b.v2.bin"), "0")
     with BinFile(golden("tiny_b.v2.bin")) as q8, BinFile(out) as f32:
         raw = read(golden("tiny_b.v2.bin"))
         for name in q8.config.shapes():
@@ -139,12 +134,12 @@ def test_v0_without_rope_tables_is_read(model, tmp_path):
     stripped = _strip_rope(golden(f"{model}.v0.bin"), tmp_path / "norope.bin")
     with BinFile(stripped) as bf:
         assert "freqs_cos" not in bf.tensors
-    (out,) = export(tmp_path, stripped, "0")
+    (out,) = export(tmp_path, "--bin", stripped, "0")
     assert read(out) == read(golden(f"{model}.v0.bin"))  # the tables are llama2.c's again
 
 
 def test_max_seq_len_override(tmp_path):
-    (from_bin,) = export(tmp_path, golden("tiny_a.v0.bin"), "0", extra=("--max-seq-len", "8"))
+    (from_bin,) = export(tmp_path, "--bin", golden("tiny_a.v0.bin"), "0", extra=("--max-seq-len", "8"))
     from_ckpt = str(tmp_path / "ckpt.v0.bin")
     assert main(["export", from_ckpt, "--checkpoint", golden("tiny_a.pt"), "--max-seq-len", "8", "--quiet"]) == 0
     assert read(from_bin) == read(from_ckpt)
@@ -164,7 +159,7 @@ def test_tokenizer_bin_is_checked_and_copied(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == read(tok)
     wrong = tmp_path / "wrong" / "tokenizer.bin"
-    assert_one_line_error(run_cli("tokenizer", tok, str(wrong), "--bin", golden("tiny_b.v0.bin")), tok, "80")
+    assert_refused(run_cli("tokenizer", tok, str(wrong), "--bin", golden("tiny_b.v0.bin")), tok, "80")
     assert not wrong.exists()
 
 
@@ -217,7 +212,7 @@ def test_bad_bin_sources_are_refused(case, tmp_path):
 
 def test_the_error_names_the_file(tmp_path):
     path = _edited(tmp_path, "cut.bin", "tiny_a.v0.bin", lambda d: d.__delitem__(slice(100, None)))
-    assert_one_line_error(run_cli("export", str(tmp_path / "o.bin"), "--bin", path), path, "truncated")
+    assert_refused(run_cli("export", str(tmp_path / "o.bin"), "--bin", path), path, "truncated")
     assert not (tmp_path / "o.bin").exists()
 
 
@@ -236,7 +231,7 @@ def test_q8_groups_that_straddle_rows_read_right(tmp_path):
             assert np.array_equal(got.read_rows(start, stop), want[start:stop]), (start, stop)
     v2 = tmp_path / "o" / "s.v2.bin"
     proc = run_cli("export", str(v2), "--bin", v1, "--version", "2")
-    assert_one_line_error(proc, "already Q8_0 at group size 64", "group size 4", "--allow-requantize")
+    assert_refused(proc, "already Q8_0 at group size 64", "group size 4", "--allow-requantize")
     assert not v2.exists()
     assert main(["export", str(v2), "--bin", v1, "--version", "2", "--allow-requantize", "--quiet"]) == 0
     with BinSource(v1) as source:

@@ -207,9 +207,9 @@ def test_pipeline_refuses_bad_sources_with_fetchs_words(tmp_path, entry, needle)
     """The pipeline validates a source with FetchSpec (config_source in common.smk), so its
     message is the one `llama2bin fetch` gives, before anything runs."""
     import yaml
-    from test_pipeline import fresh_copy, snakemake
+    from conftest import snakemake, workflow_copy
 
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"models": {"m": entry}, "versions": [0]}))
     proc = snakemake(workdir, "-n", "--configfile", str(tmp_path / "c.yaml"))
     assert proc.returncode != 0 and "model m: " in proc.stdout + proc.stderr

@@ -10,7 +10,7 @@ import pytest
 from helpers import ROOT, run_cli
 
 from llama2bin.errors import Llama2binError
-from llama2bin.formats import BIN_FORMATS, FORMATS, HF_DIRECTORY, LLAMA2C_BIN, identify, json_version
+from llama2bin.formats import FORMATS, HF_DIRECTORY, LLAMA2C_BIN, identify, json_version
 from llama2bin.model import ModelConfig
 
 CONFIGS = [
@@ -20,7 +20,7 @@ CONFIGS = [
 
 
 def test_every_format_is_registered_by_its_name_with_readers_and_losses():
-    assert list(FORMATS) == ["0", "1", "1f", "2", "hf"] and BIN_FORMATS == ("0", "1", "1f", "2")
+    assert list(FORMATS) == ["0", "1", "1f", "2", "hf"]
     for name, spec in FORMATS.items():
         assert spec.name == name and spec.read_by and spec.loses and spec.description
         assert (spec.family == LLAMA2C_BIN) == (spec.header is not None and spec.order is not None)

@@ -24,7 +24,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from llama_checkpoints import (  # noqa: E402
     TOKENS,
     Spec,
-    assert_refused,
+    export_refused,
     hf_config,
     hf_logits,
     hf_model,
@@ -34,9 +34,10 @@ from llama_checkpoints import (  # noqa: E402
 )
 
 from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
-from llama2bin.checks.tensor import check_tensors  # noqa: E402
+from llama2bin.checks.verification import verify_output  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.formats.source_registry import open_source  # noqa: E402
+from llama2bin.sources.base import TensorRef  # noqa: E402
 from llama2bin.sources.hf import HfRotaryRef  # noqa: E402
 from llama2bin.sources.safetensors import SafetensorsFile  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_export_gives_transformers_logits(name, checkpoints, tmp_path, capsys):
 
     with open_source("hf", src) as source:
         for path in (v0, v2):
-            assert check_tensors(path, source, quiet=True).passed
+            assert verify_output(path, source).tensor.passed
 
 
 @pytest.mark.parametrize("version", [0, 2])
@@ -164,7 +165,7 @@ def test_rope_theta_is_refused_unless_allowed(tmp_path, capsys):
     with open_source("hf", src, allow_rope_theta=True) as source:
         cfg = source.config
         assert cfg.rope_theta == 500000.0 and cfg.accepted_departures == ("rope_theta=500000.0",)
-        result = check_tensors(str(out / "m.bin"), source, quiet=True)
+        result = verify_output(str(out / "m.bin"), source).tensor
     assert result.passed and result.to_json()["source"]["config"]["accepted_departures"] == ["rope_theta=500000.0"]
     # The weights are right for the model's own base: forwarding them with it gives transformers' logits.
     with BinFile(str(out / "m.bin")) as bf:
@@ -197,7 +198,7 @@ def test_tokenizer_model_is_found(checkpoints, tmp_path):
 # ---- lazy reads ---------------------------------------------------------------------------
 
 
-class _CountingRef:
+class _CountingRef(TensorRef):
     """Records every row range read from an in-memory matrix."""
 
     def __init__(self, array: np.ndarray):
@@ -290,15 +291,15 @@ def test_config_refusals(case, checkpoints, tmp_path, capsys):
     changes, needles = CONFIG_REFUSALS[case]
     src = edited_copy(checkpoints("mha_untied_safetensors_f32"), tmp_path / "src", changes)
     out = tmp_path / "out"
-    assert_refused(["export", str(out / "m.bin"), str(out / "m2.bin"), "--version", "0", "2", "--hf", src],
+    export_refused(["export", str(out / "m.bin"), str(out / "m2.bin"), "--version", "0", "2", "--hf", src],
                    out, capsys, *needles)
 
 
 def test_missing_config(tmp_path, capsys):
     (tmp_path / "src").mkdir()
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "src")], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "src")], tmp_path / "out", capsys,
                    "no config.json")
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "nowhere")], tmp_path / "out",
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "nowhere")], tmp_path / "out",
                    capsys, "nowhere: no such directory")
 
 
@@ -306,13 +307,13 @@ def test_no_weights(checkpoints, tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(os.path.join(checkpoints("mha_untied_safetensors_f32"), "config.json"), src)
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(src)], tmp_path / "out", capsys, "no weights")
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(src)], tmp_path / "out", capsys, "no weights")
 
 
 def test_index_naming_a_missing_file(checkpoints, tmp_path, capsys):
     src = edited_copy(checkpoints("gqa_tied_safetensors_bf16_sharded"), tmp_path / "src")
     os.remove(os.path.join(src, "model-00002-of-00003.safetensors"))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "model.safetensors.index.json", "model-00002-of-00003.safetensors, which does not exist")
 
 
@@ -322,7 +323,7 @@ def test_shard_missing_from_index(checkpoints, tmp_path, capsys):
     index = json.load(open(index_path))
     index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != "model-00003-of-00003.safetensors"}
     json.dump(index, open(index_path, "w"))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "shard model-00003-of-00003.safetensors", "missing from the index")
 
 
@@ -335,7 +336,7 @@ def test_tensor_missing_from_bin_index(checkpoints, tmp_path, capsys):
     name = next(k for k, f in index["weight_map"].items() if files.count(f) > 1)
     del index["weight_map"][name]
     json.dump(index, open(index_path, "w"))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    f"tensor {name} is missing from the index")
 
 
@@ -363,7 +364,7 @@ def test_tensor_refusals(case, edit, needles, checkpoints, tmp_path, capsys):
     src = edited_copy(checkpoints("mha_untied_safetensors_f32"), tmp_path / "src")
     _rewrite_safetensors(src, edit)
     out = tmp_path / "out"
-    assert_refused(["export", str(out / "m.bin"), "--hf", src, "--quiet"], out, capsys, *needles)
+    export_refused(["export", str(out / "m.bin"), "--hf", src, "--quiet"], out, capsys, *needles)
 
 
 def test_corrupt_safetensors(checkpoints, tmp_path, capsys):
@@ -372,11 +373,11 @@ def test_corrupt_safetensors(checkpoints, tmp_path, capsys):
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size - 100)
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "model.safetensors", "truncated")
     with open(path, "r+b") as f:
         f.write(struct.pack("<Q", 1 << 40))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "model.safetensors: not a safetensors file")
 
 

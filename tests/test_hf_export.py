@@ -18,6 +18,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+from conftest import export  # noqa: E402
+
 from llama2bin.checks.tensor import check_tensors  # noqa: E402
 from llama2bin.cli import main  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
@@ -104,13 +106,9 @@ def tokens_for(args: dict) -> list[int]:
 
 
 def unpermute(w: torch.Tensor, n: int) -> torch.Tensor:
-    """FORMATS.md: HF q_proj/k_proj rows -> canonical interleaved layout."""
+    """docs/formats.md: HF q_proj/k_proj rows -> canonical interleaved layout."""
     hd = w.shape[0] // n
     return w.reshape(n, 2, hd // 2, w.shape[1]).transpose(1, 2).reshape(n * hd, w.shape[1])
-
-
-def export(ckpt: str, out: str) -> None:
-    assert main(["export", out, "--checkpoint", ckpt, "--version", "hf", "--quiet"]) == 0
 
 
 def save_untied_gqa_checkpoint(path: str) -> dict:
@@ -144,7 +142,7 @@ def test_llama2c_checkpoint_logits_match(name, tmp_path):
         save_untied_gqa_checkpoint(ckpt)
     sd, args = load_llama2c(ckpt)
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
 
     config = json.load(open(os.path.join(out, CONFIG_NAME)))
     tied = name != "untied_gqa"
@@ -185,7 +183,7 @@ def test_wrong_kv_permutation_would_be_caught(tmp_path):
     ckpt = os.path.join(DATA, "tiny_b.pt")
     sd, args = load_llama2c(ckpt)
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     tensors = safetensors_torch.load_file(os.path.join(out, WEIGHTS_NAME))
     n_heads, n_kv = args["n_heads"], args["n_kv_heads"]
     for i in range(args["n_layers"]):
@@ -225,7 +223,7 @@ def test_hf_model_round_trip(tied, tmp_path):
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
     hf_sd = original.state_dict()
 
-    # To a llama2.c checkpoint with FORMATS.md's un-permutation (n_heads for q, n_kv_heads for k).
+    # To a llama2.c checkpoint with the un-permutation of docs/formats.md (n_heads for q, n_kv_heads for k).
     sd = {"tok_embeddings.weight": hf_sd["model.embed_tokens.weight"], "norm.weight": hf_sd["model.norm.weight"],
           "output.weight": hf_sd["lm_head.weight"]}
     for i in range(2):
@@ -248,7 +246,7 @@ def test_hf_model_round_trip(tied, tmp_path):
     torch.save({"model": sd, "model_args": args}, ckpt)
 
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     config = json.load(open(os.path.join(out, CONFIG_NAME)))
     assert config["tie_word_embeddings"] is tied and config["rms_norm_eps"] == 1e-6
     exported = safetensors_torch.load_file(os.path.join(out, WEIGHTS_NAME))
@@ -283,7 +281,7 @@ def test_hf_source_round_trip(tmp_path):
 def test_verify_detects_a_flipped_bit(tmp_path):
     ckpt = os.path.join(DATA, "tiny_a.pt")
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     path = os.path.join(out, WEIGHTS_NAME)
     (n,) = np.frombuffer(open(path, "rb").read(8), "<u8")
     table = json.loads(open(path, "rb").read(8 + int(n))[8:])
@@ -309,7 +307,7 @@ def _canonical_index(hf_flat: int, hd: int, cols: int) -> int:
 def test_verify_detects_bytes_outside_every_tensor(tmp_path):
     ckpt = os.path.join(DATA, "tiny_a.pt")
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     with open(os.path.join(out, WEIGHTS_NAME), "ab") as f:
         f.write(b"\0" * 12)
     with open_source("llama2c", ckpt) as source:
@@ -319,7 +317,7 @@ def test_verify_detects_bytes_outside_every_tensor(tmp_path):
 
 def test_verify_detects_config_mismatch(tmp_path):
     out = str(tmp_path / "hf")
-    export(os.path.join(DATA, "tiny_a.pt"), out)
+    export(tmp_path, "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "hf")
     with open_source("llama2c", os.path.join(DATA, "tiny_b.pt")) as other:
         result = _check(out, other)
     assert not result.passed and result.failures[0].startswith("config.json: hidden_size is 32")
@@ -360,8 +358,8 @@ def test_hf_refuses_to_replace_a_foreign_directory(tmp_path, capsys):
 
 def test_reexport_replaces_a_previous_export(tmp_path):
     out = tmp_path / "hf"
-    export(os.path.join(DATA, "tiny_a.pt"), str(out))
-    export(os.path.join(DATA, "tiny_b.pt"), str(out))
+    export(tmp_path, "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "hf")
+    export(tmp_path, "--checkpoint", os.path.join(DATA, "tiny_b.pt"), "hf")
     assert json.load(open(out / CONFIG_NAME))["hidden_size"] == 40
     assert sorted(os.listdir(tmp_path)) == ["hf"] and sorted(os.listdir(out)) == [CONFIG_NAME, WEIGHTS_NAME]
 

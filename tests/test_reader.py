@@ -6,7 +6,8 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import DATA, assert_one_line_error, run_cli
+from conftest import assert_refused
+from helpers import DATA, run_cli
 from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.errors import Llama2binError
@@ -79,7 +80,7 @@ def test_bad_v0_files_are_refused(tmp_path, make, needle):
     path = _mutated(tmp_path, make(open(GOLDEN, "rb").read()))
     with pytest.raises(Llama2binError, match=needle.replace("(", r"\(")):
         BinFile(path)
-    assert_one_line_error(run_cli("inspect", path), needle)
+    assert_refused(run_cli("inspect", path), needle)
 
 
 @pytest.mark.parametrize(
@@ -95,13 +96,13 @@ def test_bad_quantized_headers_are_refused(tmp_path, offset, value, needle):
     raw = bytearray(open(os.path.join(DATA, "tiny_b.v2.bin"), "rb").read())
     raw[offset : offset + len(value)] = value
     path = _mutated(tmp_path, bytes(raw))
-    assert_one_line_error(run_cli("inspect", path), needle)
+    assert_refused(run_cli("inspect", path), needle)
 
 
 def test_wrong_magic_is_read_as_v0_and_refused(tmp_path):
     raw = bytearray(open(os.path.join(DATA, "tiny_b.v2.bin"), "rb").read())
     raw[0:4] = b"ak43"
-    assert_one_line_error(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "no 'ak42' magic")
+    assert_refused(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "no 'ak42' magic")
 
 
 def test_random_headers_never_crash(tmp_path):
@@ -125,7 +126,7 @@ def test_random_headers_never_crash(tmp_path):
 def test_a_fifo_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "pipe.bin"
     os.mkfifo(fifo)
-    assert_one_line_error(run_cli("inspect", str(fifo)), "not a regular file")
+    assert_refused(run_cli("inspect", str(fifo)), "not a regular file")
 
 
 # ---- which format: identified from the header alone ------------------------------------------

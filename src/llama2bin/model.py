@@ -149,7 +149,3 @@ class ModelConfig:
         d["accepted_departures"] = list(self.accepted_departures)
         return d
 
-
-def canonical_names(cfg: ModelConfig) -> list[str]:
-    """Every tensor name in the v0 order (the order sources are streamed in)."""
-    return list(cfg.shapes())

@@ -1,6 +1,6 @@
 """tokenizer.bin: a sentencepiece `tokenizer.model` in the form llama2.c's `run.c`/`runq.c` read.
 
-Layout (FORMATS.md, and llama2.c's current `tokenizer.py`): uint32 max_token_length, then for
+Layout (docs/formats.md, and llama2.c's current `tokenizer.py`): uint32 max_token_length, then for
 every token id in order: float32 score, uint32 byte length, the bytes. A piece is written with
 sentencepiece's word-boundary mark `▁` replaced by a space, UTF-8 encoded; BOS becomes
 "\\n<s>\\n" and EOS "\\n</s>\\n"; byte-fallback pieces `<0xNN>` stay six characters because

@@ -53,6 +53,7 @@ class LazyWeights(Mapping):
     `output` is present also when the classifier is shared (it is then the embeddings)."""
 
     config: ModelConfig
+    group_size: int | None = None  # of the Q8_0 tensors q8_rows serves; None: float32 weights only
 
     def _names(self) -> list[str]:
         return [*self.config.shapes(), *([] if "output" in self.config.shapes() else ["output"])]
@@ -83,6 +84,10 @@ class LazyWeights(Mapping):
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32 (stop - start, cols); 1-D tensors are one row."""
         raise NotImplementedError
+
+    def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
+        raise Llama2binError(f"forward: tensor {name} is not Q8_0")
 
     def gather(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows `ids` (any order, repeats allowed) without reading the rest of the tensor."""
@@ -196,8 +201,8 @@ class _Linear:
         self.arithmetic = arithmetic
         self.lazy = isinstance(weights, LazyWeights)
         if arithmetic == Q8:
-            gs = getattr(weights, "group_size", None)
-            if not hasattr(weights, "q8_rows") or not gs:
+            gs = weights.group_size if isinstance(weights, LazyWeights) else None
+            if not gs:
                 raise Llama2binError("forward: q8 arithmetic needs the weights of a Q8_0 file (v1 or v2)")
             self.group_size = gs
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..formats import FORMATS
 from . import arg_types
-from .errors import ErrorLineParser, run_reporting_errors
+from .errors import ErrorLineParser, configure_logging, run_reporting_errors
 from .export import add_export_format_args, cmd_export
 from .fetch import add_fetch_parser
 from .report import cmd_report, cmd_summary
@@ -134,6 +134,7 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread (main() embedded in another program)

@@ -11,8 +11,8 @@ registry never loads them.
 from __future__ import annotations
 
 from .layout import Layout
-from .registry import BIN_FORMATS, FORMATS, format_spec, identify, json_version
+from .registry import FORMATS, format_spec, identify, json_version
 from .spec import HF_DIRECTORY, LLAMA2C_BIN, Family, FormatSpec
 
-__all__ = ["BIN_FORMATS", "FORMATS", "HF_DIRECTORY", "LLAMA2C_BIN", "Family", "FormatSpec", "Layout", "format_spec",
+__all__ = ["FORMATS", "HF_DIRECTORY", "LLAMA2C_BIN", "Family", "FormatSpec", "Layout", "format_spec",
            "identify", "json_version"]

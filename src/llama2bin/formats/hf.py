@@ -3,7 +3,7 @@
 The directory holds `config.json` (a LlamaConfig) and `model.safetensors` (float32, written by
 `formats.hf_export`). q_proj and k_proj get their rows permuted from the interleaved rotary
 layout llama2.c/Meta use to the half-rotation layout Hugging Face uses - the inverse of
-FORMATS.md's un-permutation, with n_heads for q and n_kv_heads for k. A shared classifier is
+the un-permutation of docs/formats.md, with n_heads for q and n_kv_heads for k. A shared classifier is
 `tie_word_embeddings` with no `lm_head` tensor. It is read back (`HfDirectory`) as any HF
 checkpoint is: through `sources/hf.py` (one safetensors parser, one un-permutation), in
 hf_directory.py.
@@ -55,7 +55,7 @@ def rotary_heads(cfg: ModelConfig, canonical: str) -> int | None:
 def to_hf_rows(rows: np.ndarray, head_size: int) -> np.ndarray:
     """Whole heads of canonical (interleaved-pair) rows -> HF (half-rotation) row order.
 
-    Canonical row 2j+c of a head becomes HF row c*hd/2 + j: the inverse of FORMATS.md's
+    Canonical row 2j+c of a head becomes HF row c*hd/2 + j: the inverse of docs/formats.md's
     `w.reshape(n, 2, hd // 2, dim).transpose(1, 2)` (which sources.hf.HfRotaryRef applies)."""
     n = rows.shape[0] // head_size
     return rows.reshape(n, head_size // 2, 2, rows.shape[1]).transpose(0, 2, 1, 3).reshape(rows.shape)

@@ -48,11 +48,12 @@ class Layout:
     group_size: int | None
     header: bytes
     sections: tuple[Section, ...]
+    trailing: int = 0  # zero bytes after the last section (a format that pads its end to an alignment)
 
     @property
     def size(self) -> int:
         last = self.sections[-1]
-        return last.offset + last.nbytes
+        return last.offset + last.nbytes + self.trailing
 
     def sections_of(self, tensor: str) -> list[Section]:
         return [s for s in self.sections if s.tensor == tensor]
@@ -229,7 +230,7 @@ def ak42_header(version: int, group_size: bool) -> HeaderSpec:
     """The 256-byte "ak42" header of v1, 1f and v2: magic, version, the 7 params (vocab_size
     positive), uint8 shared_classifier at 36, then int32 group_size at the unaligned 37 for the
     Q8_0 formats; for llama2.c's float32 v1 those bytes are 0, which is how a reader tells the two
-    apart (FORMATS.md)."""
+    apart (docs/formats.md)."""
     gs_bounds = (1, MAX_GROUP_SIZE) if group_size else (0, 0)
     fields = (
         magic_field(),

@@ -11,14 +11,11 @@ from __future__ import annotations
 from ..errors import Llama2binError
 from . import hf, v0, v1, v1f, v2
 from .layout import magic_field, version_field
-from .spec import LLAMA2C_BIN, FormatSpec
+from .spec import FormatSpec
 
 _MODULES = (v0, v1, v1f, v2, hf)
 
 FORMATS: dict[str, FormatSpec] = {m.SPEC.name: m.SPEC for m in _MODULES}
-
-# llama2.c's .bin formats (the ones a header identifies), in registry order.
-BIN_FORMATS: tuple[str, ...] = tuple(name for name, spec in FORMATS.items() if spec.family == LLAMA2C_BIN)
 
 def format_spec(name: int | str) -> FormatSpec:
     """The registered format called `name` (0, 2 and "0", "2" alike)."""

@@ -50,6 +50,8 @@ class FormatSpec:
     # runq.c quantizes activations and walks weights in groups that must not straddle a row, so
     # every matrix row length (dim and hidden_dim) must be a multiple of the group size.
     groups_within_rows: bool = False
+    # stores llama2.c's rotary tables (freqs_cos, freqs_sin), which are computed, not read from the source
+    rope_tables: bool = False
     # How file names, messages and reports spell it; None: "v" + name (v0, v1, v1f, v2).
     file_label: str | None = None
     # Its name in a model's results/ folder ({model}, {label} filled in).

@@ -19,6 +19,7 @@ SPEC = FormatSpec(
     header=V0_HEADER,
     order=_order,
     negative_vocab_unshared=True,
+    rope_tables=True,
     read_by="llama2.c run.c (and the ports that read its file: Rust, Mojo, C#, TypeScript, WASM)",
     loses="nothing of the weights (float32); rope_theta and norm_eps are not stored (run.c assumes 10000 and 1e-5)",
 )

@@ -5,7 +5,7 @@ model-parallel shards. Each shard is opened lazily (TorchZip: only its pickle is
 every tensor becomes a `ConcatTensor` over its per-shard pieces that reads, for a row range,
 just those rows from each shard. No shard and no whole tensor is ever held in memory.
 
-How Meta splits (FORMATS.md): norms are replicated in every shard; tok_embeddings,
+How Meta splits (docs/formats.md): norms are replicated in every shard; tok_embeddings,
 attention.wo and feed_forward.w2 are split along dim 1 (columns); wq, wk, wv, w1, w3 and
 output along dim 0 (rows).
 """

@@ -74,12 +74,6 @@ def positive_float_field(where: str, field: str, value: Any) -> float:
     return float(value)
 
 
-def str_field(where: str, field: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise Llama2binError(f"{where}: {field} must be a string, got {_type_name(value)} {value!r:.60}")
-    return value
-
-
 def bool_field(where: str, field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise Llama2binError(f"{where}: {field} must be true or false, got {_type_name(value)} {value!r:.60}")
