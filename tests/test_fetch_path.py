@@ -21,6 +21,7 @@ from llama2bin.fetch import (
     config_source,
     fetch,
 )
+from llama2bin.formats.source_registry import single_file
 
 # ---- path: used in place --------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ def test_config_source_is_the_pipelines_one_check():
                                              r"got \['path', 'demo'\]"):
         config_source("x", {"source": "llama2c", "path": "m.pt", "demo": "mha"})
     with pytest.raises(Llama2binError, match="model x: a bin checkpoint is one file"):
-        config_source("x", {"source": "bin", "repo": "Org/Llamas", "revision": SNAP_COMMIT})
+        config_source("x", {"source": "bin", "repo": "Org/Llamas", "revision": SNAP_COMMIT}, single_file("bin"))
 
 
 BAD_SOURCES = [

@@ -44,7 +44,11 @@ LLAMA2BIN = [sys.executable, "-m", "llama2bin"]
 MODELS = list(config["models"])
 # The formats every model is written in, in registry order (v0, v1, 1f, v2, hf): each knows its
 # label, its file (or directory) name and whether the C consumer reads it.
-OUTPUTS = [spec for spec in FORMATS.values() if spec.name in {str(v) for v in config["versions"]}]
+OUTPUTS = [
+    spec
+    for spec in FORMATS.values()
+    if spec.name in {str(v) for v in config["versions"]}
+]
 LABELS = [spec.label for spec in OUTPUTS]
 C_CHECKED = [spec for spec in OUTPUTS if spec.family.c_consumer]
 # The source registry's CLI flag of every config `source:` kind.
@@ -120,9 +124,11 @@ def output_path(model, spec):
 def export_outputs():
     """The export rule's outputs, one per version (a directory format's as a directory())."""
     return [
-        directory(output_path("{model}", spec))
-        if spec.directory
-        else output_path("{model}", spec)
+        (
+            directory(output_path("{model}", spec))
+            if spec.directory
+            else output_path("{model}", spec)
+        )
         for spec in OUTPUTS
     ]
 
