@@ -153,13 +153,15 @@ def _tokenizer_bin(path, n: int) -> str:
 
 
 def test_tokenizer_bin_is_checked_and_copied(tmp_path):
+    """Against the model's vocab size, from a v2 .bin: its header says it, no rope table (and so
+    no torch) is needed."""
     tok = _tokenizer_bin(tmp_path / "tokenizer.bin", 64)  # tiny_a: vocab 64
     out = tmp_path / "out" / "tokenizer.bin"
-    proc = run_cli("tokenizer", tok, str(out), "--bin", golden("tiny_a.v0.bin"))
+    proc = run_cli("tokenizer", tok, str(out), "--bin", golden("tiny_a.v2.bin"))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == read(tok)
     wrong = tmp_path / "wrong" / "tokenizer.bin"
-    assert_refused(run_cli("tokenizer", tok, str(wrong), "--bin", golden("tiny_b.v0.bin")), tok, "80")
+    assert_refused(run_cli("tokenizer", tok, str(wrong), "--bin", golden("tiny_b.v2.bin")), tok, "80")
     assert not wrong.exists()
 
 

@@ -79,10 +79,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..formats.families import ExportOptions, write_outputs
 
     targets = export_targets(args.version, args.outputs)
-    check_outputs(source_paths(args), [Output(out, spec.directory, f"--version {spec.name} writes a directory")
-                                       for spec, out in targets])
     options = ExportOptions(group_size=args.group_size, threads=args.threads, quiet=args.quiet,
                             allow_requantize=args.allow_requantize)
+    inputs = source_paths(args)
+    check_outputs(inputs, [Output(out, spec.directory, f"--version {spec.name} writes a directory") for spec, out in targets])
     with open_source_from_args(args) as source:
         exported = write_outputs(source, targets, options)
     for line in exported.lines:
