@@ -15,19 +15,24 @@ from llama2bin.formats import DIRECTORY, FORMATS
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
 # the same checks `llama2bin fetch` applies (FetchSpec is the one place a source is validated).
-for _name, _model in (config.get("models") or {}).items():
+_models = config.get("models")
+for _name, _model in _models.items() if isinstance(_models, dict) else ():
     if isinstance(_model, dict):
         try:
             config_source(_name, _model)
         except Llama2binError as _e:
-            raise WorkflowError(str(_e))
-# The schema owns every default: validate() fills in what the config leaves out.
+            raise config_error(f"{CONFIG_NAME}: {_e}")
+# One line naming the field (config_guard.smk); then the schema owns every default: validate()
+# fills in what the config leaves out.
+check_config_schema(
+    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+)
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 for _name, _model in config["models"].items():
     if "demo" in _model and _model["source"] != "llama2c":
-        raise WorkflowError(
-            f"model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)"
+        raise config_error(
+            f"{CONFIG_NAME}: model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)"
         )
 
 
