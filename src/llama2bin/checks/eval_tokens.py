@@ -68,7 +68,14 @@ class EvalTokens:
     def from_json(cls, d: dict[str, Any], where: str = "evaluation tokens") -> EvalTokens:
         if not isinstance(d, dict) or not isinstance(d.get("sequences"), list):
             raise Llama2binError(f"{where}: expected an object with a 'sequences' list")
-        tokens = cls(_sequences(d["sequences"], where), d.get("recipe") or {"kind": "file"})
+        recipe = d.get("recipe") or {"kind": "file"}
+        # The recipe is copied into verify results and rendered by reports: plain values only.
+        if not isinstance(recipe, dict):
+            raise Llama2binError(f"{where}: recipe must be an object (kind, seqs, len, seed, ...), got {recipe!r:.60}")
+        for key, value in recipe.items():
+            if not isinstance(value, str | int | float | None):
+                raise Llama2binError(f"{where}: recipe.{key} must be a string or a number, got {value!r:.60}")
+        tokens = cls(_sequences(d["sequences"], where), recipe)
         if "sha256" in d and d["sha256"] != tokens.sha256:
             raise Llama2binError(f"{where}: sha256 {d['sha256']} does not match its sequences ({tokens.sha256})")
         return tokens

@@ -80,6 +80,13 @@ def str_field(where: str, field: str, value: Any) -> str:
     return value
 
 
+def object_field(where: str, field: str, value: Any) -> dict[str, Any]:
+    """A JSON object (a dict): anything else is refused before a `.get` on it can fail."""
+    if not isinstance(value, dict):
+        raise Llama2binError(f"{where}: {field} must be an object, got {_type_name(value)} {value!r:.60}")
+    return value
+
+
 def bool_field(where: str, field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise Llama2binError(f"{where}: {field} must be true or false, got {_type_name(value)} {value!r:.60}")
