@@ -146,3 +146,24 @@ def test_reverify_refuses_a_plan_source_of_the_wrong_type(tmp_path, source) -> N
                         "json": [report]}]}
     run_hostile(HostileCase("reverify_plan_source", ["reverify", "--plan", json.dumps(plan)], inputs=[out],
                             outputs=[report], timeout=TIMEOUT, needle="reverify plan: models[0].source must be one of"))
+
+
+@pytest.mark.parametrize(("files", "needle"), [
+    ([{"path": "tiny_a.pt", "sha256": "0" * 64, "size": None}], "files[0].size must be an integer, got None"),
+    ("tiny_a.pt", "files must be a list"),
+])
+def test_report_refuses_a_source_record_field_of_the_wrong_type(tmp_path, files, needle) -> None:
+    """A fetch record's wrong type was found while rendering and blamed on the verify JSON."""
+    from llama2bin.cli import main
+
+    out = shutil.copy(os.path.join(DATA, "tiny_a.v0.bin"), str(tmp_path / "a.v0.bin"))
+    verify = str(tmp_path / "a.v0.verify.json")
+    assert main(["verify", out, "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "--no-functional", "--quiet",
+                 "--json", verify]) == 0
+    record = str(tmp_path / "SOURCE.json")
+    with open(record, "w") as f:
+        json.dump({"model": "a", "kind": "path", "path": "tiny_a.pt", "checkpoint": "tiny_a.pt", "files": files}, f)
+    out_dir = str(tmp_path / "reports")
+    argv = ["report", verify, "--model", "a", "--out-dir", out_dir, "--no-plots", "--source-record", record]
+    run_hostile(HostileCase("report_source_record_files", argv, inputs=[verify, record], outputs=[out_dir],
+                            timeout=TIMEOUT, needle=f"SOURCE.json: {needle}"))
