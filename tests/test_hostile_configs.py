@@ -64,6 +64,12 @@ CONFIGS = {
     "models_a_list_configfile": ("models: [m]\n", "c.yaml: models: ['m'] is not of type 'object'", False),
     "eval_seqs_a_string_configfile": ("models: {m: {source: llama2c, demo: mha}}\nfunctional: {eval_seqs: '8'}\n",
                                       "c.yaml: functional.eval_seqs: '8' is not of type 'integer'", False),
+    # The C check runs c_check.cc: before, "a command name or path and plain arguments" let a
+    # config run `sh evil.sh` (a script it shipped or had fetched) or `gcc -wrapper sh,...`.
+    "c_check_cc_runs_a_script_configfile": ("models: {m: {source: llama2c, demo: mha}}\nc_check: {cc: sh evil.sh}\n",
+                                            "c.yaml: c_check.cc: 'sh evil.sh' does not match", False),
+    "c_check_cc_a_path_configfile": ("models: {m: {source: llama2c, demo: mha}}\nc_check: {cc: ./gcc}\n",
+                                     "c.yaml: c_check.cc: './gcc' does not match", False),
 }
 
 
@@ -75,14 +81,15 @@ def test_hostile_config_refused(name: str, tmp_path) -> None:
 
 def test_hostile_config_control(tmp_path) -> None:
     """The same workflow copy plans the default config, and a config that shares one anchor
-    between models, so each refusal above is the config's doing."""
+    between models and names a compiler, so each refusal above is the config's doing."""
     import subprocess
     import sys
 
     workdir = _workflow(str(tmp_path / "w"))
     config = tmp_path / "c.yaml"
     config.write_text("models:\n  a: {source: llama2c, demo: mha, quality: &q {kld_mean_max: 0.1}}\n"
-                      "  b: {source: llama2c, demo: gqa_backoff, quality: *q}\n")
+                      "  b: {source: llama2c, demo: gqa_backoff, quality: *q}\n"
+                      "c_check: {cc: ccache x86_64-linux-gnu-gcc-12}\n")
     for extra in ([], ["--configfile", str(config)]):
         proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", *extra], cwd=workdir,
                               capture_output=True, text=True)
