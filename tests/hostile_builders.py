@@ -98,28 +98,6 @@ def state_of(arrays: dict[str, np.ndarray]) -> tuple[dict[str, FakeTensor], dict
     return state, storages
 
 
-def wide_vocab_pt(path: str, vocab_size: int = 1 << 20, dim: int = 2, hidden_dim: int = 4, seed: int = 0) -> str:
-    """A legal llama2.c checkpoint that is almost all vocabulary: one layer of `dim` 2, untied
-    classifier, weights as llama2.c initialises them (normal, std 0.02). 2^20 tokens: 17 MB."""
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
-    arrays = {"tok_embeddings.weight": normal(vocab_size, dim)}
-    for w, shape in (("attention.wq", (dim, dim)), ("attention.wk", (dim, dim)), ("attention.wv", (dim, dim)),
-                     ("attention.wo", (dim, dim)), ("feed_forward.w1", (hidden_dim, dim)),
-                     ("feed_forward.w2", (dim, hidden_dim)), ("feed_forward.w3", (hidden_dim, dim))):
-        arrays[f"layers.0.{w}.weight"] = normal(*shape)
-    for norm in ("layers.0.attention_norm", "layers.0.ffn_norm", "norm"):
-        arrays[f"{norm}.weight"] = np.ones(dim, np.float32)
-    arrays["output.weight"] = normal(vocab_size, dim)
-    args = {"dim": dim, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "vocab_size": vocab_size, "multiple_of": 1,
-            "max_seq_len": 32, "dropout": 0.0}
-    state, storages = state_of(arrays)
-    return write_torch_zip(path, {"model": state, "model_args": args, "iter_num": 0}, storages)
-
-
 def meta_params(model_args: dict[str, Any]) -> dict[str, Any]:
     return {k: model_args[k] for k in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len")} | {"norm_eps": 1e-5}
 
@@ -294,6 +272,5 @@ __all__ = [
     "CASES", "Built", "case",
     "Base", "FakeTensor", "StorageRef", "export", "hf_config", "hf_config_text", "hf_dir", "hf_header", "llama2c_pt",
     "local_header", "make_base", "meta_dir", "meta_params", "read_safetensors_header", "replace_with", "repoint_member",
-    "state_of", "tiny_a_weights", "tokenizer", "write_safetensors", "wide_vocab_pt", "write_torch_zip",
-    "yaml_laughs",
+    "state_of", "tiny_a_weights", "tokenizer", "write_safetensors", "write_torch_zip", "yaml_laughs",
 ]

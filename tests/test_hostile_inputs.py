@@ -20,7 +20,7 @@ import warnings
 import zipfile
 
 import pytest
-from helpers import DATA, run_cli
+from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_builders import (
     CASES,
     Base,
@@ -41,7 +41,6 @@ from hostile_builders import (
     replace_with,
     repoint_member,
     tokenizer,
-    wide_vocab_pt,
 )
 from hostile_harness import HostileCase, run_hostile
 
@@ -421,7 +420,10 @@ def test_verify_of_a_2_20_token_vocabulary_finishes_in_time(tmp_path) -> None:
     bounded; time must be too (Llama 3's 128256 tokens make the cost per vocabulary entry matter)."""
     from llama2bin.cli import main
 
-    ckpt = wide_vocab_pt(str(tmp_path / "wide.pt"))
+    shape = {"dim": 2, "n_heads": 1, "n_kv_heads": None, "n_layers": 1, "vocab_size": 1 << 20, "multiple_of": 2,
+             "max_seq_len": 16}  # as tests/test_verify_memory.py, which bounds its memory
+    ckpt = save_llama2c(str(tmp_path / "wide.pt"), preset_arrays("untied", **shape), {**preset_args("untied"), **shape},
+                        tie=False)
     out = str(tmp_path / "wide.v0.bin")
     assert main(["export", "--checkpoint", ckpt, out, "--version", "0", "--quiet"]) == 0
     report = str(tmp_path / "wide.v0.verify.json")
