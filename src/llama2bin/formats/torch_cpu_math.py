@@ -216,10 +216,14 @@ def libm_powf(x: float, y: np.ndarray) -> np.ndarray:
     global _libm_powf
     with _libm_lock:
         if _libm_powf is None:
-            name = ctypes.util.find_library("m")
-            if name is None:
-                raise Llama2binError("the C math library (libm) was not found: v0 rope tables need its powf")
-            fn = ctypes.CDLL(name).powf
+            try:
+                libm = ctypes.CDLL("libm.so.6")  # glibc; find_library runs ldconfig, so only as the fallback
+            except OSError:
+                name = ctypes.util.find_library("m")
+                if name is None:
+                    raise Llama2binError("the C math library (libm) was not found: v0 rope tables need its powf") from None
+                libm = ctypes.CDLL(name)
+            fn = libm.powf
             fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float, ctypes.c_float]
             _libm_powf = fn
     return np.array([_libm_powf(float(x), float(v)) for v in np.asarray(y, F32)], dtype=F32)
