@@ -302,7 +302,8 @@ def reverify_plan():
 # Memory per job, from measured peak RSS (bench/results.md, "Memory per job"): jobs stream
 # fixed-size row chunks, so the peak does not grow with the checkpoint (15M -> 110M -> 1.1B:
 # export 227 -> 239 -> 348 MiB with v0, 109 -> 109 -> 156 without; verify with its functional
-# check 420 -> 422 -> 426). v0 costs ~200 MiB more: torch is imported for its rope tables.
+# check 420 -> 422 -> 426). v0 cost ~200 MiB more while torch was imported for its rope tables;
+# since issue 21.2 they come from MKL (~10 MiB), so these requests are generous for v0.
 # Requests are those peaks plus ~25% headroom, so `--resources mem_mb=N` schedules safely.
 def export_mem_mb(wildcards, input):
     return 450 if 0 in BIN_VERSIONS else 200

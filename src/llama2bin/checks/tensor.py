@@ -7,7 +7,7 @@ collected on the way; they are what the quantization-error reports show.
 
 Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool), block by
 block in reused buffers; meanwhile a side process computes the file's sha256 and the parent
-v0's rope tables (torch). The .bin is read with preadv, not through the memory map, so RSS stays
+v0's rope tables (formats/rope.py). The .bin is read with preadv, not through the memory map, so RSS stays
 at a few chunks per process whatever the tensor size.
 """
 
@@ -210,8 +210,8 @@ def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, worke
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(bf.size)))
             digest = stack.enter_context(ForkedCall(sha256_file, bf.path))  # a process: a thread would fight for the GIL
-            # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP may
-            # hang there if this process used it before
+            # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
+            # fallback without MKL) may hang there if this process used it before
             rope = bool(bf.layout.sections_of(ROPE_COS))
             progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
             try:
