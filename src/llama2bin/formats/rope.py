@@ -20,6 +20,7 @@ import numpy as np
 
 from ..constants import ROPE_THETA
 from ..errors import Llama2binError
+from ..rope_freqs import RopeScaling, scale_inv_freq
 
 # Rows per chunk: 4096 rows of a 128-wide head are 1 MiB per table.
 ROPE_CHUNK_ROWS = 4096
@@ -32,10 +33,12 @@ HARD_CODED_10000 = ("llama2.c run.c",)
 
 
 def rope_chunks(
-    head_size: int, max_seq_len: int, theta: float = ROPE_THETA, chunk_rows: int = ROPE_CHUNK_ROWS
+    head_size: int, max_seq_len: int, theta: float = ROPE_THETA, chunk_rows: int = ROPE_CHUNK_ROWS,
+    scaling: RopeScaling | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(first row, freqs_cos rows, freqs_sin rows) for consecutive chunks of the
-    [max_seq_len, head_size // 2] float32 tables, as llama2.c computes them."""
+    [max_seq_len, head_size // 2] float32 tables, as llama2.c computes them; with `scaling`, its
+    frequencies are scaled as transformers scales them (rope_freqs.scale_inv_freq) first."""
     try:
         import torch
     except ImportError:
@@ -49,6 +52,8 @@ def rope_chunks(
     torch.set_num_threads(1)
     try:
         f = 1.0 / (theta ** (torch.arange(0, head_size, 2)[: (head_size // 2)].float() / head_size))
+        if scaling is not None:
+            f = torch.from_numpy(scale_inv_freq(f.numpy(), scaling))
         for start in range(0, max_seq_len, chunk_rows):
             t = torch.arange(start, min(max_seq_len, start + chunk_rows), device=f.device)
             angles = torch.outer(t, f).float()
@@ -67,13 +72,14 @@ def rope_tables(head_size: int, max_seq_len: int, theta: float = ROPE_THETA) -> 
     return cos, sin
 
 
-def rope_json(theta: float) -> dict:
-    """What verify records about a v0 file's rotary tables: their base and who sees it."""
+def rope_json(theta: float, scaling: RopeScaling | None = None) -> dict:
+    """What verify records about a v0 file's rotary tables: their base (and scaling) and who sees it."""
     return {
         "theta": theta,
+        **({"scaling": scaling.to_json()} if scaling is not None else {}),
         "read_from_table_by": list(TABLE_READERS),
         "ignored_by": list(HARD_CODED_10000),
-        "all_readers_agree": theta == ROPE_THETA,
+        "all_readers_agree": theta == ROPE_THETA and scaling is None,
     }
 
 
