@@ -46,7 +46,7 @@ from .safetensors import SafetensorsFile
 from .torchzip import TorchTensor, TorchZip
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
@@ -233,8 +233,10 @@ class HfSource(Source):
         except BaseException:
             self._pool.close()
             raise
-        tokenizer = os.path.join(path, TOKENIZER_FILE)
-        self.tokenizer_path = tokenizer if os.path.isfile(tokenizer) else None
+        # tokenizer.model (sentencepiece: Llama 1/2) first, as the pipeline has always taken it;
+        # else tokenizer.json (Llama 3's only tokenizer at the top of an HF directory).
+        found = [os.path.join(path, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(path, f))]
+        self.tokenizer_path = found[0] if found else None
 
     # ---- weights ----------------------------------------------------------------------
 
