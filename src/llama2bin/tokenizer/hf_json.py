@@ -106,7 +106,8 @@ def read(path: str) -> BpeVocab:
         if not isinstance(content, str) or not content or len(content.encode()) > MAX_TOKEN_BYTES:
             raise Llama2binError(f"{path}: added_tokens[{n}].content must be a string of 1..{MAX_TOKEN_BYTES} bytes")
         if i in by_id:  # an added token may restate a vocabulary token (GPT-2's <|endoftext|>), nothing else
-            if base_ids.get(_token_bytes(content, path, f"added_tokens[{n}].content"), -1) != i:
+            if by_id[i] != bytes(unicode_to_byte().get(c, 256) % 256 for c in content) or \
+                    any(c not in unicode_to_byte() for c in content):
                 raise Llama2binError(f"{path}: added_tokens[{n}] puts {content[:40]!r} at id {i}, which model.vocab gives "
                                      "to another token")
             continue
