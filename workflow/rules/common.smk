@@ -143,7 +143,8 @@ def report_files(model):
 def tokenizer_model(model):
     """The tokenizer that comes with `model`, if any: named in config, or tokenizer.model (else
     tokenizer.json) inside a Meta or Hugging Face checkpoint directory. Its kind (sentencepiece,
-    Llama 3's tiktoken, tokenizer.json) is detected from its content by `llama2bin tokenizer`."""
+    Llama 3's tiktoken, tokenizer.json) is detected from its content by `llama2bin tokenizer`.
+    """
     m = config["models"][model]
     if "tokenizer" in m:
         return m["tokenizer"]
