@@ -213,3 +213,17 @@ def test_scaled_model_exports_with_consent_and_verifies(trained, tmp_path, capsy
         hf_cfg = json.load(f)
     assert hf_cfg["rope_parameters"] == {**LLAMA3_SCALING, "rope_theta": 500000.0}
     assert hf_cfg["bos_token_id"] == 1 and hf_cfg["eos_token_id"] == [2, 4]
+
+
+def test_sampled_evaluation_starts_with_the_sources_bos(tmp_path):
+    """Sampled evaluation tokens start from the BOS the config declares (Llama 3: 128000), not 1."""
+    from transformers import LlamaForCausalLM
+
+    from llama2bin.checks.eval_tokens import sampled_tokens
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "hf")
+    LlamaForCausalLM(LlamaConfig(**{**MODELS["llama3_shaped"], "bos_token_id": 7})).eval().save_pretrained(path)
+    with open_source("hf", path, allow_rope_theta=True) as src:
+        ev = sampled_tokens(src, seqs=2, length=4)
+    assert [s[0] for s in ev.sequences] == [7, 7] and ev.recipe["bos"] == 7

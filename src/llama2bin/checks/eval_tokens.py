@@ -147,7 +147,8 @@ def sampled_tokens(source: Source, seqs: int = DEFAULT_SEQS, length: int = DEFAU
     check_size(seqs, length)
     cfg = source.config
     length = min(length, cfg.max_seq_len)
-    bos = BOS if cfg.vocab_size > BOS else 0
+    # the source's own BOS when it declares one (Llama 3: 128000), else llama2.c's
+    bos = cfg.bos_id if cfg.bos_id is not None else BOS if cfg.vocab_size > BOS else 0
     rng = np.random.default_rng(seed)
     tok = np.full((seqs, 1), bos, dtype=np.int64)
     weights = SourceWeights(source)
