@@ -11,7 +11,7 @@ Parts (each compares float32 bit patterns; torch runs on one thread, as the seed
   depend on an element's place in the call).
 - pow: SLEEF's powf u10 in numpy against torch.pow on vectors of whole 32-element steps (all SLEEF),
   for random bases over the whole float32 range and exponents in [-4, 4].
-- inv_freq: `seed_inv_freq(hd, theta)` against the seed's `1.0 / (theta ** (arange(0, hd, 2)[: hd // 2]
+- inv_freq: `default_inv_freq(theta, hd)` against the seed's `1.0 / (theta ** (arange(0, hd, 2)[: hd // 2]
   .float() / hd))` for every head size 1..4096 and bases people use (SLEEF for whole steps, the C
   library's powf for ATen's tail).
 - tables: `rope_chunks` (4096-row chunks, what the writer and verify use) against the seed's whole
@@ -29,8 +29,9 @@ import time
 import numpy as np
 import torch
 
-from llama2bin.formats import torch_cpu_math
-from llama2bin.formats.rope import rope_chunks, seed_inv_freq
+from llama2bin import torch_cpu_math
+from llama2bin.formats.rope import rope_chunks
+from llama2bin.rope_freqs import default_inv_freq
 
 HEAD_SIZES = (32, 48, 64, 80, 96, 128, 160, 192, 256)
 THETAS = (10000.0, 500000.0)
@@ -89,10 +90,10 @@ def part_inv_freq(quick: bool, rng: np.random.Generator, log) -> dict:
     for theta in POW_THETAS if not quick else THETAS:
         for hd in heads:
             want = (1.0 / (theta ** (torch.arange(0, hd, 2)[: (hd // 2)].float() / hd))).numpy()
-            bad += int(np.count_nonzero(bits(seed_inv_freq(hd, theta)) != bits(want)))
+            bad += int(np.count_nonzero(bits(default_inv_freq(theta, hd)) != bits(want)))
             compared += hd // 2
         log(f"  inv_freq: theta {theta:g}, {compared:,} values, {bad} mismatches")
-    return {"what": "seed_inv_freq vs the seed's torch expression, head sizes 1..4096, 15 bases", "compared": compared,
+    return {"what": "default_inv_freq vs the seed's torch expression, head sizes 1..4096, 15 bases", "compared": compared,
             "mismatches": bad}
 
 
@@ -119,7 +120,7 @@ def part_tables(quick: bool, rng: np.random.Generator, log) -> dict:
     for hd in HEAD_SIZES if not quick else (48, 64, 128):
         for theta in THETAS:
             for kind in ("unscaled", "llama3", "linear"):
-                f = seed_inv_freq(hd, theta) if kind == "unscaled" else scaled_inv_freq(kind, hd, theta)
+                f = default_inv_freq(theta, hd) if kind == "unscaled" else scaled_inv_freq(kind, hd, theta)
                 if kind == "unscaled":
                     tf = 1.0 / (theta ** (torch.arange(0, hd, 2)[: (hd // 2)].float() / hd))
                 else:

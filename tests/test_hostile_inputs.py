@@ -19,6 +19,7 @@ import struct
 import warnings
 import zipfile
 
+import hostile_tokenizer_cases  # noqa: F401  (registers the tiktoken / tokenizer.json cases in CASES)
 import pytest
 from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_builders import (

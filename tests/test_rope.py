@@ -15,9 +15,10 @@ import pytest
 from helpers import DATA, assert_one_line_error
 from llama_checkpoints import Spec, hf_model, run, save_hf
 
-from llama2bin.formats import torch_cpu_math
+from llama2bin import torch_cpu_math
 from llama2bin.formats.reader import BinFile
-from llama2bin.formats.rope import ROPE_CHUNK_ROWS, rope_chunks, rope_tables, seed_inv_freq, tables
+from llama2bin.formats.rope import ROPE_CHUNK_ROWS, rope_chunks, rope_tables, tables
+from llama2bin.rope_freqs import default_inv_freq
 
 
 def _whole(head_size: int, seq_len: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +119,7 @@ def _torch_one_thread():
     return torch, threads
 
 
-def test_seed_inv_freq_is_torch_s_for_every_head_size_and_common_bases():
+def test_default_inv_freq_is_torch_s_for_every_head_size_and_common_bases():
     """SLEEF's powf for ATen's whole 32-element steps, libm's for the tail: every even head size up to
     320 and a few odd ones (bench/rope_sweep.py: 1..4096, 15 bases)."""
     torch, threads = _torch_one_thread()
@@ -126,7 +127,7 @@ def test_seed_inv_freq_is_torch_s_for_every_head_size_and_common_bases():
         for theta in (10000.0, 500000.0, 1e6, 123456.7):
             for hd in (1, 3, 65, 97, *range(2, 321, 2)):
                 want = 1.0 / (theta ** (torch.arange(0, hd, 2)[: (hd // 2)].float() / hd))
-                assert np.array_equal(_bits(seed_inv_freq(hd, theta)), _bits(want.numpy())), (theta, hd)
+                assert np.array_equal(_bits(default_inv_freq(theta, hd)), _bits(want.numpy())), (theta, hd)
     finally:
         torch.set_num_threads(threads)
 
@@ -213,7 +214,7 @@ def test_tables_match_torch_at_the_shapes_people_use(hd):
                                 np.sort(rng.integers(1024, 131072 - 256, 512))]).astype(np.int64)
     try:
         for theta in (10000.0, 500000.0):
-            for f in (seed_inv_freq(hd, theta), _scaled("llama3", hd, theta), _scaled("linear", hd, theta)):
+            for f in (default_inv_freq(theta, hd), _scaled("llama3", hd, theta), _scaled("linear", hd, theta)):
                 angles = torch.outer(torch.from_numpy(positions), torch.from_numpy(f)).float()
                 cos, sin = tables(f, positions)
                 assert np.array_equal(_bits(cos), _bits(torch.cos(angles).numpy())), (hd, theta)
@@ -267,7 +268,7 @@ def test_v0_write_and_verify_never_import_torch(tmp_path, source):
 
 
 def test_without_mkl_or_torch_v0_is_refused_in_one_line(tmp_path):
-    prelude = ("import llama2bin.formats.torch_cpu_math as m\n"
+    prelude = ("import llama2bin.torch_cpu_math as m\n"
                "def _absent():\n    raise OSError('the mkl package is not installed')\n"
                "m._find_mkl_rt = _absent\n")
     out = tmp_path / "a.v0.bin"
@@ -277,7 +278,7 @@ def test_without_mkl_or_torch_v0_is_refused_in_one_line(tmp_path):
 
 
 def test_an_mkl_that_fails_the_known_answers_is_refused():
-    code = ("import llama2bin.formats.torch_cpu_math as m\n"
+    code = ("import llama2bin.torch_cpu_math as m\n"
             "m._KNOWN_ANSWERS = ((m._KNOWN_ANSWERS[0][0], m._KNOWN_ANSWERS[0][1] + 1, m._KNOWN_ANSWERS[0][2]),)\n"
             "try:\n    m._Mkl()\nexcept OSError as e:\n    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 from llama2bin.errors import Llama2binError
 from llama2bin.fetch import FetchSpec, config_source
+from llama2bin.fetch.spec import TOKENIZER_FILES
 from llama2bin.formats import DIRECTORY, FORMATS
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
@@ -145,13 +146,16 @@ def report_files(model):
 
 
 def tokenizer_model(model):
-    """The sentencepiece model that comes with `model`, if any: named in config, or
-    tokenizer.model inside a Meta or Hugging Face checkpoint directory."""
+    """The tokenizer that comes with `model`, if any: named in config, or tokenizer.model (else
+    tokenizer.json) inside a Meta or Hugging Face checkpoint directory. Its kind (sentencepiece,
+    Llama 3's tiktoken, tokenizer.json) is detected from its content by `llama2bin tokenizer`.
+    """
     m = config["models"][model]
     if "tokenizer" in m:
         return m["tokenizer"]
-    if "path" in m and os.path.isfile(os.path.join(m["path"], "tokenizer.model")):
-        return os.path.join(m["path"], "tokenizer.model")
+    for name in TOKENIZER_FILES:
+        if "path" in m and os.path.isfile(os.path.join(m["path"], name)):
+            return os.path.join(m["path"], name)
     if (
         "repo" in m
     ):  # a snapshot whose files: name tokenizer.model (FetchSpec.snapshot_tokenizer)

@@ -50,6 +50,9 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> TensorCh
     theta = (rope or {}).get("rope_theta", config.get("rope_theta"))
     if theta != cfg.rope_theta:
         result.failures.append(f"{CONFIG_NAME}: rope_theta is {theta!r}, the source has {cfg.rope_theta!r}")
+    for key in ("rope_parameters", "rope_scaling", "bos_token_id", "eos_token_id"):
+        if config.get(key) != want.get(key):
+            result.failures.append(f"{CONFIG_NAME}: {key} is {config.get(key)!r}, the source has {want.get(key)!r}")
     if result.failures:
         return result
     pool = FilePool()

