@@ -10,8 +10,8 @@ quantization-error reports show.
 
 Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool), block by
 block in reused buffers; meanwhile a side process computes the file's sha256 and the parent
-v0's rope tables (torch). Tensors are read with preadv (TensorRef), not through a memory map,
-so RSS stays at a few chunks per process whatever the tensor size.
+v0's rope tables (formats/rope.py). Tensors are read with preadv (TensorRef), not through a
+memory map, so RSS stays at a few chunks per process whatever the tensor size.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..formats.rope import rope_chunks, rope_json
 from ..model import ModelConfig
 from ..parallel import ForkedCall, ForkPool, default_workers
 from ..progress import Progress
+from ..rope_freqs import RopeScaling
 from ..safe_io import open_regular
 from ..sources.base import Source, TensorEncoding, TensorRef, row_chunks
 
@@ -204,8 +205,8 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(output.size)))
         digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))  # a process: a thread would fight for the GIL
-        # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP may
-        # hang there if this process used it before
+        # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
+        # fallback without MKL) may hang there if this process used it before
         progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
         try:
             stats: TensorStats | None = None
@@ -238,7 +239,7 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
                     stats = None
             rope = output.rope_tables()
             if rope is not None:
-                _check_rope(*rope, output.config, result, source.config.rope_theta)
+                _check_rope(*rope, output.config, result, source.config.rope_theta, source.config.rope_scaling)
             result.sha256 = digest.result()
         finally:
             progress.close()
@@ -337,16 +338,18 @@ _CHUNK_CHECKS: dict[TensorEncoding, Callable[[TensorRef, TensorRef, int, int, Sc
 }
 
 
-def _check_rope(cos_t: TensorRef, sin_t: TensorRef, cfg: ModelConfig, result: TensorCheckResult, theta: float) -> None:
-    """v0's tables against llama2.c's at the source's rope_theta, in chunks of rows."""
-    result.rope_tables = rope_json(theta)
+def _check_rope(cos_t: TensorRef, sin_t: TensorRef, cfg: ModelConfig, result: TensorCheckResult, theta: float,
+                scaling: RopeScaling | None = None) -> None:
+    """v0's tables against llama2.c's at the source's rope_theta (and scaling), in chunks of rows."""
+    result.rope_tables = rope_json(theta, scaling)
     failed = set()
-    for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, theta):
+    for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, theta, scaling=scaling):
         for t, ref in ((cos_t, cos), (sin_t, sin)):
             got = t.read_rows(row, row + ref.shape[0])
             if t.name not in failed and not np.array_equal(got.view(np.uint32), ref.view(np.uint32)):
                 failed.add(t.name)
-                result.failures.append(f"{t.name}: rotary table differs from llama2.c's at rope_theta {theta:g}")
+                scaled = f" with rope scaling {scaling.describe()}" if scaling else ""
+                result.failures.append(f"{t.name}: rotary table differs from llama2.c's at rope_theta {theta:g}{scaled}")
 
 
 HIST_EDGES = _HIST_EDGES.tolist()

@@ -13,7 +13,7 @@ from typing import Any
 from ..model import ModelConfig, hf_name
 from ..sources.base import FilePool, TensorEncoding, TensorRef
 from ..sources.hf import HfSource
-from ..sources.policy import load_json_object
+from ..sources.policy import load_json_object, object_field
 from ..sources.safetensors import SafetensorsFile
 from .hf import CHECKED_CONFIG_KEYS, CONFIG_NAME, SPEC, WEIGHTS_NAME, hf_config
 from .layout import PARAM_NAMES
@@ -46,11 +46,17 @@ class HfDirectory(Output):
         """config.json's fields against what hf_config writes for the source; bytes of
         model.safetensors outside every tensor; tensors the source does not have."""
         config, expected = self.header_json(), hf_config(want)
+        rope = config.get("rope_parameters")
+        if rope is not None:
+            object_field(os.path.join(self.path, CONFIG_NAME), "rope_parameters", rope)
         failures = [f"{CONFIG_NAME}: {key} is {config.get(key)!r}, the source has {expected[key]!r}"
                     for key in CHECKED_CONFIG_KEYS if config.get(key) != expected[key]]
-        theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
+        theta = (rope or {}).get("rope_theta", config.get("rope_theta"))
         if theta != want.rope_theta:
             failures.append(f"{CONFIG_NAME}: rope_theta is {theta!r}, the source has {want.rope_theta!r}")
+        failures += [f"{CONFIG_NAME}: {key} is {config.get(key)!r}, the source has {expected.get(key)!r}"
+                     for key in ("rope_parameters", "rope_scaling", "bos_token_id", "eos_token_id")
+                     if config.get(key) != expected.get(key)]
         if failures:
             return failures
         pool = FilePool()
