@@ -3,11 +3,13 @@
 for this module and stopped after it. Every job is an sbatch job that the plugin's jobstep runs
 with srun inside its allocation; the plugin follows them with squeue.
 
-One run covers both promises. A job is cancelled with scancel while its step runs, midway through
-the pipeline (once the first .bin exists): the run fails and says so. The re-run through SLURM
-finishes the pipeline, and everything is what a local run gives: the tracked reports/ byte for
-byte (tests/test_pipeline.py holds those to a fresh local run) and every .bin file by the sha256
-that reports/summary.json records, with no partial file left behind.
+One interrupted run and its re-run cover both promises, cheaper than a clean run plus one more.
+A job is cancelled with scancel while its step runs, midway through the pipeline (once the first
+.bin exists): that run fails and names the job. The re-run through SLURM finishes the pipeline,
+and everything is what a local run gives: the tracked reports/ byte for byte
+(tests/test_pipeline.py holds those to a fresh local run) and every .bin file by the sha256 that
+reports/summary.json records, with no partial file left behind. Rule names are never used: the
+test holds the pipeline's outputs, not its shape.
 
 Skipped only when SLURM cannot run here (not root, slurm-wlm/munge not installed: see
 .ci/slurm-install.sh, or this machine's /etc/slurm/slurm.conf is taken); with
@@ -27,9 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import ROOT
-
-pytestmark = pytest.mark.slow  # starts a SLURM cluster and runs the pipeline through it twice
 
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
 CLUSTER = os.path.join(ROOT, "profiles", "slurm-local", "cluster.sh")
@@ -99,6 +100,7 @@ def cancel_a_running_job(workdir: Path, proc: subprocess.Popen) -> str:
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # starts a SLURM cluster and runs the pipeline through it twice
 def test_default_pipeline_on_slurm_with_a_job_cancelled_mid_run(slurm_cluster, tmp_path):
     workdir = tmp_path / "w"
     os.makedirs(workdir)
@@ -147,3 +149,14 @@ def test_default_pipeline_on_slurm_with_a_job_cancelled_mid_run(slurm_cluster, t
     for row in rows:
         assert sha256(str(workdir / "results" / row["model"] / row["file"])) == row["sha256"], row["file"]
     assert not list(workdir.glob("results/**/.*.part"))  # the cancelled job left no partial file
+
+
+def test_the_tested_profile_sizes_jobs_as_the_users_profile_does():
+    """profiles/slurm-local (run on SLURM above) asks for what profiles/slurm asks for."""
+    def load(name: str) -> dict:
+        return yaml.safe_load(open(os.path.join(ROOT, "profiles", name, "config.yaml")))
+
+    users, tested = load("slurm"), load("slurm-local")
+    assert users["executor"] == tested["executor"] == "slurm"
+    for key in ("default-resources", "set-resources", "local-cores"):
+        assert tested.get(key) == users.get(key), key
