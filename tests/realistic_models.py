@@ -15,10 +15,13 @@ activations take trained shapes (peaked, outlying channels) that random weights 
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 from helpers import hidden_dim_for, save_llama2c
+
+from llama2bin.formats.reader import BinFile
 
 
 @dataclass(frozen=True)
@@ -166,3 +169,34 @@ def write_checkpoint(path: str, shape: Shape, seed: int, train_steps: int = 0) -
         train(sd, shape, train_steps, seed)
     arrays = {k: v.numpy().astype(np.float32) for k, v in sd.items()}
     return save_llama2c(path, arrays, shape.model_args(), tie=shape.tied)
+
+
+# ---- layout errors, for the detection checks ----------------------------------------------
+
+
+def copy_with(src: str, dst: str, edit) -> str:  # type: ignore[no-untyped-def]
+    """A copy of .bin `src` at `dst`, its bytes changed by edit(open BinFile of src, bytearray)."""
+    shutil.copyfile(src, dst)
+    with BinFile(src) as bf:
+        data = bytearray(open(src, "rb").read())
+        edit(bf, data)
+    with open(dst, "wb") as f:
+        f.write(data)
+    return dst
+
+
+def swap_tensors(a: str, b: str):  # type: ignore[no-untyped-def]
+    """An edit exchanging two same-shaped Q8_0 tensors of a v2 file (values and scales)."""
+    def edit(bf: BinFile, data: bytearray) -> None:
+        ta, tb = bf.tensors[a], bf.tensors[b]
+        (a0, a1), (b0, b1) = ((t.offset, t.scales_offset + 4 * t.scales.size) for t in (ta, tb))
+        data[a0:a1], data[b0:b1] = data[b0:b1], data[a0:a1]
+    return edit
+
+
+def double_scale(name: str, group: int):  # type: ignore[no-untyped-def]
+    """An edit doubling one group scale of a Q8_0 tensor."""
+    def edit(bf: BinFile, data: bytearray) -> None:
+        off = bf.tensors[name].scales_offset + 4 * group
+        data[off : off + 4] = (np.frombuffer(bytes(data[off : off + 4]), "<f4") * 2).astype("<f4").tobytes()
+    return edit

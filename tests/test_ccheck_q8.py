@@ -8,11 +8,11 @@ real files, where C reads a copy whose layout differs from what Python reads."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
 from helpers import save_llama2c
+from realistic_models import copy_with, double_scale, swap_tensors
 
 from llama2bin.checks.ccheck import TOLERANCE, CCheckResult, Consumer, c_check, find_compiler, q8_compare
 from llama2bin.checks.eval_tokens import random_tokens
@@ -158,31 +158,6 @@ def untied_v2(tmp_path_factory):
     return path
 
 
-def _copy_with(src: str, dst: str, edit) -> str:  # type: ignore[no-untyped-def]
-    shutil.copyfile(src, dst)
-    with BinFile(src) as bf:
-        data = bytearray(open(src, "rb").read())
-        edit(bf, data)
-    with open(dst, "wb") as f:
-        f.write(data)
-    return dst
-
-
-def _swap(a: str, b: str):  # type: ignore[no-untyped-def]
-    def edit(bf: BinFile, data: bytearray) -> None:
-        ta, tb = bf.tensors[a], bf.tensors[b]
-        (a0, a1), (b0, b1) = ((t.offset, t.scales_offset + 4 * t.scales.size) for t in (ta, tb))
-        data[a0:a1], data[b0:b1] = data[b0:b1], data[a0:a1]
-    return edit
-
-
-def _double_scale(name: str, group: int):  # type: ignore[no-untyped-def]
-    def edit(bf: BinFile, data: bytearray) -> None:
-        off = bf.tensors[name].scales_offset + 4 * group
-        data[off : off + 4] = (np.frombuffer(bytes(data[off : off + 4]), "<f4") * 2).astype("<f4").tobytes()
-    return edit
-
-
 def test_the_correct_file_passes_with_the_q8_fields_recorded(untied_v2, consumer):
     result = c_check(untied_v2, consumer)
     assert result.passed, result.failures
@@ -193,15 +168,15 @@ def test_the_correct_file_passes_with_the_q8_fields_recorded(untied_v2, consumer
 
 
 @pytest.mark.parametrize("edit,where", [
-    (_swap("layers.0.attention.wq", "layers.1.attention.wq"), "layer 0, attention output"),
-    (_swap("layers.1.feed_forward.w1", "layers.1.feed_forward.w3"), "layer 1, ffn hidden"),
-    (_swap("layers.2.feed_forward.w2", "layers.0.feed_forward.w2"), "layer 1, attention input"),  # w2 of layer 0
-    (_double_scale("layers.2.attention.wo", 0), "layer 2, ffn input"),
+    (swap_tensors("layers.0.attention.wq", "layers.1.attention.wq"), "layer 0, attention output"),
+    (swap_tensors("layers.1.feed_forward.w1", "layers.1.feed_forward.w3"), "layer 1, ffn hidden"),
+    (swap_tensors("layers.2.feed_forward.w2", "layers.0.feed_forward.w2"), "layer 1, attention input"),  # w2 of layer 0
+    (double_scale("layers.2.attention.wo", 0), "layer 2, ffn input"),
 ])
 def test_a_layout_disagreement_fails_at_the_first_quantization_after_it(untied_v2, consumer, tmp_path, edit, where):
     """C reads a copy whose bytes differ from the layout Python reads (a writer and reader sharing a
     mistake, which the round trip cannot see): the q8 check fails and names where it surfaced."""
-    bad = _copy_with(untied_v2, str(tmp_path / "bad.v2.bin"), edit)
+    bad = copy_with(untied_v2, str(tmp_path / "bad.v2.bin"), edit)
     with BinFile(untied_v2) as bf:
         toks = random_tokens(bf.config.vocab_size, bf.config.max_seq_len, 1, 16).sequences[0]
     result = CCheckResult("bad.v2.bin", 2, "q8", toks, "cc")
@@ -216,7 +191,7 @@ def test_a_classifier_disagreement_fails_on_the_logits(untied_v2, consumer, tmp_
         toks = random_tokens(bf.config.vocab_size, bf.config.max_seq_len, 1, 16).sequences[0]
         row = toks[0]  # any row: every classifier row makes a logit
         group = row * bf.config.dim // bf.group_size
-    bad = _copy_with(untied_v2, str(tmp_path / "bad.v2.bin"), _double_scale("output", group))
+    bad = copy_with(untied_v2, str(tmp_path / "bad.v2.bin"), double_scale("output", group))
     result = CCheckResult("bad.v2.bin", 2, "q8", toks, "cc")
     q8_compare(result, consumer, toks, bad, untied_v2)
     assert len(result.failures) == 1 and "logits differ" in result.failures[0]
