@@ -9,13 +9,14 @@ untied variants at 15M size, random (llama2.c's init, torch seeds) and briefly t
 exported to v1 and v2 (Q8_0, default group size) and:
 
 - correct files: `c_check` on v1 and v2 in q8 arithmetic (teacher-forced), and on v2 in f32
-  arithmetic; the full verification (round trip + C check, plus the functional check for the first
-  model of each group) of v2 against the checkpoint. Any failure here is a false failure.
+  arithmetic; for the first two models of each group (shape, random/trained) also the full
+  verification of v2 against the checkpoint (round trip + C check, plus the functional check for
+  the first). Any failure here is a false failure.
 - corrupted copies of v2 (two same-shaped tensors swapped; one tensor's bytes shifted by 1-7;
   everything after the header shifted by 4; the header's group size halved; one activation-facing
   weight scale doubled), each checked two ways:
-  (A) the corrupted file verified against its checkpoint (round trip, C check, functional on the
-      first model of each group): which checks fail;
+  (A) (first two models of each group) the corrupted file verified against its checkpoint (round
+      trip, C check, functional on the first model of each group): which checks fail;
   (B) a layout disagreement between the Python side and C, which the round trip cannot see (a
       writer and reader sharing a mistake): C reads the corrupted copy, Python the correct file,
       and the q8 C check must fail.
@@ -38,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,7 +160,7 @@ def c_stats(r: CCheckResult) -> dict:
                                        "q8_untethered_max_abs_diff")}
 
 
-def run_model(spec: ModelSpec, work: str, consumer: Consumer, full_functional: bool) -> dict:
+def run_model(spec: ModelSpec, work: str, consumer: Consumer, full: bool, full_functional: bool) -> dict:
     t0 = cpu()
     ckpt, v1, v2 = prepare(spec, work)
     t_prep = cpu() - t0
@@ -173,18 +175,20 @@ def run_model(spec: ModelSpec, work: str, consumer: Consumer, full_functional: b
     out["c_v2_f32"] = c_stats(c_check(v2, consumer, toks, "f32"))
     with open_source("llama2c", ckpt) as source:
         reference = ReferenceModel(source, sampled_tokens(source)) if full_functional else None
-        v = verify_output(v2, source, reference=reference, consumer=consumer)
-        out["verify_v2"] = {"correct": v.correct, "failures": v.failures, "functional": reference is not None}
+        if full:
+            v = verify_output(v2, source, reference=reference, consumer=consumer)
+            out["verify_v2"] = {"correct": v.correct, "failures": v.failures, "functional": reference is not None}
         out["corruptions"] = {}
         for kind in CORRUPTIONS:
             bad = os.path.join(work, spec.name, f"bad.{kind}.v2.bin")
             what = corrupt(kind, v2, bad, rng)
             rec: dict = {"what": what}
             try:  # (A) the corrupted file against its checkpoint
-                va = verify_output(bad, source, reference=reference, consumer=consumer)
-                rec["A"] = {"round_trip": bool(va.tensor.failures),
-                            "functional": bool(va.functional and va.functional.failures),
-                            "c_check": bool(va.c_check and va.c_check.failures), "caught": not va.correct}
+                if full:
+                    va = verify_output(bad, source, reference=reference, consumer=consumer)
+                    rec["A"] = {"round_trip": bool(va.tensor.failures),
+                                "functional": bool(va.functional and va.functional.failures),
+                                "c_check": bool(va.c_check and va.c_check.failures), "caught": not va.correct}
             except Llama2binError as e:
                 rec["A"] = {"refused": str(e)[:200], "caught": True}
             result = CCheckResult(os.path.basename(bad), 2, "q8", toks, "cc")
@@ -211,7 +215,8 @@ def write_markdown(rows: list[dict], path: str, wall: float, total_cpu: float) -
     untethered = [c["q8_untethered_max_abs_diff"] / max(1.0, c["max_abs_logit"]) for c in q8]
     false_q8 = sum(not c["passed"] for c in q8)
     false_f32 = sum(not r["c_v2_f32"]["passed"] for r in rows)
-    false_verify = sum(not r["verify_v2"]["correct"] for r in rows)
+    verified = [r for r in rows if "verify_v2" in r]
+    false_verify = sum(not r["verify_v2"]["correct"] for r in verified)
     old_rule = sum(c["q8_untethered_max_abs_diff"] > 1e-3 * max(1.0, c["max_abs_logit"]) for c in q8)
     lines = [
         "# C check: false failures and detection on realistic models",
@@ -240,7 +245,7 @@ def write_markdown(rows: list[dict], path: str, wall: float, total_cpu: float) -
         f"{max(r['c_v2_f32']['max_abs_diff'] / max(1.0, r['c_v2_f32']['max_abs_logit']) for r in rows):.2g} "
         "(tolerance 1e-4).",
         f"- full verification of v2 (round trip + C check; + functional check on "
-        f"{sum(r['verify_v2']['functional'] for r in rows)} of them): {false_verify} failures of {len(rows)}.",
+        f"{sum(r['verify_v2']['functional'] for r in verified)} of them): {false_verify} failures of {len(verified)}.",
         f"- teacher-forced q8 logits against C's: largest |Δlogit| "
         f"{max(c['max_abs_diff'] for c in q8):.2g} (tolerance 1e-4 × max(1, max |logit|)).",
         f"- the old rule (C's own q8 logits against Python's own, tolerance 1e-3 × max(1, max |logit|)) would "
@@ -286,7 +291,7 @@ def write_markdown(rows: list[dict], path: str, wall: float, total_cpu: float) -
     ]
     for kind in CORRUPTIONS:
         recs = [r["corruptions"][kind] for r in rows]
-        a = [x["A"] for x in recs]
+        a = [x["A"] for x in recs if "A" in x]
         lines.append(
             f"| {kind} | {sum(x['caught'] for x in a)}/{len(a)} | {sum(x.get('round_trip', False) for x in a)} | "
             f"{sum(x.get('functional', False) for x in a)} | {sum(x.get('c_check', False) for x in a)} | "
@@ -308,6 +313,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "ccheck_rates.md"))
     ap.add_argument("--json", default=None, help="also write every measurement (default: WORK/rates.json)")
     args = ap.parse_args()
+    warnings.simplefilter("ignore", RuntimeWarning)  # corrupted scales overflow in float32: expected
     compiler = find_compiler()
     if compiler is None:
         raise SystemExit("ccheck_rates: no C compiler")
@@ -316,14 +322,16 @@ def main() -> int:
     rows = []
     w0, c0 = time.time(), cpu()
     with Consumer(compiler) as consumer:
-        first = set()
+        seen: dict[tuple, int] = {}
         for i, spec in enumerate(specs):
             group = (spec.shape, bool(spec.train_steps))
-            row = run_model(spec, args.work, consumer, full_functional=group not in first)
-            first.add(group)
+            seen[group] = seen.get(group, 0) + 1
+            row = run_model(spec, args.work, consumer, full=seen[group] <= 2, full_functional=seen[group] == 1)
             rows.append(row)
             bad = [k for k in ("c_v1", "c_v2", "c_v2_f32") if not row[k]["passed"]]
-            missed = [k for k, v in row["corruptions"].items() if not (v["A"]["caught"] and v["B"]["caught"])]
+            bad += ["verify_v2"] if not row.get("verify_v2", {"correct": True})["correct"] else []
+            missed = [k for k, v in row["corruptions"].items() if not (v.get("A", {"caught": True})["caught"]
+                                                                       and v["B"]["caught"])]
             print(f"[{i + 1}/{len(specs)}] {spec.name}: flips {row['c_v1']['q8_flips']}+{row['c_v2']['q8_flips']}, "
                   f"ratio diff {row['c_v2']['q8_max_ratio_diff']:.2g}, untethered {row['c_v2']['q8_untethered_max_abs_diff']:.2g}"
                   f"{', FALSE FAILURE ' + str(bad) if bad else ''}{', MISSED ' + str(missed) if missed else ''} "
