@@ -25,8 +25,9 @@ exported to v1 and v2 (Q8_0, default group size) and:
   difference, flips and their largest distance from a tie; and the untethered deviation (C's own
   q8 logits against Python's own), which the old logit-only comparison judged.
 
-Checkpoints and exports are cached under --work (delete it to rebuild). Times are CPU seconds of
-this process and its children (the machine may be shared).
+Checkpoints, exports and each model's measurements are cached under --work (delete it to measure
+again); `--shard I/N` splits the models between N processes, and a last run without it writes
+the table. Times are CPU seconds (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def prepare(spec: ModelSpec, work: str) -> tuple[str, str, str]:
     """(checkpoint, v1, v2), built once."""
     folder = os.path.join(work, spec.name)
     ckpt, v1, v2 = (os.path.join(folder, f) for f in ("m.pt", "m.v1.bin", "m.v2.bin"))
-    if not os.path.exists(v2):
-        os.makedirs(folder, exist_ok=True)
+    if not os.path.exists(v2):  # (an interrupted run may have left some of them)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
         write_checkpoint(ckpt, SHAPES[spec.shape], spec.seed, spec.train_steps)
         with open_source("llama2c", ckpt) as source:
             export(source, [(1, v1), (2, v2)], quiet=True)
@@ -220,7 +222,8 @@ def write_markdown(rows: list[dict], path: str, wall: float, total_cpu: float) -
         "# C check: false failures and detection on realistic models",
         "",
         "Written by `bench/ccheck_rates.py` (see its docstring for the method). "
-        f"{len(rows)} models, wall {wall:.0f} s, CPU {total_cpu:.0f} s on a shared 2-core machine.",
+        f"{len(rows)} models; CPU {total_cpu:.0f} s in all (checkpoints, training, exports and checks) on a shared "
+        "2-core machine.",
         "",
         "## Models",
         "",
@@ -310,7 +313,11 @@ def main() -> int:
     ap.add_argument("--work", default=os.path.join(HERE, "work", "ccheck_rates"))
     ap.add_argument("--out", default=os.path.join(HERE, "ccheck_rates.md"))
     ap.add_argument("--json", default=None, help="also write every measurement (default: WORK/rates.json)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="measure only models I, I+N, ... (run N at once; a last run without it writes the table)")
+    ap.add_argument("--table-only", action="store_true", help="write the table from the models measured so far")
     args = ap.parse_args()
+    shard, n_shards = (int(v) for v in args.shard.split("/"))
     warnings.simplefilter("ignore", RuntimeWarning)  # corrupted scales overflow in float32: expected
     compiler = find_compiler()
     if compiler is None:
@@ -318,13 +325,24 @@ def main() -> int:
     specs = plan(args.quick)
     os.makedirs(args.work, exist_ok=True)
     rows = []
-    w0, c0 = time.time(), cpu()
+    w0 = time.time()
     with Consumer(compiler) as consumer:
         seen: dict[tuple, int] = {}
         for i, spec in enumerate(specs):
             group = (spec.shape, bool(spec.train_steps))
             seen[group] = seen.get(group, 0) + 1
+            if i % n_shards != shard:
+                continue
+            done = os.path.join(args.work, spec.name, "result.json")  # measured before: reused
+            if os.path.exists(done):
+                with open(done) as f:
+                    rows.append(json.load(f))
+                continue
+            if args.table_only:
+                continue
             row = run_model(spec, args.work, consumer, full=seen[group] <= 2, full_functional=seen[group] == 1)
+            with open(done, "w") as f:
+                json.dump(row, f)
             rows.append(row)
             bad = [k for k in ("c_v1", "c_v2", "c_v2_f32") if not row[k]["passed"]]
             bad += ["verify_v2"] if not row.get("verify_v2", {"correct": True})["correct"] else []
@@ -334,9 +352,12 @@ def main() -> int:
                   f"ratio diff {row['c_v2']['q8_max_ratio_diff']:.2g}, untethered {row['c_v2']['q8_untethered_max_abs_diff']:.2g}"
                   f"{', FALSE FAILURE ' + str(bad) if bad else ''}{', MISSED ' + str(missed) if missed else ''} "
                   f"({row['cpu']:.0f} s)", flush=True)
+    if n_shards > 1:
+        return 0
     with open(args.json or os.path.join(args.work, "rates.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    write_markdown(rows, args.out, time.time() - w0, cpu() - c0)
+    total_cpu = sum(r["prep_cpu"] + r["cpu"] for r in rows)
+    write_markdown(rows, args.out, time.time() - w0, total_cpu)
     print(f"wrote {args.out}")
     return 0
 
