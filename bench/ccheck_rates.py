@@ -80,13 +80,15 @@ CORRUPTIONS = ("swap", "shift_tensor", "shift_all", "group_size", "scale")
 
 
 def plan(quick: bool) -> list[ModelSpec]:
-    out = []
+    """Round robin over the groups (shape, random/trained), so an interrupted run has them all."""
+    groups = []
     for shape, n_random, n_trained in PLAN:
         if quick:
             n_random, n_trained = min(n_random, 1), min(n_trained, 1)
-        out += [ModelSpec(shape, 1000 + i, 0) for i in range(n_random)]
-        out += [ModelSpec(shape, 2000 + i, TRAIN_STEPS[shape]) for i in range(n_trained)]
-    return out
+        groups.append([ModelSpec(shape, 1000 + i, 0) for i in range(n_random)])
+        groups.append([ModelSpec(shape, 2000 + i, TRAIN_STEPS[shape]) for i in range(n_trained)])
+    longest = max(len(g) for g in groups)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
 
 
 def cpu() -> float:
