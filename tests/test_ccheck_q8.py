@@ -19,6 +19,7 @@ from llama2bin.checks.eval_tokens import random_tokens
 from llama2bin.checks.forward import quantize_activations
 from llama2bin.checks.q8_forcing import SCALE_RTOL, TIE_WINDOW, TeacherForcing, dump_record
 from llama2bin.demo import PRESETS, state_dict_arrays
+from llama2bin.errors import Llama2binError
 from llama2bin.formats.reader import BinFile
 from llama2bin.formats.writer import export
 from llama2bin.model import ModelConfig
@@ -196,3 +197,21 @@ def test_a_classifier_disagreement_fails_on_the_logits(untied_v2, consumer, tmp_
     q8_compare(result, consumer, toks, bad, untied_v2)
     assert len(result.failures) == 1 and "logits differ" in result.failures[0]
     assert os.path.exists(untied_v2)
+
+
+def test_auto_checks_in_f32_a_v1_whose_group_size_runq_cannot_run(consumer, tmp_path):
+    """stories42M's hidden_dim 1376 is no multiple of 64, the group size v1 keeps (v2 backs off to
+    32): runq.c's grouped matmul cannot run it, so auto checks that v1 in float32, not q8 (an error)."""
+    import dataclasses
+
+    preset = dataclasses.replace(PRESETS["mha"], multiple_of=4)  # hidden_dim 172, as stories260K
+    args = {"dim": preset.dim, "n_layers": preset.n_layers, "n_heads": preset.n_heads, "n_kv_heads": None,
+            "vocab_size": preset.vocab_size, "multiple_of": 4, "max_seq_len": preset.max_seq_len, "dropout": 0.0}
+    ckpt = save_llama2c(str(tmp_path / "m.pt"), state_dict_arrays(preset), args)
+    v1, v2 = str(tmp_path / "m.v1.bin"), str(tmp_path / "m.v2.bin")
+    with open_source("llama2c", ckpt) as src:
+        export(src, [(1, v1), (2, v2)], quiet=True)
+    r1, r2 = c_check(v1, consumer), c_check(v2, consumer)
+    assert (r1.arithmetic, r2.arithmetic) == ("f32", "q8") and r1.passed and r2.passed, (r1.failures, r2.failures)
+    with pytest.raises(Llama2binError, match="not a multiple of group size"):
+        c_check(v1, consumer, arithmetic="q8")

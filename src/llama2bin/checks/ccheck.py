@@ -152,7 +152,11 @@ class CCheckResult:
 
 def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:
     if arithmetic == "auto":
-        return Q8 if bf.group_size else F32  # runq.c's way for Q8_0 files
+        # runq.c's way for Q8_0 files whose groups tile every matmul row; a v1 keeps llama2.c's group
+        # size for byte parity (e.g. 64 with stories42M's hidden_dim 1376), which runq.c's grouped
+        # matmul cannot run: float32 on the dequantized weights checks its layout all the same.
+        runq_can = bf.group_size and bf.config.hidden_dim % bf.group_size == 0
+        return Q8 if runq_can else F32
     if arithmetic == Q8 and not bf.group_size:
         raise Llama2binError(f"{bf.path}: q8 arithmetic needs a Q8_0 file (v1 or v2), this is {bf.spec.label}")
     if arithmetic not in (F32, Q8):
