@@ -98,6 +98,23 @@ def test_a_flip_away_from_a_tie_fails_naming_position_layer_site_and_element(act
     assert msg and f"position 2, layer 1, attention input, element {j}:" in msg and "1 of 1 quantization points" in msg
 
 
+def test_a_value_off_by_less_than_half_a_step_fails(activations):
+    """C's q can still be a rounding of Python's x/s while C's x is off by 0.35 steps - far outside
+    float rounding (a doubled weight scale whose neuron is nearly silent does this, measured on a
+    42M-shaped model): the values before quantization are compared too, continuously."""
+    x, q, s = _site(activations)
+    j = _inner(x, 2, 1)
+    x_c = x.copy()
+    x_c[2, j] = x[2, j] + np.float32(0.35) * s[2, 1] * (1 if x[2, j] / s[2, 1] % 1 < 0.15 else -1)
+    q_c, _ = quantize_activations(x_c, GS)
+    assert abs(q_c[2, j] - x[2, j] / s[2, 1]) <= 0.5  # the q rule alone would pass it
+    dump = np.zeros(x.shape[0], dtype=dump_record(CFG, GS))
+    dump["l1s0"]["x"], dump["l1s0"]["q"], dump["l1s0"]["s"] = x_c, q_c, s
+    forcing = TeacherForcing(dump, CFG)
+    forcing("layers.1.attention.wq", x, q, s)
+    assert forcing.failure() and f"element {j}:" in forcing.failure() and forcing.max_ratio_diff > 0.3
+
+
 def test_a_two_step_difference_fails_even_at_a_tie(activations):
     x, q, s = _site(activations)
     j = _inner(x, 0, 0)

@@ -9,9 +9,10 @@ models, ~1e-7 without one). So the logits alone cannot tell a correct file from 
 Instead the C consumer dumps (`--dump`) the (x, scales, q) of every activation quantization it
 performs, and the Python forward, through a `forward.Q8Hook`, at each of the same points:
 - quantizes its own activations and checks C's against them: every group's scale equal within
-  SCALE_RTOL (relative), and every element's q a rounding of Python's x / scale, |q_C - x/s| <=
-  0.5 + TIE_WINDOW - so q may differ from Python's own by exactly 1, and only where Python's x/s
-  lies within TIE_WINDOW of a half-integer (a tie);
+  SCALE_RTOL (relative); every element's value before quantization equal within TIE_WINDOW steps,
+  |x_C/s_C - x_Py/s_Py| <= TIE_WINDOW (continuous: no ties); and every element's q a rounding of
+  Python's x / scale, |q_C - x_Py/s_Py| <= 0.5 + TIE_WINDOW - so q may differ from Python's own
+  by exactly 1, and only where Python's x/s lies within TIE_WINDOW of a half-integer (a tie);
 - then continues with C's (q, scales), so a legitimate flip never propagates. The final logits
   then agree to float rounding of the scaled group sums and are compared with the float32 tolerance.
 
@@ -142,14 +143,18 @@ class TeacherForcing:
         if flipped.any():
             d = float(np.maximum(excess[flipped], 0.0).max())
             self.max_flip_tie_distance = max(d, self.max_flip_tie_distance or 0.0)
+        # C's values before quantization, in steps of its own scales, against Python's: float rounding
+        # apart, continuous (no ties), so a change too small to move a q (a wrong weight whose effect
+        # stays under half a step) is still seen. Only where both scales are non-zero (else bad_s).
         both = (s_c > 0) & (s_py > 0)
+        per_c = np.repeat(np.where(both, s_c, 1.0), gs, axis=1)
+        ratio_diff = np.where(np.repeat(both, gs, axis=1), np.abs(rec["x"].astype(np.float64) / per_c - ratio_py), 0.0)
+        bad_x = ~(ratio_diff <= self.tie_window)  # NaN is bad too
         if both.any():
             rel = np.abs(s_c - s_py)[both] / s_py[both]
             self.max_scale_rel_diff = max(self.max_scale_rel_diff, float(np.nan_to_num(rel, nan=np.inf).max()))
-            mask = np.repeat(both, gs, axis=1)
-            ratio_c = rec["x"].astype(np.float64)[mask] / np.repeat(s_c, gs, axis=1)[mask]
-            diff = np.abs(ratio_c - ratio_py[mask])
-            self.max_ratio_diff = max(self.max_ratio_diff, float(np.nan_to_num(diff, nan=np.inf).max()))
+            self.max_ratio_diff = max(self.max_ratio_diff, float(np.nan_to_num(ratio_diff, nan=np.inf).max()))
+        bad_q |= bad_x
         if not (bad_q.any() or bad_s.any()):
             return
         self.bad_sites += 1
@@ -162,7 +167,8 @@ class TeacherForcing:
                                       f"Python's {s_py[t, g]:.9g}")
             else:
                 t, j = (int(i) for i in np.argwhere(bad_q)[0])
-                self.first_failure = (f"position {t}, {where}, element {j}: C's q {int(q_c[t, j])}, Python's x/scale "
+                self.first_failure = (f"position {t}, {where}, element {j}: C's q {int(q_c[t, j])} and x/scale "
+                                      f"{float(rec['x'][t, j]) / float(s_c[t, j // gs] or 1):.4f}, Python's x/scale "
                                       f"{ratio_py[t, j]:.4f}")
 
     def failure(self) -> str | None:
@@ -171,5 +177,5 @@ class TeacherForcing:
             return None
         return (f"C consumer's q8 activations differ from the Python reference at {self.bad_sites} of {self.sites} "
                 f"quantization points ({self.bad_elements} elements, {self.bad_scales} group scales), first at "
-                f"{self.first_failure} (allowed: scales within {self.scale_rtol:g} relative, q a step apart only within "
-                f"{self.tie_window:g} of a tie)")
+                f"{self.first_failure} (allowed: scales within {self.scale_rtol:.3g} relative, x/scale within "
+                f"{self.tie_window:g}, q a step apart only within {self.tie_window:g} of a tie)")
