@@ -225,8 +225,8 @@ def write_markdown(rows: list[dict], path: str, wall: float, total_cpu: float) -
         "# C check: false failures and detection on realistic models",
         "",
         "Written by `bench/ccheck_rates.py` (see its docstring for the method). "
-        f"{len(rows)} models; CPU {total_cpu:.0f} s in all (checkpoints, training, exports and checks) on a shared "
-        "2-core machine.",
+        f"{len(rows)} models; {total_cpu:.0f} CPU seconds of checks (building, training and exporting the models "
+        "not counted) on a shared 2-core machine.",
         "",
         "## Models",
         "",
@@ -308,9 +308,9 @@ def write_markdown(rows: list[dict], path: str, wall: float, total_cpu: float) -
         "makes the arithmetic non-finite (garbage scales after a shift); the round trip against the checkpoint is "
         "what catches a corrupted file, and a wrong group size is refused on open (the file size no longer matches "
         "the header) by the Python reader and the C consumer alike. (B) is the C check's own job: every swap, shift "
-        "and group-size error fails it; a single doubled weight scale fails it whenever the 16 positions use that "
-        "group measurably (its activations move by far more than float rounding), and the round trip catches it in "
-        "any case. Comparing only C's q (not its values before quantization) missed one doubled scale in a "
+        "and group-size error fails it, and so does a doubled scale of a layer matrix (a scale no forward pass on the "
+        "16 positions reads - an untied embedding row of an unused token - cannot be seen by any logit-level check; "
+        "the round trip catches it). Comparing only C's q (not its values before quantization) missed one doubled scale in a "
         "42M-shaped trained model: the activation moved by 0.36 steps, 7000x float rounding, without crossing a "
         "tie - hence the value comparison.",
     ]
@@ -373,7 +373,7 @@ def main() -> int:
         return 0
     with open(args.json or os.path.join(args.work, "rates.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    total_cpu = sum(r["prep_cpu"] + r["cpu"] for r in rows)
+    total_cpu = sum(r["cpu"] for r in rows)
     write_markdown(rows, args.out, time.time() - w0, total_cpu)
     print(f"wrote {args.out}")
     return 0
