@@ -57,8 +57,8 @@ from llama2bin.checks.q8_forcing import SCALE_RTOL, TIE_WINDOW  # noqa: E402
 from llama2bin.checks.verification import verify_output  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -113,15 +113,15 @@ def corrupt(kind: str, src: str, dst: str, rng: np.random.Generator) -> str:
     """A copy of v2 file `src` at `dst` with one layout error; returns what was done."""
     shutil.copyfile(src, dst)
     with BinFile(src) as bf:
-        tensors = [t for t in bf.tensors.values() if t.scales is not None]
+        tensors = [t for t in bf.tensors.values() if t.group_size is not None]
         gs = bf.group_size
-        spans = {t.name: (t.offset, t.scales_offset + 4 * t.scales.size) for t in tensors}
+        spans = {t.name: (t.offset, t.scales_offset + 4 * (t.numel // t.group_size)) for t in tensors}
         by_shape: dict[tuple, list[str]] = {}
         for t in tensors:
             by_shape.setdefault(t.shape, []).append(t.name)
         layer_mats = [t for t in tensors if t.name.startswith("layers.")]
         scale_at = {t.name: t.scales_offset for t in tensors}
-        scale_count = {t.name: t.scales.size for t in tensors}
+        scale_count = {t.name: (t.numel // t.group_size) for t in tensors}
     data = bytearray(open(src, "rb").read())
     if kind == "swap":
         groups = [names for names in by_shape.values() if len(names) > 1]

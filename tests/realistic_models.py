@@ -189,7 +189,7 @@ def swap_tensors(a: str, b: str):  # type: ignore[no-untyped-def]
     """An edit exchanging two same-shaped Q8_0 tensors of a v2 file (values and scales)."""
     def edit(bf: BinFile, data: bytearray) -> None:
         ta, tb = bf.tensors[a], bf.tensors[b]
-        (a0, a1), (b0, b1) = ((t.offset, t.scales_offset + 4 * t.scales.size) for t in (ta, tb))
+        (a0, a1), (b0, b1) = ((t.offset, t.scales_offset + 4 * (t.numel // t.group_size)) for t in (ta, tb))
         data[a0:a1], data[b0:b1] = data[b0:b1], data[a0:a1]
     return edit
 

@@ -21,9 +21,9 @@ from llama2bin.checks.q8_forcing import SCALE_RTOL, TIE_WINDOW, TeacherForcing, 
 from llama2bin.demo import PRESETS, state_dict_arrays
 from llama2bin.errors import Llama2binError
 from llama2bin.formats.reader import BinFile
+from llama2bin.formats.source_registry import open_source
 from llama2bin.formats.writer import export
 from llama2bin.model import ModelConfig
-from llama2bin.sources import open_source
 
 CFG = ModelConfig(dim=64, hidden_dim=128, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=32, max_seq_len=8,
                   shared_classifier=True)
