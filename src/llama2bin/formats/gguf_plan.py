@@ -160,12 +160,14 @@ def llama3_rope_factors(head_size: int, theta: float, scaling: RopeScaling) -> n
 
 def size_label(n_params: int) -> str:
     """gguf.utility.size_label for a dense model: "125K", "1.1B", "7.0B"."""
-    for limit, scale, suffix in ((1e12, 1e-12, "T"), (1e9, 1e-9, "B"), (1e6, 1e-6, "M")):
-        if n_params > limit:
-            break
+    if n_params > 1e12:
+        scaled, suffix = n_params * 1e-12, "T"
+    elif n_params > 1e9:
+        scaled, suffix = n_params * 1e-9, "B"
+    elif n_params > 1e6:
+        scaled, suffix = n_params * 1e-6, "M"
     else:
-        scale, suffix = 1e-3, "K"
-    scaled = n_params * scale
+        scaled, suffix = n_params * 1e-3, "K"
     fix = max(2 - len(str(round(scaled)).lstrip("0")), 0)
     return f"{scaled:.{fix}f}{suffix}"
 
