@@ -76,14 +76,21 @@ class GgmlType(IntEnum):
 BLOCK: Final = {GgmlType.F32: (1, 4), GgmlType.F16: (1, 2), GgmlType.Q8_0: (32, 34), GgmlType.BF16: (1, 2)}
 Q8_0_BLOCK: Final = 32
 
-# Every ggml type id llama.cpp knows, for messages about the ones llama2bin does not read.
-GGML_TYPE_NAMES: Final = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
-    11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS",
-    19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
-    27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4",
-    41: "Q1_0", 42: "Q2_0",
+# Every ggml type llama.cpp knows: id -> (name, values per block, bytes per block) (gguf-py's
+# GGML_QUANT_SIZES), so that a GGUF holding types we do not decode is still measured and checked
+# (inspect), and refused by name when read.
+GGML_TYPES: Final = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18), 42: ("Q2_0", 64, 18),
 }
+for _t in GgmlType:
+    assert GGML_TYPES[_t][1:] == BLOCK[_t]
 
 
 class FileType(IntEnum):
@@ -96,13 +103,13 @@ class FileType(IntEnum):
 
 
 def type_name(ggml_type: int) -> str:
-    return GGML_TYPE_NAMES.get(ggml_type, f"unknown type {ggml_type}")
+    return GGML_TYPES[ggml_type][0] if ggml_type in GGML_TYPES else f"unknown type {ggml_type}"
 
 
-def tensor_nbytes(ggml_type: GgmlType, ne: Sequence[int]) -> int:
+def tensor_nbytes(ggml_type: int, ne: Sequence[int]) -> int:
     """Bytes of a tensor of type `ggml_type` with dimensions `ne` (innermost first); the row
     length ne[0] must be a whole number of blocks."""
-    elems, nbytes = BLOCK[ggml_type]
+    _, elems, nbytes = GGML_TYPES[ggml_type]
     if ne[0] % elems:
         raise ValueError(f"row length {ne[0]} is not a multiple of {type_name(ggml_type)}'s block of {elems}")
     return math.prod(ne) // elems * nbytes
