@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from llama2bin.formats.gguf_header import KV, TensorInfo, build_header
 from llama2bin.formats.gguf_plan import tensor_plan
-from llama2bin.formats.gguf_vocab import sentencepiece_vocab
+from llama2bin.formats.gguf_vocab_hf import hf_sentencepiece_vocab
 from llama2bin.formats.gguf_write import GgufModelInfo, gguf_layout
 from llama2bin.sources.gguf_file import FileType, GgmlType, ValueType
 from llama2bin.sources.hf import HfSource
@@ -72,7 +72,7 @@ def test_a_real_header_equals_gguf_writer(tmp_path) -> None:
     """The metadata and tensor infos of the golden checkpoint's Q8_0 GGUF (tokenizer arrays included)."""
     d = os.path.join(DATA, "tiny_hf_gqa")
     with HfSource(d) as src:
-        vocab = sentencepiece_vocab(os.path.join(d, "tokenizer.model"), src.config.vocab_size, hf_dir=d)
+        vocab = hf_sentencepiece_vocab(os.path.join(d, "tokenizer.model"), src.config.vocab_size, d)
         layout = gguf_layout("gguf-q8_0", src.config, GgufModelInfo("tiny", vocab))
         infos = [p.info for p in tensor_plan(src.config, FileType.MOSTLY_Q8_0)]
     assert layout.header == writer_header(str(tmp_path / "w.gguf"), list(layout.kvs), infos)

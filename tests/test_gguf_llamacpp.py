@@ -22,7 +22,7 @@ from llama2bin.checks.ccheck import Consumer, find_compiler  # noqa: E402
 from llama2bin.checks.llamacpp import LlamaCppModel, _binding, llamacpp_greedy, llamacpp_logits  # noqa: E402
 from llama2bin.formats.gguf_header import KV, build_header  # noqa: E402
 from llama2bin.formats.gguf_plan import metadata_kvs, tensor_plan  # noqa: E402
-from llama2bin.formats.gguf_vocab import sentencepiece_vocab  # noqa: E402
+from llama2bin.formats.gguf_vocab_hf import hf_sentencepiece_vocab  # noqa: E402
 from llama2bin.formats.gguf_write import GgufModelInfo, export_gguf  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402
 from llama2bin.model import ModelConfig  # noqa: E402
@@ -40,7 +40,7 @@ def ggufs(tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("gguf")
     paths = {t: str(out / f"tiny.{t}.gguf") for t in ("f32", "f16", "bf16", "q8_0")}
     with HfSource(CKPT) as src:
-        vocab = sentencepiece_vocab(os.path.join(CKPT, "tokenizer.model"), src.config.vocab_size, hf_dir=CKPT)
+        vocab = hf_sentencepiece_vocab(os.path.join(CKPT, "tokenizer.model"), src.config.vocab_size, CKPT)
         export_gguf(src, [(f"gguf-{t}", p) for t, p in paths.items()], GgufModelInfo("tiny", vocab), quiet=True)
     return paths
 

@@ -17,7 +17,7 @@ from gguf import SpecialVocab
 
 from llama2bin.errors import Llama2binError
 from llama2bin.formats.gguf_vocab import TokenType, sentencepiece_vocab, tokenizer_bin_vocab, vocab_kvs
-from llama2bin.formats.gguf_vocab_hf import hf_special_tokens
+from llama2bin.formats.gguf_vocab_hf import hf_sentencepiece_vocab, hf_special_tokens
 from llama2bin.sources.gguf_file import ValueType
 from llama2bin.tokenizer import write_tokenizer_bin
 
@@ -124,7 +124,7 @@ def test_malformed_hf_tokenizer_files_are_refused(tmp_path, file: str, content: 
     with open(d / file, "w") as f:
         json.dump(content, f)
     with pytest.raises(Llama2binError, match=needle):
-        sentencepiece_vocab(str(d / "tokenizer.model"), 304, hf_dir=str(d))
+        hf_sentencepiece_vocab(str(d / "tokenizer.model"), 304, str(d))
 
 
 def test_sentencepiece_without_hf_files() -> None:

@@ -18,7 +18,7 @@ from gguf import GGUFReader
 from llama2bin.checks.gguf_readback import verify_gguf
 from llama2bin.errors import Llama2binError
 from llama2bin.formats.gguf_plan import GGUF_FILE_TYPES
-from llama2bin.formats.gguf_vocab import sentencepiece_vocab
+from llama2bin.formats.gguf_vocab_hf import hf_sentencepiece_vocab
 from llama2bin.formats.gguf_write import GgufModelInfo, export_gguf, gguf_layout
 from llama2bin.sources.hf import HfSource
 
@@ -30,7 +30,7 @@ NAME = "Tiny_Hf_Gqa"  # what the converter derived from the directory name
 
 def info() -> GgufModelInfo:
     with HfSource(CKPT) as src:
-        vocab = sentencepiece_vocab(os.path.join(CKPT, "tokenizer.model"), src.config.vocab_size, hf_dir=CKPT)
+        vocab = hf_sentencepiece_vocab(os.path.join(CKPT, "tokenizer.model"), src.config.vocab_size, CKPT)
     return GgufModelInfo(NAME, vocab)
 
 

@@ -161,18 +161,13 @@ def sentencepiece_special(model_path: str, vocab_size: int) -> SpecialTokens:
     return SpecialTokens(ids=tuple(ids), add=(("bos", True), ("eos", False)))
 
 
-def sentencepiece_vocab(model_path: str, vocab_size: int, hf_dir: str | None = None) -> GgufVocab:
-    """The `llama` vocabulary of a sentencepiece model for a model of `vocab_size` tokens; with
-    `hf_dir`, that Hugging Face directory's added tokens, special tokens and chat template too."""
+def sentencepiece_vocab(model_path: str, vocab_size: int) -> GgufVocab:
+    """The `llama` vocabulary of a sentencepiece model for a model of `vocab_size` tokens (special
+    tokens from the model itself; gguf_vocab_hf.hf_sentencepiece_vocab adds a Hugging Face
+    directory's added tokens, special tokens and chat template)."""
     tokens, scores, types = sentencepiece_pieces(model_path, vocab_size)
-    if hf_dir is None:
-        return GgufVocab("llama", tuple(tokens), tuple(types), tuple(scores), pre="default",
-                         special=sentencepiece_special(model_path, vocab_size))
-    from .gguf_vocab_hf import add_hf_added_tokens, hf_add_space_prefix, hf_special_tokens
-
-    add_hf_added_tokens(hf_dir, tokens, scores, types)
     return GgufVocab("llama", tuple(tokens), tuple(types), tuple(scores), pre="default",
-                     special=hf_special_tokens(hf_dir, len(tokens)), add_space_prefix=hf_add_space_prefix(hf_dir))
+                     special=sentencepiece_special(model_path, vocab_size))
 
 
 # ---- llama2.c tokenizer.bin ------------------------------------------------------------------

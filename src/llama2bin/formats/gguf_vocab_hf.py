@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import Llama2binError
 from ..safe_io import load_json, read_capped
-from .gguf_vocab import SpecialTokens, TokenType
+from .gguf_vocab import GgufVocab, SpecialTokens, TokenType, sentencepiece_pieces
 
 TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # SpecialVocab.special_token_types
 MAX_TOKENIZER_JSON_BYTES = 64 << 20  # Llama 3's tokenizer.json is 9 MB
@@ -282,3 +282,12 @@ def hf_special_tokens(hf_dir: str, n_vocab: int) -> SpecialTokens:
         normalizer_lowercase=sv.lowercase,
         normalizer_strip_accents=sv.strip_accents,
     )
+
+
+def hf_sentencepiece_vocab(model_path: str, vocab_size: int, hf_dir: str) -> GgufVocab:
+    """The `llama` vocabulary convert_hf_to_gguf.py writes for a Hugging Face directory with a
+    sentencepiece tokenizer.model: pieces, then added tokens, special tokens, chat template."""
+    tokens, scores, types = sentencepiece_pieces(model_path, vocab_size)
+    add_hf_added_tokens(hf_dir, tokens, scores, types)
+    return GgufVocab("llama", tuple(tokens), tuple(types), tuple(scores), pre="default",
+                     special=hf_special_tokens(hf_dir, len(tokens)), add_space_prefix=hf_add_space_prefix(hf_dir))
