@@ -18,41 +18,32 @@ encoders of formats/gguf_encode.py:
   order is part of the byte-level parity with the converter), plus the llama.* hyper-parameters
   checked against the source's ModelConfig directly.
 
-Memory: GGUFReader maps the whole file; each row chunk's pages are released (madvise
-MADV_DONTNEED) once compared, so resident memory stays at a chunk, not the file.
+Structure (keys, tensor names, types, shapes, data offsets) comes from GGUFReader; the tensor
+bytes are then read at GGUFReader's offsets with preadv, in row chunks on worker processes (as
+checks/tensor.py does for .bin), block by block: GGUFReader's whole-file mapping is never walked,
+so resident memory stays at a few chunks, not the file. The sha256 is computed by a side process.
+Statistics per tensor are those of checks/tensor.py (max error, RMSE, relative error, SNR, and
+for Q8_0 the histogram of per-block max errors), so the reports show GGUF outputs like .bin ones.
 """
 
 from __future__ import annotations
 
-import hashlib
-import mmap
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import Llama2binError
+from ..formats.gguf_encode import encoded_nbytes
 from ..formats.gguf_header import KV
 from ..formats.gguf_plan import GGUF_FILE_TYPES, MATRIX_TYPE
 from ..formats.gguf_write import GgufLayout, GgufModelInfo, gguf_layout
+from ..parallel import ForkedCall, ForkPool, default_workers
 from ..safe_io import open_regular
 from ..sources.base import Source, row_chunks
-from ..sources.gguf_file import ROPE_FREQS, GgmlType, ValueType
-from .tensor import TensorCheckResult, TensorStats
-
-_PAGE = mmap.PAGESIZE
-
-
-def _sha256(path: str) -> str:
-    fd = open_regular(path, "GGUF output")
-    try:
-        h, offset = hashlib.sha256(), 0
-        while block := os.pread(fd, 1 << 20, offset):
-            h.update(block)
-            offset += len(block)
-        return h.hexdigest()
-    finally:
-        os.close(fd)
+from ..sources.gguf_file import GgmlType, ValueType
+from .tensor import _HIST_EDGES, TensorCheckResult, TensorStats, sha256_file
 
 
 def _field_value(field: Any) -> tuple[list[int], Any]:
@@ -117,13 +108,13 @@ def check_metadata(reader: Any, layout: GgufLayout, where: str) -> list[str]:
 def _bf16_reference(x: np.ndarray) -> np.ndarray:
     """Correctly rounded bfloat16 bits of finite float32 `x`, ties to even, in float64."""
     bits = x.view(np.uint32)
-    low = (bits & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)  # toward zero
-    high_bits = (bits & np.uint32(0xFFFF0000)) + np.uint32(0x10000)  # away from zero
-    high = high_bits.view(np.float32).astype(np.float64)
+    low_bits = bits & np.uint32(0xFFFF0000)  # toward zero
+    high_bits = low_bits + np.uint32(0x10000)  # away from zero
     xd = x.astype(np.float64)
-    d_low, d_high = np.abs(xd - low), np.abs(high - xd)
-    even_low = ((bits >> 16) & 1) == 0
-    take_high = (d_high < d_low) | ((d_high == d_low) & ~even_low)
+    d_low = np.abs(xd - low_bits.view(np.float32).astype(np.float64))
+    d_high = np.abs(high_bits.view(np.float32).astype(np.float64) - xd)
+    odd_low = ((bits >> 16) & 1) == 1
+    take_high = (d_high < d_low) | ((d_high == d_low) & odd_low)
     return np.where(take_high, high_bits >> 16, bits >> 16).astype(np.uint16)
 
 
@@ -140,108 +131,183 @@ def _q8_0_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return d32, d32.astype(np.float16), (np.sign(t) * rounded).astype(np.int8)
 
 
-class _Compare:
-    def __init__(self, reader: Any, where: str, result: TensorCheckResult):
-        self.reader, self.where, self.result = reader, where, result
-        self.mm = getattr(reader.data, "_mmap", None)
-        self.worst_q8_ratio = 0.0
+@dataclass
+class _ChunkResult:
+    failure: str | None = None
+    n: int = 0
+    max_abs_err: float = 0.0
+    sq_err: float = 0.0
+    sq_ref: float = 0.0
+    worst_over_d: float = 0.0  # Q8_0: max |w - q*d| / d
+    hist: np.ndarray | None = None  # Q8_0: per-block max error histogram (checks/tensor.py's bins)
 
-    def release(self, arr: np.ndarray) -> None:
-        """Drop the mapped pages behind `arr` from this process (the kernel keeps them cached)."""
-        if self.mm is None or arr.size == 0:
-            return
-        start = arr.__array_interface__["data"][0] - self.reader.data.__array_interface__["data"][0]
-        begin = start // _PAGE * _PAGE
-        self.mm.madvise(mmap.MADV_DONTNEED, begin, start + arr.nbytes - begin)
 
-    def tensor(self, source: Source, name: str, tensor: Any, ggml_type: GgmlType) -> None:
-        ref = source.tensor(name)
-        stats = TensorStats(tensor.name, list(ref.shape), ggml_type.name.lower(), 32 if ggml_type == GgmlType.Q8_0 else None)
-        data = tensor.data.reshape(ref.rows, -1)
-        failed = False
-        for start, stop in row_chunks(ref):
-            x = np.ascontiguousarray(ref.read_rows(start, stop)).reshape(-1)
-            raw = np.ascontiguousarray(data[start:stop]).reshape(-1)
-            got, problem = self._decode_and_check(x, raw, ggml_type)
-            self.release(data[start:stop])
-            stats.add(x, got)
-            if problem and not failed:
-                failed = True
-                self.result.failures.append(f"{self.where}: tensor {tensor.name} rows {start}..{stop}: {problem}")
-        self.result.tensors.append(stats.finish())
+@dataclass(frozen=True)
+class _Task:
+    tensor: str  # canonical name
+    gguf_name: str
+    ggml_type: GgmlType
+    offset: int  # of the tensor's data, as GGUFReader reports it
+    start: int
+    stop: int
 
-    def _decode_and_check(self, x: np.ndarray, raw: np.ndarray, ggml_type: GgmlType) -> tuple[np.ndarray, str | None]:
-        if ggml_type == GgmlType.F32:
-            got = raw.view(np.float32)
-            same = np.array_equal(got.view(np.uint32), x.view(np.uint32))
-            return got, None if same else "float32 values differ from the source"
-        if ggml_type == GgmlType.F16:
-            got = raw.view(np.float16)
-            ok = np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
-            return got.astype(np.float32), None if ok else "float16 values are not the source rounded to nearest even"
-        if ggml_type == GgmlType.BF16:
-            bits = raw.view(np.uint16)
-            got = (bits.astype(np.uint32) << 16).view(np.float32)
-            same = np.array_equal(bits, _bf16_reference(x))
-            return got, None if same else "bfloat16 values are not the source correctly rounded"
+
+BLOCK = 1 << 16  # values per step: temporaries stay in L2
+
+
+def _check_block(x: np.ndarray, raw: np.ndarray, ggml_type: GgmlType, out: _ChunkResult, gmax: list[np.ndarray]) -> str | None:
+    """One block of values: the problem found, or None; statistics added to `out`."""
+    if ggml_type == GgmlType.F32:
+        got = raw.view(np.float32)
+        if not np.array_equal(got.view(np.uint32), x.view(np.uint32)):
+            return "float32 values differ from the source"
+        out.n += x.size  # bit-identical: zero error
+        return None
+    if ggml_type == GgmlType.F16:
+        got = raw.view(np.float16)
+        if not np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16)):
+            return "float16 values are not the source rounded to nearest even"
+        got = got.astype(np.float32)
+    elif ggml_type == GgmlType.BF16:
+        bits = raw.view(np.uint16)
+        if not np.array_equal(bits, _bf16_reference(x)):
+            return "bfloat16 values are not the source correctly rounded"
+        got = (bits.astype(np.uint32) << 16).view(np.float32)
+    else:
         blocks = raw.reshape(-1, 34)
         d16 = np.ascontiguousarray(blocks[:, :2]).view(np.float16).reshape(-1)
         q = np.ascontiguousarray(blocks[:, 2:]).view(np.int8)
-        got = (q.astype(np.float32) * d16.astype(np.float32)[:, None]).reshape(-1)
         d32, want_d16, want_q = _q8_0_reference(x)
-        err = np.abs(got.astype(np.float64) - x.astype(np.float64)).reshape(-1, 32)
-        bound = d32.astype(np.float64)[:, None] * (0.5 + 2.0**-20) + np.abs(q) * np.abs(
-            d32.astype(np.float64) - d16.astype(np.float64))[:, None]
+        if not np.array_equal(d16.view(np.uint16), want_d16.view(np.uint16)):
+            return "Q8_0 scales differ from a fresh quantization"
+        if not np.array_equal(q, want_q):
+            return "Q8_0 values differ from a fresh quantization"
+        got = (q.astype(np.float32) * d16.astype(np.float32)[:, None]).reshape(-1)
+        err = np.abs(got.astype(np.float64) - x.astype(np.float64)).reshape(-1, 32).max(axis=1)
+        # q is rounded with the float32 d (x * fl(1/d32) is within 127 * 2^-23 of x / d32) but the
+        # float16 d is stored: |w - q*d16| <= d32 * (1/2 + 2^-14) + |q| * |d32 - d16|
+        bound = d32.astype(np.float64) * (0.5 + 2.0**-14) + np.abs(q).max(axis=1) * np.abs(
+            d32.astype(np.float64) - d16.astype(np.float64))
+        if (err > bound).any():
+            return "a Q8_0 value lies beyond the quantization bound"
         nonzero = d16 != 0
         if nonzero.any():
-            ratio = err[nonzero].max(axis=1) / d16[nonzero].astype(np.float64)
-            self.worst_q8_ratio = max(self.worst_q8_ratio, float(ratio.max()))
-        if not np.array_equal(d16.view(np.uint16), want_d16.view(np.uint16)):
-            return got, "Q8_0 scales differ from a fresh quantization"
-        if not np.array_equal(q, want_q):
-            return got, "Q8_0 values differ from a fresh quantization"
-        if (err > bound).any():
-            return got, "a Q8_0 value lies beyond the quantization bound"
-        return got, None
+            out.worst_over_d = max(out.worst_over_d, float((err[nonzero] / d16[nonzero].astype(np.float64)).max()))
+        gmax.append(err)
+    diff = got.astype(np.float64) - x.astype(np.float64)
+    ref = x.astype(np.float64)
+    out.n += x.size
+    out.max_abs_err = max(out.max_abs_err, float(np.abs(diff).max(initial=0.0)))
+    out.sq_err += float(np.einsum("i,i->", diff, diff))  # not np.dot: BLAS threads spin (measured: 100x the CPU)
+    out.sq_ref += float(np.einsum("i,i->", ref, ref))
+    return None
 
 
-def verify_gguf(path: str, source: Source, info: GgufModelInfo, format_name: str) -> TensorCheckResult:
+def _check_chunk(task: _Task, source: Source, fd: int, path: str) -> _ChunkResult:
+    """Rows [start, stop) of one tensor, read by preadv at GGUFReader's offset (no mapping)."""
+    ref_t = source.tensor(task.tensor)
+    cols = ref_t.cols
+    per_row = encoded_nbytes(task.ggml_type, cols)
+    raw = np.empty((task.stop - task.start) * per_row, dtype=np.uint8)
+    if os.preadv(fd, [raw], task.offset + task.start * per_row) != raw.size:
+        raise Llama2binError(f"{path}: file shrank while being verified")
+    x = np.ascontiguousarray(ref_t.read_rows(task.start, task.stop), dtype=np.float32).reshape(-1)
+    out = _ChunkResult()
+    gmax: list[np.ndarray] = []
+    bytes_per_value = encoded_nbytes(task.ggml_type, 32) / 32
+    for b in range(0, x.size, BLOCK):  # BLOCK is whole Q8_0 blocks and whole bytes of every type
+        n = min(BLOCK, x.size - b)
+        problem = _check_block(x[b : b + n], raw[int(b * bytes_per_value) : int((b + n) * bytes_per_value)],
+                               task.ggml_type, out, gmax)
+        if problem:
+            return _ChunkResult(f"{path}: tensor {task.gguf_name} rows {task.start}..{task.stop}: {problem}")
+    if gmax:
+        errs = np.concatenate(gmax)
+        counts = np.bincount(np.searchsorted(_HIST_EDGES, errs, side="right"), minlength=len(_HIST_EDGES) + 1)
+        out.hist = counts[1 : len(_HIST_EDGES)].astype(np.int64)
+        out.hist[-1] += int(np.count_nonzero(errs == _HIST_EDGES[-1]))
+    return out
+
+
+def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: TensorCheckResult,
+                     shapes: dict[str, tuple[int, ...]], workers: int | None) -> float:
+    """Run the chunk checks on worker processes; fold their results per tensor, in task order
+    (statistics never depend on timing). Returns the worst Q8_0 |w - q*d| / d."""
+    fd = open_regular(path, "GGUF output")
+    worst = 0.0
+    try:
+        with ForkPool(tasks, lambda t: _check_chunk(t, source, fd, path), workers or default_workers(result.size)) as pool:
+            stats: TensorStats | None = None
+            failed = False
+            hist: np.ndarray | None = None
+            for i, (task, r) in enumerate(zip(tasks, pool.results(), strict=True)):
+                if stats is None:
+                    q8 = task.ggml_type == GgmlType.Q8_0
+                    stats = TensorStats(task.gguf_name, list(shapes[task.tensor]), task.ggml_type.name.lower(),
+                                        32 if q8 else None)
+                    failed, hist = False, (np.zeros(len(_HIST_EDGES) - 1, np.int64) if q8 else None)
+                if not failed and r.failure:
+                    result.failures.append(r.failure)
+                    failed = True
+                elif not failed:
+                    stats.max_abs_err = max(stats.max_abs_err, r.max_abs_err)
+                    stats._sq_err, stats._sq_ref, stats._n = stats._sq_err + r.sq_err, stats._sq_ref + r.sq_ref, stats._n + r.n
+                    worst = max(worst, r.worst_over_d)
+                    if hist is not None and r.hist is not None:
+                        hist += r.hist
+                if i + 1 == len(tasks) or tasks[i + 1].tensor != task.tensor:
+                    if hist is not None and not failed:
+                        stats.group_err_hist = hist.tolist()
+                    result.tensors.append(stats.finish())
+                    stats = None
+    finally:
+        os.close(fd)
+    return worst
+
+
+def verify_gguf(
+    path: str, source: Source, info: GgufModelInfo, format_name: str, threads: int | None = None
+) -> TensorCheckResult:
     """Read `path` back with GGUFReader and compare it with `source` (see the module docstring)."""
     from gguf import GGUFReader  # the verify-time dependency: llama.cpp's own gguf-py
 
     layout = gguf_layout(format_name, source.config, info)
     q8 = MATRIX_TYPE[GGUF_FILE_TYPES[format_name]] == GgmlType.Q8_0
-    result = TensorCheckResult(path, format_name, os.path.getsize(path), _sha256(path), 32 if q8 else None, {},
-                               source.describe(), source_quantized=getattr(source, "quantized", None))
-    try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError, KeyError, IndexError) as e:  # GGUFReader's own refusals
-        raise Llama2binError(f"{path}: gguf's GGUFReader cannot read it: {e}") from None
-    result.header = {f.name: _field_value(f)[1] for f in reader.fields.values()
-                     if not f.name.startswith("GGUF.") and len(f.data) <= 1}
-    result.header = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in result.header.items()}
-    if os.path.getsize(path) != layout.size:
-        result.failures.append(f"{path}: {os.path.getsize(path)} bytes, expected {layout.size}")
-    result.failures += check_metadata(reader, layout, path)
-    compare = _Compare(reader, path, result)
-    by_name = {t.name: t for t in reader.tensors}
-    want = {sec.gguf_name: sec for sec in layout.sections}
-    if set(by_name) != set(want):
-        missing, extra = sorted(set(want) - set(by_name)), sorted(set(by_name) - set(want))
-        result.failures.append(f"{path}: tensors differ from the source's: missing {missing[:3]}, unexpected {extra[:3]}")
-    for name, sec in want.items():
-        t = by_name.get(name)
-        if t is None:
-            continue
-        if int(t.tensor_type) != sec.ggml_type or tuple(int(n) for n in t.shape) != tuple(reversed(sec.shape)):
-            result.failures.append(f"{path}: tensor {name} is {t.tensor_type.name} {list(t.shape)}, "
-                                   f"expected {sec.ggml_type.name} {list(reversed(sec.shape))}")
-            continue
-        if sec.tensor == ROPE_FREQS:
-            if not np.array_equal(np.asarray(t.data).view(np.uint32), layout.generated[ROPE_FREQS].view(np.uint32)):
-                result.failures.append(f"{path}: tensor {name} is not the rope scaling factors of the source")
-            continue
-        compare.tensor(source, sec.tensor, t, sec.ggml_type)
-    if q8:
-        result.header["q8_0_worst_error_over_d"] = round(compare.worst_q8_ratio, 6)
+    with ForkedCall(sha256_file, path) as digest:  # a side process hashes the file meanwhile
+        result = TensorCheckResult(path, format_name, os.path.getsize(path), "", 32 if q8 else None, {},
+                                   source.describe(), source_quantized=getattr(source, "quantized", None))
+        try:
+            reader = GGUFReader(path)
+        except (ValueError, OSError, KeyError, IndexError) as e:  # GGUFReader's own refusals
+            raise Llama2binError(f"{path}: gguf's GGUFReader cannot read it: {e}") from None
+        header = {f.name: _field_value(f)[1] for f in reader.fields.values()
+                  if not f.name.startswith("GGUF.") and len(f.data) <= 1}
+        result.header = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in header.items()}
+        if result.size != layout.size:
+            result.failures.append(f"{path}: {result.size} bytes, expected {layout.size}")
+        result.failures += check_metadata(reader, layout, path)
+        by_name = {t.name: t for t in reader.tensors}
+        want = {sec.gguf_name: sec for sec in layout.sections}
+        if set(by_name) != set(want):
+            missing, extra = sorted(set(want) - set(by_name)), sorted(set(by_name) - set(want))
+            result.failures.append(f"{path}: tensors differ from the source's: missing {missing[:3]}, unexpected {extra[:3]}")
+        tasks = []
+        for name, sec in want.items():
+            t = by_name.get(name)
+            if t is None:
+                continue
+            if int(t.tensor_type) != sec.ggml_type or tuple(int(n) for n in t.shape) != tuple(reversed(sec.shape)):
+                result.failures.append(f"{path}: tensor {name} is {t.tensor_type.name} {list(t.shape)}, "
+                                       f"expected {sec.ggml_type.name} {list(reversed(sec.shape))}")
+            elif sec.tensor in layout.generated:
+                if not np.array_equal(np.asarray(t.data).view(np.uint32), layout.generated[sec.tensor].view(np.uint32)):
+                    result.failures.append(f"{path}: tensor {name} is not the rope scaling factors of the source")
+            else:
+                tasks += [_Task(sec.tensor, name, sec.ggml_type, int(t.data_offset), a, b)
+                          for a, b in row_chunks(source.tensor(sec.tensor))]
+        del reader, by_name  # the mapping: nothing of the tensors was read through it
+        worst = _compare_tensors(tasks, source, path, result, source.config.shapes(), threads) if tasks else 0.0
+        if q8:
+            result.header["q8_0_worst_error_over_d"] = round(worst, 6)
+        result.sha256 = digest.result()
     return result
