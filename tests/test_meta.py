@@ -260,7 +260,10 @@ def test_unexpected_tensors(case, edit, needles, checkpoints, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case,changes,needles", [
-    ("scaled_rope", {"rope_theta": 500000.0, "use_scaled_rope": True}, ["use_scaled_rope = True"]),
+    ("scaled_rope", {"rope_theta": 500000.0, "use_scaled_rope": True},
+     ["rope_theta = 500000 and use_scaled_rope is llama3 (factor 8, low_freq_factor 1, high_freq_factor 4, "
+      "original_max_position_embeddings 8192)", "--allow-rope-theta"]),
+    ("scaled_rope_type", {"use_scaled_rope": "yes"}, ["use_scaled_rope must be true or false, got a string"]),
     ("unknown_field", {"moe_experts": 8}, ["params.json: unknown field moe_experts = 8"]),
     ("no_dim", {"dim": None}, ["params.json: no dim"]),
     ("vocab_mismatch", {"vocab_size": 100}, ["tok_embeddings.weight has shape [64, 32]", "[100, 32]"]),

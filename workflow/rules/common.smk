@@ -11,23 +11,29 @@ from snakemake.utils import validate
 
 from llama2bin.errors import Llama2binError
 from llama2bin.fetch import FetchSpec, config_source
+from llama2bin.fetch.spec import TOKENIZER_FILES
 from llama2bin.formats import DIRECTORY, FORMATS
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
 # the same checks `llama2bin fetch` applies (FetchSpec is the one place a source is validated).
-for _name, _model in (config.get("models") or {}).items():
+_models = config.get("models")
+for _name, _model in _models.items() if isinstance(_models, dict) else ():
     if isinstance(_model, dict):
         try:
             config_source(_name, _model)
         except Llama2binError as _e:
-            raise WorkflowError(str(_e))
-# The schema owns every default: validate() fills in what the config leaves out.
+            raise config_error(f"{CONFIG_NAME}: {_e}")
+# One line naming the field (config_guard.smk); then the schema owns every default: validate()
+# fills in what the config leaves out.
+check_config_schema(
+    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+)
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 for _name, _model in config["models"].items():
     if "demo" in _model and _model["source"] != "llama2c":
-        raise WorkflowError(
-            f"model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)"
+        raise config_error(
+            f"{CONFIG_NAME}: model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)"
         )
 
 
@@ -140,13 +146,16 @@ def report_files(model):
 
 
 def tokenizer_model(model):
-    """The sentencepiece model that comes with `model`, if any: named in config, or
-    tokenizer.model inside a Meta or Hugging Face checkpoint directory."""
+    """The tokenizer that comes with `model`, if any: named in config, or tokenizer.model (else
+    tokenizer.json) inside a Meta or Hugging Face checkpoint directory. Its kind (sentencepiece,
+    Llama 3's tiktoken, tokenizer.json) is detected from its content by `llama2bin tokenizer`.
+    """
     m = config["models"][model]
     if "tokenizer" in m:
         return m["tokenizer"]
-    if "path" in m and os.path.isfile(os.path.join(m["path"], "tokenizer.model")):
-        return os.path.join(m["path"], "tokenizer.model")
+    for name in TOKENIZER_FILES:
+        if "path" in m and os.path.isfile(os.path.join(m["path"], name)):
+            return os.path.join(m["path"], name)
     if (
         "repo" in m
     ):  # a snapshot whose files: name tokenizer.model (FetchSpec.snapshot_tokenizer)
@@ -297,7 +306,8 @@ def reverify_plan():
 # Memory per job, from measured peak RSS (bench/results.md, "Memory per job"): jobs stream
 # fixed-size row chunks, so the peak does not grow with the checkpoint (15M -> 110M -> 1.1B:
 # export 227 -> 239 -> 348 MiB with v0, 109 -> 109 -> 156 without; verify with its functional
-# check 420 -> 422 -> 426). v0 costs ~200 MiB more: torch is imported for its rope tables.
+# check 420 -> 422 -> 426). v0 cost ~200 MiB more while torch was imported for its rope tables;
+# since issue 21.2 they come from MKL (~10 MiB), so these requests are generous for v0.
 # Requests are those peaks plus ~25% headroom, so `--resources mem_mb=N` schedules safely.
 def export_mem_mb(wildcards, input):
     return 450 if 0 in BIN_VERSIONS else 200

@@ -2,7 +2,8 @@
 
 It computes what llama2.c's run.c computes (and Meta's model.py, and transformers'
 LlamaForCausalLM on un-permuted weights): RMSNorm with eps, rotary embeddings on *adjacent
-pairs* (dims 2j, 2j+1) of each head with base `cfg.rope_theta`, grouped-query attention
+pairs* (dims 2j, 2j+1) of each head with the config's frequencies (its rope_theta and rope
+scaling, `ModelConfig.inv_freq`), grouped-query attention
 (query head h reads kv head h // (n_heads / n_kv_heads)), SwiGLU feed-forward, and the shared
 or separate classifier.
 
@@ -151,11 +152,12 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(ms + np.float32(eps))) * weight
 
 
-def rope_angles(head_size: int, positions: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each float32 [len(positions), head_size // 2]: pair j of position t turns by
-    t * theta^(-2j / head_size). Angles are formed in float64 so the tables are correctly rounded."""
-    freqs = 1.0 / (float(theta) ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size))
-    angles = np.outer(positions.astype(np.float64), freqs)
+def rope_angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each float32 [len(positions), len(inv_freq)]: pair j of position t turns by
+    t * inv_freq[j] (`ModelConfig.inv_freq()`: the model's float32 frequencies, with its base and
+    rope scaling, as transformers has them). Angles are formed in float64 so the tables are
+    correctly rounded."""
+    angles = np.outer(positions.astype(np.float64), np.asarray(inv_freq, dtype=np.float64))
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
@@ -300,7 +302,7 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
     positions = np.arange(start, start + n_tokens)
-    cos, sin = rope_angles(hd, positions, cfg.rope_theta)
+    cos, sin = rope_angles(cfg.inv_freq(), positions)
     causal = np.arange(start + n_tokens)[None, :] > positions[:, None]  # [new, all]: no looking ahead
     scale = np.float32(1.0 / math.sqrt(hd))
     n_rows = n_seqs * n_tokens

@@ -7,7 +7,7 @@ collected on the way; they are what the quantization-error reports show.
 
 Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool), block by
 block in reused buffers; meanwhile a side process computes the file's sha256 and the parent
-v0's rope tables (torch). The .bin is read with preadv, not through the memory map, so RSS stays
+v0's rope tables (formats/rope.py). The .bin is read with preadv, not through the memory map, so RSS stays
 at a few chunks per process whatever the tensor size.
 """
 
@@ -31,6 +31,7 @@ from ..formats.reader import BinFile, BinTensor
 from ..formats.rope import rope_chunks, rope_json
 from ..parallel import ForkedCall, ForkPool, default_workers
 from ..progress import Progress
+from ..rope_freqs import RopeScaling
 from ..safe_io import open_regular
 from ..sources.base import Source, TensorRef, row_chunks
 
@@ -210,8 +211,8 @@ def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, worke
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(bf.size)))
             digest = stack.enter_context(ForkedCall(sha256_file, bf.path))  # a process: a thread would fight for the GIL
-            # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP may
-            # hang there if this process used it before
+            # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
+            # fallback without MKL) may hang there if this process used it before
             rope = bool(bf.layout.sections_of(ROPE_COS))
             progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
             try:
@@ -243,7 +244,7 @@ def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, worke
                         progress.update(t.values.size)
                         stats = None
                 if rope:
-                    _check_rope(bf, result, source.config.rope_theta)
+                    _check_rope(bf, result, source.config.rope_theta, source.config.rope_scaling)
                 result.sha256 = digest.result()
             finally:
                 progress.close()
@@ -329,20 +330,21 @@ def _check_carried(t: BinTensor, ref_t: TensorRef, start: int, stop: int, q: np.
     return _ChunkResult(n=q.size, hist=hist)
 
 
-def _check_rope(bf: BinFile, result: TensorCheckResult, theta: float) -> None:
-    """v0's tables against llama2.c's at the source's rope_theta, in chunks of rows."""
-    result.rope_tables = rope_json(theta)
+def _check_rope(bf: BinFile, result: TensorCheckResult, theta: float, scaling: RopeScaling | None = None) -> None:
+    """v0's tables against llama2.c's at the source's rope_theta (and scaling), in chunks of rows."""
+    result.rope_tables = rope_json(theta, scaling)
     cfg = bf.config
     half = cfg.head_size // 2
     failed = set()
     fd = os.open(bf.path, os.O_RDONLY)  # preadv, not the memory map: RSS stays at one chunk
     try:
-        for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, theta):
+        for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, theta, scaling=scaling):
             for name, ref in ((ROPE_COS, cos), (ROPE_SIN, sin)):
                 got = _pread_into(fd, np.empty(ref.size, np.float32), bf.tensors[name].offset + 4 * row * half, bf.path)
                 if name not in failed and not np.array_equal(got.view(np.uint32), ref.reshape(-1).view(np.uint32)):
                     failed.add(name)
-                    result.failures.append(f"{name}: rotary table differs from llama2.c's at rope_theta {theta:g}")
+                    scaled = f" with rope scaling {scaling.describe()}" if scaling else ""
+                    result.failures.append(f"{name}: rotary table differs from llama2.c's at rope_theta {theta:g}{scaled}")
     finally:
         os.close(fd)
 

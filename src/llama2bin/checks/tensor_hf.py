@@ -18,7 +18,7 @@ from ..formats.layout import F32
 from ..model import hf_name
 from ..progress import Progress
 from ..sources.base import FilePool, Source, TensorRef, row_chunks
-from ..sources.policy import load_json_object
+from ..sources.policy import load_json_object, object_field
 from ..sources.safetensors import SafetensorsFile
 from .tensor import TensorCheckResult, TensorStats, sha256_file
 
@@ -29,7 +29,11 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> TensorCh
     """Compare an exported HF directory with `source`; failures are listed in the result."""
     cfg = source.config
     weights = os.path.join(out_dir, WEIGHTS_NAME)
-    config = load_json_object(os.path.join(out_dir, CONFIG_NAME), "Hugging Face config")
+    config_path = os.path.join(out_dir, CONFIG_NAME)
+    config = load_json_object(config_path, "Hugging Face config")
+    rope = config.get("rope_parameters")
+    if rope is not None:
+        object_field(config_path, "rope_parameters", rope)
     result = TensorCheckResult(
         file=os.path.basename(os.path.normpath(out_dir)),
         format=HF.name,
@@ -43,9 +47,12 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> TensorCh
     for key in CHECKED_CONFIG_KEYS:
         if config.get(key) != want[key]:
             result.failures.append(f"{CONFIG_NAME}: {key} is {config.get(key)!r}, the source has {want[key]!r}")
-    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
+    theta = (rope or {}).get("rope_theta", config.get("rope_theta"))
     if theta != cfg.rope_theta:
         result.failures.append(f"{CONFIG_NAME}: rope_theta is {theta!r}, the source has {cfg.rope_theta!r}")
+    for key in ("rope_parameters", "rope_scaling", "bos_token_id", "eos_token_id"):
+        if config.get(key) != want.get(key):
+            result.failures.append(f"{CONFIG_NAME}: {key} is {config.get(key)!r}, the source has {want.get(key)!r}")
     if result.failures:
         return result
     pool = FilePool()

@@ -88,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin "
-                       "(a tokenizer.bin input is checked against the vocab size and copied)")
-    p.add_argument("model", metavar="TOKENIZER.model|tokenizer.bin")
+    p = sub.add_parser("tokenizer", help="convert a tokenizer to the tokenizer.bin llama2.c-style programs read: "
+                       "a sentencepiece tokenizer.model (llama2.c's convention), Llama 3's tiktoken tokenizer.model "
+                       "or a byte-level BPE tokenizer.json (the Llama 3 ports' convention); the kind is detected from "
+                       "the content (a tokenizer.bin input is checked against the vocab size and copied)")
+    p.add_argument("model", metavar="TOKENIZER")
     p.add_argument("output", metavar="OUT.bin")
     p.add_argument("--vocab-size", type=arg_types.vocab_size,
                    help="refuse a tokenizer whose piece count differs (the model's vocab_size)")

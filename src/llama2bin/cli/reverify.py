@@ -56,7 +56,7 @@ def parse_plan(text: str) -> list[ReverifyJob]:
         model = entry.get("model")
         if not isinstance(model, str) or not model:
             raise Llama2binError(f"reverify plan: {where}.model must be a non-empty string")
-        if entry.get("source") not in SOURCE_FLAGS:
+        if not isinstance(entry.get("source"), str) or entry["source"] not in SOURCE_FLAGS:
             raise Llama2binError(f"reverify plan: {where}.source must be one of {', '.join(SOURCE_FLAGS)}")
         path = entry.get("path")
         if not isinstance(path, str) or not path:

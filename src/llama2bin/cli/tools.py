@@ -68,7 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    from ..tokenizer import read_tokenizer_bin, write_tokenizer_bin
+    from ..tokenizer import detect, tokenizer_entries
 
     check_outputs([args.model, *source_paths(args)], [args.output])
     vocab_size = args.vocab_size
@@ -77,15 +77,13 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
             if vocab_size is not None and vocab_size != source.config.vocab_size:
                 raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
             vocab_size = source.config.vocab_size
-    if args.model.endswith(".bin"):  # already llama2.c's tokenizer.bin: checked, then copied as it is
-        if vocab_size is None:
-            raise Llama2binError(f"{args.model}: a tokenizer.bin does not record its size; give the model "
-                                 "(--checkpoint/--bin/...) or --vocab-size to check it against")
-        content = read_tokenizer_bin(args.model, vocab_size)  # refuses a tokenizer of another size
-        # the parsed entries re-encoded: the same bytes (the whole file was consumed), and exactly
-        # what was checked even if the input changes meanwhile
-        write_atomic(args.output, content.to_bytes())
-    else:
-        content = write_tokenizer_bin(args.model, args.output, vocab_size=vocab_size)
-    print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length})")
+    kind = detect(args.model)
+    # A tokenizer.bin input is parsed, checked and re-encoded: the same bytes (the whole file was
+    # consumed), and exactly what was checked even if the input changes meanwhile.
+    content = tokenizer_entries(args.model, vocab_size)
+    write_atomic(args.output, content.to_bytes())
+    convention = {"sentencepiece": "llama2.c's convention", "tokenizer.bin": "copied",
+                  "tiktoken": "the Llama 3 ports' convention", "tokenizer.json": "the Llama 3 ports' convention"}[kind.name]
+    print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length}; "
+          f"{kind.name}, {convention})")
     return 0

@@ -27,6 +27,9 @@ from ..errors import Llama2binError
 SOURCE_JSON = "SOURCE.json"
 SNAPSHOT_DIR = "snapshot"  # DEST/snapshot/: a repo source's files at the pinned commit
 TOKENIZER_MODEL = "tokenizer.model"
+# The tokenizer files a checkpoint directory may hold, in the order they are taken (tokenizer.py
+# detects the kind of each by its content).
+TOKENIZER_FILES = (TOKENIZER_MODEL, "tokenizer.json")
 # Hosts whose /resolve/ URLs are Hub files (huggingface_hub downloads them, and only it gets
 # HF_TOKEN). A mirror set with HF_ENDPOINT counts too (see hub_file_of_url).
 HF_HOSTS: tuple[str, ...] = ("huggingface.co", "www.huggingface.co", "hf.co")
@@ -227,11 +230,13 @@ class FetchSpec:
         return os.path.join(dest, *recorded.split("/")) if recorded else self.path or ""
 
     def snapshot_tokenizer(self, dest: str) -> str | None:
-        """DEST/snapshot/tokenizer.model when a repo source is sure to bring one, i.e. `files`
-        names it literally (a pattern that matches nothing fails the fetch). Known before the
-        fetch, so a pipeline can plan tokenizer.bin; a glob or the whole repo cannot promise it."""
-        if self.kind == "repo" and TOKENIZER_MODEL in (self.files or ()):
-            return os.path.join(dest, SNAPSHOT_DIR, TOKENIZER_MODEL)
+        """DEST/snapshot/tokenizer.model (else tokenizer.json) when a repo source is sure to bring
+        one, i.e. `files` names it literally (a pattern that matches nothing fails the fetch).
+        Known before the fetch, so a pipeline can plan tokenizer.bin; a glob or the whole repo
+        cannot promise it."""
+        for name in TOKENIZER_FILES:
+            if self.kind == "repo" and name in (self.files or ()):
+                return os.path.join(dest, SNAPSHOT_DIR, name)
         return None
 
     def cli_args(self) -> list[str]:

@@ -62,14 +62,22 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """config.json for `cfg`, as transformers 5 writes a LlamaConfig.
 
     rope_theta is written both inside `rope_parameters` (transformers >= 5) and at the top
-    level (what transformers 4 reads; 5 accepts it too); likewise `dtype` and `torch_dtype`."""
-    return {
+    level (what transformers 4 reads; 5 accepts it too); likewise `dtype` and `torch_dtype`, and
+    a rope scaling both in `rope_parameters` and as transformers 4's `rope_scaling`. BOS/EOS are
+    the source's when it declares them, else llama2.c's 1 and 2."""
+    rope = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rope_scaling is not None:
+        rope = {"rope_theta": cfg.rope_theta, **cfg.rope_scaling.to_json()}
+    eos: int | list[int] = EOS_TOKEN_ID
+    if cfg.eos_ids:
+        eos = cfg.eos_ids[0] if len(cfg.eos_ids) == 1 else list(cfg.eos_ids)
+    config = {
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "bos_token_id": BOS_TOKEN_ID,
+        "bos_token_id": BOS_TOKEN_ID if cfg.bos_id is None else cfg.bos_id,
         "dtype": "float32",
-        "eos_token_id": EOS_TOKEN_ID,
+        "eos_token_id": eos,
         "head_dim": cfg.head_size,
         "hidden_act": "silu",
         "hidden_size": cfg.dim,
@@ -83,10 +91,13 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "num_key_value_heads": cfg.n_kv_heads,
         "pretraining_tp": 1,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+        "rope_parameters": rope,
         "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": cfg.shared_classifier,
         "torch_dtype": "float32",
         "use_cache": True,
         "vocab_size": cfg.vocab_size,
     }
+    if cfg.rope_scaling is not None:
+        config["rope_scaling"] = cfg.rope_scaling.to_json()
+    return config

@@ -12,7 +12,7 @@ Speed: chunks are read, converted, quantized (formats.q8_0.quantize_into, block 
 reused buffers) and written by worker processes (parallel.ForkPool: the GIL makes threads
 useless for this), each writing its own chunks at their offsets and handing them to the
 kernel for writeback at once (so the fsync at commit finds little left to do); v0's rope
-tables (torch, ~1 s to import) are computed by the parent meanwhile.
+tables (formats/rope.py: milliseconds, no torch) are computed by the parent meanwhile.
 """
 
 from __future__ import annotations
@@ -197,12 +197,13 @@ def _stream_tensors(
     cfg = source.config
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(ForkPool(tasks, chunk_job, workers or default_workers(total)))
-        # v0's rope tables here while the workers stream (importing torch takes ~1 s); not in a
-        # forked child: torch's OpenMP may hang there if this process used it before. In chunks of
-        # rows, so a huge declared max_seq_len costs disk, never memory.
+        # v0's rope tables here while the workers stream; not in a forked child: torch's OpenMP (the
+        # fallback without MKL) may hang there if this process used it before. In chunks of rows, so
+        # a huge declared max_seq_len costs disk, never memory.
         rope_sections = _rope_sections(layouts)
         if rope_sections:
-            for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, cfg.rope_theta):
+            for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, cfg.rope_theta,
+                                                  scaling=cfg.rope_scaling):
                 for path, sec in rope_sections:
                     table = cos if sec.tensor == ROPE_COS else sin
                     pwrite_all(outputs[path].fd, table, sec.offset + 4 * row * table.shape[1])

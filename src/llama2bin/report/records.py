@@ -128,8 +128,20 @@ def source_record(path: str) -> dict[str, Any]:
     if isinstance(record.get("path"), str):
         out["path"] = os.path.basename(os.path.normpath(record["path"]))
     files = record.get("files")
-    if isinstance(files, list):
-        out["files"] = [{k: f.get(k) for k in ("path", "sha256", "size")} for f in files if isinstance(f, dict)]
+    if files is not None:
+        # Checked here, where the record is read: a wrong type found while rendering would be
+        # blamed on the verify JSON being rendered.
+        if not isinstance(files, list):
+            raise Llama2binError(f"{path}: files must be a list, got {files!r:.60}")
+        out["files"] = []
+        for i, f in enumerate(files):
+            if not isinstance(f, dict):
+                raise Llama2binError(f"{path}: files[{i}] must be an object, got {f!r:.60}")
+            for key, kind in (("path", str), ("sha256", str), ("size", int)):
+                if not isinstance(f.get(key), kind) or isinstance(f.get(key), bool):
+                    raise Llama2binError(f"{path}: files[{i}].{key} must be {'an integer' if kind is int else 'a string'}, "
+                                         f"got {f.get(key)!r:.60}")
+            out["files"].append({k: f[k] for k in ("path", "sha256", "size")})
     return out
 
 
