@@ -161,3 +161,53 @@ def test_a_llama_cpp_gguf_becomes_a_v0_that_the_c_consumer_runs(tmp_path, refere
         for _ in range(12):
             seq.append(int(np.argmax(consumer.logits(v0, seq, "f32")[-1])))
     assert seq[4:] == transformers_greedy(reference, PROMPT[:4], 12)
+
+
+def test_llama_cpp_tokenizes_with_our_gpt2_vocabulary(tmp_path) -> None:
+    """A byte-level BPE (Llama 3's pre-split regex) trained offline with `tokenizers`, written as
+    tokenizer.ggml.model gpt2 / pre llama-bpe with merges: llama.cpp encodes texts to the same ids
+    as the tokenizers library does from the tokenizer.json."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from bpe_vocab import LLAMA3_PATTERN
+
+    from llama2bin.formats.gguf_vocab import bpe_vocab
+    from llama2bin.tokenizer import read_tokenizer
+
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    words = ["the", "cat", "sat", "über", "café", "日本語", "hello", "world", "it's", "12345", "3.14", "emoji 🦙", "C++"]
+    texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(30)]
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+                                             show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    vocab = read_tokenizer(str(tmp_path / "tokenizer.json"))
+    n = tok.get_vocab_size()
+    cfg = ModelConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=n + 2, max_seq_len=64,
+                      shared_classifier=True)
+    gv = bpe_vocab(vocab, cfg.vocab_size)
+    assert gv.model == "gpt2" and gv.pre == "llama-bpe" and gv.tokens[-1] == f"[PAD{n + 1}]".encode()
+    layout_kvs = metadata_kvs(cfg, FileType.ALL_F32, "bpe", 1)
+    from llama2bin.formats.gguf_vocab import vocab_kvs
+
+    infos = [p.info for p in tensor_plan(cfg, FileType.ALL_F32)]
+    head = build_header(layout_kvs + vocab_kvs(gv), infos)
+    raw = bytearray(head.size)
+    raw[: len(head.header)] = head.header
+    for info, offset in zip(infos, head.tensor_offsets, strict=True):
+        count = int(np.prod(info.ne))
+        raw[offset : offset + 4 * count] = np.full(count, 0.01, np.float32).tobytes()
+    path = tmp_path / "bpe.gguf"
+    path.write_bytes(bytes(raw))
+    lib = _binding()
+    with LlamaCppModel(str(path), 64) as m:
+        handle = lib.llama_model_get_vocab(m.model)
+        buf = (ctypes.c_int32 * 512)()
+        for text in [*texts[:10], "Hello World! über 日本語 🦙🦙 it's   spaced\n\nlines\t3.14159 don't"]:
+            raw_text = text.encode()
+            count = lib.llama_tokenize(handle, raw_text, len(raw_text), buf, 512, False, False)
+            assert list(buf[:count]) == tok.encode(text, add_special_tokens=False).ids, text

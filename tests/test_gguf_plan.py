@@ -6,24 +6,18 @@ rope_freqs, exactly its expression), gguf.utility.size_label, and the converter'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 from gguf.utility import size_label as gguf_size_label
 
-from llama2bin.formats.gguf_plan import (
-    GGUF_FILE_TYPES,
-    RopeScaling,
-    llama3_rope_factors,
-    metadata_kvs,
-    size_label,
-    tensor_plan,
-    tensor_type,
-)
+from llama2bin.formats.gguf_plan import GGUF_FILE_TYPES, metadata_kvs, size_label, tensor_plan, tensor_type
 from llama2bin.formats.gguf_write import GgufModelInfo, gguf_layout
 from llama2bin.model import ModelConfig
-from llama2bin.sources.gguf_file import ROPE_FREQS, FileType, GgmlType
+from llama2bin.rope_freqs import RopeScaling
+from llama2bin.sources.gguf_file import ROPE_FREQS, FileType, GgmlType, llama3_rope_factors
 
 STORIES260K = ModelConfig(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, max_seq_len=512,
                           shared_classifier=True)
@@ -58,25 +52,40 @@ def test_llama3_rope_factors_equal_the_converters(head_dim: int, factor: float) 
     assert ours[0] == 1 and ours[-1] == factor and ((ours > 1) & (ours < factor)).any()  # all three bands
 
 
+def test_llama3_rope_factors_equal_the_converters_at_every_setting() -> None:
+    """torch's powf (not correctly rounded) and its reciprocal-then-product divisions, reproduced:
+    bit for bit over head sizes, bases, factors and bands (2400 settings in development)."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        hd = int(rng.choice([32, 48, 64, 80, 96, 128, 160, 256]))
+        base, factor = float(rng.choice([10000.0, 500000.0, 1e6, 123456.0])), float(rng.choice([2.0, 8.0, 32.0, 3.3]))
+        low, high = [(1.0, 4.0), (0.5, 3.0), (1.0, 2.5)][int(rng.integers(3))]
+        old = int(rng.choice([2048, 3000, 8192, 16384]))
+        ours = llama3_rope_factors(hd, base, RopeScaling("llama3", factor, low, high, old))
+        assert ours.tobytes() == converter_rope_factors(hd, base, factor, low, high, old).tobytes(), (hd, base, factor, low, high)
+
+
 def test_llama3_scaling_adds_an_f32_rope_freqs_tensor_first() -> None:
-    scaling = RopeScaling("llama3", 32.0)
-    plan = tensor_plan(LLAMA32_1B, FileType.MOSTLY_Q8_0, scaling)
+    scaling = RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)
+    plan = tensor_plan(dataclasses.replace(LLAMA32_1B, rope_scaling=scaling), FileType.MOSTLY_Q8_0)
     assert plan[0].gguf_name == ROPE_FREQS and plan[0].canonical is None
     assert plan[0].info.ne == (32,) and plan[0].info.ggml_type == GgmlType.F32
-    layout = gguf_layout("gguf-q8_0", ModelConfig(dim=64, hidden_dim=128, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=32,
-                                                  max_seq_len=16, shared_classifier=True), GgufModelInfo("m", None, scaling))
+    small = ModelConfig(dim=64, hidden_dim=128, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=32, max_seq_len=16,
+                        shared_classifier=True, rope_scaling=scaling)
+    layout = gguf_layout("gguf-q8_0", small, GgufModelInfo("m"))
     assert layout.sections[0].tensor == ROPE_FREQS and layout.generated[ROPE_FREQS].shape == (8,)
     keys = [kv.key for kv in layout.kvs]
     assert "llama.rope.scaling.type" not in keys  # llama3 scaling is the tensor alone, as the converter writes it
 
 
 def test_linear_scaling_writes_type_and_factor_before_freq_base() -> None:
-    kvs = metadata_kvs(STORIES260K, FileType.ALL_F32, "m", 1000, RopeScaling("linear", 4.0))
+    linear = dataclasses.replace(STORIES260K, rope_scaling=RopeScaling("linear", 4.0))
+    kvs = metadata_kvs(linear, FileType.ALL_F32, "m", 1000)
     keys = [kv.key for kv in kvs]
     i = keys.index("llama.rope.scaling.type")
     assert keys[i : i + 3] == ["llama.rope.scaling.type", "llama.rope.scaling.factor", "llama.rope.freq_base"]
     assert kvs[i].value == "linear" and kvs[i + 1].value == 4.0
-    assert not any(p.gguf_name == ROPE_FREQS for p in tensor_plan(STORIES260K, FileType.ALL_F32, RopeScaling("linear", 4.0)))
+    assert not any(p.gguf_name == ROPE_FREQS for p in tensor_plan(linear, FileType.ALL_F32))
 
 
 def test_types_per_file_type_and_the_q8_0_fallback() -> None:

@@ -22,10 +22,12 @@ from gguf import GGUFReader, quants
 from llama2bin.errors import Llama2binError
 from llama2bin.formats.gguf_header import KV, TensorInfo, build_header
 from llama2bin.formats.gguf_plan import metadata_kvs, tensor_plan
+from llama2bin.formats.gguf_write import GgufModelInfo, gguf_layout
 from llama2bin.formats.writer import export
 from llama2bin.model import ModelConfig
+from llama2bin.rope_freqs import RopeScaling
 from llama2bin.sources.gguf import GgufSource
-from llama2bin.sources.gguf_file import FileType, GgmlType, ValueType
+from llama2bin.sources.gguf_file import FileType, GgmlType, ValueType, llama3_rope_factors
 from llama2bin.sources.gguf_parse import read_gguf_header
 from llama2bin.sources.hf import HfSource
 
@@ -173,14 +175,19 @@ HOSTILE = {
     "nan_epsilon": (model_gguf(edit={"llama.attention.layer_norm_rms_epsilon": KV(
         "llama.attention.layer_norm_rms_epsilon", ValueType.FLOAT32, float("nan"))}), "must be a positive finite number"),
     "linear_rope_scaling": (model_gguf(edit={"llama.rope.scaling.type": KV("llama.rope.scaling.type", ValueType.STRING,
-                                                                           "linear")}), "rope scaling cannot be expressed"),
-    "rope_freqs": (model_gguf(infos=[_t("rope_freqs.weight", (8,)), *BASE_INFOS]), "rope_freqs.weight (Llama 3 rope scaling)"),
+                                                                           "linear")}), "no llama.rope.scaling.factor"),
+    "yarn_rope_scaling": (model_gguf(edit={"llama.rope.scaling.type": KV("llama.rope.scaling.type", ValueType.STRING, "yarn")}),
+                          "rope.scaling.type = 'yarn': llama2bin computes linear and llama3 rope scaling only"),
+    "rope_freqs_zero": (model_gguf(infos=[_t("rope_freqs.weight", (8,)), *BASE_INFOS]),
+                        "rope_freqs.weight ends with 0.0, not a Llama 3 scaling factor"),
+    "rope_freqs_shape": (model_gguf(infos=[_t("rope_freqs.weight", (16,)), *BASE_INFOS]), "rope_freqs.weight must be F32 [8]"),
     "partial_rotary": (model_gguf(edit={"llama.rope.dimension_count": KV("llama.rope.dimension_count", ValueType.UINT32, 8)}),
                        "llama.rope.dimension_count = 8, but the head size is 16"),
     "experts": (model_gguf(edit={"llama.expert_count": KV("llama.expert_count", ValueType.UINT32, 8)}),
                 "mixture-of-experts models are not supported"),
     "rope_theta": (model_gguf(edit={"llama.rope.freq_base": KV("llama.rope.freq_base", ValueType.FLOAT32, 500000.0)}),
-                   "llama.rope.freq_base = 500000, but llama2.c's run.c/runq.c hard-code 10000"),
+                   "llama.rope.freq_base = 500000, but llama2.c's run.c/runq.c compute RoPE at 10000 without scaling; "
+                   "pass --allow-rope-theta"),
     "unsupported_tensor_type": (model_gguf(infos=[TensorInfo(i.name, i.ne, 2) if i.name == "blk.0.ffn_up.weight" else i  # type: ignore[arg-type]
                                                   for i in BASE_INFOS]),
                                 "tensor blk.0.ffn_up.weight has type Q4_0: llama2bin reads F32, F16, BF16 and Q8_0"),
@@ -211,6 +218,47 @@ def test_the_valid_base_of_the_hostile_cases_opens(tmp_path) -> None:
     path.write_bytes(model_gguf())
     with GgufSource(str(path)) as src:
         assert src.config == dataclasses.replace(TINY, norm_eps=float(np.float32(1e-5)))
+
+
+def _scaled_gguf(tmp_path, scaling: RopeScaling, theta: float, tamper: bool = False) -> str:
+    cfg = dataclasses.replace(TINY, rope_theta=theta, rope_scaling=scaling)
+    path = str(tmp_path / "scaled.gguf")
+    raw = bytearray(gguf_layout_bytes(cfg))
+    if tamper:  # a rope_freqs made with another original context: same factor, other band edges
+        layout = gguf_layout("gguf-f32", cfg, GgufModelInfo("s"))
+        other = llama3_rope_factors(TINY.head_size, theta, dataclasses.replace(scaling, original_max_position_embeddings=64))
+        raw[layout.sections[0].offset : layout.sections[0].offset + other.nbytes] = other.tobytes()
+    with open(path, "wb") as f:
+        f.write(bytes(raw))
+    return path
+
+
+def gguf_layout_bytes(cfg: ModelConfig) -> bytes:
+    layout = gguf_layout("gguf-f32", cfg, GgufModelInfo("s"))
+    raw = bytearray(layout.size)
+    raw[: len(layout.header)] = layout.header
+    for sec in layout.sections:
+        if sec.tensor in layout.generated:
+            raw[sec.offset : sec.offset + sec.nbytes] = layout.generated[sec.tensor].tobytes()
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("scaling", [RopeScaling("linear", 4.0), RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)],
+                         ids=["linear", "llama3"])
+def test_rope_scaling_reads_back_with_allow_rope_theta(tmp_path, scaling: RopeScaling) -> None:
+    path = _scaled_gguf(tmp_path, scaling, 500000.0)
+    with pytest.raises(Llama2binError, match="pass --allow-rope-theta"):
+        GgufSource(path)
+    with GgufSource(path, allow_rope_theta=True) as src:
+        assert src.config.rope_scaling == scaling and src.config.rope_theta == 500000.0
+        assert scaling.departure() in src.config.accepted_departures
+        assert "rope_freqs" not in " ".join(src.config.shapes())
+
+
+def test_rope_freqs_of_unknown_parameters_are_refused(tmp_path) -> None:
+    path = _scaled_gguf(tmp_path, RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), 500000.0, tamper=True)
+    with pytest.raises(Llama2binError, match="is not Llama 3 scaling of factor 32 .* its parameters cannot be told"):
+        GgufSource(path, allow_rope_theta=True)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory"])

@@ -40,12 +40,10 @@ base models) are not written.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..model import LAYER_TENSORS, ModelConfig, layer_name
+from ..rope_freqs import LINEAR, LLAMA3
 from ..sources.gguf_file import (
     QUANTIZATION_VERSION,
     ROPE_FREQS,
@@ -71,20 +69,6 @@ MATRIX_TYPE: dict[FileType, GgmlType] = {
     FileType.MOSTLY_BF16: GgmlType.BF16,
     FileType.MOSTLY_Q8_0: GgmlType.Q8_0,
 }
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Rotary scaling a source declares (HF rope_scaling / rope_parameters).
-
-    "linear": positions divided by `factor` -> llama.rope.scaling.type/factor.
-    "llama3": per-frequency factors (Llama 3.1+) -> the F32 rope_freqs.weight tensor."""
-
-    kind: str
-    factor: float
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
 
 
 @dataclass(frozen=True)
@@ -117,45 +101,16 @@ def canonical_order(cfg: ModelConfig) -> list[str]:
     return names + ["norm"] + ([] if cfg.shared_classifier else ["output"])
 
 
-def tensor_plan(cfg: ModelConfig, file_type: FileType, rope_scaling: RopeScaling | None = None) -> list[PlannedTensor]:
+def tensor_plan(cfg: ModelConfig, file_type: FileType) -> list[PlannedTensor]:
     shapes = cfg.shapes()
     plan = []
-    if rope_scaling is not None and rope_scaling.kind == "llama3":
+    if cfg.rope_scaling is not None and cfg.rope_scaling.rope_type == LLAMA3:
         plan.append(PlannedTensor(ROPE_FREQS, None, TensorInfo(ROPE_FREQS, (cfg.head_size // 2,), GgmlType.F32)))
     for name in canonical_order(cfg):
         shape = shapes[name]
         plan.append(PlannedTensor(gguf_tensor_name(name), name,
                                   TensorInfo(gguf_tensor_name(name), tuple(reversed(shape)), tensor_type(file_type, shape))))
     return plan
-
-
-def llama3_rope_factors(head_size: int, theta: float, scaling: RopeScaling) -> np.ndarray:
-    """rope_freqs.weight as LlamaModel.generate_extra_tensors computes it, in float32.
-
-    The converter takes torch's float32 `base ** (arange/dim)`, whose powf may be 1 ulp off the
-    correctly rounded value depending on the CPU's vector width; we round the float64 power to
-    float32 (the same on every machine) and then follow its float32 steps exactly. For the
-    published Llama 3.1/3.2 settings (head 64 or 128, theta 500000, factor 8 or 32) the factors
-    equal the converter's bit for bit (tests/test_gguf_plan.py)."""
-    exponents = (np.arange(0, head_size, 2, dtype=np.float32) / np.float32(head_size)).astype(np.float64)
-    freqs = np.float32(1.0) / np.power(np.float64(theta), exponents).astype(np.float32)
-    factor = np.float32(scaling.factor)
-    old = scaling.original_max_position_embeddings
-    low_wavelen = old / scaling.low_freq_factor  # Python floats, as in the converter
-    high_wavelen = old / scaling.high_freq_factor
-    out = np.empty(freqs.size, dtype=np.float32)
-    for i, freq in enumerate(freqs):
-        wavelen = np.float32(2 * math.pi) / freq
-        if wavelen < high_wavelen:
-            out[i] = 1
-        elif wavelen > low_wavelen:
-            out[i] = factor
-        else:
-            smooth = (np.float32(old) / wavelen - np.float32(scaling.low_freq_factor)) / np.float32(
-                scaling.high_freq_factor - scaling.low_freq_factor
-            )
-            out[i] = np.float32(1) / ((np.float32(1) - smooth) / factor + smooth)
-    return out
 
 
 def size_label(n_params: int) -> str:
@@ -180,13 +135,7 @@ def _f32(key: str, value: float) -> KV:
     return KV(key, ValueType.FLOAT32, float(value))
 
 
-def metadata_kvs(
-    cfg: ModelConfig,
-    file_type: FileType,
-    name: str,
-    n_params: int,
-    rope_scaling: RopeScaling | None = None,
-) -> list[KV]:
+def metadata_kvs(cfg: ModelConfig, file_type: FileType, name: str, n_params: int) -> list[KV]:
     """general.* and llama.* keys in the converter's order (tokenizer keys follow: gguf_vocab)."""
     a = f"{ARCH}."
     kvs = [KV("general.architecture", ValueType.STRING, ARCH), KV("general.type", ValueType.STRING, "model")]
@@ -201,8 +150,8 @@ def metadata_kvs(
         _u32(a + "attention.head_count", cfg.n_heads),
         _u32(a + "attention.head_count_kv", cfg.n_kv_heads),
     ]
-    if rope_scaling is not None and rope_scaling.kind == "linear":
-        kvs += [KV(a + "rope.scaling.type", ValueType.STRING, "linear"), _f32(a + "rope.scaling.factor", rope_scaling.factor)]
+    if cfg.rope_scaling is not None and cfg.rope_scaling.rope_type == LINEAR:
+        kvs += [KV(a + "rope.scaling.type", ValueType.STRING, "linear"), _f32(a + "rope.scaling.factor", cfg.rope_scaling.factor)]
     kvs += [
         _f32(a + "rope.freq_base", cfg.rope_theta),
         _f32(a + "attention.layer_norm_rms_epsilon", cfg.norm_eps),

@@ -22,8 +22,13 @@ in the order the converter writes them. Readers here:
   means "none": we leave them out, which llama.cpp reads the same way).
 - no tokenizer: `tokenizer.ggml.model = "none"` (llama.cpp then makes llama.vocab_size dummy
   tokens: the model runs on token ids).
-BPE vocabularies (`gpt2` with merges and `tokenizer.ggml.pre`, Llama 3) are built by the
-tokenizer registry (issue 19) into the same `GgufVocab`.
+- `bpe_vocab`: a byte-level BPE vocabulary from the tokenizer registry (tokenizer.json or
+  Llama 3's tiktoken file, tokenizer/bpe.py) -> `gpt2`, as the converter's `_set_vocab_gpt2`:
+  tokens in byte-level BPE's unicode spelling, `[PAD{id}]` (UNUSED) for ids without a token,
+  special tokens CONTROL (USER_DEFINED when not special), merges "left right" in the same
+  spelling, no scores, and `tokenizer.ggml.pre` "llama-bpe" - the name llama.cpp gives Llama 3's
+  pre-split regex (the converter recognises it by hashing a tokenization; we recognise the
+  regex itself and refuse another, which llama.cpp would split differently).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from enum import IntEnum
 
 from ..errors import Llama2binError
 from ..sources.gguf_file import ValueType
-from ..tokenizer import _load_sentencepiece, read_tokenizer_bin
+from ..tokenizer.bin_file import read_tokenizer_bin
+from ..tokenizer.bpe import LLAMA3_PATTERN, BpeVocab, byte_level_text
+from ..tokenizer.sentencepiece_model import load as load_sentencepiece
 from .gguf_header import KV
 
 
@@ -125,7 +132,7 @@ def vocab_kvs(vocab: GgufVocab | None) -> list[KV]:
 
 def sentencepiece_pieces(model_path: str, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
     """tokens, scores, types for ids 0..vocab_size-1, as _create_vocab_sentencepiece makes them."""
-    sp = _load_sentencepiece(model_path)
+    sp = load_sentencepiece(model_path)
     tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
     scores = [-10000.0] * vocab_size
     types = [int(TokenType.UNUSED)] * vocab_size
@@ -153,7 +160,7 @@ def sentencepiece_pieces(model_path: str, vocab_size: int) -> tuple[list[bytes],
 
 def sentencepiece_special(model_path: str, vocab_size: int) -> SpecialTokens:
     """Special tokens from the sentencepiece model alone (no Hugging Face files beside it)."""
-    sp = _load_sentencepiece(model_path)
+    sp = load_sentencepiece(model_path)
     ids = []
     for typ, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
         if 0 <= token_id < vocab_size:
@@ -197,3 +204,38 @@ def tokenizer_bin_vocab(path: str, vocab_size: int) -> GgufVocab:
         types.append(int(typ))
     special = SpecialTokens(ids=(("unk", 0), ("bos", 1), ("eos", 2)), add=(("bos", True), ("eos", False)))
     return GgufVocab("llama", tuple(tokens), tuple(types), tuple(content.scores), pre="default", special=special)
+
+
+# ---- byte-level BPE (Llama 3) -----------------------------------------------------------------
+
+
+def bpe_vocab(vocab: BpeVocab, vocab_size: int, special: SpecialTokens | None = None) -> GgufVocab:
+    """The `gpt2` vocabulary of a byte-level BPE tokenizer for a model of `vocab_size` tokens.
+    `special`: a Hugging Face directory's special tokens (gguf_vocab_hf.hf_special_tokens, as the
+    converter reads them); without one, the vocabulary's BOS and first EOS, add_bos true (what
+    Llama 3's template does) and add_eos false."""
+    if vocab.pattern != LLAMA3_PATTERN:
+        raise Llama2binError(f"a {vocab.kind} tokenizer with a pre-split regex other than Llama 3's: llama.cpp would not "
+                             "know how to split text for it (tokenizer.ggml.pre)")
+    if vocab.vocab_size > vocab_size:
+        raise Llama2binError(f"{vocab.kind} tokenizer has {vocab.vocab_size} tokens, more than the model's "
+                             f"vocab_size {vocab_size}")
+    by_id = {s.id: s for s in vocab.special}
+    tokens: list[bytes] = []
+    types: list[int] = []
+    for i in range(vocab_size):
+        if i >= vocab.vocab_size:
+            tokens.append(f"[PAD{i}]".encode())
+            types.append(TokenType.UNUSED)
+        elif i in by_id:
+            tokens.append(by_id[i].text.encode("utf-8"))
+            types.append(TokenType.CONTROL if by_id[i].control else TokenType.USER_DEFINED)
+        else:
+            tokens.append(byte_level_text(vocab.tokens[i]).encode("utf-8"))
+            types.append(TokenType.NORMAL)
+    merges = tuple(f"{byte_level_text(a)} {byte_level_text(b)}" for a, b in vocab.merges())
+    if special is None:
+        bos, eos = vocab.bos_id, (vocab.eos_ids[0] if vocab.eos_ids else None)
+        ids = tuple((typ, i) for typ, i in (("bos", bos), ("eos", eos)) if i is not None and 0 <= i < vocab_size)
+        special = SpecialTokens(ids=ids, add=(("bos", bos is not None), ("eos", False)))
+    return GgufVocab("gpt2", tuple(tokens), tuple(types), None, pre="llama-bpe", merges=merges, special=special)

@@ -26,11 +26,12 @@ from ..atomic import AtomicOutput, check_free_space
 from ..model import ModelConfig
 from ..parallel import ForkPool, default_workers
 from ..progress import Progress
+from ..rope_freqs import LLAMA3
 from ..sources.base import Source, row_chunks
-from ..sources.gguf_file import ROPE_FREQS, GgmlType
+from ..sources.gguf_file import ROPE_FREQS, GgmlType, llama3_rope_factors
 from .gguf_encode import encode_into, encoded_nbytes
 from .gguf_header import KV, build_header
-from .gguf_plan import GGUF_FILE_TYPES, RopeScaling, llama3_rope_factors, metadata_kvs, tensor_plan
+from .gguf_plan import GGUF_FILE_TYPES, metadata_kvs, tensor_plan
 from .gguf_vocab import GgufVocab, vocab_kvs
 from .q8_0 import process_scratch
 from .writer import _start_writeback, pwrite_all
@@ -38,12 +39,11 @@ from .writer import _start_writeback, pwrite_all
 
 @dataclass(frozen=True)
 class GgufModelInfo:
-    """What a GGUF records beyond ModelConfig: the model's name, its vocabulary (None: none), and
-    rotary scaling (None: plain rope_theta)."""
+    """What a GGUF records beyond ModelConfig (which has the rope scaling): the model's name and
+    its vocabulary (None: `tokenizer.ggml.model` "none")."""
 
     name: str
     vocab: GgufVocab | None = None
-    rope_scaling: RopeScaling | None = None
 
 
 @dataclass(frozen=True)
@@ -73,17 +73,17 @@ class GgufLayout:
 def gguf_layout(format_name: str, cfg: ModelConfig, info: GgufModelInfo) -> GgufLayout:
     """Where everything of `cfg` goes in a GGUF of `format_name`."""
     file_type = GGUF_FILE_TYPES[format_name]
-    plan = tensor_plan(cfg, file_type, info.rope_scaling)
+    plan = tensor_plan(cfg, file_type)
     n_params = sum(math.prod(p.info.ne) for p in plan)  # what GGUFWriter.get_total_parameter_count sums
-    kvs = metadata_kvs(cfg, file_type, info.name, n_params, info.rope_scaling) + vocab_kvs(info.vocab)
+    kvs = metadata_kvs(cfg, file_type, info.name, n_params) + vocab_kvs(info.vocab)
     head = build_header(kvs, [p.info for p in plan])
     sections = tuple(
         GgufSection(p.canonical or p.gguf_name, p.gguf_name, p.info.ggml_type, p.shape, offset, p.info.nbytes)
         for p, offset in zip(plan, head.tensor_offsets, strict=True)
     )
     generated = {}
-    if info.rope_scaling is not None and info.rope_scaling.kind == "llama3":
-        generated[ROPE_FREQS] = llama3_rope_factors(cfg.head_size, cfg.rope_theta, info.rope_scaling)
+    if cfg.rope_scaling is not None and cfg.rope_scaling.rope_type == LLAMA3:
+        generated[ROPE_FREQS] = llama3_rope_factors(cfg.head_size, cfg.rope_theta, cfg.rope_scaling)
     return GgufLayout(format_name, cfg, head.header, sections, head.size, tuple(kvs), generated)
 
 

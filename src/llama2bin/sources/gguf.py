@@ -14,10 +14,13 @@ so a writer targeting Q8_0 at group size 32 (v1/v2) copies q and scales instead 
 dequantized values a second time; `quantized` records that the source is Q8_0 (outputs in
 float are then dequantized, and verify says so).
 
+Rope scaling: linear from llama.rope.scaling.type/factor; Llama 3's from the rope_freqs tensor
+(see GgufSource._rope_scaling). Like a rotary base other than 10000, it needs --allow-rope-theta.
+
 Refused, each by name: another architecture; hyper-parameters missing or out of range, given
-per layer (arrays), or that the formats cannot express - rope scaling (llama.rope.scaling.*,
-a rope_freqs tensor), a rotary dimension count, key or value length other than the head size,
-experts; tensor types other than the four; unknown or missing tensors.
+per layer (arrays), or that the formats cannot express - other rope scaling types, rope_freqs
+factors that are not published Llama 3 settings, a rotary dimension count, key or value length
+other than the head size, experts; tensor types other than the four; unknown or missing tensors.
 """
 
 from __future__ import annotations
@@ -32,10 +35,20 @@ import numpy as np
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig
+from ..rope_freqs import LINEAR, LLAMA3, RopeScaling
 from .base import FilePool, RawTensor, Source, TensorRef, check_tensors, split_classifier
-from .gguf_file import Q8_0_BLOCK, ROPE_FREQS, GgmlType, ValueType, canonical_tensor_name, gguf_tensor_name, type_name
+from .gguf_file import (
+    Q8_0_BLOCK,
+    ROPE_FREQS,
+    GgmlType,
+    ValueType,
+    canonical_tensor_name,
+    gguf_tensor_name,
+    llama3_rope_factors,
+    type_name,
+)
 from .gguf_parse import GgufHeader, GgufValue, parse_gguf_header
-from .policy import rope_theta_departure
+from .policy import rope_departures
 
 _INT_TYPES = (ValueType.UINT8, ValueType.INT8, ValueType.UINT16, ValueType.INT16, ValueType.UINT32,
               ValueType.INT32, ValueType.UINT64, ValueType.INT64)
@@ -128,9 +141,8 @@ class _Keys:
 
 def _check_expressible(keys: _Keys, head_size: int) -> None:
     """Refuse llama.* settings that change the computation beyond what ModelConfig describes."""
-    scaling = keys.string(_A + "rope.scaling.type")
-    if scaling not in (None, "none") or keys.float(_A + "rope.scale_linear", 1.0) != 1.0:
-        raise Llama2binError(f"{keys.path}: {_A}rope.scaling.type = {scaling!r}: rope scaling cannot be expressed")
+    if keys.float(_A + "rope.scale_linear", 1.0) != 1.0:  # an old spelling of linear scaling
+        raise Llama2binError(f"{keys.path}: {_A}rope.scale_linear is set: write it as rope.scaling.type linear")
     for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
         if keys.has(_A + key) and keys.int(_A + key) != head_size:
             raise Llama2binError(
@@ -163,12 +175,13 @@ class GgufSource(Source):
         dim, n_heads = keys.int(_A + "embedding_length"), keys.int(_A + "attention.head_count")
         head_size = dim // n_heads if n_heads > 0 else 0
         _check_expressible(keys, head_size)
-        theta, departures = rope_theta_departure(path, _A + "rope.freq_base", keys.float(_A + "rope.freq_base", 10000.0),
-                                                 allow_rope_theta)
+        theta = keys.float(_A + "rope.freq_base", 10000.0)
+        scaling, scaling_field = self._rope_scaling(keys, head_size, theta)
+        theta, departures = rope_departures(path, _A + "rope.freq_base", theta, scaling, scaling_field, allow_rope_theta)
         refs: dict[str, TensorRef] = {}
         for info in header.tensors:
             if info.name == ROPE_FREQS:
-                raise Llama2binError(f"{path}: tensor {ROPE_FREQS} (Llama 3 rope scaling) cannot be expressed")
+                continue
             name = canonical_tensor_name(info.name)
             if name is None:
                 raise Llama2binError(f"{path}: unexpected tensor {info.name}: not part of a llama model")
@@ -199,7 +212,10 @@ class GgufSource(Source):
             shared_classifier=shared,
             norm_eps=keys.float(_A + "attention.layer_norm_rms_epsilon"),
             rope_theta=theta,
+            rope_scaling=scaling,
             accepted_departures=departures,
+            bos_id=keys.int("tokenizer.ggml.bos_token_id") if keys.has("tokenizer.ggml.bos_token_id") else None,
+            eos_ids=(keys.int("tokenizer.ggml.eos_token_id"),) if keys.has("tokenizer.ggml.eos_token_id") else (),
         )
         config.validate(path)
         check_tensors(path, config, refs, display=gguf_tensor_name, implied_by="its llama.* metadata")
@@ -207,6 +223,36 @@ class GgufSource(Source):
         self._refs = refs
         q8 = sorted(n for n, t in refs.items() if isinstance(t, GgufQ8Tensor))
         self.quantized: dict[str, Any] | None = {"format": "gguf-q8_0", "group_size": Q8_0_BLOCK} if q8 else None
+
+    def _rope_scaling(self, keys: _Keys, head_size: int, theta: float) -> tuple[RopeScaling | None, str]:
+        """Linear scaling from rope.scaling.type/factor; Llama 3 scaling from rope_freqs.weight,
+        which stores only the per-frequency factors: they are accepted when they are exactly what
+        the converter computes for factor (their largest) with the published low_freq_factor 1,
+        high_freq_factor 4 and original context 8192 (Llama 3.1, 3.2), else refused - we cannot
+        tell what other parameters produced them."""
+        kind = keys.string(_A + "rope.scaling.type")
+        freqs = next((t for t in self.header.tensors if t.name == ROPE_FREQS), None)
+        if kind not in (None, "none", LINEAR):
+            raise Llama2binError(f"{self.path}: {_A}rope.scaling.type = {kind!r}: llama2bin computes linear and llama3 "
+                                 "rope scaling only")
+        if kind == LINEAR:
+            if freqs is not None:
+                raise Llama2binError(f"{self.path}: both linear rope scaling and {ROPE_FREQS}: which is meant?")
+            return RopeScaling(LINEAR, keys.float(_A + "rope.scaling.factor")), f"{_A}rope.scaling"
+        if freqs is None:
+            return None, ""
+        if freqs.ggml_type != GgmlType.F32 or freqs.ne != (head_size // 2,):
+            raise Llama2binError(f"{self.path}: {ROPE_FREQS} must be F32 [{head_size // 2}], "
+                                 f"is {type_name(freqs.ggml_type)} {list(freqs.ne)}")
+        stored = RawTensor(ROPE_FREQS, (head_size // 2,), self.path, freqs.offset, "F32", self._pool).read_rows(0, 1)
+        factor = float(stored.reshape(-1)[-1])
+        if not math.isfinite(factor) or factor < 1:
+            raise Llama2binError(f"{self.path}: {ROPE_FREQS} ends with {factor!r}, not a Llama 3 scaling factor")
+        scaling = RopeScaling(LLAMA3, factor, 1.0, 4.0, 8192)
+        if llama3_rope_factors(head_size, theta, scaling).tobytes() != stored.tobytes():
+            raise Llama2binError(f"{self.path}: {ROPE_FREQS} is not Llama 3 scaling of factor {factor:g} with low_freq_factor 1, "
+                                 "high_freq_factor 4 and original context 8192: its parameters cannot be told")
+        return scaling, ROPE_FREQS
 
     def describe(self) -> dict[str, Any]:
         types: dict[str, int] = {}

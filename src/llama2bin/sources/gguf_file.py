@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import Final
 
-from ..errors import Llama2binError
+import numpy as np
+
 from ..model import LAYER_TENSORS, layer_name
+from ..rope_freqs import LLAMA3, RopeScaling, default_inv_freq
 
 GGUF_MAGIC: Final = b"GGUF"
 GGUF_VERSION: Final = 3  # what we write; version 2 has the same layout and is read too
@@ -160,7 +162,35 @@ def canonical_tensor_name(gguf_name: str) -> str | None:
     return None
 
 
-def require(condition: bool, message: str) -> None:
-    """One-line refusal of a malformed GGUF."""
-    if not condition:
-        raise Llama2binError(message)
+# ---- rope_freqs.weight: Llama 3 rope scaling as the converter writes it ---------------------------
+
+
+def _rdiv(scalar: float, t: np.float32) -> np.float32:
+    """torch's `python scalar / float32 tensor`: the reciprocal, then a product (Tensor.__rtruediv__)."""
+    return np.float32(np.float32(1) / t) * np.float32(scalar)
+
+
+def llama3_rope_factors(head_size: int, theta: float, scaling: RopeScaling) -> np.ndarray:
+    """rope_freqs.weight as LlamaModel.generate_extra_tensors computes it, bit for bit.
+
+    Its torch float32 steps one by one: `1.0 / (base ** (arange(0, dim, 2) / dim))` is
+    rope_freqs.default_inv_freq (torch's powf reproduced by torch_cpu_math); then per frequency,
+    on 0-d tensors, `2 * math.pi / freq` and `old_context_len / wavelen` are reciprocal-then-
+    product (Tensor.__rtruediv__), Python floats meet tensors rounded to float32, and the list of
+    1s, factors and tensors becomes float32."""
+    assert scaling.rope_type == LLAMA3
+    f32 = np.float32
+    low, high, old = scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max_position_embeddings
+    assert low is not None and high is not None and old is not None
+    low_wavelen, high_wavelen = old / low, old / high  # Python floats, as in the converter
+    out = np.empty(head_size // 2, dtype=np.float32)
+    for i, freq in enumerate(default_inv_freq(theta, head_size)):
+        wavelen = _rdiv(2 * math.pi, freq)
+        if wavelen < f32(high_wavelen):
+            out[i] = 1
+        elif wavelen > f32(low_wavelen):
+            out[i] = f32(scaling.factor)
+        else:
+            smooth = (_rdiv(old, wavelen) - f32(low)) / f32(high - low)
+            out[i] = _rdiv(1, (f32(1) - smooth) / f32(scaling.factor) + smooth)
+    return out
