@@ -1,8 +1,9 @@
 """llama.cpp as the real client of our GGUFs (checks/llamacpp.py), and as the reference quantizer.
 
-Skipped with a notice when the llama-cpp-python binding is not installed (an optional extra: it
-compiles llama.cpp, ~9 CPU-minutes). The reference model is transformers' LlamaForCausalLM
-loaded from the same checkpoint directory.
+Skipped with a notice when the llama-cpp-python binding is not installed (the optional extra
+`llamacpp`: it compiles llama.cpp, ~9 CPU-minutes); with LLAMA2BIN_REQUIRE_LLAMACPP=1 (for CI, which
+installs the extra) that is a failure instead. The reference model is transformers'
+LlamaForCausalLM loaded from the same checkpoint directory.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: the llama.cpp client checks are skipped")
+try:
+    import llama_cpp  # noqa: F401
+except ImportError:
+    if os.environ.get("LLAMA2BIN_REQUIRE_LLAMACPP"):
+        raise
+    pytest.skip("llama-cpp-python is not installed: the llama.cpp client checks are skipped "
+                "(pip install -c constraints.txt -e '.[llamacpp]')", allow_module_level=True)
 torch = pytest.importorskip("torch")
 
 from gguf import GGUFReader  # noqa: E402
