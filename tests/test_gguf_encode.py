@@ -130,3 +130,18 @@ def test_random_bit_patterns_of_all_magnitudes() -> None:
     fits = np.repeat(per_block < 65504, 32)
     xq = np.where(fits, x, np.float32(0))
     assert ours(GgmlType.Q8_0, xq) == reference(GgmlType.Q8_0, xq)
+
+
+def test_float16_bit_arithmetic_equals_numpys_cast() -> None:
+    """f16_bits_into against numpy's astype(float16): a strided sweep of every finite float32 below
+    65520 (all 1.2 billion were compared once while developing: 0 differ), both signs, plus the
+    edges - float16's smallest subnormal and normal, their halfway points, the largest value."""
+    from llama2bin.formats.gguf_encode import f16_bits_into
+
+    sweep = np.arange(0, 0x477FF000, 1009, dtype=np.uint32)
+    edges = np.array([0x33000000, 0x33000001, 0x32FFFFFF, 0x387FC000, 0x387FE000, 0x38800000, 0x387FFFFF,
+                      0x477FE000, 0x477FEFFF, 0x3F800000, 0x3F801000, 0x3F803000, 0x00000001, 0x007FFFFF], dtype=np.uint32)
+    for bits in (sweep, sweep | np.uint32(0x80000000), edges, edges | np.uint32(0x80000000)):
+        out = np.empty(bits.size, np.uint16)
+        f16_bits_into(bits, out, Scratch())
+        assert np.array_equal(out, bits.view(np.float32).astype(np.float16).view(np.uint16))
