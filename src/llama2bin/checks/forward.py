@@ -21,12 +21,15 @@ Arithmetic: "f32" multiplies float32 activations with float32 (for Q8_0: dequant
 "q8" (Q8_0 files only) computes the way llama2.c's runq.c does: before every matmul the
 activations are quantized to Q8_0 with the file's group size (round half away from zero),
 products are summed exactly per group and scaled by both group scales, group after group.
+A `q8_hook` (checks/ccheck.py's teacher forcing) sees every activation quantization - the
+tensor it feeds, the activations, Python's (q, scales) - and returns the (q, scales) to use.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -194,15 +197,23 @@ def quantize_activations(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np
     return q.astype(np.float32).reshape(n_rows, n), scale.astype(np.float32)
 
 
+class Q8Hook(Protocol):
+    def __call__(self, name: str, x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At the quantization of activations x (N, n) for a matmul with tensor `name`, given
+        Python's own (q, scales): the (q, scales) the matmul uses instead."""
+        ...
+
+
 class _Linear:
     """y = x @ W.T for activations x (N, n), W read from `weights` in the chosen arithmetic."""
 
-    def __init__(self, weights: Mapping, arithmetic: str):
+    def __init__(self, weights: Mapping, arithmetic: str, q8_hook: Q8Hook | None = None):
         if arithmetic not in ARITHMETICS:
             raise Llama2binError(f"forward: arithmetic must be one of {', '.join(ARITHMETICS)}, not {arithmetic!r}")
         self.weights = weights
         self.arithmetic = arithmetic
         self.lazy = isinstance(weights, LazyWeights)
+        self.q8_hook = q8_hook
         if arithmetic == Q8:
             gs = getattr(weights, "group_size", None)
             if not hasattr(weights, "q8_rows") or not gs:
@@ -231,6 +242,8 @@ class _Linear:
                 "runq.c's grouped matmul cannot run it"
             )
         xq, xs = quantize_activations(x, gs)
+        if self.q8_hook is not None:
+            xq, xs = self.q8_hook(name, x, xq, xs)
         out = np.empty((x.shape[0], rows), dtype=np.float32)
         for start, stop in row_blocks(rows, cols):
             q, s = w.q8_rows(name, start, stop)
@@ -287,18 +300,19 @@ class KVCache:
 
 def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
                   *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None,
-                  cache: KVCache | None = None) -> np.ndarray:
+                  cache: KVCache | None = None, q8_hook: Q8Hook | None = None) -> np.ndarray:
     """The final normalized hidden states float32 [S*T, dim] for an [S, T] array of sequences (or
     one sequence, S = 1), row s*T + t for position t of sequence s: what the classifier turns
     into logits. Small (positions x dim) whatever the vocabulary; `classify` makes logits of any
     block of rows. `on_layer` is called after every layer (progress). With a `cache`, `tokens`
-    continue the sequences the cache holds (positions cache.length ...), and are added to it."""
+    continue the sequences the cache holds (positions cache.length ...), and are added to it.
+    `q8_hook` (q8 only) may replace every activation quantization (see Q8Hook)."""
     tok = _check_tokens(tokens, cfg)
     n_seqs, n_tokens = tok.shape
     start = cache.length if cache is not None else 0
     if start + n_tokens > cfg.max_seq_len:
         raise Llama2binError(f"forward: {start + n_tokens} tokens exceed max_seq_len {cfg.max_seq_len}")
-    linear = _Linear(weights, arithmetic)
+    linear = _Linear(weights, arithmetic, q8_hook)
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
     positions = np.arange(start, start + n_tokens)
@@ -343,25 +357,26 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
     return rms_norm(x, norm("norm"), cfg.norm_eps)
 
 
-def classify(weights: Mapping[str, np.ndarray], cfg: ModelConfig, hidden: np.ndarray, *, arithmetic: str = F32) -> np.ndarray:
+def classify(weights: Mapping[str, np.ndarray], cfg: ModelConfig, hidden: np.ndarray, *, arithmetic: str = F32,
+             q8_hook: Q8Hook | None = None) -> np.ndarray:
     """Logits float32 [rows, vocab] of hidden-state rows (from `hidden_states`)."""
     classifier = "tok_embeddings" if cfg.shared_classifier else "output"
-    return _Linear(weights, arithmetic)(hidden, classifier).astype(np.float32, copy=False)
+    return _Linear(weights, arithmetic, q8_hook)(hidden, classifier).astype(np.float32, copy=False)
 
 
 def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
-           *, arithmetic: str = F32) -> np.ndarray:
+           *, arithmetic: str = F32, q8_hook: Q8Hook | None = None) -> np.ndarray:
     """Logits float32 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
     [S, T, vocab] for an [S, T] array of sequences (computed together, layer by layer).
     Holds positions x vocab floats: the functional check uses hidden_states + classify in blocks."""
     tok = _check_tokens(tokens, cfg)
-    x = hidden_states(weights, cfg, tok, arithmetic=arithmetic)
-    out = classify(weights, cfg, x, arithmetic=arithmetic).reshape(*tok.shape, cfg.vocab_size)
+    x = hidden_states(weights, cfg, tok, arithmetic=arithmetic, q8_hook=q8_hook)
+    out = classify(weights, cfg, x, arithmetic=arithmetic, q8_hook=q8_hook).reshape(*tok.shape, cfg.vocab_size)
     return out[0] if np.asarray(tokens).ndim == 1 else out
 
 
 def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str = F32,
-               config: ModelConfig | None = None) -> np.ndarray:
+               config: ModelConfig | None = None, q8_hook: Q8Hook | None = None) -> np.ndarray:
     """Logits of the model stored in .bin `path` (any version) for `tokens`, reading the weights
     lazily. `config` overrides what the file cannot store (rope_theta, norm_eps); its shapes must
     be the file's."""
@@ -369,4 +384,4 @@ def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str
         cfg = bf.config if config is None else config
         if cfg.shapes() != bf.config.shapes():
             raise Llama2binError(f"{path}: the given config does not describe this file's tensors")
-        return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic)
+        return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic, q8_hook=q8_hook)

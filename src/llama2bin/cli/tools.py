@@ -38,8 +38,11 @@ def cmd_c_check(args: argparse.Namespace) -> int:
             if result.skipped:
                 print(f"{path}: C consumer check skipped: {result.skipped}")
             elif result.passed:
+                forced = "" if result.q8_sites is None else (
+                    f"; {result.q8_sites} activation quantizations teacher-forced, {result.q8_flips} flipped at a tie; "
+                    f"untethered as runq.c computes it: max |Δlogit| {result.q8_untethered_max_abs_diff:.3g}")
                 print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic, {len(result.tokens)} "
-                      f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g})")
+                      f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g}{forced})")
             else:
                 ok = False
                 for failure in result.failures:

@@ -81,14 +81,17 @@ def _functional_section(verify_result: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What the tracked report says of the C consumer check: outcome, arithmetic, tolerance.
-    The measured difference stays in results/ (it depends on the compiler)."""
+    """What the tracked report says of the C consumer check: outcome, arithmetic, tolerances (q8:
+    also the tie window of its teacher-forced activations). The measured differences and q8 flips
+    stay in results/ (they depend on the compiler)."""
     if not c:
         return None
     from ..checks.ccheck import TOLERANCE
+    from ..checks.q8_forcing import TIE_WINDOW
 
     return {"arithmetic": c["arithmetic"], "positions": len(c["tokens"]), "passed": c["passed"], "skipped": c["skipped"],
-            "rel_tolerance": TOLERANCE.get(c["arithmetic"])}
+            "rel_tolerance": TOLERANCE.get(c["arithmetic"]),
+            **({"tie_window": TIE_WINDOW} if c["arithmetic"] == "q8" else {})}
 
 
 def _weights_fingerprint(verify_result: dict[str, Any]) -> str:
