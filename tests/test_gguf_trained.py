@@ -24,7 +24,7 @@ from llama2bin.formats.gguf_encode import encode_into, encoded_nbytes  # noqa: E
 from llama2bin.formats.gguf_vocab import tokenizer_bin_vocab  # noqa: E402
 from llama2bin.formats.gguf_write import GgufModelInfo, export_gguf  # noqa: E402
 from llama2bin.formats.q8_0 import Scratch  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.sources.gguf_file import GgmlType  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains a model (seconds to tens of seconds on a shared machine)

@@ -275,7 +275,8 @@ def verify_gguf(
     q8 = MATRIX_TYPE[GGUF_FILE_TYPES[format_name]] == GgmlType.Q8_0
     with ForkedCall(sha256_file, path) as digest:  # a side process hashes the file meanwhile
         result = TensorCheckResult(path, format_name, os.path.getsize(path), "", 32 if q8 else None, {},
-                                   source.describe(), source_quantized=getattr(source, "quantized", None))
+                                   source.describe(),
+                                   source_quantized=source.quantization.to_json() if source.quantization else None)
         try:
             reader = GGUFReader(path)
         except (ValueError, OSError, KeyError, IndexError) as e:  # GGUFReader's own refusals

@@ -8,11 +8,11 @@ mapping the file (a mapping's touched pages count against the job's memory): F16
 to float32 exactly; Q8_0 blocks dequantize to q * d in float32 - exact as well (8-bit q times an
 11-bit float16 mantissa fits float32's 24), which is what ggml's dequantize_row_q8_0 computes.
 
-A Q8_0 tensor is also offered as stored (`group_size` 32, `read_q8`: int8 q and the float16
-scales widened to float32, exact), the protocol formats/bin_source.py's Q8_0 tensors follow,
-so a writer targeting Q8_0 at group size 32 (v1/v2) copies q and scales instead of quantizing the
-dequantized values a second time; `quantized` records that the source is Q8_0 (outputs in
-float are then dequantized, and verify says so).
+A Q8_0 tensor is also offered as stored (encoding Q8_0, `group_size` 32, `read_q8`: int8 q and
+the float16 scales widened to float32, exact), as every Q8_0 TensorRef is (sources/base.py), so a
+writer targeting Q8_0 at group size 32 (v1/v2) copies q and scales instead of quantizing the
+dequantized values a second time; the source's `quantization` records that it is Q8_0 (outputs
+in float are then dequantized, and verify says so).
 
 Rope scaling: linear from llama.rope.scaling.type/factor; Llama 3's from the rope_freqs tensor
 (see GgufSource._rope_scaling). Like a rotary base other than 10000, it needs --allow-rope-theta.
@@ -36,7 +36,7 @@ from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig
 from ..rope_freqs import LINEAR, LLAMA3, RopeScaling
-from .base import FilePool, RawTensor, Source, TensorRef, check_tensors, split_classifier
+from .base import FilePool, RawTensor, Source, SourceQuantization, TensorEncoding, TensorRef, check_tensors, split_classifier
 from .gguf_file import (
     Q8_0_BLOCK,
     ROPE_FREQS,
@@ -67,6 +67,7 @@ class GgufQ8Tensor(TensorRef):
     offset: int
     pool: FilePool = field(repr=False, compare=False)
     group_size: int = Q8_0_BLOCK
+    encoding = TensorEncoding.Q8_0
 
     def _blocks(self, start: int, stop: int) -> np.ndarray:
         per_row = self.cols // Q8_0_BLOCK
@@ -75,8 +76,10 @@ class GgufQ8Tensor(TensorRef):
             raise Llama2binError(f"{self.path}: tensor {self.name} is truncated (file too short)")
         return raw.reshape(-1, 34)
 
-    def read_q8(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows [start, stop) as stored: (int8 q, flat; float32 scales, one per 32 values)."""
+    def read_q8(self, start: int, stop: int, q_out: np.ndarray | None = None,
+                s_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) as stored: (int8 q, flat; float32 scales, one per 32 values); the
+        blocks are read whole, so `q_out`/`s_out` are not needed."""
         blocks = self._blocks(start, stop)
         scales = np.ascontiguousarray(blocks[:, :2]).view("<f2").reshape(-1).astype(np.float32)
         return np.ascontiguousarray(blocks[:, 2:]).view(np.int8).reshape(-1), scales
@@ -221,8 +224,8 @@ class GgufSource(Source):
         check_tensors(path, config, refs, display=gguf_tensor_name, implied_by="its llama.* metadata")
         self.config = config
         self._refs = refs
-        q8 = sorted(n for n, t in refs.items() if isinstance(t, GgufQ8Tensor))
-        self.quantized: dict[str, Any] | None = {"format": "gguf-q8_0", "group_size": Q8_0_BLOCK} if q8 else None
+        if any(t.encoding == TensorEncoding.Q8_0 for t in refs.values()):
+            self.quantization = SourceQuantization("gguf-q8_0", Q8_0_BLOCK)
 
     def _rope_scaling(self, keys: _Keys, head_size: int, theta: float) -> tuple[RopeScaling | None, str]:
         """Linear scaling from rope.scaling.type/factor; Llama 3 scaling from rope_freqs.weight,
@@ -259,6 +262,6 @@ class GgufSource(Source):
         for info in self.header.tensors:
             types[type_name(info.ggml_type)] = types.get(type_name(info.ggml_type), 0) + 1
         described = {**super().describe(), "gguf_version": self.header.version, "tensor_types": dict(sorted(types.items()))}
-        if self.quantized:
-            described["source_quantized"] = self.quantized
+        if self.quantization is not None:
+            described["source_quantized"] = self.quantization.to_json()
         return described
