@@ -142,7 +142,7 @@ def _output_weights(output: Output, reference: ReferenceModel) -> tuple[LazyWeig
     """(lazy weights, quantized) of an opened output whose tensors must have the source's shapes."""
     if output.config.shapes() != reference.config.shapes():
         raise Llama2binError(f"{output.path}: its tensors do not have the source's shapes")
-    return BinWeights(output), output.group_size is not None
+    return BinWeights(output), output.lossy
 
 
 def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,

@@ -39,6 +39,7 @@ from ..formats.gguf_encode import encoded_nbytes
 from ..formats.gguf_header import KV
 from ..formats.gguf_plan import GGUF_FILE_TYPES, MATRIX_TYPE
 from ..formats.gguf_write import GgufLayout, GgufModelInfo, gguf_layout
+from ..formats.output import Output
 from ..parallel import ForkedCall, ForkPool, default_workers
 from ..safe_io import open_regular
 from ..sources.base import Source, row_chunks
@@ -311,4 +312,23 @@ def verify_gguf(
         if q8:
             result.header["q8_0_worst_error_over_d"] = round(worst, 6)
         result.sha256 = digest.result()
+    return result
+
+
+def check_gguf_output(output: Output, source: Source, quiet: bool = False, threads: int | None = None,
+                      tokenizer: str | None = None) -> TensorCheckResult:
+    """verify's tensor check of an opened GGUF output: its metadata as the source's ModelConfig
+    (GgufOutput.header_failures), then `verify_gguf`, the keys expected from the source with the
+    file's own general.name (a label, not a property of the source) and the tokenizer the export
+    was given (`tokenizer`, else the source's own; see formats/gguf_output.gguf_model_info)."""
+    from ..formats.gguf_output import gguf_model_info
+
+    described = {**source.describe(), "config": source.config.to_json()}
+    failures = output.header_failures(source.config)
+    if failures:  # a different model: comparing tensors would only add noise
+        return TensorCheckResult(output.display_name, output.spec.name, output.size, sha256_file(output.path), None,
+                                 output.header_json(), described, failures=failures)
+    info = gguf_model_info(source, getattr(output, "model_name", None) or "", tokenizer)
+    result = verify_gguf(output.path, source, info, output.spec.name, threads)
+    result.file, result.source = output.display_name, described
     return result

@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import Llama2binError
+from ..formats.output import Output
+from ..sources.base import TensorEncoding
+from .ccheck import CCheckResult
 
 GGML_TYPE_F32 = 0
 LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
@@ -162,3 +165,39 @@ def llamacpp_logits(path: str, sequences: Sequence[Sequence[int]]) -> list[np.nd
 def llamacpp_greedy(path: str, prompt: Sequence[int], n_new: int) -> list[int]:
     with LlamaCppModel(path, len(prompt) + n_new) as m:
         return m.greedy(prompt, n_new)
+
+
+# A lossy GGUF (F16, BF16, Q8_0) through llama.cpp differs from the Python forward on the same
+# dequantized weights by llama.cpp's own activation rounding (to F16/BF16, or Q8_0 blocks of 32):
+# measured ~1e-2 (BF16) and ~5e-2 (Q8_0) of max |logit| on random and trained models. That is
+# reported; a difference beyond this bound means llama.cpp computes another model: a failure.
+LOSSY_RTOL = 0.25
+
+
+def llamacpp_check(output: Output, tokens: Sequence[int], fp32_rtol: float) -> CCheckResult:
+    """llama.cpp's logits of `tokens` from the GGUF `output` against the Python forward on the same
+    file's weights (float32 arithmetic). F32 files: within fp32_rtol * max(1, max |logit|), else a
+    failure. Lossy files: the difference is reported, a failure only beyond LOSSY_RTOL. Without the
+    binding: skipped, with the notice as `skipped`."""
+    from ..formats.registry import json_version
+    from .forward import BinWeights, classify, hidden_states
+
+    result = CCheckResult(output.display_name, json_version(output.spec.name), "f32", list(tokens), None)
+    try:
+        result.compiler = f"llama.cpp (llama-cpp-python {llama_cpp_version()})"
+    except LlamaCppUnavailable as e:
+        result.skipped = str(e)
+        return result
+    got = llamacpp_logits(output.path, [tokens])[0]
+    weights = BinWeights(output)
+    hidden = hidden_states(weights, output.config, np.asarray([tokens], dtype=np.int64))
+    want = classify(weights, output.config, hidden)
+    lossy = any(t.encoding != TensorEncoding.F32 for t in output.tensors.values())
+    result.max_abs_logit = float(np.abs(want).max())
+    result.max_abs_diff = float(np.abs(got - want).max()) if np.isfinite(got).all() else float("inf")
+    result.tolerance = (LOSSY_RTOL if lossy else fp32_rtol) * max(1.0, result.max_abs_logit)
+    if not result.max_abs_diff <= result.tolerance:
+        what = "lossy file (llama.cpp rounds activations)" if lossy else "float32 file"
+        result.failures.append(f"llama.cpp: max |Δlogit| {result.max_abs_diff:.3g} against the Python forward on the same "
+                               f"weights exceeds {result.tolerance:.3g} ({what})")
+    return result

@@ -18,11 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..formats.families import open_output
+from ..formats.spec import GGUF_FILE
 from ..sources.base import Source
 from .ccheck import CCheckResult, Consumer, c_check
 from .forward import F32
 from .functional import FP32_RTOL, FunctionalResult, QualityLimits, ReferenceModel, functional_check
+from .gguf_readback import check_gguf_output
+from .llamacpp import llamacpp_check
 from .tensor import TensorCheckResult, check_tensors
+
+# Families whose round trip has its own check (GGUF: the independent GGUFReader read-back);
+# every other family's is checks/tensor.py's, through the Output's TensorRefs.
+_TENSOR_CHECKS = {GGUF_FILE.name: check_gguf_output}
 
 SCHEMA = "llama2bin.verify/2"
 
@@ -58,12 +65,13 @@ class Verification:
     functional: FunctionalResult | None = None
     c_check: CCheckResult | None = None
     quality: QualityVerdict | None = None  # None: no functional check ran
+    llamacpp: CCheckResult | None = None  # llama.cpp as the client (families it loads), or why it was skipped
 
     @property
     def failures(self) -> list[str]:
         """Every correctness failure: tensor check, float32 logits, C consumer."""
         return [*self.tensor.failures, *(self.functional.failures if self.functional else []),
-                *(self.c_check.failures if self.c_check else [])]
+                *(self.c_check.failures if self.c_check else []), *(self.llamacpp.failures if self.llamacpp else [])]
 
     @property
     def correct(self) -> bool:
@@ -82,6 +90,7 @@ class Verification:
             "functional": self.functional.to_json() if self.functional else None,
             "c_check": self.c_check.to_json() if self.c_check else None,
             "quality": self.quality.to_json() if self.quality else None,
+            "llamacpp": self.llamacpp.to_json() if self.llamacpp else None,
             "failures": self.failures,
             "correct": self.correct,
             "passed": self.passed,
@@ -95,19 +104,26 @@ class Verification:
             functional=FunctionalResult.from_json(d["functional"]) if d.get("functional") else None,
             c_check=CCheckResult.from_json(d["c_check"]) if d.get("c_check") else None,
             quality=QualityVerdict.from_json(d["quality"]) if d.get("quality") else None,
+            llamacpp=CCheckResult.from_json(d["llamacpp"]) if d.get("llamacpp") else None,
         )
 
 
 def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,
                   consumer: Consumer | None = None, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                   limits: QualityLimits | None = None, gate: bool = False, threads: int | None = None,
-                  quiet: bool = True) -> Verification:
+                  quiet: bool = True, tokenizer: str | None = None) -> Verification:
     """Verify the output at `path` (any registered format) against `source`, opened once: the
     tensor check always; the functional check with a `reference` (the source on the model's
     evaluation tokens); the C check with a compiled `consumer`, for formats the C consumer reads
-    (on the first evaluation sequence)."""
+    (on the first evaluation sequence); llama.cpp, for formats it loads, when a `reference` gives
+    the tokens (skipped with the reason recorded when the binding is not installed). `tokenizer`:
+    the model's tokenizer, for formats that store one (GGUF; None: the source's own)."""
     with open_output(path) as output:
-        tensor = check_tensors(output, source, quiet=quiet, threads=threads)
+        family_check = _TENSOR_CHECKS.get(output.spec.family.name)
+        if family_check is not None:
+            tensor = family_check(output, source, quiet=quiet, threads=threads, tokenizer=tokenizer)
+        else:
+            tensor = check_tensors(output, source, quiet=quiet, threads=threads)
         result = Verification(tensor)
         if not tensor.tensors:  # nothing compared: a different model altogether, the header says why
             return result
@@ -119,4 +135,6 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
         if consumer is not None and output.spec.family.c_consumer:
             tokens = reference.tokens.sequences[0] if reference is not None else None
             result.c_check = c_check(path, consumer, tokens=tokens)
+        if reference is not None and output.spec.family.llamacpp:
+            result.llamacpp = llamacpp_check(output, reference.tokens.sequences[0], fp32_rtol)
     return result

@@ -25,7 +25,11 @@ def render_text(info: dict[str, Any]) -> str:
         lines.append(f"  {info['size']} bytes (header implies {info['expected_size']}: {state})")
     else:
         lines.append(f"  {info['size']} bytes in its files")
-    lines.append("  " + ", ".join(f"{k}={v}" for k, v in info["header"].items() if k != "version"))
+    header = {k: v for k, v in info["header"].items() if k != "version"}
+    if len(header) > 16:  # metadata (GGUF): a key per line
+        lines += [f"  {k} = {v!r:.200}" for k, v in header.items()]
+    else:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in header.items()))
     lines.append(f"  {'offset':>12}  {'bytes':>12}  {'dtype':<22} {'shape':<16} name")
     for t in info["tensors"]:
         lines.append(f"  {t['offset']!s:>12}  {t['nbytes']!s:>12}  {t['dtype']:<22} {str(t['shape']):<16} {t['name']}")

@@ -72,7 +72,13 @@ def add_export_format_args(p: argparse.ArgumentParser, formats: list[str]) -> No
                    help=f"Q8_0 group size (default 64, or a Q8_0 {q8_flags} source's own), halved until it divides dim; "
                    "the default also backs off until it divides hidden_dim for v2 (runq.c)")
     p.add_argument("--allow-requantize", action="store_true",
-                   help=f"a Q8_0 {q8_flags} source may be written at another group size (quantizing twice)")
+                   help=f"a Q8_0 {q8_flags} source may be written at another group size or as gguf-q8_0 (quantizing twice)")
+    p.add_argument("--tokenizer", metavar="TOKENIZER",
+                   help="the model's tokenizer, for outputs that store one (GGUF): sentencepiece or tiktoken "
+                   "tokenizer.model, tokenizer.json or a llama2.c tokenizer.bin (default: the one that comes with the "
+                   "source; a GGUF source keeps its own; none: GGUF tokenizer.ggml.model \"none\")")
+    p.add_argument("--name", metavar="NAME", help="the model's name, for outputs that record one (GGUF general.name; "
+                   "default: the source's file or directory name)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -80,8 +86,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     targets = export_targets(args.version, args.outputs)
     options = ExportOptions(group_size=args.group_size, threads=args.threads, quiet=args.quiet,
-                            allow_requantize=args.allow_requantize)
-    inputs = source_paths(args)
+                            allow_requantize=args.allow_requantize, tokenizer=args.tokenizer, model_name=args.name)
+    inputs = source_paths(args) + ([args.tokenizer] if args.tokenizer else [])
     check_outputs(inputs, [Output(out, spec.directory, f"--version {spec.name} writes a directory") for spec, out in targets])
     with open_source_from_args(args) as source:
         exported = write_outputs(source, targets, options)

@@ -27,7 +27,8 @@ def _add_eval_args(p: argparse.ArgumentParser, title: str) -> None:
                    "default); random: uniform random ids")
     g.add_argument("--eval-text", metavar="FILE", help="evaluate on this text, tokenized with --tokenizer")
     g.add_argument("--tokenizer", metavar="TOKENIZER", help="the model's tokenizer, for --eval-text: sentencepiece or "
-                   "tiktoken tokenizer.model, or tokenizer.json")
+                   "tiktoken tokenizer.model, or tokenizer.json; for verify also the one a GGUF was exported with "
+                   "(export --tokenizer; default: the source's own)")
     g.add_argument("--eval-seqs", type=arg_types.eval_seqs, default=DEFAULT_SEQS, metavar="N", help=f"sequences ({DEFAULT_SEQS})")
     g.add_argument("--eval-len", type=arg_types.eval_len, default=DEFAULT_LEN, metavar="T",
                    help=f"tokens per sequence, at most max_seq_len and {MAX_LEN} ({DEFAULT_LEN}); "
@@ -144,7 +145,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for i, path in enumerate(args.files):
             result = verify_output(path, source, reference=reference, arithmetic=args.activations,
                                    fp32_rtol=args.fp32_rtol, limits=limits, gate=args.quality_gate,
-                                   threads=args.threads, quiet=args.quiet)
+                                   threads=args.threads, quiet=args.quiet, tokenizer=args.tokenizer)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             t = result.tensor
@@ -155,6 +156,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 continue
             label = FORMATS[t.format].label
             print(f"{path}: OK ({label}, {len(t.tensors)} tensors, sha256 {t.sha256[:16]}…)")
+            client = result.llamacpp
+            if client is not None and client.skipped:
+                print(f"llama2bin: notice: {path}: {client.skipped}", file=sys.stderr)
+            elif client is not None:
+                print(f"{path}: {client.compiler} OK ({len(client.tokens)} tokens): max |Δlogit| "
+                      f"{client.max_abs_diff:.3g} against the Python forward on its weights (bound {client.tolerance:.3g})")
             f = result.functional
             if f is not None:
                 ppl = "" if f.ppl_source is None else (f"PPL {f.ppl_source:.4g} -> {f.ppl_file:.4g} "

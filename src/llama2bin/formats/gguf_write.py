@@ -40,10 +40,15 @@ from .writer import _start_writeback, pwrite_all
 @dataclass(frozen=True)
 class GgufModelInfo:
     """What a GGUF records beyond ModelConfig (which has the rope scaling): the model's name and
-    its vocabulary (None: `tokenizer.ggml.model` "none")."""
+    its vocabulary (None: `tokenizer.ggml.model` "none"), or the tokenizer.* keys of a GGUF
+    source copied as they are (`tokenizer_kvs`, which then replace the vocabulary's)."""
 
     name: str
     vocab: GgufVocab | None = None
+    tokenizer_kvs: tuple[KV, ...] | None = None
+
+    def kvs(self) -> list[KV]:
+        return list(self.tokenizer_kvs) if self.tokenizer_kvs is not None else vocab_kvs(self.vocab)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def gguf_layout(format_name: str, cfg: ModelConfig, info: GgufModelInfo) -> Gguf
     file_type = GGUF_FILE_TYPES[format_name]
     plan = tensor_plan(cfg, file_type)
     n_params = sum(math.prod(p.info.ne) for p in plan)  # what GGUFWriter.get_total_parameter_count sums
-    kvs = metadata_kvs(cfg, file_type, info.name, n_params) + vocab_kvs(info.vocab)
+    kvs = metadata_kvs(cfg, file_type, info.name, n_params) + info.kvs()
     head = build_header(kvs, [p.info for p in plan])
     sections = tuple(
         GgufSection(p.canonical or p.gguf_name, p.gguf_name, p.info.ggml_type, p.shape, offset, p.info.nbytes)

@@ -33,6 +33,12 @@ class Output(ABC):
     def tensors(self) -> dict[str, TensorRef]:
         """Every canonical weight (`output` only when unshared), in canonical order, as stored."""
 
+    @property
+    def lossy(self) -> bool:
+        """Whether its weights are not the source's float32 values (Q8_0, F16, BF16): its logits are
+        then measured as quality, not held to the float32 tolerance."""
+        return any(t.encoding != TensorEncoding.F32 for t in self.tensors.values())
+
     def stored_name(self, name: str) -> str:
         """The tensor's name inside the output (messages name what a user can find there)."""
         return self.tensors[name].name

@@ -9,13 +9,13 @@ the reader (the reader imports it): opening an existing output is families.py's 
 from __future__ import annotations
 
 from ..errors import Llama2binError
-from . import hf, v0, v1, v1f, v2
+from . import gguf_formats, hf, v0, v1, v1f, v2
 from .layout import magic_field, version_field
 from .spec import FormatSpec
 
-_MODULES = (v0, v1, v1f, v2, hf)
+_MODULES = (v0, v1, v1f, v2, hf, gguf_formats)  # a module declares SPEC, or SPECS for several (GGUF's types)
 
-FORMATS: dict[str, FormatSpec] = {m.SPEC.name: m.SPEC for m in _MODULES}
+FORMATS: dict[str, FormatSpec] = {spec.name: spec for m in _MODULES for spec in getattr(m, "SPECS", None) or (m.SPEC,)}
 
 def format_spec(name: int | str) -> FormatSpec:
     """The registered format called `name` (0, 2 and "0", "2" alike)."""

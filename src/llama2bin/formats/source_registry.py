@@ -74,6 +74,12 @@ def _hf(path: str, **options: Any) -> Source:
     return HfSource(path, **options)
 
 
+def _gguf(path: str, **options: Any) -> Source:
+    from ..sources.gguf import GgufSource
+
+    return GgufSource(path, **options)
+
+
 def _bin(path: str, **options: Any) -> Source:
     from .bin_source import BinSource
 
@@ -87,6 +93,8 @@ SOURCES: dict[str, SourceKind] = {kind.name: kind for kind in (
     SourceKind("hf", "--hf", "DIR", "Hugging Face directory (config.json, *.safetensors or *.bin)", True, _FLOATS, _hf),
     SourceKind("bin", "--bin", "FILE.bin", "an existing llama2.c .bin of any version (e.g. stories15M.bin)", False,
                frozenset({TensorEncoding.F32, TensorEncoding.Q8_0}), _bin),
+    SourceKind("gguf", "--gguf", "FILE.gguf", "a llama GGUF of F32, F16, BF16 or Q8_0 tensors (llama.cpp's format)",
+               False, _FLOATS | {TensorEncoding.Q8_0}, _gguf),
 )}
 
 
@@ -99,7 +107,7 @@ def source_kind(name: object) -> SourceKind:
 
 
 def open_source(kind: str, path: str, *, max_seq_len: int | None = None, allow_rope_theta: bool = False) -> Source:
-    """Open `path` as a checkpoint of the registered `kind` ("llama2c", "meta", "hf", "bin")."""
+    """Open `path` as a checkpoint of the registered `kind` ("llama2c", "meta", "hf", "bin", "gguf")."""
     return source_kind(kind).open(path, max_seq_len=max_seq_len, allow_rope_theta=allow_rope_theta)
 
 

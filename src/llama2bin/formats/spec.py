@@ -1,7 +1,7 @@
 """What an output format is, declaratively: `FormatSpec`, and the `Family` it belongs to.
 
 A family is a set of formats written and read back by the same code: llama2.c's .bin layouts
-(a header table plus sections, see layout.py), the Hugging Face directory, and next GGUF. The
+(a header table plus sections, see layout.py), the Hugging Face directory, and GGUF. The
 spec says which family a format is in and everything data-like about it (names, header,
 section order, who reads it, what it loses); the family's code (opening, writing, describing)
 is found by family name in families.py, the one module that maps the two, so nothing else
@@ -26,10 +26,12 @@ class Family:
     name: str
     directory: bool  # an output is a directory of files (else one file)
     c_consumer: bool  # llama2bin's C consumer (c/consumer.c) maps it as llama2.c does
+    llamacpp: bool = False  # llama.cpp loads it (checks/llamacpp.py runs it when the binding is installed)
 
 
 LLAMA2C_BIN = Family("llama2c-bin", directory=False, c_consumer=True)  # v0, v1, 1f, v2: header table + sections
 HF_DIRECTORY = Family("hf-directory", directory=True, c_consumer=False)  # config.json + model.safetensors
+GGUF_FILE = Family("gguf", directory=False, c_consumer=False, llamacpp=True)  # llama.cpp's GGUF (gguf_formats.py)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class FormatSpec:
     file_name: str = "{model}.{label}.bin"
     # How report titles name it; None: "version NAME".
     report_title: str | None = None
+    # records the model's tokenizer and name (GGUF): export and verify take --tokenizer and --name for it
+    stores_tokenizer: bool = False
 
     @property
     def label(self) -> str:
