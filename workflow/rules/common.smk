@@ -57,6 +57,8 @@ OUTPUTS = [
 ]
 LABELS = [spec.label for spec in OUTPUTS]
 C_CHECKED = [spec for spec in OUTPUTS if spec.family.c_consumer]
+# Formats that store the model's tokenizer and name (GGUF): export and verify then get them.
+STORES_TOKENIZER = any(spec.stores_tokenizer for spec in OUTPUTS)
 # The source registry's CLI flag of every config `source:` kind.
 SOURCE_FLAGS = {name: kind.flag for name, kind in SOURCES.items()}
 
@@ -115,6 +117,28 @@ def source_args(wildcards):
     if m["allow_rope_theta"]:
         args.append("--allow-rope-theta")
     return args
+
+
+def stored_tokenizer(model):
+    """The tokenizer outputs that store one are given: the model's configured `tokenizer:`;
+    without one the CLI takes the checkpoint's own (a Meta or Hugging Face directory's, a GGUF's)."""
+    m = config["models"][model]
+    return m["tokenizer"] if STORES_TOKENIZER and "tokenizer" in m else None
+
+
+def stored_tokenizer_input(wildcards):
+    tokenizer = stored_tokenizer(wildcards.model)
+    return {"stored_tokenizer": tokenizer} if tokenizer else {}
+
+
+def stored_tokenizer_args(wildcards):
+    tokenizer = stored_tokenizer(wildcards.model)
+    return ["--tokenizer", tokenizer] if tokenizer else []
+
+
+def export_name_args(wildcards):
+    """GGUF's general.name is the model's name in the config."""
+    return ["--name", wildcards.model] if STORES_TOKENIZER else []
 
 
 def export_versions():
@@ -295,6 +319,7 @@ def reverify_inputs():
     inputs = []
     for model in MODELS:
         inputs += list(checkpoint_input(SimpleNamespace(model=model)).values())
+        inputs += list(stored_tokenizer_input(SimpleNamespace(model=model)).values())
         inputs += export_paths(model)
     return inputs
 
@@ -314,6 +339,8 @@ def reverify_plan():
         }
         if "max_seq_len" in m:
             entry["max_seq_len"] = m["max_seq_len"]
+        if stored_tokenizer(model):
+            entry["tokenizer"] = stored_tokenizer(model)
         models.append(entry)
     return json.dumps({"models": models, "verify_options": functional_args()})
 

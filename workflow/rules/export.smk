@@ -1,4 +1,4 @@
-# Step 2: write every requested .bin version of a model in one job: one pass over the
+# Step 2: write every requested format of a model in one job: one pass over the
 # checkpoint feeds all versions, and the per-job start-up cost is paid once per model.
 
 
@@ -6,6 +6,7 @@
 rule export:
     input:
         unpack(checkpoint_input),
+        unpack(stored_tokenizer_input),
     output:
         export_outputs(),
     log:
@@ -19,6 +20,7 @@ rule export:
         llama2bin=LLAMA2BIN,
         source=source_args,
         versions=export_versions(),
+        stored=lambda wc: [*export_name_args(wc), *stored_tokenizer_args(wc)],
         # only when configured: the default group size backs off for runq.c (v2), an explicit one never does
         group_size=(
             ["--group-size", str(config["group_size"])]
@@ -27,7 +29,7 @@ rule export:
         ),
     shell:
         "{params.llama2bin:q} export {output:q} {params.source:q} --version {params.versions:q}"
-        " {params.group_size:q} --threads {threads} > {log:q} 2>&1"
+        " {params.group_size:q} {params.stored:q} --threads {threads} > {log:q} 2>&1"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 
 

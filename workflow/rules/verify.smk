@@ -33,6 +33,7 @@ rule eval_tokens:
 rule verify:
     input:
         unpack(verify_inputs),
+        unpack(stored_tokenizer_input),
         bins=lambda wc: export_paths(wc.model),
     output:
         expand("results/{{model}}/{{model}}.{label}.verify.json", label=LABELS),
@@ -47,9 +48,10 @@ rule verify:
         llama2bin=LLAMA2BIN,
         source=source_args,
         functional=lambda wc: functional_args(wc.model),
+        stored_tokenizer=stored_tokenizer_args,
     shell:
         # Quality warnings and failure reasons are one line each: repeated on the terminal.
-        "{params.llama2bin:q} verify {input.bins:q} {params.source:q} {params.functional:q}"
+        "{params.llama2bin:q} verify {input.bins:q} {params.source:q} {params.functional:q} {params.stored_tokenizer:q}"
         " --threads {threads} --json {output:q} > {log:q} 2>&1"
         " && (grep -h '^llama2bin: warning:' {log:q} >&2 || true)"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"

@@ -4,6 +4,7 @@ The pipeline's `reverify` rule passes one JSON plan (workflow/rules/common.smk, 
 
     {"models": [{"model": NAME, "source": KIND (a registered source kind), "path": CHECKPOINT,
                  "max_seq_len": N (optional), "allow_rope_theta": bool (optional),
+                 "tokenizer": FILE (optional: the one GGUF outputs were exported with),
                  "files": [OUT, ...], "json": [RECORD, ...]}, ...],
      "verify_options": ["--eval-seqs", "8", ...]}
 
@@ -22,7 +23,7 @@ from typing import Any
 from ..errors import Llama2binError
 from ..formats.source_registry import SOURCES
 
-MODEL_KEYS = {"model", "source", "path", "max_seq_len", "allow_rope_theta", "files", "json"}
+MODEL_KEYS = {"model", "source", "path", "max_seq_len", "allow_rope_theta", "tokenizer", "files", "json"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ def parse_plan(text: str) -> list[ReverifyJob]:
             raise Llama2binError(f"reverify plan: {where}.allow_rope_theta must be true or false")
         if entry.get("allow_rope_theta"):
             argv.append("--allow-rope-theta")
+        if "tokenizer" in entry:  # the one GGUF outputs were exported with (export --tokenizer)
+            tokenizer = entry["tokenizer"]
+            if not isinstance(tokenizer, str) or not tokenizer:
+                raise Llama2binError(f"reverify plan: {where}.tokenizer must be a non-empty string")
+            argv.append(f"--tokenizer={tokenizer}")
         argv += [*options, "--quiet", "--json", *records]
         jobs.append(ReverifyJob(model, argv))
     return jobs
