@@ -138,7 +138,18 @@ def _bin(path: str, preset: str, changes: dict) -> str:
     return path
 
 
-_MAKERS: dict[str, Callable[[str, str, dict], str]] = {"llama2c": _llama2c, "meta": _meta, "hf": _hf, "bin": _bin}
+def _gguf(path: str, preset: str, changes: dict) -> str:
+    from llama2bin.cli import main
+
+    version = changes.pop("version", "gguf-f16")
+    ckpt = _llama2c(path + ".pt", preset, changes)
+    assert main(["export", path, "--checkpoint", ckpt, "--version", str(version), "--quiet"]) == 0
+    os.remove(ckpt)
+    return path
+
+
+_MAKERS: dict[str, Callable[[str, str, dict], str]] = {"llama2c": _llama2c, "meta": _meta, "hf": _hf, "bin": _bin,
+                                                       "gguf": _gguf}
 
 
 @dataclasses.dataclass
@@ -146,10 +157,10 @@ class CheckpointFactory:
     folder: str
 
     def __call__(self, kind: str, name: str | None = None, *, preset: str = "mha", **changes: object) -> str:
-        """A small checkpoint of source kind `kind` (a registered one: llama2c, meta, hf, bin) in
-        the test's folder; `preset` and `changes` pick the demo preset's shape (llama2bin.demo);
-        a bin checkpoint takes version= (default 2)."""
-        suffix = {"llama2c": ".pt", "bin": ".bin"}.get(kind, "")
+        """A small checkpoint of source kind `kind` (a registered one: llama2c, meta, hf, bin, gguf)
+        in the test's folder; `preset` and `changes` pick the demo preset's shape (llama2bin.demo);
+        a bin checkpoint takes version= (default 2), a gguf one version= (default gguf-f16)."""
+        suffix = {"llama2c": ".pt", "bin": ".bin", "gguf": ".gguf"}.get(kind, "")
         path = os.path.join(self.folder, (name or f"{kind}-{preset}") + suffix)
         return _MAKERS[kind](path, preset, dict(changes))
 

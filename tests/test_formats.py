@@ -10,7 +10,7 @@ import pytest
 from helpers import ROOT, run_cli
 
 from llama2bin.errors import Llama2binError
-from llama2bin.formats import FORMATS, HF_DIRECTORY, LLAMA2C_BIN, identify, json_version
+from llama2bin.formats import FORMATS, GGUF_FILE, HF_DIRECTORY, LLAMA2C_BIN, identify, json_version
 from llama2bin.model import ModelConfig
 
 CONFIGS = [
@@ -20,14 +20,17 @@ CONFIGS = [
 
 
 def test_every_format_is_registered_by_its_name_with_readers_and_losses():
-    assert list(FORMATS) == ["0", "1", "1f", "2", "hf"]
+    gguf = ["gguf-f32", "gguf-f16", "gguf-bf16", "gguf-q8_0"]
+    assert list(FORMATS) == ["0", "1", "1f", "2", "hf", *gguf]
     for name, spec in FORMATS.items():
         assert spec.name == name and spec.read_by and spec.loses and spec.description
         assert (spec.family == LLAMA2C_BIN) == (spec.header is not None and spec.order is not None)
     assert FORMATS["hf"].family == HF_DIRECTORY and FORMATS["hf"].directory and not FORMATS["2"].directory
-    assert [json_version(n) for n in FORMATS] == [0, 1, "1f", 2, "hf"]
+    assert [json_version(n) for n in FORMATS] == [0, 1, "1f", 2, "hf", *gguf]
     assert [spec.title for spec in FORMATS.values()] == ["version 0", "version 1", "version 1f", "version 2",
-                                                         "Hugging Face directory"]  # report titles
+                                                         "Hugging Face directory", "GGUF F32", "GGUF F16", "GGUF BF16",
+                                                         "GGUF Q8_0"]  # report titles
+    assert all(FORMATS[n].family == GGUF_FILE and FORMATS[n].output_name("m") == f"m.{n[5:]}.gguf" for n in gguf)
 
 
 @pytest.mark.parametrize("name", ["0", "1", "1f", "2"])

@@ -84,8 +84,8 @@ def test_a_q8_bin_source_declares_its_quantization():
 def test_an_unknown_source_kind_names_the_known_ones():
     from llama2bin.errors import Llama2binError
 
-    with pytest.raises(Llama2binError, match="unknown source kind 'gguf' \\(known: llama2c, meta, hf, bin\\)"):
-        open_source("gguf", "x")
+    with pytest.raises(Llama2binError, match="unknown source kind 'onnx' \\(known: llama2c, meta, hf, bin, gguf\\)"):
+        open_source("onnx", "x")
 
 
 def test_a_reverify_plan_takes_every_registered_kind():
@@ -97,7 +97,8 @@ def test_a_reverify_plan_takes_every_registered_kind():
 
 def test_every_output_opens_once_as_its_own_format():
     for name, path in (("0", "tiny_a.v0.bin"), ("1", "tiny_b.v1.bin"), ("1f", "tiny_b.master_v1.bin"),
-                       ("2", "tiny_b.v2.bin")):
+                       ("2", "tiny_b.v2.bin"), ("gguf-q8_0", "gguf/tiny_hf_gqa.q8_0.gguf"),
+                       ("gguf-bf16", "gguf/tiny_hf_gqa.bf16.gguf")):
         with open_output(os.path.join(DATA, path)) as output:
             assert output.spec is FORMATS[name]
             assert list(output.tensors)[: len(output.config.shapes())] != []

@@ -121,7 +121,8 @@ def source_args(wildcards):
 
 def stored_tokenizer(model):
     """The tokenizer outputs that store one are given: the model's configured `tokenizer:`;
-    without one the CLI takes the checkpoint's own (a Meta or Hugging Face directory's, a GGUF's)."""
+    without one the CLI takes the checkpoint's own (a Meta or Hugging Face directory's, a GGUF's).
+    """
     m = config["models"][model]
     return m["tokenizer"] if STORES_TOKENIZER and "tokenizer" in m else None
 

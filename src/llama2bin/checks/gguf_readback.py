@@ -244,8 +244,8 @@ def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: Tens
             for i, (task, r) in enumerate(zip(tasks, pool.results(), strict=True)):
                 if stats is None:
                     q8 = task.ggml_type == GgmlType.Q8_0
-                    stats = TensorStats(task.gguf_name, list(shapes[task.tensor]), task.ggml_type.name.lower(),
-                                        32 if q8 else None)
+                    stats = TensorStats(task.tensor, list(shapes[task.tensor]), task.ggml_type.name.lower(),
+                                        32 if q8 else None, hf_name=task.gguf_name)
                     failed, hist = False, (np.zeros(len(_HIST_EDGES) - 1, np.int64) if q8 else None)
                 if not failed and r.failure:
                     result.failures.append(r.failure)

@@ -58,7 +58,7 @@ class TensorStats:
     rel_err: float = 0.0
     snr_db: float | None = None  # None: exact (infinite SNR)
     group_err_hist: list[int] | None = None
-    hf_name: str | None = None  # the tensor's name in a Hugging Face directory output
+    hf_name: str | None = None  # the tensor's name in the output when not canonical (hf directory, GGUF)
     _sq_err: float = 0.0
     _sq_ref: float = 0.0
     _n: int = 0

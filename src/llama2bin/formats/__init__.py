@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .layout import Layout
 from .registry import FORMATS, format_spec, identify, json_version
-from .spec import HF_DIRECTORY, LLAMA2C_BIN, Family, FormatSpec
+from .spec import GGUF_FILE, HF_DIRECTORY, LLAMA2C_BIN, Family, FormatSpec
 
-__all__ = ["FORMATS", "HF_DIRECTORY", "LLAMA2C_BIN", "Family", "FormatSpec", "Layout", "format_spec",
+__all__ = ["FORMATS", "GGUF_FILE", "HF_DIRECTORY", "LLAMA2C_BIN", "Family", "FormatSpec", "Layout", "format_spec",
            "identify", "json_version"]

@@ -73,6 +73,7 @@ def _write(model: str, out_dir: str, stems: list[str], results: list[dict[str, A
            plots: bool) -> list[str]:
     """Render everything first, then write: a rendering error leaves no file behind."""
     from ..checks.tensor import HIST_EDGES
+    from .fmt import encoding_name
     from .html import render_model_html
     from .markdown import render_markdown
 
@@ -84,8 +85,7 @@ def _write(model: str, out_dir: str, stems: list[str], results: list[dict[str, A
         from .plots import render_model_png, render_notice_png
 
         by_fingerprint = {r["weights_fingerprint"]: res for r, res in zip(reports, results, strict=True)}
-        rows = [{"title": f"{same_as(g)} (Q8_0, group size {g[0]['group_size']}, "
-                          f"{g[0]['bits_per_weight']:.2f} bits/weight)",
+        rows = [{"title": f"{same_as(g)} ({encoding_name(g[0])}, {g[0]['bits_per_weight']:.2f} bits/weight)",
                  "tensors": [{**t, "rel_err": round_sig(t["rel_err"])}
                              for t in by_fingerprint[g[0]["weights_fingerprint"]]["tensors"]],
                  "functional": g[0]["functional"]}

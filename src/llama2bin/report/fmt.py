@@ -45,13 +45,32 @@ def output_name(r: dict[str, Any]) -> str:
     return format_spec(r["version"]).title
 
 
+_ENCODINGS = {"f16": ("float16", "F16"), "bf16": ("bfloat16", "BF16"), "f64": ("float64", "F64")}
+
+
+def _lossy_encoding(r: dict[str, Any]) -> str | None:
+    """The output's lossy encoding: q8_0 when any tensor is Q8_0 (GGUF Q8_0 keeps rows of other
+    lengths in F16), else the one non-float32 encoding of its matrices; None when all float32."""
+    if not r["quantized"]:
+        return None
+    found = {t["encoding"] for t in r["tensors"]} - {"f32"}
+    return "q8_0" if "q8_0" in found or not found else min(found)
+
+
 def encoding_name(r: dict[str, Any]) -> str:
-    return f"Q8_0, group size {r['group_size']}" if r["quantized"] else "float32"
+    """'Q8_0, group size 64', 'float16', 'float32', ...: for titles and lists."""
+    enc = _lossy_encoding(r)
+    if enc is None:
+        return "float32"
+    return f"Q8_0, group size {r['group_size']}" if enc == "q8_0" else _ENCODINGS.get(enc, (enc,))[0]
 
 
-def encoding_short(quantized: bool, group_size: int | None) -> str:
-    """'Q8_0/64' or 'float32': for table cells."""
-    return f"Q8_0/{group_size}" if quantized else "float32"
+def encoding_short(r: dict[str, Any]) -> str:
+    """'Q8_0/64', 'F16', 'BF16' or 'float32': for table cells."""
+    enc = _lossy_encoding(r)
+    if enc is None:
+        return "float32"
+    return f"Q8_0/{r['group_size']}" if enc == "q8_0" else _ENCODINGS.get(enc, (enc, enc.upper()))[1]
 
 
 def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
@@ -160,6 +179,14 @@ def c_check_text(c: dict[str, Any] | None) -> str | None:
     else:
         outcome = "FAILED: disagrees with the Python reference"
     return f"C consumer (c/consumer.c, memory-mapped as llama2.c reads it, {how}): {outcome}"
+
+
+def client_short(r: dict[str, Any]) -> str:
+    """The real-client column: the C consumer's verdict (.bin), llama.cpp's (GGUF), or "—"."""
+    lc = r.get("llamacpp")
+    if r.get("c_check") or not lc:
+        return c_check_short(r.get("c_check"))
+    return "llama.cpp skipped" if lc["skipped"] else "llama.cpp agrees" if lc["passed"] else "llama.cpp FAILED"
 
 
 def c_check_short(c: dict[str, Any] | None) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 
 from .fmt import (
     bpw,
-    c_check_short,
     c_check_text,
+    client_short,
     encoding_name,
     encoding_short,
     eval_description,
@@ -101,14 +101,14 @@ def _outputs_table(reports: list[dict[str, Any]]) -> str:
         correct, quality = _verdict_cells(r)
         lossy = r["quantized"] and f
         rows.append([
-            f"<b>{escape(r['label'])}</b>", escape(encoding_short(r["quantized"], r["group_size"])), mb(r["size"]),
+            f"<b>{escape(r['label'])}</b>", escape(encoding_short(r)), mb(r["size"]),
             bpw(r["bits_per_weight"]),
             correct, quality,
             signed(f.get("delta_ppl")) if lossy else "exact" if f else "—",
             num(f.get("kld_mean")) if f else "—",
             num(f["kld_percentiles"].get("p99")) if f else "—",
             pct(f["same_top"]) if f else "—",
-            escape(c_check_short(r.get("c_check"))),
+            escape(client_short(r)),
         ])
     return _table(["output", "encoding", "size (MB)", "bits/weight", "correct", "quality", "ΔPPL", "mean KLD",
                    "KLD p99", "same top", "C check"], "llrrllrrrrl", rows, raw=True)
@@ -236,7 +236,7 @@ def render_summary_html(rows: list[dict[str, Any]], models: list[dict[str, Any]]
         q_cls = _quality_class(r["quality"])
         table.append([escape(r["model"]), f"<b>{escape(r['label'])}</b>", escape(r["encoding"]), mb(r["size"]),
                       bpw(r["bits_per_weight"]), correct, f"<span class=\"{q_cls}\">{escape(r['quality'])}</span>",
-                      escape(c_check_short(r["c_check"])), escape(r["worst_tensor"] or "—") if r["worst_rel_err"]
+                      escape(client_short(r)), escape(r["worst_tensor"] or "—") if r["worst_rel_err"]
                       else "—", num(r["worst_rel_err"])])
     body.append(_table(["model", "output", "encoding", "size (MB)", "bits/weight", "correct", "quality", "C check",
                         "worst tensor", "relative error"], "lllrrlllll", table, raw=True))

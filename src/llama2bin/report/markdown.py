@@ -7,8 +7,8 @@ from typing import Any
 
 from .fmt import (
     bpw,
-    c_check_short,
     c_check_text,
+    client_short,
     encoding_name,
     eval_description,
     functional_rows,
@@ -112,7 +112,7 @@ def render_summary_markdown(rows: list[dict[str, Any]], quantizations: list[dict
     for r in rows:
         table.append([r["model"], r["label"], r["encoding"], mb(r["size"]), bpw(r["bits_per_weight"]),
                       f"`{r['sha256'][:16]}…`", "yes" if r["correct"] else "**NO**", r["quality"],
-                      c_check_short(r["c_check"]), f"`{r['worst_tensor']}`" if r["worst_rel_err"] else "—",
+                      client_short(r), f"`{r['worst_tensor']}`" if r["worst_rel_err"] else "—",
                       num(r["worst_rel_err"])])
     lines += _table(["model", "output", "encoding", "size (MB)", "bits/weight", "sha256", "correct", "quality",
                      "C check", "worst tensor", "relative error"], "lllrrlllllr", table)

@@ -196,7 +196,15 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         # Q8_0 (binsrc), and v0 rope tables at a base run.c ignores
         **({"source_quantized": verify_result["source_quantized"]} if verify_result.get("source_quantized") else {}),
         **({"rope_tables": rope} if (rope := verify_result.get("rope_tables")) and not rope["all_readers_agree"] else {}),
+        # formats llama.cpp loads (GGUF): its check, when verify ran one
+        **({"llamacpp": _llamacpp_section(lc)} if (lc := verify_result.get("llamacpp")) else {}),
     }
+
+
+def _llamacpp_section(c: dict[str, Any]) -> dict[str, Any]:
+    """What the tracked report says of the llama.cpp check: outcome and positions (the measured
+    differences stay in results/: they depend on the CPU's SIMD width)."""
+    return {"positions": len(c["tokens"]), "passed": c["passed"], "skipped": c["skipped"]}
 
 
 def _read_by(name: str) -> str | None:
@@ -220,13 +228,16 @@ def correct_verdict(r: dict[str, Any]) -> tuple[bool, str]:
     c = r.get("c_check")
     if c and not c["skipped"] and not c["passed"]:
         problems.append("the C consumer disagrees with the Python reference")
+    lc = r.get("llamacpp")
+    if lc and not lc["skipped"] and not lc["passed"]:
+        problems.append("llama.cpp disagrees with the Python reference")
     f = r.get("functional")
     if f and not r["quantized"] and not f["passed"] and not problems:
         problems.append("float32 logits differ from the source")
     if problems:
         return False, "; ".join(problems)
     checked = ["round trip"] + (["C consumer"] if c and not c["skipped"] else []) + \
-        (["exact logits"] if f and not r["quantized"] else [])
+        (["llama.cpp"] if lc and not lc["skipped"] else []) + (["exact logits"] if f and not r["quantized"] else [])
     return True, " + ".join(checked)
 
 

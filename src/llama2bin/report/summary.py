@@ -41,7 +41,7 @@ def summary_row(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": r["model"], "version": r["version"], "label": r["label"], "file": r["file"], "size": r["size"],
         "size_mb": r["size_mb"], "bits_per_weight": r["bits_per_weight"],
-        "encoding": encoding_short(r["quantized"], r["group_size"]), "group_size": r["group_size"],
+        "encoding": encoding_short(r), "group_size": r["group_size"],
         "quantized": r["quantized"],
         "sha256": r["sha256"], "verified": r["verified"], "correct": correct, "quality": quality_verdict(r),
         "quality_exceeded": quality_exceeded(r),
@@ -49,6 +49,7 @@ def summary_row(r: dict[str, Any]) -> dict[str, Any]:
         "functional": None if not f else {
             **{k: f[k] for k in _SUMMARY_FUNCTIONAL if k in f}, "kld_p99": f["kld_percentiles"]["p99"]},
         "c_check": None if not c else {"arithmetic": c["arithmetic"], "passed": c["passed"], "skipped": c["skipped"]},
+        **({"llamacpp": r["llamacpp"]} if r.get("llamacpp") else {}),
     }
 
 
