@@ -92,7 +92,8 @@ def write_gguf(source: Source, targets: Sequence[tuple[FormatSpec, str]], *, nam
     layouts = export_gguf(source, [(spec.name, path) for spec, path in targets], info, threads=threads, quiet=quiet)
     lines = [f"wrote {path} ({layout.format}, {layout.size} bytes)" for path, layout in layouts.items()]
     if q is not None:
-        lines.append(f"note: {source.path} is Q8_0 (group size {q.group_size}): the GGUF weights are its dequantized values")
+        lines.append(f"note: {source.path} is Q8_0 (group size {q.group_size}): the GGUF weights are its dequantized "
+                     "values" + (", quantized again where the GGUF is Q8_0" if allow_requantize else ""))
     return lines
 
 
