@@ -93,3 +93,36 @@ def test_llama_cpp_generates_what_the_reference_generates(trained, tmp_path, wit
     for t in ("bf16", "q8_0"):  # lossy: same top token at nearly every position (teacher-forced)
         top = llamacpp_logits(paths[t], [seq])[0].argmax(axis=1)
         assert (top == want.argmax(axis=1)).mean() >= 0.9, t
+
+
+def test_v2_and_gguf_q8_0_on_the_same_tokens(trained, tmp_path) -> None:
+    """llama2.c's Q8_0 (v2: groups of 64, float32 scales, round half to even) and GGUF's (blocks
+    of 32, float16 scales, round half away) of the same trained model, verified on the same
+    evaluation tokens by the same forward pass. Both cost 8.5 bits per matrix weight; the
+    smaller blocks give GGUF the smaller weight error (the scale follows the local maximum more
+    closely), and both stay well within the default quality limits. The measured numbers are
+    in README "GGUF" (bench/gguf_q8_compare.py)."""
+    from llama2bin.checks.eval_tokens import sampled_tokens
+    from llama2bin.checks.functional import QualityLimits, ReferenceModel
+    from llama2bin.checks.verification import verify_output
+    from llama2bin.formats import FORMATS
+    from llama2bin.formats.families import ExportOptions, write_outputs
+
+    v2, gguf = str(tmp_path / "t.v2.bin"), str(tmp_path / "t.q8_0.gguf")
+    with open_source("llama2c", trained) as src:
+        write_outputs(src, [(FORMATS["2"], v2), (FORMATS["gguf-q8_0"], gguf)], ExportOptions(quiet=True))
+        reference = ReferenceModel(src, sampled_tokens(src, 8, 32, 0, quiet=True))
+        results = {name: verify_output(path, src, reference=reference) for name, path in (("v2", v2), ("gguf", gguf))}
+    for name, r in results.items():
+        assert r.correct and not r.quality.exceeded, (name, r.failures)
+        assert r.functional.eval == reference.tokens.summary()  # the same tokens, the same recipe and sha256
+    fv2, fg = results["v2"].functional, results["gguf"].functional
+    assert fv2.kld_mean > 0 and fg.kld_mean > 0 and min(fv2.same_top, fg.same_top) >= 0.95
+    assert max(fv2.kld_mean, fg.kld_mean) < QualityLimits().kld_mean_max / 100
+    assert results["v2"].tensor.group_size == 64 and results["gguf"].tensor.group_size == 32
+
+    def weight_sq_err(r) -> float:  # type: ignore[no-untyped-def]
+        return sum(t.rmse ** 2 * np.prod(t.shape) for t in r.tensor.tensors if t.encoding == "q8_0")
+
+    assert weight_sq_err(results["gguf"]) < weight_sq_err(results["v2"])
+    assert os.path.getsize(gguf) < os.path.getsize(v2) * 1.05  # 34 bytes per 32 weights vs 66 per 64 (+ header)

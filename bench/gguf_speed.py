@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """GGUF export speed and memory against llama.cpp's convert_hf_to_gguf.py (issue 20, item 8).
 
-    .venv/bin/python bench/gguf.py --converter PATH/convert_hf_to_gguf.py [--shape 1.1B] [--repeats 3]
-    .venv/bin/python bench/gguf.py --shape tiny-hf --repeats 1          # seconds, no converter
+    .venv/bin/python bench/gguf_speed.py --converter PATH/convert_hf_to_gguf.py [--shape 1.1B] [--repeats 3]
+    .venv/bin/python bench/gguf_speed.py --shape tiny-hf --repeats 1          # seconds, no converter
 
 The checkpoint is bench/synth.py's Hugging Face model of the shape (1.1B: TinyLlama's, bf16, 3
 safetensors shards), plus a small sentencepiece tokenizer.model (the converter requires one; ids
