@@ -157,3 +157,21 @@ def test_every_source_kind_writes_a_gguf(kind, checkpoint, tmp_path, capsys) -> 
     assert rc.returncode == 0, rc.stderr
     rc = run_main(["verify", out, flag, src, "--quiet", "--no-functional"], capsys)
     assert rc.returncode == 0, rc.stderr
+
+
+def test_without_the_binding_verify_skips_llama_cpp_with_a_one_line_notice(tmp_path, capsys, monkeypatch) -> None:
+    from llama2bin.checks import llamacpp
+
+    def missing() -> str:
+        raise llamacpp.LlamaCppUnavailable("llama.cpp check skipped: the llama-cpp-python binding is not installed")
+
+    monkeypatch.setattr(llamacpp, "llama_cpp_version", missing)
+    out = str(tmp_path / "m.f32.gguf")
+    assert run_main(["export", out, "--hf", HF, "--version", "gguf-f32", "--quiet"], capsys).returncode == 0
+    record = str(tmp_path / "v.json")
+    rc = run_main(["verify", out, "--hf", HF, "--quiet", "--eval-seqs", "1", "--eval-len", "8", "--json", record], capsys)
+    assert rc.returncode == 0
+    notices = [line for line in rc.stderr.splitlines() if "llama.cpp" in line]
+    assert notices == [f"llama2bin: notice: {out}: llama.cpp check skipped: the llama-cpp-python binding is not installed"]
+    r = json.load(open(record))
+    assert r["correct"] and r["llamacpp"]["skipped"] and r["llamacpp"]["passed"] is None
