@@ -110,10 +110,12 @@ def test_verify_reads_a_gguf_back_and_runs_the_functional_and_llama_cpp_checks(t
     out = str(tmp_path / "m.q8_0.gguf")
     assert run_main(["export", out, "--hf", HF, "--version", "gguf-q8_0", "--quiet"], capsys).returncode == 0
     record = str(tmp_path / "v.json")
-    rc = run_main(["verify", out, "--hf", HF, "--quiet", "--eval-seqs", "1", "--eval-len", "16", "--json", record], capsys)
+    rc = run_main(["verify", out, "--hf", HF, "--quiet", "--eval-seqs", "1", "--eval-len", "16", "--json", record,
+                   "--activations", "q8"], capsys)
     assert rc.returncode == 0, rc.stderr
     r = json.load(open(record))
     assert r["format"] == "gguf-q8_0" and r["group_size"] == 32 and r["functional"]["quantized"]
+    assert r["functional"]["arithmetic"] == "f32"  # runq.c's q8 is not llama.cpp's arithmetic: f32, recorded
     # ffn_down's rows of 80 are not whole blocks of 32: F16, as the converter falls back
     assert {t["encoding"] for t in r["tensors"]} == {"q8_0", "f16", "f32"}
     lc = r["llamacpp"]
