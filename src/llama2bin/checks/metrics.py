@@ -5,7 +5,8 @@ Logits are never held for every position at once: the functional check feeds blo
 scalars only (KL divergence, top tokens, probabilities of the next token) - so memory is
 positions x a few floats plus one block of positions x vocabulary, whatever the vocabulary.
 
-Definitions (all in float64, natural logarithms):
+Definitions (all in float64, natural logarithms; exp and log from numerics.py, sums numpy's
+pairwise sums along a contiguous axis: the same bits on every machine):
 - KL(P_source || P_file) per position: mean, percentiles 50/90/99/99.9, max;
 - same top: how often the two argmaxes agree;
 - perplexity exp(-mean log p(next token)) of the source and of the file over every position
@@ -17,33 +18,93 @@ Definitions (all in float64, natural logarithms):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from . import numerics
+
 # KL divergences are summarised in these log-spaced bins (the first holds exact zeros and
 # anything below 1e-12); the reports plot them.
-KLD_HIST_EDGES = [0.0] + np.logspace(-12, 2, 29).tolist()
+KLD_HIST_EDGES = [0.0, *numerics.powers_of_ten(-24, 4, 2)]
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
-# Logits compared at once: each float64 temporary of a block is 16 MiB, and about six are alive
-# (log-softmax of both, probabilities, products), so the comparison peaks near 100 MiB whatever
-# the vocabulary (measured: 50 MiB with blocks of 2^20, tests/test_quality.py).
+# Logits compared at once: positions x vocabulary entries of a block (numerics' float64: 16 MiB
+# per array, four alive: the file's and the source's logits, probabilities, products), so the
+# comparison peaks near 64 MiB whatever the vocabulary (tests/test_quality.py).
 BLOCK_ELEMENTS = 1 << 21
 
 
-def block_rows(vocab_size: int) -> int:
-    return max(1, BLOCK_ELEMENTS // max(1, vocab_size))
+def block_columns(positions: int) -> int:
+    """Vocabulary entries per block when `positions` positions are compared together."""
+    return max(1, BLOCK_ELEMENTS // max(1, positions))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    shifted = np.ascontiguousarray(x, dtype=np.float64) - x.max(axis=-1, keepdims=True)
+    return shifted - numerics.log(np.sum(numerics.exp(shifted), axis=-1, keepdims=True))
+
+
+class _Positions:
+    """Running per-position sums over vocabulary blocks fed in order: for the reference's logits x
+    and the file's y, the max m and sum of exp(logit - m) of both (a log-sum-exp kept in order),
+    sum exp(x - m_x) (x - y) (the KL divergence's numerator), the argmaxes and the next tokens'
+    logits. No position ever needs its whole row of logits at once."""
+
+    def __init__(self, next_tokens: np.ndarray):
+        n = len(next_tokens)
+        self.next = np.asarray(next_tokens, dtype=np.int64)
+        self.m_ref, self.m_got = np.full(n, -np.inf), np.full(n, -np.inf)
+        self.s_ref, self.s_got, self.weighted_diff = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.top_ref, self.top_got = np.full(n, -np.inf), np.full(n, -np.inf)
+        self.arg_ref, self.arg_got = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.x_next, self.y_next = np.zeros(n), np.zeros(n)
+        self.max_abs_logit = self.max_abs_dlogit = 0.0
+
+    def add(self, start: int, ref: np.ndarray, got: np.ndarray) -> None:
+        """Vocabulary entries start .. start + ref.shape[1] of every position (float64 [n, cols])."""
+        ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+        rows = np.arange(ref.shape[0])
+        for x, top, arg in ((ref, self.top_ref, self.arg_ref), (got, self.top_got, self.arg_got)):
+            best = x.argmax(axis=1)
+            better = x[rows, best] > top  # ties keep the earlier entry, as argmax over the whole row
+            top[better], arg[better] = x[rows, best][better], start + best[better]
+        here = np.flatnonzero((self.next >= start) & (self.next < start + ref.shape[1]))
+        self.x_next[here], self.y_next[here] = ref[here, self.next[here] - start], got[here, self.next[here] - start]
+        self.max_abs_logit = max(self.max_abs_logit, float(np.abs(ref).max()))
+        scratch = np.abs(np.subtract(got, ref), out=np.empty_like(ref))
+        self.max_abs_dlogit = max(self.max_abs_dlogit, float(scratch.max()))
+        with np.errstate(invalid="ignore"):  # NaN logits (a broken file) give NaN statistics
+            m = np.maximum(self.m_ref, ref.max(axis=1))
+            fade = numerics.exp(self.m_ref - m)  # earlier sums, rescaled to the new max (0 at first)
+            e = numerics.exp(ref - m[:, None])
+            self.s_ref = self.s_ref * fade + np.sum(e, axis=1)
+            self.weighted_diff = self.weighted_diff * fade + np.sum(np.multiply(e, np.subtract(ref, got, out=scratch),
+                                                                                out=scratch), axis=1)
+            self.m_ref = m
+            m = np.maximum(self.m_got, got.max(axis=1))
+            fade = numerics.exp(self.m_got - m)
+            self.s_got = self.s_got * fade + np.sum(numerics.exp(np.subtract(got, m[:, None], out=scratch)), axis=1)
+            self.m_got = m
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(KL divergence, same top, log p_source(next), log p_file(next)) per position; the
+        last two for positions with a next token only."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # KL = sum p (x - y) - (lse_x - lse_y), lse = m + log s: the difference of the two
+            # log-sum-exps taken as (m_x - m_y) + log(s_x / s_y), exact to a few ulp of the KL
+            kld = self.weighted_diff / self.s_ref - (self.m_ref - self.m_got) - numerics.log(self.s_ref / self.s_got)
+            has = self.next >= 0
+            lp_ref = self.x_next[has] - (self.m_ref[has] + numerics.log(self.s_ref[has]))
+            lp_got = self.y_next[has] - (self.m_got[has] + numerics.log(self.s_got[has]))
+        # KL(P||Q) >= 0; rounding can leave -1e-17 where the two are equal.
+        return np.maximum(kld, 0.0), self.arg_ref == self.arg_got, lp_ref, lp_got
 
 
 class LogitComparison:
-    """Feed (reference, file) logit blocks with each row's next token (-1: none); read `stats()`."""
+    """Feed the (reference, file) logits of blocks of positions, each position's vocabulary in
+    blocks (`add_positions`), or whole rows (`add`); read `stats()`."""
 
     def __init__(self) -> None:
         self._kld: list[np.ndarray] = []
@@ -53,18 +114,25 @@ class LogitComparison:
         self.max_abs_logit = 0.0
         self.max_abs_dlogit = 0.0
 
+    def add_positions(self, next_tokens: np.ndarray, blocks: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Positions with these next tokens (-1: none), their logits as (first vocabulary entry,
+        reference [n, cols], file [n, cols]) blocks covering the vocabulary in order."""
+        acc = _Positions(next_tokens)
+        for start, ref, got in blocks:
+            acc.add(start, ref, got)
+        kld, same, lp_ref, lp_got = acc.finish()
+        self._kld.append(kld)
+        self._same.append(same)
+        self._lp_ref.append(lp_ref)
+        self._lp_got.append(lp_got)
+        self.max_abs_logit = max(self.max_abs_logit, acc.max_abs_logit)
+        self.max_abs_dlogit = max(self.max_abs_dlogit, acc.max_abs_dlogit)
+
     def add(self, ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray) -> None:
-        lp_ref, lp_got = log_softmax(ref), log_softmax(got)
-        p_ref = np.exp(lp_ref)
-        # KL(P||Q) >= 0; float64 rounding can leave -1e-17 where the two are equal.
-        self._kld.append(np.maximum((p_ref * (lp_ref - lp_got)).sum(axis=-1), 0.0))
-        self._same.append(ref.argmax(axis=-1) == got.argmax(axis=-1))
-        rows = np.flatnonzero(next_tokens >= 0)
-        self._lp_ref.append(lp_ref[rows, next_tokens[rows]])
-        self._lp_got.append(lp_got[rows, next_tokens[rows]])
-        self.max_abs_logit = max(self.max_abs_logit, float(np.abs(ref).max()))
-        self.max_abs_dlogit = max(self.max_abs_dlogit,
-                                  float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max()))
+        """Whole rows of logits [n, vocab]."""
+        step = block_columns(ref.shape[0])
+        self.add_positions(next_tokens, ((v, ref[:, v : v + step], got[:, v : v + step])
+                                         for v in range(0, ref.shape[1], step)))
 
     def stats(self) -> dict[str, Any]:
         kld = np.concatenate(self._kld)
@@ -82,8 +150,8 @@ class LogitComparison:
             "predicted": int(lp_ref.size),
         }
         if lp_ref.size:
-            ppl_src, ppl_got = math.exp(-float(lp_ref.mean())), math.exp(-float(lp_got.mean()))
-            dp = np.exp(lp_got) - np.exp(lp_ref)
+            ppl_src, ppl_got = (float(v) for v in numerics.exp(-np.array([lp_ref.mean(), lp_got.mean()])))
+            dp = numerics.exp(lp_got) - numerics.exp(lp_ref)
             out.update(ppl_source=ppl_src, ppl_file=ppl_got, delta_ppl=ppl_got - ppl_src, ppl_ratio=ppl_got / ppl_src,
                        rms_dp=math.sqrt(float(np.mean(dp * dp))))
         else:  # sequences of one token: nothing is predicted
@@ -92,13 +160,11 @@ class LogitComparison:
 
 
 def compare_logits(ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray | None = None) -> dict[str, Any]:
-    """The statistics of `got` against `ref` (float32 [..., vocab]) in one call; `next_tokens`
+    """The statistics of `got` against `ref` (logits [..., vocab]) in one call; `next_tokens`
     (one per row, -1 for none) enables perplexity and RMS Δp."""
     ref = ref.reshape(-1, ref.shape[-1])
     got = got.reshape(-1, got.shape[-1])
     nxt = np.full(ref.shape[0], -1, dtype=np.int64) if next_tokens is None else np.asarray(next_tokens).reshape(-1)
     cmp = LogitComparison()
-    step = block_rows(ref.shape[1])
-    for start in range(0, ref.shape[0], step):
-        cmp.add(ref[start : start + step], got[start : start + step], nxt[start : start + step])
+    cmp.add(ref, got, nxt)
     return cmp.stats()
