@@ -8,6 +8,7 @@ bit for bit in row chunks (peak memory a few chunks, whatever the model size).
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -20,7 +21,7 @@ from ..progress import Progress
 from ..sources.base import FilePool, Source, TensorRef, row_chunks
 from ..sources.policy import load_json_object
 from ..sources.safetensors import SafetensorsFile
-from .tensor import TensorCheckResult, TensorStats, sha256_file
+from .tensor import TensorCheckResult, TensorStats, sha256_file, weights_digest
 
 HF = FORMATS["hf"]
 
@@ -62,30 +63,36 @@ def verify_hf_dir(out_dir: str, source: Source, quiet: bool = False) -> TensorCh
         if result.failures:
             return result
         progress = Progress(sum(source.tensor(n).numel for n in names), f"verify {result.file}", unit="el", quiet=quiet)
+        digests: dict[str, bytes] = {}
         for name in names:
             got_t = exported.tensor(name)
             raw = getattr(got_t, "src", got_t)  # under the un-permutation of q_proj/k_proj
             if getattr(raw, "dtype", "F32") != "F32":
                 result.failures.append(f"tensor {got_t.name}: stored as {raw.dtype}, not F32")
                 continue
-            stats = _compare(name, source.tensor(name), got_t, result.failures)
+            stats, digests[name] = _compare(name, source.tensor(name), got_t, result.failures)
             stats.hf_name = got_t.name
             result.tensors.append(stats)
             progress.update(got_t.numel)
         progress.close()
+        result.weights_sha256 = weights_digest(names, result.tensors, digests)
     return result
 
 
-def _compare(canonical: str, ref_t: TensorRef, got_t: TensorRef, failures: list[str]) -> TensorStats:
-    """Float32 bit-for-bit comparison in row chunks; the first differing element becomes a failure."""
+def _compare(canonical: str, ref_t: TensorRef, got_t: TensorRef, failures: list[str]) -> tuple[TensorStats, bytes]:
+    """Float32 bit-for-bit comparison in row chunks; the first differing element becomes a failure.
+    Also the tensor's digest: sha256 over the sha256 of each chunk's float32 bytes, in the same
+    chunks as a .bin's check (tensor.py), so equal weights give equal fingerprints."""
     stats = TensorStats(canonical, list(ref_t.shape), F32.json_name, None)
+    digest = hashlib.sha256()
     for start, stop in row_chunks(ref_t):
         ref = ref_t.read_rows(start, stop).reshape(-1)
-        got = np.ascontiguousarray(got_t.read_rows(start, stop)).reshape(-1)
+        got = np.ascontiguousarray(got_t.read_rows(start, stop), dtype=np.float32).reshape(-1)
+        digest.update(hashlib.sha256(got).digest())
         differs = got.view(np.uint32) != ref.view(np.uint32)
         if differs.any():
             bad = int(np.flatnonzero(differs)[0]) + start * ref_t.cols
             failures.append(f"tensor {got_t.name}: element {bad} differs from the float32 source")
             break
         stats.add(ref, got)
-    return stats.finish()
+    return stats.finish(), digest.digest()
