@@ -27,10 +27,11 @@ exp, sin and cos comes from numerics.py, whose results are the same bits on ever
 kernel and thread count (float32 or plain float64 BLAS products are not: numerics.py says what
 was measured). Each logit is then a function of its own row of the classifier and its own
 position only: computing more positions or blocks of weights at once never changes a bit.
-Sampling the evaluation tokens (`exact=False`) uses plain float64 BLAS products instead, five
-times cheaper: the tokens are decisions (is a probability above a threshold), which a relative
-difference of 1e-16 between BLAS kernels changes only when a probability sits that close to a
-threshold (about once in 1e10 tokens for a vocabulary of 2^20), never a statistic.
+Sampling the evaluation tokens (`exact=False`) uses plain float64 BLAS products instead, at
+less than half the cost (measured: 2.4 vs 5.6 CPU seconds for a 15M model): the tokens are
+decisions (is a running sum of probabilities above a threshold), which a relative difference of
+1e-16 between BLAS kernels changes only when a sum sits within 1e-16 of its threshold - for
+a vocabulary of 2^20, about once in 1e9 tokens - and never a statistic.
 """
 
 from __future__ import annotations
