@@ -13,7 +13,7 @@ it is needed, dropping it right after. Given a lazy mapping (`BinWeights` over a
 `SourceWeights` over a checkpoint) nothing is cached, matrices are multiplied in row blocks
 and embeddings are gathered row by row, so peak memory is one block of one tensor plus the
 activations - never the model. `logits` holds positions x vocabulary; the functional check
-instead takes `hidden_states` and runs `classify` on blocks of positions. A plain dict of
+instead takes `hidden_states` and runs `classify` on blocks of the vocabulary. A plain dict of
 arrays works too (tests, tiny models).
 
 Arithmetic: "f32" multiplies the activations with the file's float32 (for Q8_0: dequantized)
@@ -22,16 +22,13 @@ every matmul the activations are quantized to Q8_0 with the file's group size (r
 from zero), products are summed exactly per group and scaled by both group scales, group after
 group, in float32.
 
-Precision and reproducibility: activations are float64 throughout, and every matrix product,
-exp, sin and cos comes from numerics.py, whose results are the same bits on every machine, BLAS
-kernel and thread count (float32 or plain float64 BLAS products are not: numerics.py says what
-was measured). Each logit is then a function of its own row of the classifier and its own
-position only: computing more positions or blocks of weights at once never changes a bit.
-Sampling the evaluation tokens (`exact=False`) uses plain float64 BLAS products instead, at
-less than half the cost (measured: 2.4 vs 5.6 CPU seconds for a 15M model): the tokens are
-decisions (is a running sum of probabilities above a threshold), which a relative difference of
-1e-16 between BLAS kernels changes only when a sum sits within 1e-16 of its threshold - for
-a vocabulary of 2^20, about once in 1e9 tokens - and never a statistic.
+Precision and reproducibility: activations are float64, and every matrix product, exp, sin and
+cos comes from numerics.py: the same bits on every machine, BLAS kernel and thread count, and a
+logit depends on its own classifier row and position only, never on what is computed with it.
+Sampling the evaluation tokens (`exact=False`) uses plain float64 BLAS products, at less than
+half the cost (2.4 vs 5.6 CPU seconds for a 15M model): a token is a decision, which the 1e-16
+by which BLAS kernels differ changes only when a running sum of probabilities sits that close
+to its threshold (for a vocabulary of 2^20, about once in 1e9 tokens).
 """
 
 from __future__ import annotations
@@ -167,20 +164,14 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(ms + float(eps))) * np.asarray(weight, dtype=np.float64)
 
 
-def rope_frequencies(head_size: int, theta: float) -> np.ndarray:
-    """theta^(-2j / head_size) for pair j, float64, in decimal arithmetic (numpy's float64 power
-    differs between CPUs; these never do)."""
-    with localcontext() as ctx:
-        ctx.prec = 40
-        base = Decimal(float(theta))
-        return np.array([float(base ** (Decimal(-2 * j) / head_size)) for j in range(head_size // 2)])
-
-
 def rope_angles(head_size: int, positions: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
     """(cos, sin), each float64 [len(positions), head_size // 2]: pair j of position t turns by
-    t * theta^(-2j / head_size) (numerics.sin_cos: the same bits on every machine)."""
-    angles = np.outer(positions.astype(np.float64), rope_frequencies(head_size, theta))
-    sin, cos = numerics.sin_cos(angles)
+    t * theta^(-2j / head_size), the powers in decimal arithmetic (numpy's float64 power differs
+    between CPUs) and sin/cos from numerics: the same bits on every machine."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        freqs = [float(Decimal(float(theta)) ** (Decimal(-2 * j) / head_size)) for j in range(head_size // 2)]
+    sin, cos = numerics.sin_cos(np.outer(positions.astype(np.float64), freqs))
     return cos, sin
 
 
@@ -242,7 +233,8 @@ class _Linear:
         def times(w: np.ndarray) -> np.ndarray:
             return left.times(w) if left is not None else x @ np.asarray(w, dtype=np.float64).T
 
-        first, last = rows or (0, self.weights.shape(name)[0] if self.lazy else np.shape(self.weights[name])[0])
+        total = self.weights.shape(name)[0] if self.lazy else len(self.weights[name])
+        first, last = rows or (0, total)
         if not self.lazy:
             return times(np.asarray(self.weights[name], dtype=np.float32)[first:last])
         w: LazyWeights = self.weights  # type: ignore[assignment]
