@@ -60,6 +60,20 @@ def test_matmul_does_not_depend_on_how_rows_are_grouped():
     assert np.array_equal(batched[0], whole[:, :7]) and np.array_equal(batched[1], whole[::-1, 7:14])
 
 
+def test_matmul_does_not_depend_on_blas_threads():
+    """The slice products are exact, so BLAS's thread count (which changes a float32 product's
+    bits) cannot change them: checks pin BLAS to one thread for cost, not for the results."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((256, 768)), rng.standard_normal((2048, 768)).astype(np.float32)
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = numerics.matmul(x, w)
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = numerics.matmul(x, w)
+    assert np.array_equal(one, two)
+
+
 def _full_sort_nucleus(probs: np.ndarray, top_p: float, u: float) -> int:
     """run.c's sample_topp done plainly: sort every candidate, walk the cumulative sum."""
     cand = np.flatnonzero(probs >= (1.0 - top_p) / max(len(probs) - 1, 1))
