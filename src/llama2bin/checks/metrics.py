@@ -34,6 +34,8 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # per array, four alive: the file's and the source's logits, probabilities, products), so the
 # comparison peaks near 64 MiB whatever the vocabulary (tests/test_quality.py).
 BLOCK_ELEMENTS = 1 << 21
+# ... of which this many at a time go through all the passes of the comparison (they stay in L2).
+_PASS_ELEMENTS = 1 << 15
 
 
 def block_columns(positions: int) -> int:
@@ -61,32 +63,54 @@ class _Positions:
         self.arg_ref, self.arg_got = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.x_next, self.y_next = np.zeros(n), np.zeros(n)
         self.max_abs_logit = self.max_abs_dlogit = 0.0
+        self._work: tuple[np.ndarray, np.ndarray] | None = None
 
     def add(self, start: int, ref: np.ndarray, got: np.ndarray) -> None:
-        """Vocabulary entries start .. start + ref.shape[1] of every position (float64 [n, cols])."""
+        """Vocabulary entries start .. start + ref.shape[1] of every position (float64 [n, cols]),
+        a few rows at a time so that every pass over them runs in cache."""
         ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
-        rows = np.arange(ref.shape[0])
-        for x, top, arg in ((ref, self.top_ref, self.arg_ref), (got, self.top_got, self.arg_got)):
-            best = x.argmax(axis=1)
-            better = x[rows, best] > top  # ties keep the earlier entry, as argmax over the whole row
-            top[better], arg[better] = x[rows, best][better], start + best[better]
-        here = np.flatnonzero((self.next >= start) & (self.next < start + ref.shape[1]))
-        self.x_next[here], self.y_next[here] = ref[here, self.next[here] - start], got[here, self.next[here] - start]
-        self.max_abs_logit = max(self.max_abs_logit, float(np.abs(ref).max()))
-        scratch = np.abs(np.subtract(got, ref), out=np.empty_like(ref))
-        self.max_abs_dlogit = max(self.max_abs_dlogit, float(scratch.max()))
+        step = max(1, _PASS_ELEMENTS // max(1, ref.shape[1]))
+        for first in range(0, ref.shape[0], step):
+            rows = slice(first, min(ref.shape[0], first + step))
+            self._add_rows(rows, start, ref[rows], got[rows])
+
+    def _buffers(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Two work arrays of `shape`, reused piece after piece (fresh ones come from mmap, whose
+        page faults would cost as much as the arithmetic)."""
+        size = shape[0] * shape[1]
+        if self._work is None or self._work[0].size < size:
+            self._work = (np.empty(size), np.empty(size))
+        return self._work[0][:size].reshape(shape), self._work[1][:size].reshape(shape)
+
+    def _add_rows(self, rows: slice, start: int, x: np.ndarray, y: np.ndarray) -> None:
+        """x, y: the reference's and the file's logits of positions `rows`, entries from `start`."""
+        index = np.arange(x.shape[0])
+        best_x, best_y = x.argmax(axis=1), y.argmax(axis=1)
+        top_x, top_y = x[index, best_x], y[index, best_y]  # the rows' maxima
+        for top, arg, best, new in ((self.top_ref, self.arg_ref, best_x, top_x), (self.top_got, self.arg_got, best_y, top_y)):
+            better = new > top[rows]  # ties keep the earlier entry, as argmax over the whole row
+            top[rows] = np.where(better, new, top[rows])
+            arg[rows] = np.where(better, start + best, arg[rows])
+        nxt = self.next[rows]
+        here = np.flatnonzero((nxt >= start) & (nxt < start + x.shape[1]))
+        self.x_next[rows][here], self.y_next[rows][here] = x[here, nxt[here] - start], y[here, nxt[here] - start]
+        diff, e = self._buffers(x.shape)
+        np.subtract(x, y, out=diff)
+        # np.max, not Python's max: a NaN logit must reach the statistics (and fail a float32 file)
+        self.max_abs_logit = float(np.max([self.max_abs_logit, top_x.max(), -x.min()]))
+        self.max_abs_dlogit = float(np.max([self.max_abs_dlogit, diff.max(), -diff.min()]))
         with np.errstate(invalid="ignore"):  # NaN logits (a broken file) give NaN statistics
-            m = np.maximum(self.m_ref, ref.max(axis=1))
-            fade = numerics.exp(self.m_ref - m)  # earlier sums, rescaled to the new max (0 at first)
-            e = numerics.exp(ref - m[:, None])
-            self.s_ref = self.s_ref * fade + np.sum(e, axis=1)
-            self.weighted_diff = self.weighted_diff * fade + np.sum(np.multiply(e, np.subtract(ref, got, out=scratch),
-                                                                                out=scratch), axis=1)
-            self.m_ref = m
-            m = np.maximum(self.m_got, got.max(axis=1))
-            fade = numerics.exp(self.m_got - m)
-            self.s_got = self.s_got * fade + np.sum(numerics.exp(np.subtract(got, m[:, None], out=scratch)), axis=1)
-            self.m_got = m
+            m = np.maximum(self.m_ref[rows], top_x)
+            fade = numerics.exp(self.m_ref[rows] - m)  # earlier sums, rescaled to the new max (0 at first)
+            numerics.exp(np.subtract(x, m[:, None], out=e), out=e)
+            self.s_ref[rows] = self.s_ref[rows] * fade + np.sum(e, axis=1)
+            self.weighted_diff[rows] = self.weighted_diff[rows] * fade + np.sum(np.multiply(e, diff, out=diff), axis=1)
+            self.m_ref[rows] = m
+            m = np.maximum(self.m_got[rows], top_y)
+            fade = numerics.exp(self.m_got[rows] - m)
+            numerics.exp(np.subtract(y, m[:, None], out=e), out=e)
+            self.s_got[rows] = self.s_got[rows] * fade + np.sum(e, axis=1)
+            self.m_got[rows] = m
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(KL divergence, same top, log p_source(next), log p_file(next)) per position; the
