@@ -98,3 +98,15 @@ def test_top_p_selection_without_sorting_the_vocabulary_picks_what_a_full_sort_p
         probs /= probs.sum()
         u = float(rng.random()) if trial % 7 else 1 - 2**-53
         assert _nucleus(probs, 0.9, u) == _full_sort_nucleus(probs, 0.9, u), (trial, vocab)
+
+
+def test_a_nan_logit_reaches_the_statistics():
+    """A NaN logit of the file must show as NaN max |Δlogit| (the float32 check's `not <= tol`
+    then fails it), not vanish in a running maximum."""
+    from llama2bin.checks.metrics import compare_logits
+
+    ref = np.random.default_rng(3).standard_normal((6, 40))
+    got = ref.copy()
+    got[4, 7] = np.nan
+    assert np.isnan(compare_logits(ref, got)["max_abs_dlogit"])
+    assert compare_logits(ref, ref.copy())["max_abs_dlogit"] == 0 and compare_logits(ref, ref.copy())["kld_max"] == 0
