@@ -149,8 +149,8 @@ class LogitComparison:
         self._same.append(same)
         self._lp_ref.append(lp_ref)
         self._lp_got.append(lp_got)
-        self.max_abs_logit = max(self.max_abs_logit, acc.max_abs_logit)
-        self.max_abs_dlogit = max(self.max_abs_dlogit, acc.max_abs_dlogit)
+        self.max_abs_logit = float(np.max([self.max_abs_logit, acc.max_abs_logit]))  # NaN stays NaN
+        self.max_abs_dlogit = float(np.max([self.max_abs_dlogit, acc.max_abs_dlogit]))
 
     def add(self, ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray) -> None:
         """Whole rows of logits [n, vocab]."""
