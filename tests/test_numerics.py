@@ -110,3 +110,15 @@ def test_a_nan_logit_reaches_the_statistics():
     got[4, 7] = np.nan
     assert np.isnan(compare_logits(ref, got)["max_abs_dlogit"])
     assert compare_logits(ref, ref.copy())["max_abs_dlogit"] == 0 and compare_logits(ref, ref.copy())["kld_max"] == 0
+
+
+def test_equal_logits_give_zeros_without_a_sign():
+    """A float32 output's statistics are exactly 0, never -0.0 (which SIMD maxima may return for
+    equal zeros, and which the JSON would print)."""
+    from llama2bin.checks.metrics import compare_logits
+
+    ref = np.random.default_rng(4).standard_normal((5, 30))
+    stats = compare_logits(ref, ref.copy(), np.arange(5))
+    for key in ("max_abs_dlogit", "kld_mean", "kld_max", "delta_ppl", "rms_dp", *stats["kld_percentiles"]):
+        value = stats["kld_percentiles"][key] if key.startswith("p") else stats[key]
+        assert value == 0 and str(value) == "0.0", key

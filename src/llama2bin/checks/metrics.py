@@ -159,16 +159,17 @@ class LogitComparison:
                                          for v in range(0, ref.shape[1], step)))
 
     def stats(self) -> dict[str, Any]:
-        kld = np.concatenate(self._kld)
+        # + 0.0 turns -0.0 into 0.0: SIMD maxima may pick either zero, and the JSON would show it
+        kld = np.concatenate(self._kld) + 0.0
         lp_ref, lp_got = np.concatenate(self._lp_ref), np.concatenate(self._lp_got)
         hist, _ = np.histogram(np.clip(kld, 0.0, KLD_HIST_EDGES[-1]), bins=KLD_HIST_EDGES)
         out: dict[str, Any] = {
             "positions": int(kld.size),
-            "max_abs_logit": self.max_abs_logit,
-            "max_abs_dlogit": self.max_abs_dlogit,
+            "max_abs_logit": self.max_abs_logit + 0.0,
+            "max_abs_dlogit": self.max_abs_dlogit + 0.0,
             "kld_mean": float(kld.mean()),
-            "kld_percentiles": {f"p{p:g}": float(np.percentile(kld, p)) for p in PERCENTILES},
-            "kld_max": float(kld.max()),
+            "kld_percentiles": {f"p{p:g}": float(np.percentile(kld, p)) + 0.0 for p in PERCENTILES},
+            "kld_max": float(kld.max()) + 0.0,
             "kld_hist": hist.tolist(),
             "same_top": float(np.concatenate(self._same).mean()),
             "predicted": int(lp_ref.size),

@@ -256,9 +256,10 @@ class Left:
 
     def _block(self, w: np.ndarray) -> np.ndarray:
         if self.k <= _SMALL_K:
-            out = np.zeros((*np.broadcast_shapes(self.x.shape[:-2], w.shape[:-2]), self.n, w.shape[-2]))
-            for j in range(self.k):  # element-wise products, added in order
-                out += self.x[..., :, j, None].astype(np.float64) * w[..., None, :, j].astype(np.float64)
+            shape = (*np.broadcast_shapes(self.x.shape[:-2], w.shape[:-2]), self.n, w.shape[-2])
+            out, term = np.zeros(shape), np.empty(shape)
+            for j in range(self.k):  # element-wise products (float32 widens exactly), added in order
+                out += np.multiply(self.x[..., :, j, None], w[..., None, :, j], out=term, dtype=np.float64)
             return out
         beta, n = self.beta, self.n
         ws, ew = _split(w, beta, _W_SLICES)
