@@ -259,7 +259,7 @@ class Left:
             shape = (*np.broadcast_shapes(self.x.shape[:-2], w.shape[:-2]), self.n, w.shape[-2])
             out, term = np.zeros(shape), np.empty(shape)
             for j in range(self.k):  # element-wise products (float32 widens exactly), added in order
-                out += np.multiply(self.x[..., :, j, None], w[..., None, :, j], out=term, dtype=np.float64)
+                out += np.multiply(self.x[..., :, j, None], w[..., :, j].astype(np.float64)[..., None, :], out=term)
             return out
         beta, n = self.beta, self.n
         ws, ew = _split(w, beta, _W_SLICES)
