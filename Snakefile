@@ -2,7 +2,7 @@
 # This file only validates the config, includes one rule file per step and builds `all`.
 
 
-# Config files are plain data: checked (no YTE templating, no duplicate keys) before use.
+# Config files are plain data: checked (no YTE templating, no duplicate keys, bounded size) before use.
 include: "workflow/rules/config_guard.smk"
 
 

@@ -15,6 +15,10 @@ the copy: the floor without and with durability (the export fsyncs before renami
 single-version output is then verified (round trip only: --no-functional), and once more with
 the CLI's default functional check. Medians over --repeats runs, interleaved.
 Writes a Markdown report (bench/results.md by default) and, with --json, the raw numbers.
+
+With LLAMA2C_SEED_DIR pointing at the seed's llama2.c checkout (its export.py and model.py, kept
+outside this repository; needs torch), each llama2.c model's v0 export is also run through the
+seed's `export.py --version 0`, interleaved with llama2bin's, and the bytes compared.
 """
 
 from __future__ import annotations
@@ -215,14 +219,29 @@ def bench_model(shape: Shape, ckpt: str, out_dir: str, repeats: int, log) -> lis
     return [row for row, _ in jobs]
 
 
+# v0's rope tables alone, in the process that computes them: CPU seconds of rope_chunks (the
+# writer's and verify's path), after the imports.
+_ROPE_TIMER = """
+import sys, time
+from llama2bin.formats.rope import rope_chunks
+head, seq = int(sys.argv[1]), int(sys.argv[2])
+start = time.process_time()
+for _ in rope_chunks(head, seq):
+    pass
+print(time.process_time() - start)
+"""
+ROPE_SHAPES = [(64, 1024), (48, 256), (128, 4096), (128, 131072)]
+
+
 def python_baselines(repeats: int) -> dict[str, Run]:
-    """What a process costs before any conversion: interpreter + numpy, and torch (v0's rope tables)."""
+    """What a process costs before any conversion: interpreter + numpy, torch, and v0's rope tables."""
     py = sys.executable
     cases = {
         "python + numpy + llama2bin": [py, "-c",
                                        "import numpy, llama2bin.cli, llama2bin.formats.writer, llama2bin.checks.tensor"],
         "import torch": [py, "-c", "import torch"],
-        "rope tables (torch) for 2048 x 64": [py, "-c", "from llama2bin.formats.rope import rope_tables; rope_tables(64, 2048)"],
+        "rope tables for 1024 x 64 (110M), whole process": [
+            py, "-c", "from llama2bin.formats.rope import rope_tables; rope_tables(64, 1024)"],
     }
     out = {}
     for name, cmd in cases.items():
@@ -230,6 +249,46 @@ def python_baselines(repeats: int) -> dict[str, Run]:
         out[name] = Run(statistics.median(r.wall for r in runs), statistics.median(r.rss_mib for r in runs),
                         statistics.median(r.cpu for r in runs))
     return out
+
+
+def rope_timings(repeats: int) -> dict[str, float]:
+    """Median CPU seconds of the rope tables alone (in-process, imports excluded), per seq_len x head."""
+    out = {}
+    for head, seq in ROPE_SHAPES:
+        runs = [float(subprocess.run([sys.executable, "-c", _ROPE_TIMER, str(head), str(seq)], check=True,
+                                     capture_output=True, text=True).stdout) for _ in range(repeats)]
+        out[f"{seq} x {head}"] = statistics.median(runs)
+    return out
+
+
+@dataclass
+class SeedRow:
+    model: str
+    ours: list[Run] = field(default_factory=list)
+    seed: list[Run] = field(default_factory=list)
+    identical: bool = True
+
+
+def bench_seed(shape: Shape, ckpt: str, out_dir: str, repeats: int, seed_dir: str, log) -> SeedRow:
+    """The seed's `export.py --version 0` and llama2bin's v0 export of the same .pt, interleaved."""
+    row = SeedRow(shape.name)
+    ours, theirs = os.path.join(out_dir, f"{shape.name}.ours.v0.bin"), os.path.join(out_dir, f"{shape.name}.seed.v0.bin")
+    seed_cmd = [sys.executable, os.path.join(seed_dir, "export.py"), theirs, "--version", "0", "--checkpoint", ckpt]
+    warm(ckpt)
+    for rep in range(repeats):
+        remove([ours, theirs])
+        row.ours.append(measure([*llama2bin_cmd(), "export", ours, "--checkpoint", ckpt, "--version", "0", "--quiet"]))
+        cwd = os.getcwd()
+        os.chdir(seed_dir)  # export.py imports model.py from its own folder
+        try:
+            row.seed.append(measure(seed_cmd))
+        finally:
+            os.chdir(cwd)
+        row.identical &= subprocess.run(["cmp", "-s", ours, theirs]).returncode == 0
+        log(f"  [{rep + 1}/{repeats}] {shape.name} v0: llama2bin {row.ours[-1].wall:.2f} s ({row.ours[-1].cpu:.2f} CPU s), "
+            f"seed {row.seed[-1].wall:.2f} s ({row.seed[-1].cpu:.2f} CPU s), identical {row.identical}")
+    remove([ours, theirs])
+    return row
 
 
 def machine() -> dict[str, str]:
@@ -282,7 +341,7 @@ def fmt(x: float, digits: int = 2) -> str:
 
 
 def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], args: argparse.Namespace, load: tuple,
-           batch: str | None) -> str:
+           batch: str | None, rope: dict[str, float] | None = None, seed_rows: list[SeedRow] | None = None) -> str:
     lines = [
         "# llama2bin benchmark",
         "",
@@ -354,6 +413,19 @@ def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], arg
         fn_worst = max((r.median("functional", "rss_mib") for r in mine if r.functional), default=float("nan"))
         lines.append(f"| {model} | {mine[0].params / 1e6:.0f}M | {fmt(all_job.median('export', 'rss_mib'), 0)} "
                      f"| {fmt(quant, 0)} | {fmt(verify_worst, 0)} | {fmt(fn_worst, 0)} |")
+    if rope:
+        lines += ["", "## v0 rope tables alone (CPU s, in-process, imports excluded)", "",
+                  "| seq_len x head size | CPU s |", "|---|---:|", *[f"| {k} | {v:.3f} |" for k, v in rope.items()]]
+    if seed_rows:
+        lines += ["", "## Against the seed's export.py, v0 (LLAMA2C_SEED_DIR)", "",
+                  "| model | llama2bin s | llama2bin CPU s | seed s | seed CPU s | seed / llama2bin (wall) "
+                  "| seed / llama2bin (CPU) | seed peak MiB | byte-identical |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in seed_rows:
+            ow, oc = statistics.median(x.wall for x in r.ours), statistics.median(x.cpu for x in r.ours)
+            sw, sc = statistics.median(x.wall for x in r.seed), statistics.median(x.cpu for x in r.seed)
+            lines.append(f"| {r.model} | {fmt(ow)} | {fmt(oc)} | {fmt(sw)} | {fmt(sc)} | {fmt(sw / ow, 1)} | {fmt(sc / oc, 1)} "
+                         f"| {fmt(statistics.median(x.rss_mib for x in r.seed), 0)} | {'yes' if r.identical else 'NO'} |")
     if batch:
         lines += ["", "## Batch through Snakemake", "", batch.rstrip("\n")]
     return "\n".join(lines) + "\n"
@@ -388,8 +460,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: building/finding the checkpoint ({shape.n_params / 1e6:.0f}M params, {shape.kind})")
         ckpt = ensure(shape, os.path.join(args.work, "cache"))
         rows += bench_model(shape, ckpt, out_dir, args.repeats, log)
+    seed_dir = os.environ.get("LLAMA2C_SEED_DIR")
+    seed_rows = []
+    if seed_dir:
+        for name in models:
+            if SHAPES[name].kind == "llama2c":
+                log(f"{name}: against the seed's export.py in {seed_dir}")
+                seed_rows.append(bench_seed(SHAPES[name], ensure(SHAPES[name], os.path.join(args.work, "cache")),
+                                            out_dir, args.repeats, seed_dir, log))
     log("process baselines")
     baselines = python_baselines(args.repeats)
+    rope = rope_timings(args.repeats)
     batch_md = None
     if args.batch:
         import batch
@@ -400,13 +481,14 @@ def main(argv: list[str] | None = None) -> int:
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     shutil.rmtree(os.path.join(out_dir, "cp"), ignore_errors=True)
 
-    report = render(rows, baselines, machine(), args, (load_before, load_after), batch_md)
+    report = render(rows, baselines, machine(), args, (load_before, load_after), batch_md, rope, seed_rows)
     with open(results + ".part", "w") as f:
         f.write(report)
     os.replace(results + ".part", results)
     if args.json:
         raw = {"rows": [{k: v for k, v in asdict(r).items()} for r in rows],
-               "baselines": {k: asdict(v) for k, v in baselines.items()}}
+               "baselines": {k: asdict(v) for k, v in baselines.items()}, "rope_tables_cpu_s": rope,
+               "seed": [asdict(r) for r in seed_rows]}
         with open(args.json, "w") as f:
             json.dump(raw, f, indent=1)
     sys.stdout.write(report)

@@ -41,20 +41,14 @@ def run_cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llama2bin", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0, proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("llama2bin: error:")]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
+# Shell metacharacters of every kind; a shell that ever parsed one would create a file PWNED.
+SHELL_SYNTAX = "x $(touch PWNED) `touch PWNED` \"q\" 'q' || touch PWNED; touch PWNED & $HOME"
 
 
-def no_outputs(folder: str) -> list[str]:
-    """Files left in `folder` (final names and hidden partials alike)."""
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+def pwned(*folders) -> list[str]:
+    """Files named PWNED under `folders`: proof that a shell parsed a value it never should have."""
+    return [os.path.join(d, f) for folder in folders for d, _, files in os.walk(folder) for f in files if "PWNED" == f]
 
 
-__all__ = ["DATA", "ROOT", "hidden_dim_for", "preset_args", "preset_arrays", "save_llama2c", "run_cli",
-           "assert_one_line_error", "no_outputs"]
+__all__ = ["DATA", "ROOT", "SHELL_SYNTAX", "hidden_dim_for", "preset_args", "preset_arrays", "pwned", "run_cli",
+           "save_llama2c"]

@@ -233,6 +233,19 @@ def replace_with(path: str, kind: str) -> str:
     return path
 
 
+def yaml_laughs(key: str = "lol", levels: int = 9, width: int = 9, mapping: bool = False) -> str:
+    """A pipeline config whose `key` holds YAML's "billion laughs": `levels` anchors, each
+    `width` aliases of the one before (9 x 9: 9^9 = 387 million values once expanded, in 600
+    bytes). Lists by default; `mapping=True` nests mappings instead."""
+
+    def node(items: list[str]) -> str:
+        return "{" + ", ".join(f"k{i}: {v}" for i, v in enumerate(items)) + "}" if mapping else "[" + ", ".join(items) + "]"
+
+    lines = ["models: {m: {source: llama2c, demo: mha}}", f"{key}:", f"  a0: &a0 {node(['lol'] * width)}"]
+    lines += [f"  a{i}: &a{i} {node([f'*a{i - 1}'] * width)}" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
 def export(flag: str, src: str, d: str) -> list[str]:
     return ["export", flag, src, os.path.join(d, "out.bin"), "--version", "0"]
 
@@ -259,5 +272,5 @@ __all__ = [
     "CASES", "Built", "case",
     "Base", "FakeTensor", "StorageRef", "export", "hf_config", "hf_config_text", "hf_dir", "hf_header", "llama2c_pt",
     "local_header", "make_base", "meta_dir", "meta_params", "read_safetensors_header", "replace_with", "repoint_member",
-    "state_of", "tiny_a_weights", "tokenizer", "write_safetensors", "write_torch_zip",
+    "state_of", "tiny_a_weights", "tokenizer", "write_safetensors", "write_torch_zip", "yaml_laughs",
 ]

@@ -1,8 +1,9 @@
 """One harness for the hostile-input corpus (issue 14): every case is judged on the same seven points.
 
 A case is a CLI invocation plus the files it must not touch and the paths it must not create.
-`run_hostile` runs the real `llama2bin` process under an address-space cap and a wall-clock
-limit, and asserts, in this order:
+`run_hostile` runs the real `llama2bin` process (or, with `program`, another module such as
+`snakemake`, whose config refusals are `llama2bin: error:` lines too) under an address-space
+cap and a wall-clock limit, and asserts, in this order:
 
 1. it finished within `timeout` seconds (a hang is killed and fails the case);
 2. exit status non-zero;
@@ -15,6 +16,10 @@ limit, and asserts, in this order:
 6. every input unchanged: sha256 (or, for special files, the stat identity) before and after;
 7. memory under the cap: the child runs with RLIMIT_AS = `cap_bytes`; an allocation sized from
    a hostile field dies with MemoryError, which is a traceback or a non-one-line error, and fails.
+
+A case with `expect_success` is hostile input that must be *handled*, not refused (a legal but
+extreme file, such as a 2^20-token vocabulary): points 1, 3, 6 and 7 hold, and instead of 2, 4
+and 5 the exit status is 0 and no `llama2bin: error:` line appears.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class HostileCase:
     timeout: float = DEFAULT_TIMEOUT
     cwd: str | None = None
     stdin: bytes | None = None
+    program: tuple[str, ...] = ("-m", "llama2bin")
+    expect_success: bool = False
+    judge_stdout: bool = False  # Snakemake logs its errors on stdout: judge both streams
 
 
 def fingerprint(path: str) -> tuple:
@@ -86,7 +94,7 @@ def run_hostile(case: HostileCase) -> subprocess.CompletedProcess:
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "llama2bin", *case.argv],
+            [sys.executable, *case.program, *case.argv],
             capture_output=True,
             input=case.stdin if case.stdin is not None else b"",
             timeout=case.timeout,
@@ -97,11 +105,19 @@ def run_hostile(case: HostileCase) -> subprocess.CompletedProcess:
         raise AssertionError(f"{case.name}: no answer within {case.timeout:g} s (hang)") from e
     elapsed = time.monotonic() - started
     stderr = proc.stderr.decode("utf-8", "replace")
+    if case.judge_stdout:
+        stderr += proc.stdout.decode("utf-8", "replace")
     where = f"{case.name} ({elapsed:.1f} s): exit {proc.returncode}\nstderr:\n{stderr}"
-    assert proc.returncode != 0, where
     assert "Traceback" not in stderr, where
     assert "MemoryError" not in stderr, where
     errors = [line for line in stderr.splitlines() if line.startswith("llama2bin: error:")]
+    if case.expect_success:
+        assert proc.returncode == 0 and not errors, where
+        for path, before in before_inputs.items():
+            assert fingerprint(path) == before, f"{case.name}: input {path} changed\n{where}"
+        proc.stderr = stderr  # type: ignore[assignment]
+        return proc
+    assert proc.returncode != 0, where
     assert len(errors) == 1, where
     assert "internal error" not in errors[0], where
     if case.needle is not None:

@@ -3,7 +3,7 @@
 One set of canonical (Meta-layout) weights is drawn per `Spec`; the HF model is made from them
 the way transformers' convert_llama_weights_to_hf.py does (its `permute`, i.e. the Meta -> HF
 direction, the inverse of what llama2bin implements), loaded into a real LlamaForCausalLM and
-saved with save_pretrained. Meta shards are split from the same weights as FORMATS.md says.
+saved with save_pretrained. Meta shards are split from the same weights as docs/formats.md says.
 transformers' own forward of that model is the reference every export is compared with.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from conftest import assert_refused, run_main
 from transformers import LlamaConfig, LlamaForCausalLM
 
 # A fixed prompt for logit comparisons (ids < 64, length <= max_position_embeddings 16).
@@ -160,7 +161,7 @@ def save_hf(model: LlamaForCausalLM, path: str, *, fmt: str = "safetensors", dty
     return path
 
 
-# How Meta's model parallelism splits each tensor (FORMATS.md): None = replicated.
+# How Meta's model parallelism splits each tensor (docs/formats.md): None = replicated.
 def meta_split_dim(key: str) -> int | None:
     if key.endswith("norm.weight"):
         return None
@@ -233,22 +234,10 @@ def model_from_canonical(spec: Spec, weights: dict[str, np.ndarray]) -> LlamaFor
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
     """`llama2bin ARGV` in this process: (exit status, stdout, stderr)."""
-    from llama2bin.cli import main
-
-    capsys.readouterr()  # drop what building the checkpoint printed (transformers' progress bars)
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    proc = run_main(argv, capsys)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
-def assert_refused(argv: list[str], out_dir, capsys, *needles: str) -> str:
-    rc, stdout, err = run(argv, capsys)
-    lines = err.strip().splitlines()
-    assert rc == 1, (stdout, err)
-    # one error line, last; only informational lines (e.g. the group-size BACKOFF note) before it
-    errors = [line for line in lines if line.startswith("llama2bin: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    assert not os.path.exists(out_dir) or os.listdir(out_dir) == [], os.listdir(out_dir)
-    return errors[0]
+def export_refused(argv: list[str], out_dir, capsys, *needles: str) -> str:
+    """`llama2bin ARGV` in this process is refused (conftest.assert_refused) and leaves `out_dir` empty."""
+    return assert_refused(run_main(argv, capsys), *needles, leaves=out_dir)

@@ -13,12 +13,14 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run_cli, save_llama2c
+from conftest import assert_refused, export
+from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.checks.tensor import check_tensors
 from llama2bin.cli import main
 from llama2bin.formats.bin_source import BinSource
+from llama2bin.formats.families import open_output
 from llama2bin.formats.reader import BinFile
 
 MODELS = ("tiny_a", "tiny_b", "tiny_hf_untied")  # tiny_b: GQA, group size 8; tiny_hf_untied: negative vocab_size
@@ -28,10 +30,9 @@ def golden(name: str) -> str:
     return os.path.join(DATA, name)
 
 
-def export(tmp_path, src: str, *versions: str, extra: tuple[str, ...] = ()) -> list[str]:
-    outs = [str(tmp_path / f"out.v{v}.bin") for v in versions]
-    assert main(["export", *outs, "--bin", src, "--version", *versions, "--quiet", *extra]) == 0
-    return outs
+def _check(path: str, source: BinSource):  # type: ignore[no-untyped-def]
+    with open_output(path) as output:
+        return check_tensors(output, source, quiet=True)
 
 
 def read(path: str) -> bytes:
@@ -42,7 +43,7 @@ def read(path: str) -> bytes:
 @pytest.mark.parametrize("model", MODELS)
 def test_v0_source_gives_every_golden_version(model, tmp_path):
     versions = ("0", "1", "2") if model != "tiny_hf_untied" else ("0", "2")
-    outs = export(tmp_path, golden(f"{model}.v0.bin"), *versions)
+    outs = export(tmp_path, "--bin", golden(f"{model}.v0.bin"), *versions)
     for v, out in zip(versions, outs, strict=True):
         assert read(out) == read(golden(f"{model}.v{v}.bin")), f"v0 -> v{v}"
 
@@ -51,25 +52,25 @@ def test_v0_source_gives_every_golden_version(model, tmp_path):
 def test_float32_v1f_round_trips(model, tmp_path):
     """llama2.c's current float32 v1 ("1f") in and out: exact both ways."""
     master = golden(f"{model}.master_v1.bin")
-    (v0,) = export(tmp_path, master, "0")
+    (v0,) = export(tmp_path, "--bin", master, "0")
     assert read(v0) == read(golden(f"{model}.v0.bin"))
-    (v1f,) = export(tmp_path, golden(f"{model}.v0.bin"), "1f")
+    (v1f,) = export(tmp_path, "--bin", golden(f"{model}.v0.bin"), "1f")
     assert read(v1f) == read(master)
 
 
 @pytest.mark.parametrize(("model", "src", "dst"), [("tiny_a", "2", "1"), ("tiny_b", "2", "1"), ("tiny_b", "1", "2")])
 def test_q8_to_q8_at_the_same_group_size_is_lossless(model, src, dst, tmp_path):
-    (out,) = export(tmp_path, golden(f"{model}.v{src}.bin"), dst)
+    (out,) = export(tmp_path, "--bin", golden(f"{model}.v{src}.bin"), dst)
     assert read(out) == read(golden(f"{model}.v{dst}.bin"))
     with BinSource(golden(f"{model}.v{src}.bin")) as source:
-        result = check_tensors(out, source, quiet=True)
+        result = _check(out, source)
     assert result.passed, result.failures
     assert result.source_quantized == {"format": src, "group_size": 8 if model == "tiny_b" else 32}
     assert all(t.max_abs_err == 0 for t in result.tensors)
 
 
 def test_verify_compares_q_and_scales_with_the_q8_source_bit_for_bit(tmp_path):
-    (out,) = export(tmp_path, golden("tiny_a.v2.bin"), "1")
+    (out,) = export(tmp_path, "--bin", golden("tiny_a.v2.bin"), "1")
     with BinFile(out) as bf:
         scale_at = bf.tensors["layers.1.attention.wq"].scales_offset + 4 * 3
     data = bytearray(read(out))
@@ -78,20 +79,22 @@ def test_verify_compares_q_and_scales_with_the_q8_source_bit_for_bit(tmp_path):
     bad = tmp_path / "bad.v1.bin"
     bad.write_bytes(bytes(data))
     with BinSource(golden("tiny_a.v2.bin")) as source:
-        result = check_tensors(str(bad), source, quiet=True)
+        result = _check(str(bad), source)
     assert result.failures == ["tensor layers.1.attention.wq: scale of group 3 differs from the Q8_0 source"]
 
 
 def test_q8_to_float32_is_dequantized_and_says_so(tmp_path):
-    (out,) = export(tmp_path, golden("tiny_b.v2.bin"), "0")
+    (out,) = export(tmp_path, "--bin", golden("tiny_b.v2.bin"), "0")
     with BinFile(golden("tiny_b.v2.bin")) as q8, BinFile(out) as f32:
-        for t in q8.weights():
-            if t.scales is None:  # the norms are float32 in every version
-                want = np.asarray(t.values)
+        raw = read(golden("tiny_b.v2.bin"))
+        for name in q8.config.shapes():
+            t = q8.tensors[name]
+            if t.group_size is None:  # the norms are float32 in every version
+                want = np.frombuffer(raw, "<f4", t.numel, t.offset)
             else:  # independently: q * scale per group, from the raw bytes' int8 and float32 views
-                q = np.asarray(t.values, dtype=np.int8).astype(np.float32).reshape(-1, t.group_size)
-                want = (q * np.asarray(t.scales)[:, None]).reshape(-1)
-            got = np.asarray(f32.tensors[t.name].values)
+                q = np.frombuffer(raw, np.int8, t.numel, t.offset).astype(np.float32).reshape(-1, t.group_size)
+                want = (q * np.frombuffer(raw, "<f4", t.numel // t.group_size, t.scales_offset)[:, None]).reshape(-1)
+            got = f32.tensors[name].read_all().reshape(-1)
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), t.name
     jpath = tmp_path / "v.json"
     assert main(["verify", out, "--bin", golden("tiny_b.v2.bin"), "--json", str(jpath), "--quiet",
@@ -113,14 +116,14 @@ def test_another_group_size_quantizes_twice_only_when_asked(tmp_path, capsys):
     assert main(["export", str(out), "--bin", golden("tiny_a.v2.bin"), "--version", "2", "--group-size", "16",
                  "--allow-requantize", "--quiet"]) == 0
     with BinSource(golden("tiny_a.v2.bin")) as source:
-        result = check_tensors(str(out), source, quiet=True)  # against the dequantized source: a fresh quantization
+        result = _check(str(out), source)  # against the dequantized source: a fresh quantization
     assert result.passed and result.group_size == 16
 
 
 def _strip_rope(src: str, dst) -> str:
     with BinFile(src) as bf:
         cos, sin = bf.tensors["freqs_cos"], bf.tensors["freqs_sin"]
-        start, end = cos.offset, sin.offset + sin.values.nbytes
+        start, end = cos.offset, sin.offset + sin.nbytes
     data = read(src)
     dst.write_bytes(data[:start] + data[end:])
     return str(dst)
@@ -131,12 +134,12 @@ def test_v0_without_rope_tables_is_read(model, tmp_path):
     stripped = _strip_rope(golden(f"{model}.v0.bin"), tmp_path / "norope.bin")
     with BinFile(stripped) as bf:
         assert "freqs_cos" not in bf.tensors
-    (out,) = export(tmp_path, stripped, "0")
+    (out,) = export(tmp_path, "--bin", stripped, "0")
     assert read(out) == read(golden(f"{model}.v0.bin"))  # the tables are llama2.c's again
 
 
 def test_max_seq_len_override(tmp_path):
-    (from_bin,) = export(tmp_path, golden("tiny_a.v0.bin"), "0", extra=("--max-seq-len", "8"))
+    (from_bin,) = export(tmp_path, "--bin", golden("tiny_a.v0.bin"), "0", extra=("--max-seq-len", "8"))
     from_ckpt = str(tmp_path / "ckpt.v0.bin")
     assert main(["export", from_ckpt, "--checkpoint", golden("tiny_a.pt"), "--max-seq-len", "8", "--quiet"]) == 0
     assert read(from_bin) == read(from_ckpt)
@@ -150,13 +153,15 @@ def _tokenizer_bin(path, n: int) -> str:
 
 
 def test_tokenizer_bin_is_checked_and_copied(tmp_path):
+    """Against the model's vocab size, from a v2 .bin: its header says it, no rope table (and so
+    no torch) is needed."""
     tok = _tokenizer_bin(tmp_path / "tokenizer.bin", 64)  # tiny_a: vocab 64
     out = tmp_path / "out" / "tokenizer.bin"
-    proc = run_cli("tokenizer", tok, str(out), "--bin", golden("tiny_a.v0.bin"))
+    proc = run_cli("tokenizer", tok, str(out), "--bin", golden("tiny_a.v2.bin"))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == read(tok)
     wrong = tmp_path / "wrong" / "tokenizer.bin"
-    assert_one_line_error(run_cli("tokenizer", tok, str(wrong), "--bin", golden("tiny_b.v0.bin")), tok, "80")
+    assert_refused(run_cli("tokenizer", tok, str(wrong), "--bin", golden("tiny_b.v2.bin")), tok, "80")
     assert not wrong.exists()
 
 
@@ -209,7 +214,7 @@ def test_bad_bin_sources_are_refused(case, tmp_path):
 
 def test_the_error_names_the_file(tmp_path):
     path = _edited(tmp_path, "cut.bin", "tiny_a.v0.bin", lambda d: d.__delitem__(slice(100, None)))
-    assert_one_line_error(run_cli("export", str(tmp_path / "o.bin"), "--bin", path), path, "truncated")
+    assert_refused(run_cli("export", str(tmp_path / "o.bin"), "--bin", path), path, "truncated")
     assert not (tmp_path / "o.bin").exists()
 
 
@@ -222,14 +227,14 @@ def test_q8_groups_that_straddle_rows_read_right(tmp_path):
     v1 = str(tmp_path / "s.v1.bin")
     assert main(["export", v1, "--checkpoint", ckpt, "--version", "1", "--quiet"]) == 0
     with BinFile(v1) as bf, BinSource(v1) as source:
-        want = bf.tensors["layers.1.feed_forward.w2"].dequantize()
+        want = bf.tensors["layers.1.feed_forward.w2"].read_all()
         got = source.tensor("layers.1.feed_forward.w2")
         for start, stop in ((0, 64), (1, 3), (5, 6), (63, 64)):
             assert np.array_equal(got.read_rows(start, stop), want[start:stop]), (start, stop)
     v2 = tmp_path / "o" / "s.v2.bin"
     proc = run_cli("export", str(v2), "--bin", v1, "--version", "2")
-    assert_one_line_error(proc, "already Q8_0 at group size 64", "group size 4", "--allow-requantize")
+    assert_refused(proc, "already Q8_0 at group size 64", "group size 4", "--allow-requantize")
     assert not v2.exists()
     assert main(["export", str(v2), "--bin", v1, "--version", "2", "--allow-requantize", "--quiet"]) == 0
     with BinSource(v1) as source:
-        assert check_tensors(str(v2), source, quiet=True).passed
+        assert _check(str(v2), source).passed

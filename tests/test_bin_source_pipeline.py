@@ -6,13 +6,13 @@ import os
 import struct
 
 import pytest
+from conftest import snakemake, workflow_copy
 from helpers import ROOT
-from test_pipeline import fresh_copy, snakemake
 
 
 @pytest.mark.slow
 def test_bin_source_gives_every_default_version(tmp_path):
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     src = os.path.join(ROOT, "tests", "data", "tiny_b.v0.bin")  # GQA, vocab 80, group size 8
     pieces = [f"p{i}".encode() for i in range(80)]
     tok = tmp_path / "tokenizer.bin"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import DATA, assert_one_line_error, preset_args, preset_arrays, run_cli, save_llama2c
+from conftest import assert_refused
+from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 
 import llama2bin
 from llama2bin.checks.ccheck import find_compiler
@@ -49,14 +50,14 @@ def test_split_versions_and_outputs():
 
 def test_an_output_named_for_another_version_is_refused(tmp_path):
     out = tmp_path / "a.v0.bin"
-    assert_one_line_error(run_cli("export", str(out), "--checkpoint", CKPT, "--version", "2"),
+    assert_refused(run_cli("export", str(out), "--checkpoint", CKPT, "--version", "2"),
                           str(out), "says version 0", "version 2")
     assert not out.exists()
     assert main(["export", str(tmp_path / "a.v2.bin"), "--checkpoint", CKPT, "--version", "2", "--quiet"]) == 0
 
 
 def test_missing_output_is_one_line(tmp_path):
-    assert_one_line_error(run_cli("export", "--checkpoint", CKPT, "--version", "2"), "no output path")
+    assert_refused(run_cli("export", "--checkpoint", CKPT, "--version", "2"), "no output path")
 
 
 def test_program_version():

@@ -12,16 +12,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 
 import pytest
+from conftest import snakemake, workflow_copy
 from helpers import ROOT
 
 pytestmark = pytest.mark.slow  # every test runs Snakemake through the cluster executor
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
 MARKER = "LLAMA2BIN_TEST_SUBMITTER_ONLY"  # set in the submitting process only
 JOB_ENV = {"HOME", "LANG", "PATH", "PWD", "TMPDIR", "SHLVL", "_"}  # what a job may see (sh adds PWD, SHLVL, _)
 
@@ -36,13 +33,9 @@ def sha256(path: str) -> str:
 
 def test_default_pipeline_through_the_cluster_executor(tmp_path):
     workdir = tmp_path / "w"
-    os.makedirs(workdir)
-    for name in WORKFLOW_FILES:
-        src = os.path.join(ROOT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
+    workflow_copy(workdir)
     env = {**os.environ, MARKER: "1"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local-cluster"], cwd=workdir,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = snakemake(workdir, "--profile", "profiles/local-cluster", cores=None, env=env, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
 
@@ -81,9 +74,8 @@ def test_default_pipeline_through_the_cluster_executor(tmp_path):
     # The same verification in another layout and thread count: `reverify` in this process's
     # environment with one thread, against the cluster jobs' verify JSONs (2 threads, empty
     # environment): identical bytes, unrounded statistics included.
-    local = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "reverify"], cwd=workdir,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-                           capture_output=True, text=True, timeout=600)
+    local = snakemake(workdir, "reverify", cores=1, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+                      timeout=600)
     assert local.returncode == 0, local.stderr[-3000:]
     records = sorted((workdir / "results").glob("*/reverify/*.verify.json"))
     assert len(records) == len(summary)
@@ -96,12 +88,8 @@ def test_slurm_profile_is_valid_and_sizes_every_job(tmp_path):
     """profiles/slurm, dry-run with the local executor in place of the SLURM plugin: every key is
     one Snakemake knows, and every job gets a memory and a time limit."""
     workdir = tmp_path / "w"
-    os.makedirs(workdir)
-    for name in WORKFLOW_FILES:
-        src = os.path.join(ROOT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--executor", "local",
-                           "--cores", "2", "-n"], cwd=workdir, capture_output=True, text=True)
+    workflow_copy(workdir)
+    proc = snakemake(workdir, "--profile", "profiles/slurm", "--executor", "local", "-n", cores=2)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, re.M)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 
-from llama2bin.checks.tensor import check_tensors
+from llama2bin.checks.verification import verify_output
 from llama2bin.errors import Llama2binError
 from llama2bin.formats import q8_0
 from llama2bin.formats.q8_0 import Scratch, group_scales_into, max_group_error, quantize, quantize_into
+from llama2bin.formats.source_registry import open_source
 from llama2bin.formats.writer import export
 from llama2bin.parallel import ForkedCall, ForkPool, can_fork
-from llama2bin.sources import open_source
 from llama2bin.sources.base import to_float32
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked on Linux only")
@@ -103,7 +103,7 @@ def test_forked_verification_equals_the_in_process_one(tmp_path):
     with open_source("llama2c", os.path.join(DATA, "tiny_a.pt")) as src:
         for v in (0, 1, 2):
             golden = os.path.join(DATA, f"tiny_a.v{v}.bin")
-            one, two = check_tensors(golden, src, quiet=True, threads=1), check_tensors(golden, src, quiet=True, threads=2)
+            one, two = (verify_output(golden, src, threads=threads).tensor for threads in (1, 2))
             assert one.passed and one.to_json() == two.to_json()
             # a corrupted copy: the same first failure, the same statistics of the other tensors
             bad = tmp_path / f"bad{v}.bin"
@@ -111,7 +111,7 @@ def test_forked_verification_equals_the_in_process_one(tmp_path):
             for frac in (0.3, 0.6):
                 data[int(len(data) * frac)] ^= 0x40
             bad.write_bytes(data)
-            one, two = check_tensors(str(bad), src, quiet=True, threads=1), check_tensors(str(bad), src, quiet=True, threads=2)
+            one, two = (verify_output(str(bad), src, threads=threads).tensor for threads in (1, 2))
             assert not one.passed and one.to_json() == two.to_json()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 
@@ -32,6 +33,7 @@ from llama2bin.fetch import (
     checkpoint_from_source_json,
     fetch,
 )
+from llama2bin.formats.source_registry import single_file
 
 pytest_plugins = ("fetch_plugin",)  # its fixtures: server, hf_cache, hub_env, ...
 
@@ -246,14 +248,16 @@ def test_llama2c_checkpoint_fetched_from_a_repo_converts_to_the_golden_bytes(lla
 
 
 def test_repo_file_rules():
+    """A one-file source kind (the source registry says which) names its file in the repo; a
+    directory kind takes the snapshot."""
     base = {"repo": "Org/Llamas", "revision": SNAP_COMMIT}
     with pytest.raises(Llama2binError, match="a llama2c checkpoint is one file: name it inside the repo with file:"):
-        FetchSpec.from_config("m", {"source": "llama2c", **base, "files": ["*.pt"]})
+        FetchSpec.from_config("m", {"source": "llama2c", **base, "files": ["*.pt"]}, single_file("llama2c"))
     with pytest.raises(Llama2binError, match="a hf checkpoint is the snapshot directory: use files:"):
-        FetchSpec.from_config("m", {"source": "hf", **base, "file": "model.safetensors"})
+        FetchSpec.from_config("m", {"source": "hf", **base, "file": "model.safetensors"}, single_file("hf"))
     for bad in ("*.pt", "../x.pt", ".hidden.pt", "/abs.pt"):
         with pytest.raises(Llama2binError, match="file must be one file's path inside the repo"):
-            FetchSpec.from_config("m", {"source": "llama2c", **base, "file": bad})
+            FetchSpec.from_config("m", {"source": "llama2c", **base, "file": bad}, single_file("llama2c"))
     spec = FetchSpec.from_config("m", {"source": "hf", **base, "files": ["*.json", "tokenizer.model"]})
     assert spec.snapshot_tokenizer("d") == os.path.join("d", "snapshot", "tokenizer.model")
     assert FetchSpec.from_config("m", {"source": "hf", **base, "files": ["*"]}).snapshot_tokenizer("d") is None
@@ -273,7 +277,8 @@ def test_pipeline_converts_hub_sources_of_every_kind_offline(tmp_path, monkeypat
     tokenizer.model gives tokenizer.bin (as a local directory would), and a llama2.c .pt named by
     file: in another repo converts, and so does a llama2.c v0 .bin (source: bin) named by file:;
     all byte-identical to the golden files."""
-    from test_pipeline import _train_tokenizer, fresh_copy, snakemake
+    from conftest import snakemake, workflow_copy
+    from test_pipeline import _train_tokenizer
 
     tokenizer = open(_train_tokenizer(tmp_path, 64), "rb").read()
     hf_dir = os.path.join(DATA, "tiny_hf_untied")
@@ -284,7 +289,7 @@ def test_pipeline_converts_hub_sources_of_every_kind_offline(tmp_path, monkeypat
     make_hf_cache(cache, "Org/Llamas", SNAP_COMMIT, LLAMA2C_REPO_FILES, lfs={"tiny_a.pt", "tiny_a.v0.bin"})
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     (tmp_path / "c.yaml").write_text(
         "models:\n"
         f"  h: {{source: hf, repo: Org/Hf, revision: {SNAP_COMMIT},"
@@ -317,13 +322,14 @@ def test_config_examples_name_valid_sources():
             config = yaml.safe_load(f)
         validate(config, os.path.join(ROOT, "workflow", "schemas", "config.schema.yaml"))
         for model, entry in config["models"].items():
-            examples[model] = (FetchSpec.from_config(model, entry), entry["source"], config["versions"])
+            examples[model] = (FetchSpec.from_config(model, entry, single_file(entry["source"])), entry["source"],
+                               config["versions"])
     spec, source, versions = examples["stories15M-bin"]
     assert (source, spec.repo, spec.file, versions) == ("bin", "karpathy/tinyllamas", "stories15M.bin", [2])
     assert examples["stories15M"][0].hub_file() is not None  # through huggingface_hub
 
 
-def test_cache_on_another_file_system_is_copied(hf_cache, tmp_path, monkeypatch, capsys):
+def test_cache_on_another_file_system_is_copied(hf_cache, tmp_path, monkeypatch, caplog):
     """os.link fails across file systems (EXDEV): the files are copied instead, still whole
     before they get their names, and the run says so."""
     import errno
@@ -332,14 +338,15 @@ def test_cache_on_another_file_system_is_copied(hf_cache, tmp_path, monkeypatch,
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", no_link)
+    caplog.set_level(logging.INFO, logger="llama2bin")
     url = f"https://huggingface.co/Org/Tiny/resolve/{SNAP_COMMIT}/model.safetensors"
     fetch("tiny", FetchSpec("url", url=url, sha256=PAYLOAD_SHA), str(tmp_path / "u"))
     fetch("tiny", FetchSpec("repo", repo="Org/Tiny", revision=SNAP_COMMIT, files=("*.json",)), str(tmp_path / "r"))
-    err = capsys.readouterr().err
+    notes = caplog.text  # the library logs its notes; the CLI shows them
     assert (tmp_path / "u" / "model.safetensors").read_bytes() == PAYLOAD
     assert not os.path.samefile(tmp_path / "u" / "model.safetensors", hf_cache / "blobs" / PAYLOAD_SHA)
     assert (tmp_path / "r" / "snapshot" / "config.json").read_bytes() == HF_FILES["config.json"]
-    assert "copied 1 file(s)" in err and "copied 2 file(s)" in err
+    assert "copied 1 file(s)" in notes and "copied 2 file(s)" in notes
     assert sorted(os.listdir(tmp_path / "u")) == ["SOURCE.json", "model.safetensors"]
 
 

@@ -21,6 +21,7 @@ from llama2bin.fetch import (
     config_source,
     fetch,
 )
+from llama2bin.formats.source_registry import single_file
 
 # ---- path: used in place --------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ def test_config_source_is_the_pipelines_one_check():
                                              r"got \['path', 'demo'\]"):
         config_source("x", {"source": "llama2c", "path": "m.pt", "demo": "mha"})
     with pytest.raises(Llama2binError, match="model x: a bin checkpoint is one file"):
-        config_source("x", {"source": "bin", "repo": "Org/Llamas", "revision": SNAP_COMMIT})
+        config_source("x", {"source": "bin", "repo": "Org/Llamas", "revision": SNAP_COMMIT}, single_file("bin"))
 
 
 BAD_SOURCES = [
@@ -207,9 +208,9 @@ def test_pipeline_refuses_bad_sources_with_fetchs_words(tmp_path, entry, needle)
     """The pipeline validates a source with FetchSpec (config_source in common.smk), so its
     message is the one `llama2bin fetch` gives, before anything runs."""
     import yaml
-    from test_pipeline import fresh_copy, snakemake
+    from conftest import snakemake, workflow_copy
 
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"models": {"m": entry}, "versions": [0]}))
     proc = snakemake(workdir, "-n", "--configfile", str(tmp_path / "c.yaml"))
     assert proc.returncode != 0 and "model m: " in proc.stdout + proc.stderr

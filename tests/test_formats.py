@@ -10,7 +10,7 @@ import pytest
 from helpers import ROOT, run_cli
 
 from llama2bin.errors import Llama2binError
-from llama2bin.formats import BIN_FORMATS, DIRECTORY, FILE, FORMATS, identify, json_version
+from llama2bin.formats import FORMATS, HF_DIRECTORY, LLAMA2C_BIN, identify, json_version
 from llama2bin.model import ModelConfig
 
 CONFIGS = [
@@ -20,11 +20,11 @@ CONFIGS = [
 
 
 def test_every_format_is_registered_by_its_name_with_readers_and_losses():
-    assert list(FORMATS) == ["0", "1", "1f", "2", "hf"] and BIN_FORMATS == ("0", "1", "1f", "2")
+    assert list(FORMATS) == ["0", "1", "1f", "2", "hf"]
     for name, spec in FORMATS.items():
         assert spec.name == name and spec.read_by and spec.loses and spec.description
-        assert (spec.kind == FILE) == (spec.header is not None and spec.order is not None)
-    assert FORMATS["hf"].kind == DIRECTORY and FORMATS["hf"].source_kind == "hf"
+        assert (spec.family == LLAMA2C_BIN) == (spec.header is not None and spec.order is not None)
+    assert FORMATS["hf"].family == HF_DIRECTORY and FORMATS["hf"].directory and not FORMATS["2"].directory
     assert [json_version(n) for n in FORMATS] == [0, 1, "1f", 2, "hf"]
     assert [spec.title for spec in FORMATS.values()] == ["version 0", "version 1", "version 1f", "version 2",
                                                          "Hugging Face directory"]  # report titles
@@ -68,8 +68,8 @@ def test_help_says_which_programs_read_which_format():
 # never a later stage. fetch/ obtains checkpoints, so it comes before the sources that read them.
 STAGES = ("fetch", "sources", "formats", "checks", "report", "cli")
 # Small modules every stage may use; they import only each other ("" is the package face).
-FOUNDATION = ("", "constants", "errors", "model", "safe_io", "atomic", "outputs_guard", "parallel", "progress",
-              "tokenizer", "demo")
+FOUNDATION = ("", "constants", "errors", "model", "rope_freqs", "torch_cpu_math", "safe_io", "typed_json", "atomic",
+              "outputs_guard", "parallel", "progress", "tokenizer", "demo")
 PACKAGE = os.path.join(ROOT, "src", "llama2bin")
 
 

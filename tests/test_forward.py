@@ -67,8 +67,9 @@ def _float64_transformers_logits(spec: Spec) -> np.ndarray:
     import transformers.models.llama.modeling_llama as modeling
 
     model = hf_model(spec).double()
-    hd = spec.dim // spec.n_heads
-    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    # the model's own frequencies: transformers computes them in float32 (as run.c does) and
+    # .double() keeps those values; the reference takes the same ones (ModelConfig.inv_freq)
+    inv_freq = model.model.rotary_emb.inv_freq.double()
 
     def rotary(x, position_ids):
         angles = position_ids[..., None].double() * inv_freq
@@ -145,8 +146,8 @@ def test_weights_from_quantized_bin_are_the_dequantized_values():
     with BinFile(os.path.join(DATA, "tiny_b.v2.bin")) as bf:
         weights = forward.weights_from_bin(bf)
         t = bf.tensors["layers.1.feed_forward.w2"]
-        q = np.asarray(t.values, dtype=np.float32).reshape(-1, bf.group_size)
-        expected = (q * np.asarray(t.scales)[:, None]).reshape(t.shape)
+        q, scales = t.read_q8(0, t.rows)
+        expected = (q.astype(np.float32).reshape(-1, bf.group_size) * scales[:, None]).reshape(t.shape)
     assert np.array_equal(weights["layers.1.feed_forward.w2"], expected)
 
 

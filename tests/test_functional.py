@@ -18,7 +18,8 @@ import weakref
 
 import numpy as np
 import pytest
-from helpers import DATA, assert_one_line_error, run_cli, save_llama2c
+from conftest import assert_refused
+from helpers import DATA, run_cli, save_llama2c
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -28,7 +29,7 @@ from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_mod
 from llama2bin.checks import forward  # noqa: E402
 from llama2bin.checks.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
 from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
-from llama2bin.checks.functional import QualityLimits, ReferenceModel, functional_check  # noqa: E402
+from llama2bin.checks.functional import QualityLimits, ReferenceModel  # noqa: E402
 from llama2bin.checks.metrics import compare_logits  # noqa: E402
 from llama2bin.checks.tensor import HIST_EDGES  # noqa: E402
 from llama2bin.checks.verification import verify_output  # noqa: E402
@@ -36,10 +37,10 @@ from llama2bin.demo import write_demo_checkpoint  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
 from llama2bin.report.plots import render_model_png  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
 
 # float32 vs float32, same math in a different order (as in test_forward.py).
 ATOL, RTOL = 1e-4, 1e-5
@@ -226,7 +227,7 @@ def test_every_version_passes_functional_verification(models, name, arithmetic):
     ckpt, bins = models[name]
     with open_source("llama2c", ckpt) as src:
         ref = ReferenceModel(src, sampled_tokens(src, 8, 16))
-        results = {v: functional_check(p, ref, arithmetic=arithmetic) for v, p in bins.items()}
+        results = {v: verify_output(p, src, reference=ref, arithmetic=arithmetic).functional for v, p in bins.items()}
     v0, v1, v2 = results[0], results[1], results[2]
     for r in (v0, results["1f"]):  # float32: the source's logits exactly
         assert r.passed and r.max_abs_dlogit == 0 and r.kld_max == 0 and r.same_top == 1.0 and not r.quantized
@@ -287,7 +288,7 @@ def test_quality_limits_warn_by_default_and_fail_under_a_gate(models, tmp_path):
     assert result["correct"] and result["passed"] and q["exceeded"]
     gated = run_cli(*args, "--quality-gate")
     assert gated.returncode == 1
-    assert_one_line_error(gated, bins[2], "quality gate", "mean KLD")
+    assert_refused(gated, bins[2], "quality gate", "mean KLD")
     assert not json.load(open(out))["passed"] and json.load(open(out))["correct"]
     skipped = run_cli("verify", bins[2], "--checkpoint", ckpt, "--no-functional", "--json", out, "--quiet")
     assert skipped.returncode == 0 and json.load(open(out))["functional"] is None
@@ -310,7 +311,7 @@ def test_hf_directory_output_is_verified_functionally(models, tmp_path):
     ckpt, _ = models["gqa_untied"]
     with open_source("llama2c", ckpt) as src:
         export_hf(src, str(tmp_path / "hf"), quiet=True)
-        result = functional_check(str(tmp_path / "hf"), ReferenceModel(src, random_tokens(64, 64, 2, 8)))
+        result = verify_output(str(tmp_path / "hf"), src, reference=ReferenceModel(src, random_tokens(64, 64, 2, 8))).functional
     assert result.passed and result.max_abs_dlogit == 0 and not result.quantized
 
 
@@ -389,8 +390,8 @@ def test_c_check_cli(models, consumer, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "C consumer agrees (v0, f32" in proc.stdout and "C consumer agrees (v2, q8" in proc.stdout
     assert [json.load(open(p))["passed"] for p in out] == [True, True]
-    assert_one_line_error(run_cli("c-check", bins[0], "--arithmetic", "q8"), "q8 arithmetic needs a Q8_0 file")
-    assert_one_line_error(run_cli("c-check", bins[0], "--cc", "no-such-compiler-xyz"), "no-such-compiler-xyz", "not found")
+    assert_refused(run_cli("c-check", bins[0], "--arithmetic", "q8"), "q8 arithmetic needs a Q8_0 file")
+    assert_refused(run_cli("c-check", bins[0], "--cc", "no-such-compiler-xyz"), "no-such-compiler-xyz", "not found")
 
 
 def test_without_a_compiler_the_check_is_skipped_visibly(models, tmp_path):
@@ -404,7 +405,7 @@ def test_without_a_compiler_the_check_is_skipped_visibly(models, tmp_path):
     assert result["skipped"] and result["passed"] is None
     required = subprocess.run([sys.executable, "-m", "llama2bin", "c-check", bins[2], "--require-cc"],
                               capture_output=True, text=True, env=env)
-    assert_one_line_error(required, "no C compiler found")
+    assert_refused(required, "no C compiler found")
 
 
 # ---- reports ------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import os
 import pytest
 from helpers import DATA, run_cli
 
+from llama2bin.formats.source_registry import open_source
 from llama2bin.formats.writer import export
-from llama2bin.sources import open_source
 
 CASES = [(m, v) for m in ("tiny_a", "tiny_b") for v in (0, 1, 2)]
 

@@ -24,7 +24,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from llama_checkpoints import (  # noqa: E402
     TOKENS,
     Spec,
-    assert_refused,
+    export_refused,
     hf_config,
     hf_logits,
     hf_model,
@@ -34,9 +34,10 @@ from llama_checkpoints import (  # noqa: E402
 )
 
 from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
-from llama2bin.checks.tensor import check_tensors  # noqa: E402
+from llama2bin.checks.verification import verify_output  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
+from llama2bin.sources.base import TensorRef  # noqa: E402
 from llama2bin.sources.hf import HfRotaryRef  # noqa: E402
 from llama2bin.sources.safetensors import SafetensorsFile  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_export_gives_transformers_logits(name, checkpoints, tmp_path, capsys):
 
     with open_source("hf", src) as source:
         for path in (v0, v2):
-            assert check_tensors(path, source, quiet=True).passed
+            assert verify_output(path, source).tensor.passed
 
 
 @pytest.mark.parametrize("version", [0, 2])
@@ -164,7 +165,7 @@ def test_rope_theta_is_refused_unless_allowed(tmp_path, capsys):
     with open_source("hf", src, allow_rope_theta=True) as source:
         cfg = source.config
         assert cfg.rope_theta == 500000.0 and cfg.accepted_departures == ("rope_theta=500000.0",)
-        result = check_tensors(str(out / "m.bin"), source, quiet=True)
+        result = verify_output(str(out / "m.bin"), source).tensor
     assert result.passed and result.to_json()["source"]["config"]["accepted_departures"] == ["rope_theta=500000.0"]
     # The weights are right for the model's own base: forwarding them with it gives transformers' logits.
     with BinFile(str(out / "m.bin")) as bf:
@@ -197,7 +198,7 @@ def test_tokenizer_model_is_found(checkpoints, tmp_path):
 # ---- lazy reads ---------------------------------------------------------------------------
 
 
-class _CountingRef:
+class _CountingRef(TensorRef):
     """Records every row range read from an in-memory matrix."""
 
     def __init__(self, array: np.ndarray):
@@ -266,9 +267,38 @@ CONFIG_REFUSALS = {
                         ["sliding_window = 4096"]),
     "mistral_default_sliding": ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, ["sliding_window"]),
     "architecture": ({"architectures": ["LlamaForSequenceClassification"]}, ["architectures"]),
-    "rope_scaling_v4": ({"rope_scaling": {"type": "linear", "factor": 2.0}}, ["rope_scaling", "'linear'"]),
-    "rope_type_llama3": ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}},
-                         ["rope_parameters", "'llama3'"]),
+    # rope scaling loads, and is refused by the .bin formats unless --allow-rope-theta
+    "rope_scaling_v4": ({"rope_parameters": _DROP, "rope_scaling": {"type": "linear", "factor": 2.0}},
+                        ["rope_scaling is linear (factor 2)", "--allow-rope-theta"]),
+    "rope_llama3_v5": ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                            "original_max_position_embeddings": 8192}},
+                       ["rope_parameters.rope_theta = 500000 and rope_parameters is llama3 (factor 32, low_freq_factor 1, "
+                        "high_freq_factor 4, original_max_position_embeddings 8192)", "--allow-rope-theta"]),
+    "rope_type_llama3_incomplete": ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}},
+                                    ["rope_parameters has rope_type 'llama3' but no low_freq_factor"]),
+    "rope_type_yarn": ({"rope_parameters": _DROP, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+                       ["rope_scaling has rope_type 'yarn'", "default, linear and llama3"]),
+    "rope_type_dynamic_v4": ({"rope_parameters": _DROP, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+                             ["rope_type 'dynamic'"]),
+    "rope_string": ({"rope_parameters": "llama3"}, ["rope_parameters must be an object, got a string"]),
+    "rope_llama3_bands": ({"rope_parameters": _DROP,
+                           "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
+                          ["high_freq_factor = 4 is not above low_freq_factor = 4"]),
+    "rope_llama3_factor": ({"rope_parameters": _DROP,
+                            "rope_scaling": {"rope_type": "llama3", "factor": "8", "low_freq_factor": 1.0,
+                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
+                           ["rope_scaling.factor must be a positive finite number, got a string"]),
+    "rope_linear_extra": ({"rope_parameters": _DROP, "rope_scaling": {"rope_type": "linear", "factor": 2.0, "mscale": 1.0}},
+                          ["rope_scaling.mscale = 1.0 is not a parameter of rope_type 'linear'"]),
+    "rope_both_disagree": ({"rope_scaling": {"rope_type": "linear", "factor": 2.0},
+                            "rope_parameters": {"rope_type": "linear", "factor": 4.0}},
+                           ["rope_scaling and rope_parameters disagree"]),
+    "rope_partial": ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
+                     ["rope_parameters.partial_rotary_factor = 0.5"]),
+    "eos_type": ({"eos_token_id": [2, "x"]}, ["eos_token_id must be an integer, got a string"]),
+    "eos_beyond_vocab": ({"eos_token_id": [2, 64]}, ["eos_token_id 64 is outside the vocabulary of 64"]),
     "rope_factor": ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "factor": 2.0}},
                     ["rope_parameters", "factor"]),
     "rope_theta_v5": ({"rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
@@ -276,7 +306,8 @@ CONFIG_REFUSALS = {
     "rope_theta_v4": ({"rope_parameters": _DROP, "rope_theta": 500000.0}, ["rope_theta = 500000"]),
     "attention_bias": ({"attention_bias": True}, ["attention_bias = True"]),
     "mlp_bias": ({"mlp_bias": True}, ["mlp_bias = True"]),
-    "head_dim": ({"head_dim": 16}, ["head_dim = 16"]),
+    "head_dim": ({"head_dim": 16}, ["head_dim = 16 but hidden_size / num_attention_heads = 32/4 = 8",
+                                    "no llama2.c format stores a head size"]),
     "hidden_act": ({"hidden_act": "gelu"}, ["hidden_act = 'gelu'"]),
     "tie_mismatch": ({"tie_word_embeddings": True}, ["tie_word_embeddings is true", "lm_head.weight differs"]),
     "kv_heads": ({"num_key_value_heads": 3}, ["config.json", "n_kv_heads 3"]),
@@ -290,15 +321,15 @@ def test_config_refusals(case, checkpoints, tmp_path, capsys):
     changes, needles = CONFIG_REFUSALS[case]
     src = edited_copy(checkpoints("mha_untied_safetensors_f32"), tmp_path / "src", changes)
     out = tmp_path / "out"
-    assert_refused(["export", str(out / "m.bin"), str(out / "m2.bin"), "--version", "0", "2", "--hf", src],
+    export_refused(["export", str(out / "m.bin"), str(out / "m2.bin"), "--version", "0", "2", "--hf", src],
                    out, capsys, *needles)
 
 
 def test_missing_config(tmp_path, capsys):
     (tmp_path / "src").mkdir()
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "src")], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "src")], tmp_path / "out", capsys,
                    "no config.json")
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "nowhere")], tmp_path / "out",
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(tmp_path / "nowhere")], tmp_path / "out",
                    capsys, "nowhere: no such directory")
 
 
@@ -306,13 +337,13 @@ def test_no_weights(checkpoints, tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(os.path.join(checkpoints("mha_untied_safetensors_f32"), "config.json"), src)
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(src)], tmp_path / "out", capsys, "no weights")
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", str(src)], tmp_path / "out", capsys, "no weights")
 
 
 def test_index_naming_a_missing_file(checkpoints, tmp_path, capsys):
     src = edited_copy(checkpoints("gqa_tied_safetensors_bf16_sharded"), tmp_path / "src")
     os.remove(os.path.join(src, "model-00002-of-00003.safetensors"))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "model.safetensors.index.json", "model-00002-of-00003.safetensors, which does not exist")
 
 
@@ -322,7 +353,7 @@ def test_shard_missing_from_index(checkpoints, tmp_path, capsys):
     index = json.load(open(index_path))
     index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != "model-00003-of-00003.safetensors"}
     json.dump(index, open(index_path, "w"))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "shard model-00003-of-00003.safetensors", "missing from the index")
 
 
@@ -335,7 +366,7 @@ def test_tensor_missing_from_bin_index(checkpoints, tmp_path, capsys):
     name = next(k for k, f in index["weight_map"].items() if files.count(f) > 1)
     del index["weight_map"][name]
     json.dump(index, open(index_path, "w"))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    f"tensor {name} is missing from the index")
 
 
@@ -363,7 +394,7 @@ def test_tensor_refusals(case, edit, needles, checkpoints, tmp_path, capsys):
     src = edited_copy(checkpoints("mha_untied_safetensors_f32"), tmp_path / "src")
     _rewrite_safetensors(src, edit)
     out = tmp_path / "out"
-    assert_refused(["export", str(out / "m.bin"), "--hf", src, "--quiet"], out, capsys, *needles)
+    export_refused(["export", str(out / "m.bin"), "--hf", src, "--quiet"], out, capsys, *needles)
 
 
 def test_corrupt_safetensors(checkpoints, tmp_path, capsys):
@@ -372,11 +403,11 @@ def test_corrupt_safetensors(checkpoints, tmp_path, capsys):
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size - 100)
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "model.safetensors", "truncated")
     with open(path, "r+b") as f:
         f.write(struct.pack("<Q", 1 << 40))
-    assert_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
+    export_refused(["export", str(tmp_path / "out" / "m.bin"), "--hf", src], tmp_path / "out", capsys,
                    "model.safetensors: not a safetensors file")
 
 
@@ -396,7 +427,7 @@ def test_refusal_through_the_real_process(checkpoints, tmp_path):
 
 _PEAK_RSS_SCRIPT = r"""
 import json, sys
-from llama2bin.sources import open_source
+from llama2bin.formats.source_registry import open_source
 from llama2bin.formats.writer import export
 
 def status_kb(key):

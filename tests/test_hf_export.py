@@ -18,12 +18,15 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from llama2bin.checks.tensor_hf import verify_hf_dir  # noqa: E402
+from conftest import export  # noqa: E402
+
+from llama2bin.checks.tensor import check_tensors  # noqa: E402
 from llama2bin.cli import main  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
+from llama2bin.formats.families import open_output  # noqa: E402
 from llama2bin.formats.hf import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 from llama2bin.formats.hf_export import export_hf  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 
 try:  # the numpy reference forward, when this build has it
     from llama2bin.checks import forward
@@ -36,6 +39,12 @@ PREFIX = "_orig_mod."
 
 # ---- independent references ---------------------------------------------------------------
 
+
+
+def _check(out: str, source):  # type: ignore[no-untyped-def]
+    """The round trip of an hf directory, as verify runs it."""
+    with open_output(out) as output:
+        return check_tensors(output, source, quiet=True)
 
 def load_llama2c(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -97,13 +106,9 @@ def tokens_for(args: dict) -> list[int]:
 
 
 def unpermute(w: torch.Tensor, n: int) -> torch.Tensor:
-    """FORMATS.md: HF q_proj/k_proj rows -> canonical interleaved layout."""
+    """docs/formats.md: HF q_proj/k_proj rows -> canonical interleaved layout."""
     hd = w.shape[0] // n
     return w.reshape(n, 2, hd // 2, w.shape[1]).transpose(1, 2).reshape(n * hd, w.shape[1])
-
-
-def export(ckpt: str, out: str) -> None:
-    assert main(["export", out, "--checkpoint", ckpt, "--version", "hf", "--quiet"]) == 0
 
 
 def save_untied_gqa_checkpoint(path: str) -> dict:
@@ -137,7 +142,7 @@ def test_llama2c_checkpoint_logits_match(name, tmp_path):
         save_untied_gqa_checkpoint(ckpt)
     sd, args = load_llama2c(ckpt)
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
 
     config = json.load(open(os.path.join(out, CONFIG_NAME)))
     tied = name != "untied_gqa"
@@ -163,7 +168,7 @@ def test_llama2c_checkpoint_logits_match(name, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(out, source, quiet=True)
+        result = _check(out, source)
         assert result.passed, result.failures
         assert len(result.tensors) == len(keys) and all(t.max_abs_err == 0.0 for t in result.tensors)
         if forward is not None:  # the project's numpy float32 oracle agrees as well
@@ -178,7 +183,7 @@ def test_wrong_kv_permutation_would_be_caught(tmp_path):
     ckpt = os.path.join(DATA, "tiny_b.pt")
     sd, args = load_llama2c(ckpt)
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     tensors = safetensors_torch.load_file(os.path.join(out, WEIGHTS_NAME))
     n_heads, n_kv = args["n_heads"], args["n_kv_heads"]
     for i in range(args["n_layers"]):
@@ -197,7 +202,7 @@ def test_wrong_kv_permutation_would_be_caught(tmp_path):
     want = llama2c_logits(sd, args, tokens)
     assert np.abs(hf_logits(str(bad), tokens) - want).max() > 1e-2
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(str(bad), source, quiet=True)
+        result = _check(str(bad), source)
     assert not result.passed and "k_proj" in result.failures[0]
 
 
@@ -218,7 +223,7 @@ def test_hf_model_round_trip(tied, tmp_path):
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
     hf_sd = original.state_dict()
 
-    # To a llama2.c checkpoint with FORMATS.md's un-permutation (n_heads for q, n_kv_heads for k).
+    # To a llama2.c checkpoint with the un-permutation of docs/formats.md (n_heads for q, n_kv_heads for k).
     sd = {"tok_embeddings.weight": hf_sd["model.embed_tokens.weight"], "norm.weight": hf_sd["model.norm.weight"],
           "output.weight": hf_sd["lm_head.weight"]}
     for i in range(2):
@@ -241,7 +246,7 @@ def test_hf_model_round_trip(tied, tmp_path):
     torch.save({"model": sd, "model_args": args}, ckpt)
 
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     config = json.load(open(os.path.join(out, CONFIG_NAME)))
     assert config["tie_word_embeddings"] is tied and config["rms_norm_eps"] == 1e-6
     exported = safetensors_torch.load_file(os.path.join(out, WEIGHTS_NAME))
@@ -259,7 +264,7 @@ def test_hf_source_round_trip(tmp_path):
     out = str(tmp_path / "hf")
     with open_source("hf", os.path.join(DATA, "tiny_hf_untied")) as source:
         export_hf(source, out, quiet=True)
-        assert verify_hf_dir(out, source, quiet=True).passed
+        assert _check(out, source).passed
     original = safetensors_torch.load_file(os.path.join(DATA, "tiny_hf_untied", WEIGHTS_NAME))
     exported = safetensors_torch.load_file(os.path.join(out, WEIGHTS_NAME))
     assert set(exported) == set(original)
@@ -276,7 +281,7 @@ def test_hf_source_round_trip(tmp_path):
 def test_verify_detects_a_flipped_bit(tmp_path):
     ckpt = os.path.join(DATA, "tiny_a.pt")
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     path = os.path.join(out, WEIGHTS_NAME)
     (n,) = np.frombuffer(open(path, "rb").read(8), "<u8")
     table = json.loads(open(path, "rb").read(8 + int(n))[8:])
@@ -285,7 +290,7 @@ def test_verify_detects_a_flipped_bit(tmp_path):
     data[8 + int(n) + begin + 4 * 37 + 1] ^= 0x01
     open(path, "wb").write(bytes(data))
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(out, source, quiet=True)
+        result = _check(out, source)
     assert result.failures == [f"tensor model.layers.1.self_attn.k_proj.weight: element "
                                f"{_canonical_index(37, 8, 32)} differs from the float32 source"]
     assert main(["verify", out, "--checkpoint", ckpt, "--quiet"]) == 1
@@ -302,19 +307,19 @@ def _canonical_index(hf_flat: int, hd: int, cols: int) -> int:
 def test_verify_detects_bytes_outside_every_tensor(tmp_path):
     ckpt = os.path.join(DATA, "tiny_a.pt")
     out = str(tmp_path / "hf")
-    export(ckpt, out)
+    export(tmp_path, "--checkpoint", ckpt, "hf")
     with open(os.path.join(out, WEIGHTS_NAME), "ab") as f:
         f.write(b"\0" * 12)
     with open_source("llama2c", ckpt) as source:
-        result = verify_hf_dir(out, source, quiet=True)
+        result = _check(out, source)
     assert result.failures == [f"{WEIGHTS_NAME}: 12 bytes of its data section belong to no tensor"]
 
 
 def test_verify_detects_config_mismatch(tmp_path):
     out = str(tmp_path / "hf")
-    export(os.path.join(DATA, "tiny_a.pt"), out)
+    export(tmp_path, "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "hf")
     with open_source("llama2c", os.path.join(DATA, "tiny_b.pt")) as other:
-        result = verify_hf_dir(out, other, quiet=True)
+        result = _check(out, other)
     assert not result.passed and result.failures[0].startswith("config.json: hidden_size is 32")
 
 
@@ -353,8 +358,8 @@ def test_hf_refuses_to_replace_a_foreign_directory(tmp_path, capsys):
 
 def test_reexport_replaces_a_previous_export(tmp_path):
     out = tmp_path / "hf"
-    export(os.path.join(DATA, "tiny_a.pt"), str(out))
-    export(os.path.join(DATA, "tiny_b.pt"), str(out))
+    export(tmp_path, "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "hf")
+    export(tmp_path, "--checkpoint", os.path.join(DATA, "tiny_b.pt"), "hf")
     assert json.load(open(out / CONFIG_NAME))["hidden_size"] == 40
     assert sorted(os.listdir(tmp_path)) == ["hf"] and sorted(os.listdir(out)) == [CONFIG_NAME, WEIGHTS_NAME]
 

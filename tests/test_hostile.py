@@ -132,10 +132,10 @@ def _cli(*argv: str) -> tuple[int, str]:
 
 
 def run_case(case: dict) -> dict:
-    from llama2bin.checks.tensor import check_tensors
+    from llama2bin.checks.verification import verify_output
     from llama2bin.errors import Llama2binError
     from llama2bin.formats.reader import BinFile
-    from llama2bin.sources import open_source
+    from llama2bin.formats.source_registry import open_source
 
     seen: dict = {}
     try:
@@ -146,7 +146,7 @@ def run_case(case: dict) -> dict:
             seen["open"] = f"refused: {e}"
         with open_source("llama2c", case["source"]) as source:
             try:
-                result = check_tensors(case["path"], source, quiet=True)
+                result = verify_output(case["path"], source).tensor
                 seen["verify"] = f"failures: {result.failures[:1]}" if result.failures else "passed"
             except Llama2binError as e:
                 seen["verify"] = f"refused: {e}"

@@ -19,8 +19,9 @@ import struct
 import warnings
 import zipfile
 
+import hostile_tokenizer_cases  # noqa: F401  (registers the tiktoken / tokenizer.json cases in CASES)
 import pytest
-from helpers import DATA, run_cli
+from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 from hostile_builders import (
     CASES,
     Base,
@@ -403,3 +404,37 @@ def test_verify_refuses_a_fifo_in_an_hf_export(base: Base, tmp_path) -> None:
     argv = ["verify", "--hf", os.path.join(DATA, "tiny_hf_untied"), exported, "--json", report, "--no-functional"]
     run_hostile(HostileCase("verify_hf_export_fifo", argv, inputs=[exported], outputs=[report],
                             needle="model.safetensors: is a FIFO", timeout=TIMEOUT))
+
+
+class _StillSlow(Exception):
+    """The one expected failure of the case below: no answer within its time limit."""
+
+
+# Engineer "determinism" (issue 17 item 4) bounds verify's cost per vocabulary entry; until that
+# lands this case runs past its 30 s and is an expected failure - only for that reason (any other
+# failure fails). strict: once it passes, pytest reports XPASS as a failure, so the mark is removed.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=_StillSlow, reason="verify's cost grows with the vocabulary (issue 17 item 4)")
+def test_verify_of_a_2_20_token_vocabulary_finishes_in_time(tmp_path) -> None:
+    """A legal, extreme model: vocab 2^20 and dim 2 (a 17 MB .pt). `verify` with the default
+    functional check must finish within 30 s under the 1 GiB cap, and pass: memory was already
+    bounded; time must be too (Llama 3's 128256 tokens make the cost per vocabulary entry matter)."""
+    from llama2bin.cli import main
+
+    shape = {"dim": 2, "n_heads": 1, "n_kv_heads": None, "n_layers": 1, "vocab_size": 1 << 20, "multiple_of": 2,
+             "max_seq_len": 16}  # as tests/test_verify_memory.py, which bounds its memory
+    ckpt = save_llama2c(str(tmp_path / "wide.pt"), preset_arrays("untied", **shape), {**preset_args("untied"), **shape},
+                        tie=False)
+    out = str(tmp_path / "wide.v0.bin")
+    assert main(["export", "--checkpoint", ckpt, out, "--version", "0", "--quiet"]) == 0
+    report = str(tmp_path / "wide.v0.verify.json")
+    case = HostileCase("verify_vocab_2_20", ["verify", out, "--checkpoint", ckpt, "--json", report, "--quiet"],
+                       inputs=[ckpt, out], timeout=TIMEOUT, expect_success=True)
+    try:
+        run_hostile(case)
+    except AssertionError as e:
+        if "no answer within" in str(e):
+            raise _StillSlow(str(e)) from e
+        raise
+    with open(report) as f:
+        assert json.load(f)["passed"] is True

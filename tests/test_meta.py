@@ -20,8 +20,8 @@ pytest.importorskip("transformers")
 from llama_checkpoints import (  # noqa: E402
     TOKENS,
     Spec,
-    assert_refused,
     canonical_weights,
+    export_refused,
     hf_logits,
     hf_model,
     meta_params,
@@ -33,10 +33,11 @@ from llama_checkpoints import (  # noqa: E402
 )
 
 from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
-from llama2bin.checks.tensor import check_tensors  # noqa: E402
+from llama2bin.checks.verification import verify_output  # noqa: E402
 from llama2bin.constants import DEFAULT_MAX_SEQ_LEN  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
+from llama2bin.sources.base import TensorRef  # noqa: E402
 from llama2bin.sources.meta import ConcatTensor  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-5
@@ -90,7 +91,7 @@ def test_export_gives_transformers_logits(name, checkpoints, tmp_path, capsys):
     with open_source("meta", src, max_seq_len=16) as source:
         assert source.describe()["shards"] == [f"consolidated.{i:02d}.pth" for i in range(n_shards)]
         for path in (v0, v2):
-            assert check_tensors(path, source, quiet=True).passed
+            assert verify_output(path, source).tensor.passed
 
 
 def test_meta_and_hf_exports_of_one_model_are_identical(checkpoints, tmp_path, capsys):
@@ -135,7 +136,7 @@ def test_rope_theta_is_refused_unless_allowed(tmp_path, capsys):
     spec = Spec(n_kv_heads=2, rope_theta=500000.0, seed=7)
     src = save_meta(spec, str(tmp_path / "src"), 2)
     out = tmp_path / "out"
-    assert_refused(["export", str(out / "m.bin"), "--meta-llama", src], out, capsys,
+    export_refused(["export", str(out / "m.bin"), "--meta-llama", src], out, capsys,
                    "params.json: rope_theta = 500000", "--allow-rope-theta")
     rc, _, err = run(["export", str(out / "m.bin"), "--meta-llama", src, "--max-seq-len", "16", "--allow-rope-theta",
                       "--quiet"], capsys)
@@ -147,7 +148,7 @@ def test_rope_theta_is_refused_unless_allowed(tmp_path, capsys):
 # ---- ConcatTensor -------------------------------------------------------------------------
 
 
-class _CountingRef:
+class _CountingRef(TensorRef):
     def __init__(self, array: np.ndarray):
         self.array, self.reads = array, []
         self.name, self.shape = "t", array.shape
@@ -203,21 +204,21 @@ def test_missing_params(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     torch.save({"norm.weight": torch.ones(4)}, src / "consolidated.00.pth")
-    assert_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, "no params.json")
+    export_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, "no params.json")
 
 
 def test_no_shards(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     (src / "params.json").write_text(json.dumps(meta_params(Spec())))
-    assert_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, "no consolidated.NN.pth")
+    export_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, "no consolidated.NN.pth")
 
 
 def test_missing_shard(checkpoints, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(checkpoints("mha_untied_4shards_f16"), src)
     os.remove(src / "consolidated.02.pth")
-    assert_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, "consolidated.02.pth is missing")
+    export_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, "consolidated.02.pth is missing")
 
 
 def _shard_edit(tmp_path, checkpoints, name: str, shard: int, edit) -> str:
@@ -242,7 +243,7 @@ def _shard_edit(tmp_path, checkpoints, name: str, shard: int, edit) -> str:
 ])
 def test_shard_disagreements(case, edit, needles, checkpoints, tmp_path, capsys):
     src = _shard_edit(tmp_path, checkpoints, "mha_tied_2shards_f32", 1, edit)
-    assert_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, *needles)
+    export_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, *needles)
 
 
 @pytest.mark.parametrize("case,edit,needles", [
@@ -256,11 +257,14 @@ def test_shard_disagreements(case, edit, needles, checkpoints, tmp_path, capsys)
 ])
 def test_unexpected_tensors(case, edit, needles, checkpoints, tmp_path, capsys):
     src = _shard_edit(tmp_path, checkpoints, "mha_untied_1shard_f32", 0, edit)
-    assert_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, *needles)
+    export_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, *needles)
 
 
 @pytest.mark.parametrize("case,changes,needles", [
-    ("scaled_rope", {"rope_theta": 500000.0, "use_scaled_rope": True}, ["use_scaled_rope = True"]),
+    ("scaled_rope", {"rope_theta": 500000.0, "use_scaled_rope": True},
+     ["rope_theta = 500000 and use_scaled_rope is llama3 (factor 8, low_freq_factor 1, high_freq_factor 4, "
+      "original_max_position_embeddings 8192)", "--allow-rope-theta"]),
+    ("scaled_rope_type", {"use_scaled_rope": "yes"}, ["use_scaled_rope must be true or false, got a string"]),
     ("unknown_field", {"moe_experts": 8}, ["params.json: unknown field moe_experts = 8"]),
     ("no_dim", {"dim": None}, ["params.json: no dim"]),
     ("vocab_mismatch", {"vocab_size": 100}, ["tok_embeddings.weight has shape [64, 32]", "[100, 32]"]),
@@ -273,7 +277,7 @@ def test_params_refusals(case, changes, needles, checkpoints, tmp_path, capsys):
     params.update(changes)
     params = {k: v for k, v in params.items() if v is not None}
     (src / "params.json").write_text(json.dumps(params))
-    assert_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, *needles)
+    export_refused(_export_argv(tmp_path, src), tmp_path / "out", capsys, *needles)
 
 
 def test_column_split_tensor_reads_a_row_range_from_real_shards(checkpoints):

@@ -4,33 +4,16 @@ import filecmp
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-from helpers import ROOT
+from conftest import snakemake, workflow_copy
+from helpers import ROOT, SHELL_SYNTAX, pwned
 
 pytestmark = pytest.mark.slow  # runs Snakemake on real configs
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow")
-
-
-def fresh_copy(dest) -> str:
-    os.makedirs(dest)
-    for name in WORKFLOW_FILES:
-        src = os.path.join(ROOT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(dest, name))
-    return str(dest)
-
-
-def snakemake(workdir: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "4", *args], cwd=workdir,
-                          capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    workdir = fresh_copy(tmp_path_factory.mktemp("run") / "a")
+    workdir = workflow_copy(tmp_path_factory.mktemp("run") / "a")
     proc = snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
@@ -68,7 +51,7 @@ def test_tracked_reports_are_what_a_fresh_run_produces(default_run):
 
 
 def test_second_clean_run_is_byte_identical(default_run, tmp_path):
-    other = fresh_copy(tmp_path / "b")
+    other = workflow_copy(tmp_path / "b")
     proc = snakemake(other)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for model in ("demo-mha", "demo-gqa", "demo-untied"):
@@ -85,27 +68,9 @@ def test_nothing_to_do_on_rerun(default_run):
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize(
-    "config,needle",
-    [
-        ("models: {'../x': {source: llama2c, demo: mha}}", "does not match"),
-        ("models: {a: {source: llama2c, demo: mha, colour: red}}", "'colour' was unexpected"),
-        ("models: {a: {source: llama2c, demo: mha}}\nversions: [0, 7]", "7 is not one of"),
-        ("models:\n  a: {source: llama2c, demo: mha}\n  a: {source: llama2c, demo: untied}", "duplicate key 'a'"),
-        ("models: {a: {source: llama2c}}", "give exactly one of path"),
-        ("models: {a: {source: meta, demo: mha}}", "demo checkpoints are llama2c"),
-    ],
-)
-def test_bad_configs_are_refused_clearly(tmp_path, config, needle):
-    workdir = fresh_copy(tmp_path / "w")
-    (tmp_path / "c.yaml").write_text(config + "\n")
-    proc = snakemake(workdir, "-n", "--configfile", str(tmp_path / "c.yaml"))
-    assert proc.returncode != 0 and needle in proc.stdout + proc.stderr
-
-
 def test_failed_verification_fails_the_run(tmp_path):
     """A job whose file does not verify makes the whole run fail (and leaves no verify JSON)."""
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     ckpt = os.path.join(ROOT, "tests", "data", "tiny_a.pt")
     (tmp_path / "c.yaml").write_text(f"models: {{a: {{source: llama2c, path: '{ckpt}'}}}}\nversions: [1]\n")
     assert snakemake(workdir, "results/a/a.v1.bin", "--configfile", str(tmp_path / "c.yaml")).returncode == 0
@@ -140,7 +105,7 @@ def test_hf_source_with_tokenizer_and_hf_output(tmp_path):
     """A Hugging Face directory -> v0, v2 (byte-identical to golden), an hf directory and tokenizer.bin."""
     import sentencepiece as spm
 
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     tok = _train_tokenizer(tmp_path, 64)
     assert spm.SentencePieceProcessor(model_file=tok).vocab_size() == 64
     hf_dir = os.path.join(ROOT, "tests", "data", "tiny_hf_untied")
@@ -160,7 +125,7 @@ def test_hf_source_with_tokenizer_and_hf_output(tmp_path):
 
 
 def test_tokenizer_vocab_mismatch_fails_the_run(tmp_path):
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     tok = _train_tokenizer(tmp_path, 80)
     hf_dir = os.path.join(ROOT, "tests", "data", "tiny_hf_untied")
     (tmp_path / "c.yaml").write_text(f"models: {{m: {{source: hf, path: '{hf_dir}', tokenizer: '{tok}'}}}}\nversions: [0]\n")
@@ -186,7 +151,7 @@ def test_url_source_is_fetched_pinned_and_converted(tmp_path):
     try:
         digest = hashlib.sha256(open(os.path.join(data, "tiny_b.pt"), "rb").read()).hexdigest()
         url = f"http://127.0.0.1:{server.server_address[1]}/tiny_b.pt"
-        workdir = fresh_copy(tmp_path / "w")
+        workdir = workflow_copy(tmp_path / "w")
         (tmp_path / "c.yaml").write_text(f"models: {{b: {{source: llama2c, url: '{url}', sha256: {digest}}}}}\nversions: [2]\n")
         proc = snakemake(workdir, "--configfile", str(tmp_path / "c.yaml"))
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -197,35 +162,14 @@ def test_url_source_is_fetched_pinned_and_converted(tmp_path):
     assert record["files"][0]["sha256"] == digest and "HF_TOKEN" not in json.dumps(record)
 
 
-def test_fresh_clone_with_tracked_reports_still_does_the_work(tmp_path):
-    """reports/ is tracked, so a fresh clone has it; `snakemake --cores 4` must still convert and verify."""
-    workdir = fresh_copy(tmp_path / "w")
-    shutil.copytree(os.path.join(ROOT, "reports"), os.path.join(workdir, "reports"))
-    proc = snakemake(workdir, "-n")
-    assert proc.returncode == 0
-    assert "Nothing to be done" not in proc.stdout + proc.stderr
-    out = proc.stdout + proc.stderr
-    stats = out[out.index("Job stats:"):].splitlines()
-    counts = dict(line.split() for line in stats[3:] if len(line.split()) == 2)
-    assert counts["export"] == counts["verify"] == counts["report"] == "3"
-
-
-# Shell metacharacters of every kind; a shell that ever parsed one would create a file PWNED.
-HOSTILE = "x $(touch PWNED) `touch PWNED` \"q\" 'q' || touch PWNED; touch PWNED & $HOME"
-
-
-def _pwned(*folders) -> list[str]:
-    return [os.path.join(d, f) for folder in folders for d, _, files in os.walk(folder) for f in files if "PWNED" == f]
-
-
 @pytest.mark.slow
 def test_shell_metacharacters_in_paths_are_literal_file_names(tmp_path):
     """Checkpoint directory and tokenizer names full of shell syntax: the pipeline converts them as
     the literal file names they are (issue 14), and nothing they spell is ever executed."""
-    workdir = fresh_copy(tmp_path / "w")
-    hf_dir = tmp_path / f"hf {HOSTILE}"
+    workdir = workflow_copy(tmp_path / "w")
+    hf_dir = tmp_path / f"hf {SHELL_SYNTAX}"
     shutil.copytree(os.path.join(ROOT, "tests", "data", "tiny_hf_untied"), hf_dir)
-    tok = tmp_path / f"tok {HOSTILE}.model"
+    tok = tmp_path / f"tok {SHELL_SYNTAX}.model"
     shutil.copy(_train_tokenizer(tmp_path, 64), tok)
     config = {"models": {"odd": {"source": "hf", "path": str(hf_dir), "tokenizer": str(tok)}}, "versions": [2],
               "functional": {"enabled": False}, "c_check": {"enabled": False}}
@@ -236,51 +180,13 @@ def test_shell_metacharacters_in_paths_are_literal_file_names(tmp_path):
                        os.path.join(ROOT, "tests/data/tiny_hf_untied.v2.bin"), shallow=False)
     assert os.path.getsize(os.path.join(workdir, "results/odd/tokenizer.bin")) > 0
     assert json.load(open(os.path.join(workdir, "reports/summary.json")))["files"][0]["verified"] is True
-    assert not _pwned(tmp_path, ROOT)
-
-
-@pytest.mark.parametrize(
-    "model,extra,needle",
-    [
-        ({"path": "ckpt.pt"}, {"c_check": {"cc": "cc'; touch PWNED; echo '"}}, "does not match"),
-        ({"path": "ckpt.pt"}, {"c_check": {"cc": "$(touch PWNED)"}}, "does not match"),
-        ({"path": "ckpt.pt"}, {"c_check": {"cc": "gcc `touch PWNED`"}}, "does not match"),
-        ({"path": "ckpt.pt"}, {"c_check": {"cc": "gcc || touch PWNED"}}, "does not match"),
-        ({"path": "ckpt.pt\ntouch PWNED"}, {}, "does not match"),
-        ({"path": "ckpt{x}.pt"}, {}, "does not match"),
-        ({"path": "--help"}, {}, "does not match"),
-        ({"path": "ckpt.pt", "tokenizer": "tok.model\n"}, {}, "does not match"),
-        ({"source": "hf", "repo": "a/b", "revision": "main", "files": ["-rf"]}, {}, "does not match"),
-    ],
-)
-def test_configs_that_are_not_names_are_refused(tmp_path, model, extra, needle):
-    """What must be a path, a name or a compiler is validated before any job runs."""
-    workdir = fresh_copy(tmp_path / "w")
-    (tmp_path / "c.yaml").write_text(json.dumps({"models": {"m": {"source": "llama2c", **model}}, **extra}))
-    proc = snakemake(workdir, "--configfile", str(tmp_path / "c.yaml"))
-    assert proc.returncode != 0 and needle in proc.stdout + proc.stderr, proc.stderr[-2000:]
-    assert not os.path.exists(os.path.join(workdir, "results")) and not _pwned(tmp_path)
-
-
-def test_yte_templating_in_the_config_is_refused_before_it_runs(tmp_path):
-    """`__use_yte__` makes Snakemake evaluate Python in a config. The default config.yaml is checked
-    before Snakemake loads it, so its expressions never run; a --configfile is refused before any job."""
-    workdir = fresh_copy(tmp_path / "w")
-    with open(os.path.join(workdir, "config.yaml"), "w") as f:
-        f.write("__use_yte__: true\nmodels:\n  ?__import__('pathlib').Path('PWNED').touch() or 'm':\n"
-                "    source: llama2c\n    demo: mha\n")
-    proc = snakemake(workdir, "-n")
-    assert proc.returncode != 0 and "__use_yte__ turns on YTE templating" in proc.stdout + proc.stderr, proc.stdout[-2000:]
-    assert not _pwned(tmp_path)
-    (tmp_path / "c.yaml").write_text("__use_yte__: true\nmodels: {m: {source: llama2c, demo: mha}}\n")
-    proc = snakemake(workdir, "-n", "--configfile", str(tmp_path / "c.yaml"))
-    assert proc.returncode != 0 and "__use_yte__ turns on YTE templating" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert not pwned(tmp_path, ROOT)
 
 
 def test_a_failed_job_shows_its_error_line_in_snakemakes_output(tmp_path):
     """A garbage checkpoint: the export job's one-line error reaches Snakemake's own stderr, not
     only logs/export/g.log."""
-    workdir = fresh_copy(tmp_path / "w")
+    workdir = workflow_copy(tmp_path / "w")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint\n" * 40)
     (tmp_path / "c.yaml").write_text(json.dumps({"models": {"g": {"source": "llama2c", "path": str(garbage)}},

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import subprocess
-import sys
 import tracemalloc
 
 import numpy as np
 import pytest
-from helpers import ROOT, assert_one_line_error, run_cli, save_llama2c
+from conftest import assert_refused, snakemake, workflow_copy
+from helpers import run_cli, save_llama2c
 from hostile_harness import HostileCase, run_hostile
 
 torch = pytest.importorskip("torch")
@@ -31,9 +28,10 @@ import trained_model  # noqa: E402
 from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
 from llama2bin.checks.forward import SourceWeights, logits  # noqa: E402
 from llama2bin.checks.functional import QualityLimits, ReferenceModel, functional_check  # noqa: E402
+from llama2bin.formats.families import open_output  # noqa: E402
+from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402
 from llama2bin.model import LAYER_TENSORS  # noqa: E402
-from llama2bin.sources import open_source  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -119,15 +117,11 @@ def test_layout_errors_of_the_trained_model_fail_as_correctness(trained, tmp_pat
 @pytest.mark.slow
 def test_quality_gate_fails_the_pipeline_with_a_one_line_reason(tmp_path):
     workdir = tmp_path / "w"
-    workdir.mkdir()
-    for name in ("Snakefile", "workflow"):
-        src = os.path.join(ROOT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, workdir / name)
+    workflow_copy(workdir)
     (workdir / "config.yaml").write_text(
         "models:\n  u: {source: llama2c, demo: untied, quality: {gate: true, kld_mean_max: 1.0e-12}}\n"
         "versions: [2]\nfunctional: {eval_seqs: 2, eval_len: 8}\nc_check: {enabled: false}\n")
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/u/u.v2.verify.json"],
-                         cwd=workdir, capture_output=True, text=True)
+    run = snakemake(workdir, "results/u/u.v2.verify.json", cores=1)
     assert run.returncode != 0
     reasons = [line for line in run.stderr.splitlines() if line.startswith("llama2bin: error:")]
     assert len(reasons) == 1 and "quality gate: mean KLD" in reasons[0] and "1e-12" in reasons[0], run.stderr[-3000:]
@@ -205,7 +199,7 @@ def test_hostile_token_files_are_refused_in_one_line(trained, tmp_path, content,
 
 
 def test_evaluation_size_is_capped(trained):
-    assert_one_line_error(run_cli("eval-tokens", "x.json", "--checkpoint", trained, "--eval-seqs", "1000", "--eval-len", "1000"),
+    assert_refused(run_cli("eval-tokens", "x.json", "--checkpoint", trained, "--eval-seqs", "1000", "--eval-len", "1000"),
                           "tokens is more than 16384")
 
 
@@ -235,9 +229,10 @@ def test_logit_memory_does_not_grow_with_the_vocabulary(tmp_path, monkeypatch):
     with open_source("llama2c", ckpt) as src:
         export(src, [("0", str(tmp_path / "wide.bin"))], quiet=True)
         reference = ReferenceModel(src, random_tokens(vocab, 16, 4, 16))
-        tracemalloc.start()
-        result = functional_check(str(tmp_path / "wide.bin"), reference)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        with open_output(str(tmp_path / "wide.bin")) as output:
+            tracemalloc.start()
+            result = functional_check(output, reference)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
     assert result.passed and result.positions == 64 and result.kld_max == 0
     assert peak < 64 << 20, peak

@@ -6,7 +6,8 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import DATA, assert_one_line_error, run_cli
+from conftest import assert_refused
+from helpers import DATA, run_cli
 from hostile_harness import HostileCase, run_hostile
 
 from llama2bin.errors import Llama2binError
@@ -22,8 +23,8 @@ def test_reader_reads_v0_tensors_at_seed_offsets():
         emb = bf.tensors["tok_embeddings"]
         # v0 puts the embeddings right after the 28-byte header
         assert emb.offset == 28 and emb.shape == (64, 32)
-        np.testing.assert_array_equal(emb.dequantize().reshape(-1), np.frombuffer(raw, "<f4", 64 * 32, 28))
-        assert isinstance(emb.values, np.ndarray) and not emb.values.flags.owndata  # a view, not a copy
+        np.testing.assert_array_equal(emb.read_all().reshape(-1), np.frombuffer(raw, "<f4", 64 * 32, 28))
+        assert emb.encoding == "f32" and emb.nbytes == 64 * 32 * 4  # read lazily, at its offset, as stored
 
 
 def test_reader_dequantizes_q8_like_the_format_says():
@@ -33,7 +34,7 @@ def test_reader_dequantizes_q8_like_the_format_says():
         t = bf.tensors["tok_embeddings"]
         q = np.frombuffer(raw, np.int8, 80 * 40, t.offset)
         s = np.frombuffer(raw, "<f4", 80 * 40 // 8, t.offset + 80 * 40)  # v2: scales right after q
-        np.testing.assert_array_equal(t.dequantize().reshape(-1), (q.reshape(-1, 8) * s[:, None]).reshape(-1))
+        np.testing.assert_array_equal(t.read_all().reshape(-1), (q.reshape(-1, 8) * s[:, None]).reshape(-1))
 
 
 def test_inspect_json_lists_every_tensor():
@@ -79,7 +80,7 @@ def test_bad_v0_files_are_refused(tmp_path, make, needle):
     path = _mutated(tmp_path, make(open(GOLDEN, "rb").read()))
     with pytest.raises(Llama2binError, match=needle.replace("(", r"\(")):
         BinFile(path)
-    assert_one_line_error(run_cli("inspect", path), needle)
+    assert_refused(run_cli("inspect", path), needle)
 
 
 @pytest.mark.parametrize(
@@ -95,13 +96,13 @@ def test_bad_quantized_headers_are_refused(tmp_path, offset, value, needle):
     raw = bytearray(open(os.path.join(DATA, "tiny_b.v2.bin"), "rb").read())
     raw[offset : offset + len(value)] = value
     path = _mutated(tmp_path, bytes(raw))
-    assert_one_line_error(run_cli("inspect", path), needle)
+    assert_refused(run_cli("inspect", path), needle)
 
 
 def test_wrong_magic_is_read_as_v0_and_refused(tmp_path):
     raw = bytearray(open(os.path.join(DATA, "tiny_b.v2.bin"), "rb").read())
     raw[0:4] = b"ak43"
-    assert_one_line_error(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "no 'ak42' magic")
+    assert_refused(run_cli("inspect", _mutated(tmp_path, bytes(raw))), "no 'ak42' magic")
 
 
 def test_random_headers_never_crash(tmp_path):
@@ -125,7 +126,7 @@ def test_random_headers_never_crash(tmp_path):
 def test_a_fifo_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "pipe.bin"
     os.mkfifo(fifo)
-    assert_one_line_error(run_cli("inspect", str(fifo)), "not a regular file")
+    assert_refused(run_cli("inspect", str(fifo)), "not a regular file")
 
 
 # ---- which format: identified from the header alone ------------------------------------------
@@ -150,7 +151,7 @@ def test_reader_reads_1f_float32_norms_first():
         assert first.offset == 256
         assert bf.layout.sections[-1].tensor == "output"  # untied: the classifier last, no rope tables
         for name in v0.config.shapes():  # the same float32 weights as the golden v0 of the model
-            np.testing.assert_array_equal(bf.tensors[name].dequantize(), v0.tensors[name].dequantize())
+            np.testing.assert_array_equal(bf.tensors[name].read_all(), v0.tensors[name].read_all())
 
 
 def test_inspect_names_the_format_in_words():

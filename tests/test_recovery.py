@@ -21,13 +21,14 @@ import sys
 import time
 
 import pytest
+from conftest import snakemake as run_snakemake
+from conftest import snakemake_argv, workflow_copy
 from helpers import ROOT, preset_arrays, run_cli, save_llama2c
 
 from llama2bin.atomic import AtomicOutput
 
 pytestmark = pytest.mark.slow  # kills and re-runs real exports and Snakemake runs
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
 VERSIONS = (0, 1, 2)
 SHAPE = {"dim": 320, "n_layers": 5, "n_heads": 5, "n_kv_heads": None, "vocab_size": 8192, "multiple_of": 256,
          "max_seq_len": 128}
@@ -41,21 +42,15 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def workdir_for(path, checkpoint: str) -> str:
-    os.makedirs(path)
-    for name in WORKFLOW_FILES:
-        src = os.path.join(ROOT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(path, name))
-    with open(os.path.join(path, "big.yaml"), "w") as f:
-        f.write(f"models:\n  big:\n    source: llama2c\n    path: '{checkpoint}'\nversions: [0, 1, 2]\n")
-    return str(path)
+    return workflow_copy(path, {"models": {"big": {"source": "llama2c", "path": checkpoint}}, "versions": [0, 1, 2]})
 
 
 def snakemake_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--cores", "4", *args, "--configfile", "big.yaml"]
+    return snakemake_argv(*args, "--configfile", "c.yaml")
 
 
 def snakemake(workdir: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(snakemake_cmd(*args), cwd=workdir, capture_output=True, text=True)
+    return run_snakemake(workdir, *args, "--configfile", "c.yaml")
 
 
 def parts(folder: str) -> list[str]:
@@ -192,7 +187,7 @@ def test_ctrl_c_under_the_cluster_executor_cancels_jobs_then_rerun(tmp_path, che
     deletes its partial files. The re-run through the cluster executor matches the local run."""
     workdir = workdir_for(tmp_path / "w", checkpoint)
     cluster = ["--profile", "profiles/local-cluster"]
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *cluster, "--configfile", "big.yaml"], cwd=workdir,
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *cluster, "--configfile", "c.yaml"], cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_parts(os.path.join(workdir, "results/big"), proc)
@@ -207,7 +202,7 @@ def test_ctrl_c_under_the_cluster_executor_cancels_jobs_then_rerun(tmp_path, che
         assert time.monotonic() < deadline, open(log).read()[-2000:]
         time.sleep(0.05)
 
-    rerun = subprocess.run([sys.executable, "-m", "snakemake", *cluster, "--rerun-incomplete", "--configfile", "big.yaml"],
+    rerun = subprocess.run([sys.executable, "-m", "snakemake", *cluster, "--rerun-incomplete", "--configfile", "c.yaml"],
                            cwd=workdir, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_results(workdir, reference)

@@ -5,7 +5,10 @@ import os
 import shutil
 
 import pytest
-from helpers import DATA, assert_one_line_error, run_cli
+from conftest import assert_refused, every_kind_config, snakemake, workflow_copy
+from helpers import DATA, run_cli
+
+from llama2bin.formats.source_registry import SOURCES
 
 
 def _plan(tmp_path, corrupt: bool) -> dict:
@@ -30,7 +33,7 @@ def _plan(tmp_path, corrupt: bool) -> dict:
 def test_a_failing_model_does_not_stop_the_others(tmp_path):
     plan = _plan(tmp_path, corrupt=True)
     proc = run_cli("reverify", "--plan", json.dumps(plan))
-    assert_one_line_error(proc, "1 model(s): a")
+    assert_refused(proc, "1 model(s): a")
     assert "a.v2.bin: FAILED" in proc.stderr
     (a_v0, a_v2), (b_v1,) = plan["models"][0]["json"], plan["models"][1]["json"]
     assert json.load(open(a_v2))["passed"] is False
@@ -52,4 +55,17 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path):
     ],
 )
 def test_a_malformed_plan_is_one_error_naming_the_field(plan, needle):
-    assert_one_line_error(run_cli("reverify", "--plan", plan), "reverify plan", needle)
+    assert_refused(run_cli("reverify", "--plan", plan), "reverify plan", needle)
+
+
+@pytest.mark.slow
+def test_snakemake_reverify_checks_a_model_of_every_source_kind(tmp_path, checkpoint):
+    """`snakemake reverify` on a config with a bin, a llama2c, an hf and a meta model: each model's
+    output is verified again against its own source, through its own kind's flag."""
+    workdir = workflow_copy(tmp_path / "w", every_kind_config(checkpoint))
+    proc = snakemake(workdir, "reverify", "--configfile", "c.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for kind in SOURCES:
+        record = json.load(open(os.path.join(workdir, "results", kind, "reverify", f"{kind}.v2.verify.json")))
+        assert record["passed"] and record["source"]["kind"] == kind, record["failures"]
+        assert record["format"] == "2" and record["tensors"]

@@ -1,4 +1,4 @@
-"""Every number the .bin formats fix, in one place (see FORMATS.md)."""
+"""Every number the .bin formats fix, in one place (see docs/formats.md)."""
 
 from typing import Final
 

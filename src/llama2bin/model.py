@@ -10,8 +10,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from . import constants as C
 from .errors import Llama2binError
+from .rope_freqs import RopeScaling, inv_freq
 
 # Upper bounds per header field: no released LLaMA-family model comes near them, and a value past
 # them (a corrupt header, a typo'd max_seq_len) would otherwise size gigabytes of rope tables or KV cache.
@@ -96,13 +99,25 @@ class ModelConfig:
     shared_classifier: bool
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # What Llama 3.x models add and reader programs hard-code (a target checks them): the rope
+    # scaling (None: plain RoPE at rope_theta), and the BOS/EOS ids the source declares (None / ()
+    # when it declares none, e.g. llama2.c checkpoints and Meta's params.json).
+    rope_scaling: RopeScaling | None = None
+    bos_id: int | None = None
+    eos_ids: tuple[int, ...] = ()
     # Departures from what the formats can express that the user explicitly accepted
     # (e.g. "rope_theta=500000"); recorded in verification and reports.
     accepted_departures: tuple[str, ...] = field(default=())
 
     @property
     def head_size(self) -> int:
+        """The per-head size (head_dim): the .bin formats derive it as dim / n_heads, so sources
+        refuse an explicit head_dim that differs."""
         return self.dim // self.n_heads
+
+    def inv_freq(self) -> np.ndarray:
+        """float32 RoPE inverse frequencies [head_size // 2], as transformers computes them."""
+        return inv_freq(self.rope_theta, self.head_size, self.rope_scaling)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Canonical name -> shape for every weight of the model, `output` only when unshared."""
@@ -143,13 +158,21 @@ class ModelConfig:
             )
         if self.head_size % 2:
             raise Llama2binError(f"{where}: head size {self.head_size} is odd; rotary embeddings need pairs")
+        for name, ids in (("bos_token_id", () if self.bos_id is None else (self.bos_id,)), ("eos_token_id", self.eos_ids)):
+            for i in ids:
+                if not 0 <= i < self.vocab_size:
+                    raise Llama2binError(f"{where}: {name} {i} is outside the vocabulary of {self.vocab_size}")
 
     def to_json(self) -> dict[str, Any]:
+        """As a JSON object; the Llama 3 fields only when set, so reports of other models keep their bytes."""
         d = asdict(self)
+        for key, unset in (("rope_scaling", None), ("bos_id", None), ("eos_ids", ())):
+            if getattr(self, key) == unset:
+                del d[key]
+        if self.rope_scaling is not None:
+            d["rope_scaling"] = self.rope_scaling.to_json()
+        if self.eos_ids:
+            d["eos_ids"] = list(self.eos_ids)
         d["accepted_departures"] = list(self.accepted_departures)
         return d
 
-
-def canonical_names(cfg: ModelConfig) -> list[str]:
-    """Every tensor name in the v0 order (the order sources are streamed in)."""
-    return list(cfg.shapes())

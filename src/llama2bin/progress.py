@@ -1,11 +1,14 @@
-"""Progress for long runs: a tqdm bar on a terminal, plain periodic lines in a log file."""
+"""Progress for long runs: a tqdm bar on a terminal, plain periodic lines (logged notes) in a log file."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
@@ -28,7 +31,7 @@ class Progress:
             pct = 100 * self.done // self.total
             if pct >= self._next_pct:
                 elapsed = time.monotonic() - self._start
-                print(f"{self.desc}: {pct}% ({elapsed:.1f} s)", file=sys.stderr, flush=True)
+                log.info(f"{self.desc}: {pct}% ({elapsed:.1f} s)")
                 self._next_pct = (pct // 10 + 1) * 10
 
     def close(self) -> None:

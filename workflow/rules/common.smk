@@ -11,23 +11,30 @@ from snakemake.utils import validate
 
 from llama2bin.errors import Llama2binError
 from llama2bin.fetch import FetchSpec, config_source
-from llama2bin.formats import DIRECTORY, FORMATS
+from llama2bin.fetch.spec import TOKENIZER_FILES
+from llama2bin.formats import FORMATS
+from llama2bin.formats.source_registry import SOURCES, single_file
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
 # the same checks `llama2bin fetch` applies (FetchSpec is the one place a source is validated).
-for _name, _model in (config.get("models") or {}).items():
+_models = config.get("models")
+for _name, _model in _models.items() if isinstance(_models, dict) else ():
     if isinstance(_model, dict):
         try:
-            config_source(_name, _model)
+            config_source(_name, _model, single_file(_model.get("source")))
         except Llama2binError as _e:
-            raise WorkflowError(str(_e))
-# The schema owns every default: validate() fills in what the config leaves out.
+            raise config_error(f"{CONFIG_NAME}: {_e}")
+# One line naming the field (config_guard.smk); then the schema owns every default: validate()
+# fills in what the config leaves out.
+check_config_schema(
+    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+)
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 for _name, _model in config["models"].items():
     if "demo" in _model and _model["source"] != "llama2c":
-        raise WorkflowError(
-            f"model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)"
+        raise config_error(
+            f"{CONFIG_NAME}: model {_name}: demo checkpoints are llama2c checkpoints (source: llama2c)"
         )
 
 
@@ -41,18 +48,17 @@ for _name, _model in config["models"].items():
 LLAMA2BIN = [sys.executable, "-m", "llama2bin"]
 
 MODELS = list(config["models"])
-# Output labels in the order export writes them: .bin versions first ("v0", ...), then "hf".
-BIN_VERSIONS = [v for v in config["versions"] if FORMATS[str(v)].kind != DIRECTORY]
-WRITE_HF = any(
-    FORMATS[str(v)].kind == DIRECTORY for v in config["versions"]
-)  # hf, the one directory format
-LABELS = [f"v{v}" for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
-SOURCE_FLAGS = {
-    "llama2c": "--checkpoint",
-    "meta": "--meta-llama",
-    "hf": "--hf",
-    "bin": "--bin",
-}
+# The formats every model is written in, in registry order (v0, v1, 1f, v2, hf): each knows its
+# label, its file (or directory) name and whether the C consumer reads it.
+OUTPUTS = [
+    spec
+    for spec in FORMATS.values()
+    if spec.name in {str(v) for v in config["versions"]}
+]
+LABELS = [spec.label for spec in OUTPUTS]
+C_CHECKED = [spec for spec in OUTPUTS if spec.family.c_consumer]
+# The source registry's CLI flag of every config `source:` kind.
+SOURCE_FLAGS = {name: kind.flag for name, kind in SOURCES.items()}
 
 
 wildcard_constraints:
@@ -68,7 +74,8 @@ def checkpoint_dir(model):
 
 
 def fetch_spec(model):
-    return FetchSpec.from_config(model, config["models"][model])
+    m = config["models"][model]
+    return FetchSpec.from_config(model, m, single_file(m["source"]))
 
 
 def fetch_args(wildcards):
@@ -112,19 +119,28 @@ def source_args(wildcards):
 
 def export_versions():
     """--version arguments matching export_paths() one to one."""
-    return [str(v) for v in BIN_VERSIONS] + (["hf"] if WRITE_HF else [])
+    return [spec.name for spec in OUTPUTS]
+
+
+def output_path(model, spec):
+    """results/MODEL/ and the format's own name for it (MODEL.v2.bin, hf)."""
+    return f"results/{model}/{spec.output_name(model)}"
 
 
 def export_outputs():
-    """The export rule's outputs: one .bin per version, then the hf directory."""
-    bins = [f"results/{{model}}/{{model}}.v{v}.bin" for v in BIN_VERSIONS]
-    return bins + ([directory("results/{model}/hf")] if WRITE_HF else [])
+    """The export rule's outputs, one per version (a directory format's as a directory())."""
+    return [
+        (
+            directory(output_path("{model}", spec))
+            if spec.directory
+            else output_path("{model}", spec)
+        )
+        for spec in OUTPUTS
+    ]
 
 
 def export_paths(model):
-    return [f"results/{model}/{model}.v{v}.bin" for v in BIN_VERSIONS] + (
-        [f"results/{model}/hf"] if WRITE_HF else []
-    )
+    return [output_path(model, spec) for spec in OUTPUTS]
 
 
 def verify_jsons(model):
@@ -140,13 +156,16 @@ def report_files(model):
 
 
 def tokenizer_model(model):
-    """The sentencepiece model that comes with `model`, if any: named in config, or
-    tokenizer.model inside a Meta or Hugging Face checkpoint directory."""
+    """The tokenizer that comes with `model`, if any: named in config, or tokenizer.model (else
+    tokenizer.json) inside a Meta or Hugging Face checkpoint directory. Its kind (sentencepiece,
+    Llama 3's tiktoken, tokenizer.json) is detected from its content by `llama2bin tokenizer`.
+    """
     m = config["models"][model]
     if "tokenizer" in m:
         return m["tokenizer"]
-    if "path" in m and os.path.isfile(os.path.join(m["path"], "tokenizer.model")):
-        return os.path.join(m["path"], "tokenizer.model")
+    for name in TOKENIZER_FILES:
+        if "path" in m and os.path.isfile(os.path.join(m["path"], name)):
+            return os.path.join(m["path"], name)
     if (
         "repo" in m
     ):  # a snapshot whose files: name tokenizer.model (FetchSpec.snapshot_tokenizer)
@@ -244,10 +263,15 @@ def verify_inputs(wildcards):
 
 
 def c_check_jsons(model):
-    """The C check's results, one per .bin (a Hugging Face directory has no C reader)."""
+    """The C check's results, one per output the C consumer reads (not a Hugging Face directory)."""
     if not config["c_check"]["enabled"]:
         return []
-    return [f"results/{model}/{model}.v{v}.ccheck.json" for v in BIN_VERSIONS]
+    return [f"results/{model}/{model}.{spec.label}.ccheck.json" for spec in C_CHECKED]
+
+
+def c_check_paths(model):
+    """The outputs the C consumer reads, in the order of c_check_jsons()."""
+    return [output_path(model, spec) for spec in C_CHECKED]
 
 
 def c_check_args():
@@ -297,14 +321,18 @@ def reverify_plan():
 # Memory per job, from measured peak RSS (bench/results.md, "Memory per job"): jobs stream
 # fixed-size row chunks, so the peak does not grow with the checkpoint (15M -> 110M -> 1.1B:
 # export 227 -> 239 -> 348 MiB with v0, 109 -> 109 -> 156 without; verify with its functional
-# check 420 -> 422 -> 426). v0 costs ~200 MiB more: torch is imported for its rope tables.
+# check 420 -> 422 -> 426). v0 cost ~200 MiB more while torch was imported for its rope tables;
+# since issue 21.2 they come from MKL (~10 MiB), so these requests are generous for v0.
 # Requests are those peaks plus ~25% headroom, so `--resources mem_mb=N` schedules safely.
+ROPE_TABLES = any(spec.rope_tables for spec in OUTPUTS)
+
+
 def export_mem_mb(wildcards, input):
-    return 450 if 0 in BIN_VERSIONS else 200
+    return 450 if ROPE_TABLES else 200
 
 
 def verify_mem_mb(wildcards, input):
-    return 550 if config["functional"]["enabled"] or 0 in BIN_VERSIONS else 250
+    return 550 if config["functional"]["enabled"] or ROPE_TABLES else 250
 
 
 def all_outputs():

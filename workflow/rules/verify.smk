@@ -58,12 +58,11 @@ rule verify:
 # lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
 rule c_check:
     input:
-        bins=lambda wc: [
-            f"results/{wc.model}/{wc.model}.v{v}.bin" for v in BIN_VERSIONS
-        ],
+        bins=lambda wc: c_check_paths(wc.model),
     output:
         expand(
-            "results/{{model}}/{{model}}.v{version}.ccheck.json", version=BIN_VERSIONS
+            "results/{{model}}/{{model}}.{label}.ccheck.json",
+            label=[spec.label for spec in C_CHECKED],
         ),
     log:
         "logs/c_check/{model}.log",

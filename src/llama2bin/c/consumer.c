@@ -7,12 +7,20 @@
  * every position. It shares no code with llama2bin's Python reader, so agreement between
  * the two proves the file is consumable from C, not merely self-consistent.
  *
- * usage: consumer [--mode f32|q8] FILE.bin TOKEN...
+ * usage: consumer [--mode f32|q8] [--dump PATH] FILE.bin TOKEN...
  *   --mode f32  float32 arithmetic; Q8_0 weights are dequantized (q * scale) as they are used
  *   --mode q8   (v1/v2 only) runq.c's arithmetic: activations are quantized to Q8_0 with the
  *               file's group size before every matmul, products are summed as int32 per group
  *               and scaled by both group scales
  *   default: f32 for float32 files (v0, 1f), q8 for Q8_0 ones (v1, v2).
+ *   --dump PATH (q8 only) writes every activation quantization it performs to PATH, so the
+ *               Python reference can check each one and continue from it (checks/ccheck.py):
+ *     header: 8 bytes "L2BQDMP1", then int32 n_positions, n_layers, dim, hidden_dim, group_size;
+ *     then for each position, for each layer the four sites in order - 0 attention input (shared
+ *     by wq/wk/wv, dim), 1 attention output before wo (dim), 2 ffn input (shared by w1/w3, dim),
+ *     3 ffn hidden before w2 (hidden_dim) - and last the final norm before the classifier (dim);
+ *     each site as float32 x[n] (the values before quantization), float32 scales[n / group_size],
+ *     int8 q[n]. Native byte order (the machine that runs the check reads it).
  * stdout: one line per position, vocab_size logits printed with %.9g (exact for float32).
  * Like run.c and runq.c it assumes rope_theta 10000 and norm_eps 1e-5: the files store neither.
  * Exit status 1 with one line on stderr for anything it refuses.
@@ -42,6 +50,12 @@ typedef struct {
 
 /* runq.c's activation quantization: per group scale = max|x| / 127, q = round(x / scale)
  * (half away from zero). An all-zero group gets scale 0 and q 0 instead of 0/0. */
+static FILE *g_dump; /* --dump: every quantization is appended here (see the header comment) */
+
+static void dump_write(const void *p, size_t size, size_t count) {
+    if (fwrite(p, size, count, g_dump) != count) die("cannot write the --dump file");
+}
+
 static void quantize_vec(QVec *out, const float *x, int n, int gs) {
     for (int g = 0; g < n / gs; g++) {
         float wmax = 0.0f;
@@ -52,6 +66,11 @@ static void quantize_vec(QVec *out, const float *x, int n, int gs) {
         float scale = wmax / 127.0f;
         out->s[g] = scale;
         for (int i = 0; i < gs; i++) out->q[g * gs + i] = scale == 0.0f ? 0 : (int8_t)roundf(x[g * gs + i] / scale);
+    }
+    if (g_dump) {
+        dump_write(x, sizeof *x, (size_t)n);
+        dump_write(out->s, sizeof *out->s, (size_t)(n / gs));
+        dump_write(out->q, 1, (size_t)n);
     }
 }
 
@@ -199,8 +218,11 @@ static void forward(const Model *m, State *s, int q8, int token, int pos) {
 
 int main(int argc, char **argv) {
     int arg = 1, mode = -1; /* -1: the format's default; 0: f32; 1: q8 */
-    if (arg + 1 < argc && strcmp(argv[arg], "--mode") == 0) {
-        if (strcmp(argv[arg + 1], "f32") == 0)
+    const char *dump_path = NULL;
+    while (arg + 1 < argc && (strcmp(argv[arg], "--mode") == 0 || strcmp(argv[arg], "--dump") == 0)) {
+        if (strcmp(argv[arg], "--dump") == 0)
+            dump_path = argv[arg + 1];
+        else if (strcmp(argv[arg + 1], "f32") == 0)
             mode = 0;
         else if (strcmp(argv[arg + 1], "q8") == 0)
             mode = 1;
@@ -211,7 +233,7 @@ int main(int argc, char **argv) {
         arg += 2;
     }
     if (argc - arg < 2) {
-        fprintf(stderr, "usage: consumer [--mode f32|q8] FILE.bin TOKEN...\n");
+        fprintf(stderr, "usage: consumer [--mode f32|q8] [--dump PATH] FILE.bin TOKEN...\n");
         return 2;
     }
     g_path = argv[arg];
@@ -224,6 +246,14 @@ int main(int argc, char **argv) {
             m.group_size);
     int n_tokens = argc - arg;
     if (n_tokens > m.p.seq_len) die("%d tokens exceed max_seq_len %d", n_tokens, m.p.seq_len);
+    if (dump_path) {
+        if (mode != 1) die("--dump records q8 activations: it needs --mode q8");
+        g_dump = fopen(dump_path, "wb");
+        if (!g_dump) die("cannot create the --dump file");
+        int32_t head[5] = {n_tokens, m.p.n_layers, m.p.dim, m.p.hidden_dim, m.group_size};
+        dump_write("L2BQDMP1", 1, 8);
+        dump_write(head, sizeof head[0], 5);
+    }
     State s;
     alloc_state(&s, &m.p);
     for (int pos = 0; pos < n_tokens; pos++) {
@@ -239,5 +269,6 @@ int main(int argc, char **argv) {
             m.version, m.p.dim, m.p.n_layers, m.p.n_heads, m.p.n_kv_heads, m.p.vocab_size, m.shared ? "shared" : "separate",
             mode ? "q8 (runq.c)" : "f32");
     if (fflush(stdout) != 0) die("cannot write the logits");
+    if (g_dump && fclose(g_dump) != 0) die("cannot write the --dump file");
     return 0;
 }

@@ -11,7 +11,8 @@ every version, so all versions are measured on the same positions. Four recipes:
   O(vocabulary) for the softmax and the top-p selection (no sort of the vocabulary: `_nucleus`).
   The forward uses plain float64 BLAS products (forward.py says why that is safe for decisions)
   and the probabilities numerics.exp, so the same seed gives the same tokens on every machine.
-- `text`: a text file tokenized with the model's sentencepiece tokenizer.model, cut into
+- `text`: a text file tokenized with the model's tokenizer (sentencepiece, tokenizer.json or
+  Llama 3's tiktoken tokenizer.model), cut into
   sequences of `length` tokens, each starting with BOS.
 - `file`: token ids given directly: JSON (a list of lists, or an eval_tokens.json) or text with
   one whitespace-separated sequence per line.
@@ -72,7 +73,14 @@ class EvalTokens:
     def from_json(cls, d: dict[str, Any], where: str = "evaluation tokens") -> EvalTokens:
         if not isinstance(d, dict) or not isinstance(d.get("sequences"), list):
             raise Llama2binError(f"{where}: expected an object with a 'sequences' list")
-        tokens = cls(_sequences(d["sequences"], where), d.get("recipe") or {"kind": "file"})
+        recipe = d.get("recipe") or {"kind": "file"}
+        # The recipe is copied into verify results and rendered by reports: plain values only.
+        if not isinstance(recipe, dict):
+            raise Llama2binError(f"{where}: recipe must be an object (kind, seqs, len, seed, ...), got {recipe!r:.60}")
+        for key, value in recipe.items():
+            if not isinstance(value, str | int | float | None):
+                raise Llama2binError(f"{where}: recipe.{key} must be a string or a number, got {value!r:.60}")
+        tokens = cls(_sequences(d["sequences"], where), recipe)
         if "sha256" in d and d["sha256"] != tokens.sha256:
             raise Llama2binError(f"{where}: sha256 {d['sha256']} does not match its sequences ({tokens.sha256})")
         return tokens
@@ -205,7 +213,8 @@ def sampled_tokens(source: Source, seqs: int = DEFAULT_SEQS, length: int = DEFAU
     check_size(seqs, length)
     cfg = source.config
     length = min(length, cfg.max_seq_len)
-    bos = BOS if cfg.vocab_size > BOS else 0
+    # the source's own BOS when it declares one (Llama 3: 128000), else llama2.c's
+    bos = cfg.bos_id if cfg.bos_id is not None else BOS if cfg.vocab_size > BOS else 0
     rng = np.random.default_rng(seed)
     tok = np.full((seqs, 1), bos, dtype=np.int64)
     weights = SourceWeights(source)
@@ -253,8 +262,11 @@ def load_tokens_file(path: str) -> EvalTokens:
 
 
 def text_tokens(text_path: str, tokenizer_model: str, seqs: int = DEFAULT_SEQS, length: int = DEFAULT_LEN) -> EvalTokens:
-    """The first `seqs` sequences of BOS + `length - 1` tokens of the tokenized text."""
-    import sentencepiece as spm
+    """The first `seqs` sequences of BOS + `length - 1` tokens of the tokenized text. The tokenizer
+    is any kind llama2bin reads (tokenizer.TOKENIZER_KINDS, detected by content): sentencepiece,
+    a tokenizer.json (through the tokenizers library) or Llama 3's tiktoken file (through tiktoken,
+    with Llama 3's pre-split regex)."""
+    from ..tokenizer import TextEncoder
 
     check_size(seqs, length)
     data = _read_capped(text_path, "evaluation text")
@@ -262,17 +274,14 @@ def text_tokens(text_path: str, tokenizer_model: str, seqs: int = DEFAULT_SEQS, 
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise Llama2binError(f"{text_path}: not UTF-8 text") from None
-    sp = spm.SentencePieceProcessor()
-    try:
-        sp.LoadFromSerializedProto(_read_capped(tokenizer_model, "tokenizer"))
-    except RuntimeError as e:
-        raise Llama2binError(f"{tokenizer_model}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
-    ids = sp.EncodeAsIds(text)
+    encoder = TextEncoder(tokenizer_model)
+    ids = encoder.encode(text)
+    bos = encoder.bos_id if encoder.bos_id is not None else BOS
     step = length - 1
-    seqsl = [[sp.bos_id() if sp.bos_id() >= 0 else BOS, *ids[i : i + step]] for i in range(0, len(ids), step)][:seqs]
+    seqsl = [[bos, *ids[i : i + step]] for i in range(0, len(ids), step)][:seqs]
     seqsl = [s for s in seqsl if len(s) > 1]
     if not seqsl:
         raise Llama2binError(f"{text_path}: no tokens")
     return EvalTokens(seqsl, {"kind": "text", "file": os.path.basename(text_path),
                               "file_sha256": hashlib.sha256(data).hexdigest(), "seqs": seqs, "len": length,
-                              "tokenizer_sha256": hashlib.sha256(_read_capped(tokenizer_model, "tokenizer")).hexdigest()})
+                              "tokenizer_sha256": encoder.sha256})

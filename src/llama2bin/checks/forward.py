@@ -2,7 +2,8 @@
 
 It computes what llama2.c's run.c computes (and Meta's model.py, and transformers'
 LlamaForCausalLM on un-permuted weights): RMSNorm with eps, rotary embeddings on *adjacent
-pairs* (dims 2j, 2j+1) of each head with base `cfg.rope_theta`, grouped-query attention
+pairs* (dims 2j, 2j+1) of each head with the config's frequencies (its rope_theta and rope
+scaling, `ModelConfig.inv_freq`), grouped-query attention
 (query head h reads kv head h // (n_heads / n_kv_heads)), SwiGLU feed-forward, and the shared
 or separate classifier.
 
@@ -29,21 +30,23 @@ Sampling the evaluation tokens (`exact=False`) uses plain float64 BLAS products,
 half the cost (2.4 vs 5.6 CPU seconds for a 15M model): a token is a decision, which the 1e-16
 by which BLAS kernels differ changes only when a running sum of probabilities sits that close
 to its threshold (for a vocabulary of 2^20, about once in 1e9 tokens).
+A `q8_hook` (checks/ccheck.py's teacher forcing) sees every activation quantization - the
+tensor it feeds, the activations, Python's (q, scales) - and returns the (q, scales) to use.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from decimal import Decimal, localcontext
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import Llama2binError
-from ..formats.layout import F32 as F32_ENCODING
-from ..formats.reader import BinFile, BinTensor
+from ..formats.output import Output
+from ..formats.reader import BinFile
 from ..model import ModelConfig, layer_name
-from ..sources.base import CHUNK_BYTES, Source
+from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef
 from . import numerics
 
 F32 = "f32"
@@ -64,6 +67,7 @@ class LazyWeights(Mapping):
     `output` is present also when the classifier is shared (it is then the embeddings)."""
 
     config: ModelConfig
+    group_size: int | None = None  # of the Q8_0 tensors q8_rows serves; None: float32 weights only
 
     def _names(self) -> list[str]:
         return [*self.config.shapes(), *([] if "output" in self.config.shapes() else ["output"])]
@@ -95,6 +99,10 @@ class LazyWeights(Mapping):
         """Rows [start, stop) as float32 (stop - start, cols); 1-D tensors are one row."""
         raise NotImplementedError
 
+    def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
+        raise Llama2binError(f"forward: tensor {name} is not Q8_0")
+
     def gather(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows `ids` (any order, repeats allowed) without reading the rest of the tensor."""
         unique, inverse = np.unique(ids, return_inverse=True)
@@ -103,35 +111,29 @@ class LazyWeights(Mapping):
 
 
 class BinWeights(LazyWeights):
-    """The weights of an open `BinFile`, dequantized on access; pages are released after each
-    read so the file's weights never accumulate in this process. Valid while the file is open."""
+    """The weights of an opened output (formats.output.Output), dequantized on access; valid
+    while it is open."""
 
-    def __init__(self, bf: BinFile):
-        self.bf = bf
-        self.config = bf.config
-        self.group_size = bf.group_size
+    def __init__(self, output: Output):
+        self.output = output
+        self.config = output.config
+        self.group_size = output.group_size
 
-    def tensor(self, name: str) -> BinTensor:
-        return self.bf.tensors[self._resolve(name)]
+    def tensor(self, name: str) -> TensorRef:
+        return self.output.tensors[self._resolve(name)]
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        t = self.tensor(name)
-        cols = t.cols
-        rows = np.array(t.read(start * cols, stop * cols), dtype=np.float32, copy=True).reshape(stop - start, cols)
-        self.bf.release(t)
-        return rows
+        return self.tensor(name).read_rows(start, stop)
 
     def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
         t = self.tensor(name)
-        if t.encoding == F32_ENCODING:
-            raise Llama2binError(f"{self.bf.path}: tensor {name} is float32, not Q8_0")
+        if t.encoding != TensorEncoding.Q8_0:
+            raise Llama2binError(f"{self.output.path}: tensor {name} is float32, not Q8_0")
         cols, gs = t.cols, t.group_size
         assert gs and cols % gs == 0
-        q = np.array(t.values[start * cols : stop * cols], copy=True).reshape(stop - start, cols)
-        s = np.array(t.scales[start * cols // gs : stop * cols // gs], copy=True).reshape(stop - start, cols // gs)
-        self.bf.release(t)
-        return q, s
+        q, s = t.read_q8(start, stop)
+        return q.reshape(stop - start, cols), s.reshape(stop - start, cols // gs)
 
 
 class SourceWeights(LazyWeights):
@@ -145,7 +147,7 @@ class SourceWeights(LazyWeights):
         return self.source.tensor(self._resolve(name)).read_rows(start, stop)
 
 
-def weights_from_bin(bf: BinFile) -> dict[str, np.ndarray]:
+def weights_from_bin(bf: Output) -> dict[str, np.ndarray]:
     """Every weight of an opened .bin as float32 in its canonical shape (Q8_0 dequantized);
     `output` is the embedding matrix when the classifier is shared. This loads the whole model
     (tests and tiny models); `BinWeights(bf)` is the lazy equivalent."""
@@ -164,14 +166,12 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(ms + float(eps))) * np.asarray(weight, dtype=np.float64)
 
 
-def rope_angles(head_size: int, positions: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each float64 [len(positions), head_size // 2]: pair j of position t turns by
-    t * theta^(-2j / head_size), the powers in decimal arithmetic (numpy's float64 power differs
-    between CPUs) and sin/cos from numerics: the same bits on every machine."""
-    with localcontext() as ctx:
-        ctx.prec = 40
-        freqs = [float(Decimal(float(theta)) ** (Decimal(-2 * j) / head_size)) for j in range(head_size // 2)]
-    sin, cos = numerics.sin_cos(np.outer(positions.astype(np.float64), freqs))
+def rope_angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each float64 [len(positions), len(inv_freq)]: pair j of position t turns by
+    t * inv_freq[j] (`ModelConfig.inv_freq()`: the model's float32 frequencies, with its base and
+    rope scaling, as transformers has them; bit-exact on every machine). Angles are formed in
+    float64 and sin/cos come from numerics: the same bits on every machine."""
+    sin, cos = numerics.sin_cos(np.outer(positions.astype(np.float64), np.asarray(inv_freq, dtype=np.float64)))
     return cos, sin
 
 
@@ -203,20 +203,28 @@ def quantize_activations(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np
     return q.astype(np.float32).reshape(n_rows, n), scale.astype(np.float32)
 
 
+class Q8Hook(Protocol):
+    def __call__(self, name: str, x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At the quantization of activations x (N, n) for a matmul with tensor `name`, given
+        Python's own (q, scales): the (q, scales) the matmul uses instead."""
+        ...
+
+
 class _Linear:
     """y = x @ W.T (float64) for activations x (N, n), W read from `weights` in the chosen
     arithmetic; `exact`: numerics.matmul (the same bits everywhere), else plain float64 BLAS."""
 
-    def __init__(self, weights: Mapping, arithmetic: str, exact: bool = True):
+    def __init__(self, weights: Mapping, arithmetic: str, exact: bool = True, q8_hook: Q8Hook | None = None):
         if arithmetic not in ARITHMETICS:
             raise Llama2binError(f"forward: arithmetic must be one of {', '.join(ARITHMETICS)}, not {arithmetic!r}")
         self.weights = weights
         self.arithmetic = arithmetic
         self.lazy = isinstance(weights, LazyWeights)
         self.exact = exact
+        self.q8_hook = q8_hook
         if arithmetic == Q8:
-            gs = getattr(weights, "group_size", None)
-            if not hasattr(weights, "q8_rows") or not gs:
+            gs = weights.group_size if isinstance(weights, LazyWeights) else None
+            if not gs:
                 raise Llama2binError("forward: q8 arithmetic needs the weights of a Q8_0 file (v1 or v2)")
             self.group_size = gs
 
@@ -255,6 +263,8 @@ class _Linear:
                 "runq.c's grouped matmul cannot run it"
             )
         xq, xs = quantize_activations(x, gs)
+        if self.q8_hook is not None:
+            xq, xs = self.q8_hook(name, x, xq, xs)
         out = np.empty((x.shape[0], last - first), dtype=np.float32)
         for start, stop in row_blocks(last - first, cols):
             q, s = w.q8_rows(name, first + start, first + stop)
@@ -313,24 +323,26 @@ class KVCache:
 
 def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
                   *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None,
-                  cache: KVCache | None = None, exact: bool = True) -> np.ndarray:
+                  cache: KVCache | None = None, exact: bool = True,
+                  q8_hook: Q8Hook | None = None) -> np.ndarray:
     """The final normalized hidden states float64 [S*T, dim] for an [S, T] array of sequences (or
     one sequence, S = 1), row s*T + t for position t of sequence s: what the classifier turns
     into logits. Small (positions x dim) whatever the vocabulary; `classify` makes logits of any
     block of rows. `on_layer` is called after every layer (progress). With a `cache`, `tokens`
     continue the sequences the cache holds (positions cache.length ...), and are added to it.
-    `exact=False`: plain float64 BLAS products (sampling; see the module's docstring)."""
+    `exact=False`: plain float64 BLAS products (sampling; see the module's docstring).
+    `q8_hook` (q8 only) may replace every activation quantization (see Q8Hook)."""
     tok = _check_tokens(tokens, cfg)
     n_seqs, n_tokens = tok.shape
     start = cache.length if cache is not None else 0
     if start + n_tokens > cfg.max_seq_len:
         raise Llama2binError(f"forward: {start + n_tokens} tokens exceed max_seq_len {cfg.max_seq_len}")
-    linear = _Linear(weights, arithmetic, exact)
+    linear = _Linear(weights, arithmetic, exact, q8_hook)
     product = numerics.matmul if exact else (lambda a, b: np.matmul(a, b.swapaxes(-1, -2)))
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
     positions = np.arange(start, start + n_tokens)
-    cos, sin = rope_angles(hd, positions, cfg.rope_theta)
+    cos, sin = rope_angles(cfg.inv_freq(), positions)
     causal = np.arange(start + n_tokens)[None, :] > positions[:, None]  # [new, all]: no looking ahead
     scale = 1.0 / math.sqrt(hd)
     n_rows = n_seqs * n_tokens
@@ -373,26 +385,27 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
 
 
 def classify(weights: Mapping[str, np.ndarray], cfg: ModelConfig, hidden: np.ndarray | numerics.Left, *,
-             arithmetic: str = F32, exact: bool = True, vocab: tuple[int, int] | None = None) -> np.ndarray:
+             arithmetic: str = F32, exact: bool = True, vocab: tuple[int, int] | None = None,
+             q8_hook: Q8Hook | None = None) -> np.ndarray:
     """Logits float64 [rows, vocab] of hidden-state rows (from `hidden_states`; or these cut
     once, numerics.Left, for many calls), for the whole vocabulary or the range `vocab`."""
     classifier = "tok_embeddings" if cfg.shared_classifier else "output"
-    return _Linear(weights, arithmetic, exact)(hidden, classifier, vocab)
+    return _Linear(weights, arithmetic, exact, q8_hook)(hidden, classifier, vocab)
 
 
 def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
-           *, arithmetic: str = F32) -> np.ndarray:
+           *, arithmetic: str = F32, q8_hook: Q8Hook | None = None) -> np.ndarray:
     """Logits float64 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
     [S, T, vocab] for an [S, T] array of sequences (computed together, layer by layer).
     Holds positions x vocab floats: the functional check uses hidden_states + classify in blocks."""
     tok = _check_tokens(tokens, cfg)
-    x = hidden_states(weights, cfg, tok, arithmetic=arithmetic)
-    out = classify(weights, cfg, x, arithmetic=arithmetic).reshape(*tok.shape, cfg.vocab_size)
+    x = hidden_states(weights, cfg, tok, arithmetic=arithmetic, q8_hook=q8_hook)
+    out = classify(weights, cfg, x, arithmetic=arithmetic, q8_hook=q8_hook).reshape(*tok.shape, cfg.vocab_size)
     return out[0] if np.asarray(tokens).ndim == 1 else out
 
 
 def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str = F32,
-               config: ModelConfig | None = None) -> np.ndarray:
+               config: ModelConfig | None = None, q8_hook: Q8Hook | None = None) -> np.ndarray:
     """Logits of the model stored in .bin `path` (any version) for `tokens`, reading the weights
     lazily. `config` overrides what the file cannot store (rope_theta, norm_eps); its shapes must
     be the file's."""
@@ -401,4 +414,4 @@ def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str
         if cfg.shapes() != bf.config.shapes():
             raise Llama2binError(f"{path}: the given config does not describe this file's tensors")
         with numerics.blas_threads(1):
-            return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic)
+            return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic, q8_hook=q8_hook)

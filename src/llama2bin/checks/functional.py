@@ -30,7 +30,6 @@ and the comparison (two exps, log-softmax of both sides, the KL term: about 40 n
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -38,8 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Llama2binError
-from ..formats import DIRECTORY
-from ..formats.reader import BinFile, open_output, output_format
+from ..formats.output import Output
 from ..sources.base import Source
 from . import numerics
 from .eval_tokens import EvalTokens
@@ -154,36 +152,26 @@ class ReferenceModel:
         return out
 
 
-def _open_output(path: str, reference: ReferenceModel) -> tuple[Any, LazyWeights, bool]:
-    """(context to close, lazy weights, quantized) of an exported .bin or hf directory."""
-    cfg = reference.config
-    spec = output_format(path)
-    if spec.kind == DIRECTORY:  # hf: read back as a source (canonical tensors, q/k un-permuted)
-        exported = open_output(spec, path)
-        if exported.config.shapes() != cfg.shapes():
-            exported.close()
-            raise Llama2binError(f"{path}: its tensors do not have the source's shapes")
-        return exported, SourceWeights(exported, cfg), False
-    bf = BinFile(path)
-    if bf.config.shapes() != cfg.shapes():
-        bf.close()
-        raise Llama2binError(f"{path}: its header does not describe the source's tensors")
-    return bf, BinWeights(bf), bf.group_size is not None
+def _output_weights(output: Output, reference: ReferenceModel) -> tuple[LazyWeights, bool]:
+    """(lazy weights, quantized) of an opened output whose tensors must have the source's shapes."""
+    if output.config.shapes() != reference.config.shapes():
+        raise Llama2binError(f"{output.path}: its tensors do not have the source's shapes")
+    return BinWeights(output), output.group_size is not None
 
 
-def functional_check(path: str, reference: ReferenceModel, *, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
+def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                      quiet: bool = True) -> FunctionalResult:
-    """Forward the evaluation tokens through `path` and through the source; compare."""
+    """Forward the evaluation tokens through the opened `output` and through the source; compare."""
     from ..progress import Progress
 
     if arithmetic not in ARITHMETICS:
         raise Llama2binError(f"unknown arithmetic {arithmetic!r} (known: {', '.join(ARITHMETICS)})")
     cfg = reference.config
     batches = reference.tokens.batches()
-    handle, weights, quantized = _open_output(path, reference)
+    weights, quantized = _output_weights(output, reference)
     arith = arithmetic if quantized else F32  # q8 arithmetic is meaningless for float32 files
     layers = len(batches) * cfg.n_layers * (1 if reference._hidden is not None else 2)
-    progress = Progress(layers, f"functional check {os.path.basename(os.path.normpath(path))}", unit="layer",
+    progress = Progress(layers, f"functional check {output.display_name}", unit="layer",
                         quiet=quiet)
     try:
         with numerics.blas_threads(1):
@@ -208,7 +196,6 @@ def functional_check(path: str, reference: ReferenceModel, *, arithmetic: str = 
                 cmp.add_positions(nxt, blocks())
     finally:
         progress.close()
-        handle.close()
     stats = cmp.stats()
     failures = []
     if not quantized:

@@ -1,14 +1,17 @@
-"""Round-trip verification: read a .bin back and compare every tensor with the source.
+"""Round-trip verification: read an output back and compare every tensor with the source.
 
-float32 sections must be bit-identical to the float32 source; Q8_0 tensors must carry the
-scales a fresh quantization gives and dequantize within scale/2 (plus float32 rounding) of
-the source. Header fields must match the source config. Per-tensor error statistics are
-collected on the way; they are what the quantization-error reports show.
+Any output (formats.output.Output: a .bin, an hf directory) is checked the same way: its header
+against the source's config (the output's own `header_failures`), then every tensor, dispatched
+on the encoding the output stores it in (`_CHUNK_CHECKS`): float32 must be bit-identical to the
+float32 source; Q8_0 tensors must carry the scales a fresh quantization gives and dequantize
+within scale/2 (plus float32 rounding) of the source, or, carried over from a Q8_0 source, its
+very q and scales. Per-tensor error statistics are collected on the way; they are what the
+quantization-error reports show.
 
 Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool), block by
 block in reused buffers; meanwhile a side process computes the file's sha256 and the parent
-v0's rope tables (torch). The .bin is read with preadv, not through the memory map, so RSS stays
-at a few chunks per process whatever the tensor size.
+v0's rope tables (formats/rope.py). Tensors are read with preadv (TensorRef), not through a
+memory map, so RSS stays at a few chunks per process whatever the tensor size.
 
 The weights' fingerprint (`weights_sha256`) is taken over the bytes each chunk reads - float32
 values, or Q8_0 q and scales - tensor by tensor in canonical order, so v1 and v2 (the same q
@@ -22,23 +25,23 @@ import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from ..errors import Llama2binError
 from ..formats import json_version
-from ..formats.layout import F32, PARAM_NAMES, ROPE_COS, ROPE_SIN
+from ..formats.output import Output
 from ..formats.q8_0 import ABS_MASK as _ABS_MASK
 from ..formats.q8_0 import Scratch, group_scales_into, process_scratch
-from ..formats.reader import BinFile, BinTensor
 from ..formats.rope import rope_chunks, rope_json
+from ..model import ModelConfig
 from ..parallel import ForkedCall, ForkPool, default_workers
 from ..progress import Progress
+from ..rope_freqs import RopeScaling
 from ..safe_io import open_regular
-from ..sources.base import Source, TensorRef, row_chunks
+from ..sources.base import Source, TensorEncoding, TensorRef, row_chunks
 from . import numerics
 
 # |q*s - w| <= s/2 holds exactly in real arithmetic; float32 rounding of w/s and of q*s adds
@@ -102,8 +105,8 @@ class TensorCheckResult:
     source: dict[str, Any]
     failures: list[str] = field(default_factory=list)
     tensors: list[TensorStats] = field(default_factory=list)
-    # {"format", "group_size"} when the source was itself a Q8_0 .bin: a float32 output then holds
-    # dequantized values, not the original weights (issue 12.2).
+    # SourceQuantization.to_json() when the source was itself a Q8_0 .bin: a float32 output then
+    # holds dequantized values, not the original weights (issue 12.2).
     source_quantized: dict[str, Any] | None = None
     # v0 only: the rotary base of the stored tables and which readers use them (formats.rope.rope_json).
     rope_tables: dict[str, Any] | None = None
@@ -147,33 +150,25 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def check_tensors(bin_path: str, source: Source, quiet: bool = False, threads: int | None = None) -> TensorCheckResult:
-    """Compare `bin_path` with `source`; the result lists every failure (empty = passed).
+def check_tensors(output: Output, source: Source, quiet: bool = False, threads: int | None = None) -> TensorCheckResult:
+    """Compare the opened `output` with `source`; the result lists every failure (empty = passed).
     `threads`: worker processes comparing chunks (default: parallel.default_workers)."""
-    with BinFile(bin_path) as bf:
-        result = TensorCheckResult(
-            file=os.path.basename(bin_path),
-            format=bf.format,
-            size=bf.size,
-            sha256="",  # below: hashed in a side process while the tensors are compared
-            group_size=bf.group_size,
-            header=bf.header_json(),
-            source={**source.describe(), "config": source.config.to_json()},
-            source_quantized=getattr(source, "quantized", None),
-        )
-        _check_header(bf, source, result)
-        if result.failures:  # a different model: comparing tensors would only add noise
-            result.sha256 = sha256_file(bin_path)
-            return result
-        _check_tensors(bf, source, result, threads, quiet)
+    result = TensorCheckResult(
+        file=output.display_name,
+        format=output.spec.name,
+        size=output.size,
+        sha256="",  # below: hashed in a side process while the tensors are compared
+        group_size=output.group_size,
+        header=output.header_json(),
+        source={**source.describe(), "config": source.config.to_json()},
+        source_quantized=source.quantization.to_json() if source.quantization is not None else None,
+    )
+    result.failures += output.header_failures(source.config)
+    if result.failures:  # a different model: comparing tensors would only add noise
+        result.sha256 = sha256_file(output.hashed_path)
+        return result
+    _check_tensors(output, source, result, threads, quiet)
     return result
-
-
-def _check_header(bf: BinFile, source: Source, result: TensorCheckResult) -> None:
-    want, got = source.config, bf.config
-    for name in (*PARAM_NAMES, "shared_classifier"):
-        if getattr(want, name) != getattr(got, name):
-            result.failures.append(f"header {name} is {getattr(got, name)}, the source has {getattr(want, name)}")
 
 
 @dataclass
@@ -193,120 +188,121 @@ class _ChunkResult:
 _VERIFY_BLOCK = 1 << 16
 
 
-def _pread_into(fd: int, buf: np.ndarray, offset: int, path: str) -> np.ndarray:
-    if os.preadv(fd, [buf.view(np.uint8)], offset) != buf.nbytes:
-        raise Llama2binError(f"{path}: file shrank while being verified")
-    return buf
+def _check_tensors(output: Output, source: Source, result: TensorCheckResult, workers: int | None,
+                   quiet: bool) -> None:
+    """Every weight of `output` against the source, in row chunks on worker processes, plus the
+    sha256 (in a side process) and v0's rope tables. Chunk results are consumed in file order,
+    so the statistics and each tensor's first failure never depend on timing."""
+    tasks: list[tuple[str, int, int]] = []
+    checked: list[str] = []
+    for name in source.config.shapes():
+        got, ref = output.tensors[name], source.tensor(name)
+        want = output.expected_encoding(name)
+        if got.encoding != want or got.encoding not in _CHUNK_CHECKS:
+            result.failures.append(f"tensor {got.name}: stored as {got.encoding}, not {want}")
+            continue
+        checked.append(name)
+        # chunks hold whole groups of the output and, for a Q8_0 source, of the source too
+        align = math.lcm(got.group_size or 1, ref.group_size or 1)
+        tasks += [(name, start, stop) for start, stop in row_chunks(ref, align)]
+    last_chunk = {name: i for i, (name, _, _) in enumerate(tasks)}
+    total = sum(output.tensors[name].numel for name in checked)
+
+    def job(task: tuple[str, int, int]) -> _ChunkResult:
+        name, start, stop = task
+        got = output.tensors[name]
+        return _CHUNK_CHECKS[got.encoding](got, source.tensor(name), start, stop, process_scratch())
+
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(output.size)))
+        digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))  # a process: a thread would fight for the GIL
+        # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
+        # fallback without MKL) may hang there if this process used it before
+        progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
+        try:
+            stats: TensorStats | None = None
+            hist: np.ndarray | None = None
+            failed = False
+            digests: dict[str, bytes] = {}
+            for i, ((name, _, _), r) in enumerate(zip(tasks, pool.results(), strict=True)):
+                got = output.tensors[name]
+                if stats is None:  # a tensor's first chunk
+                    stats = TensorStats(name, list(got.shape), got.encoding.value, got.group_size,
+                                        hf_name=got.name if got.name != name else None)
+                    hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64) if got.group_size else None
+                    failed = False
+                    digest_of_tensor = hashlib.sha256()
+                digest_of_tensor.update(r.digest)
+                if failed:
+                    pass  # as always: a tensor's statistics stop at its first failure
+                elif r.failure:
+                    result.failures.append(r.failure)
+                    failed = True
+                else:
+                    stats.max_abs_err = max(stats.max_abs_err, r.max_abs_err)
+                    stats._sq_err += r.sq_err
+                    stats._sq_ref += r.sq_ref
+                    stats._n += r.n
+                    if hist is not None and r.hist is not None:
+                        hist += r.hist
+                if last_chunk[name] == i:
+                    if hist is not None and not failed:
+                        stats.group_err_hist = hist.tolist()
+                    digests[name] = digest_of_tensor.digest()
+                    result.tensors.append(stats.finish())
+                    progress.update(got.numel)
+                    stats = None
+            rope = output.rope_tables()
+            if rope is not None:
+                _check_rope(*rope, output.config, result, source.config.rope_theta, source.config.rope_scaling)
+            result.weights_sha256 = weights_digest(source.config.shapes(), output.tensors, digests)
+            result.sha256 = digest.result()
+        finally:
+            progress.close()
 
 
-def _check_tensors(bf: BinFile, source: Source, result: TensorCheckResult, workers: int | None, quiet: bool) -> None:
-    """Every weight of `bf` against the source, in row chunks on worker processes, plus the sha256
-    (in a side process) and v0's rope tables. Chunk results are consumed in file order, so the
-    statistics and each tensor's first failure never depend on timing."""
-    weights = list(bf.weights())
-    tasks = []
-    for t in weights:
-        ref_t = source.tensor(t.name)
-        # chunks hold whole groups of the file and, for a Q8_0 .bin source, of the source too
-        align = math.lcm(t.group_size or 1, getattr(ref_t, "group_size", None) or 1)
-        tasks += [(t, start, stop) for start, stop in row_chunks(ref_t, align)]
-    last_chunk = {id(t): i for i, (t, _, _) in enumerate(tasks)}
-    total = sum(t.values.size for t in weights)
-    fd = os.open(bf.path, os.O_RDONLY)
-
-    def job(task: tuple) -> _ChunkResult:
-        t, start, stop = task
-        return _check_chunk(t, source.tensor(t.name), start, stop, fd, bf.path, process_scratch())
-
-    try:
-        with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(bf.size)))
-            digest = stack.enter_context(ForkedCall(sha256_file, bf.path))  # a process: a thread would fight for the GIL
-            # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP may
-            # hang there if this process used it before
-            rope = bool(bf.layout.sections_of(ROPE_COS))
-            progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
-            try:
-                stats: TensorStats | None = None
-                hist: np.ndarray | None = None
-                failed = False
-                digests: dict[str, bytes] = {}
-                for i, ((t, _, _), r) in enumerate(zip(tasks, pool.results(), strict=True)):
-                    if stats is None:  # a tensor's first chunk
-                        stats = TensorStats(t.name, list(t.shape), t.encoding.json_name, t.group_size)
-                        hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64) if t.group_size else None
-                        failed = False
-                        digest_of_tensor = hashlib.sha256()
-                    digest_of_tensor.update(r.digest)
-                    if failed:
-                        pass  # as always: a tensor's statistics stop at its first failure
-                    elif r.failure:
-                        result.failures.append(r.failure)
-                        failed = True
-                    else:
-                        stats.max_abs_err = max(stats.max_abs_err, r.max_abs_err)
-                        stats._sq_err += r.sq_err
-                        stats._sq_ref += r.sq_ref
-                        stats._n += r.n
-                        if hist is not None and r.hist is not None:
-                            hist += r.hist
-                    if last_chunk[id(t)] == i:
-                        if hist is not None and not failed:
-                            stats.group_err_hist = hist.tolist()
-                        digests[t.name] = digest_of_tensor.digest()
-                        result.tensors.append(stats.finish())
-                        bf.release(t)
-                        progress.update(t.values.size)
-                        stats = None
-                if rope:
-                    _check_rope(bf, result, source.config.rope_theta)
-                result.weights_sha256 = weights_digest(bf.config.shapes(), weights, digests)
-                result.sha256 = digest.result()
-            finally:
-                progress.close()
-    finally:
-        os.close(fd)
-
-
-def weights_digest(canonical: Mapping[str, Any], tensors: Iterable[Any], digests: Mapping[str, bytes]) -> str:
+def weights_digest(canonical: Iterable[str], tensors: Mapping[str, TensorRef], digests: Mapping[str, bytes]) -> str:
     """sha256 over (name, encoding, group size, sha256 of the tensor's chunk digests) of every
     tensor, in the canonical order of `canonical` (names), whatever order the file has them in."""
-    by_name = {t.name: t for t in tensors}
     h = hashlib.sha256()
     for name in canonical:
         if name in digests:
-            t = by_name[name]
-            encoding = getattr(t.encoding, "json_name", t.encoding)
-            h.update(f"{name}\0{encoding}\0{t.group_size}\0".encode() + digests[name])
+            t = tensors[name]
+            h.update(f"{name}\0{t.encoding.value}\0{t.group_size}\0".encode() + digests[name])
     return h.hexdigest()
 
 
-def _check_chunk(t: BinTensor, ref_t: TensorRef, start: int, stop: int, fd: int, path: str, scratch: Scratch) -> _ChunkResult:
-    """Rows [start, stop) of tensor t: float32 bit for bit, Q8_0 against scale/2."""
+def _check_f32(got: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Scratch) -> _ChunkResult:
+    """Rows [start, stop) of a float32 tensor: bit for bit."""
     first, count = start * ref_t.cols, (stop - start) * ref_t.cols
     ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
-    if t.encoding == F32:
-        got = _pread_into(fd, scratch.get("got", count, np.float32), t.offset + 4 * first, path)
-        digest = hashlib.sha256(got).digest()
-        differs = scratch.get("differs", _VERIFY_BLOCK, np.bool_)
-        for b in range(0, count, _VERIFY_BLOCK):
-            a, r = got[b : b + _VERIFY_BLOCK].view(np.uint32), ref[b : b + _VERIFY_BLOCK].view(np.uint32)
-            if np.not_equal(a, r, out=differs[: a.size]).any():
-                bad = int(np.flatnonzero(differs[: a.size])[0]) + b + first
-                return _ChunkResult(f"tensor {t.name}: element {bad} differs from the float32 source", digest=digest)
-        # bit-identical: zero error, and the reference's energy does not enter any statistic
-        return _ChunkResult(n=count, digest=digest)
+    values = got.read_rows_into(start, stop, scratch.get("got", count, np.float32)).reshape(-1)
+    digest = hashlib.sha256(values).digest()
+    differs = scratch.get("differs", _VERIFY_BLOCK, np.bool_)
+    for b in range(0, count, _VERIFY_BLOCK):
+        a, r = values[b : b + _VERIFY_BLOCK].view(np.uint32), ref[b : b + _VERIFY_BLOCK].view(np.uint32)
+        if np.not_equal(a, r, out=differs[: a.size]).any():
+            bad = int(np.flatnonzero(differs[: a.size])[0]) + b + first
+            return _ChunkResult(f"tensor {got.name}: element {bad} differs from the float32 source", digest=digest)
+    # bit-identical: zero error, and the reference's energy does not enter any statistic
+    return _ChunkResult(n=count, digest=digest)
+
+
+def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Scratch) -> _ChunkResult:
+    """Rows [start, stop) of a Q8_0 tensor: scales of a fresh quantization, every value within
+    scale/2 of the source (or, carried over from a Q8_0 source, its very q and scales)."""
+    first, count = start * ref_t.cols, (stop - start) * ref_t.cols
     gs = t.group_size
     assert gs
-    q = _pread_into(fd, scratch.get("q", count, np.int8), t.offset + first, path)
-    scales = _pread_into(fd, scratch.get("scales", count // gs, np.float32), t.scales_offset + 4 * (first // gs), path)
+    q, scales = t.read_q8(start, stop, scratch.get("q", count, np.int8), scratch.get("scales", count // gs, np.float32))
     digest_of = hashlib.sha256(q)
     digest_of.update(scales)
     digest = digest_of.digest()
-    if getattr(ref_t, "group_size", None) == gs:  # a Q8_0 .bin source at this group size: carried over as is
+    if ref_t.encoding == TensorEncoding.Q8_0 and ref_t.group_size == gs:  # carried over as is
         carried = _check_carried(t, ref_t, start, stop, q, scales)
         carried.digest = digest
         return carried
+    ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
     fresh = scratch.get("fresh", count // gs, np.float32)
     group_scales_into(ref, gs, fresh, scratch)
     if not np.array_equal(scales.view(np.uint32), fresh.view(np.uint32)):
@@ -353,37 +349,43 @@ def _check_chunk(t: BinTensor, ref_t: TensorRef, start: int, stop: int, fd: int,
     return out
 
 
-def _check_carried(t: BinTensor, ref_t: TensorRef, start: int, stop: int, q: np.ndarray, scales: np.ndarray) -> _ChunkResult:
+def _check_carried(t: TensorRef, ref_t: TensorRef, start: int, stop: int, q: np.ndarray, scales: np.ndarray) -> _ChunkResult:
     """q and scales must be the Q8_0 source's own, bit for bit (nothing was quantized twice)."""
-    src_q, src_s = ref_t.read_q8(start, stop)  # type: ignore[attr-defined]  # sources.bin.Q8Tensor
+    src_q, src_s = ref_t.read_q8(start, stop)
     first = start * ref_t.cols
+    gs = t.group_size
+    assert gs
     if not np.array_equal(q, src_q):
         bad = int(np.flatnonzero(q != src_q)[0]) + first
         return _ChunkResult(f"tensor {t.name}: q of element {bad} differs from the Q8_0 source")
     if not np.array_equal(scales.view(np.uint32), src_s.view(np.uint32)):
-        bad = int(np.flatnonzero(scales.view(np.uint32) != src_s.view(np.uint32))[0]) + first // t.group_size
+        bad = int(np.flatnonzero(scales.view(np.uint32) != src_s.view(np.uint32))[0]) + first // gs
         return _ChunkResult(f"tensor {t.name}: scale of group {bad} differs from the Q8_0 source")
     hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64)
     hist[0] = scales.size  # every group exact: error 0
     return _ChunkResult(n=q.size, hist=hist)
 
 
-def _check_rope(bf: BinFile, result: TensorCheckResult, theta: float) -> None:
-    """v0's tables against llama2.c's at the source's rope_theta, in chunks of rows."""
-    result.rope_tables = rope_json(theta)
-    cfg = bf.config
-    half = cfg.head_size // 2
+# How a chunk of an output tensor is checked, by the encoding the output stores it in; a new
+# encoding (GGUF's float16, bfloat16, ggml Q8_0 blocks) adds its check here.
+_CHUNK_CHECKS: dict[TensorEncoding, Callable[[TensorRef, TensorRef, int, int, Scratch], _ChunkResult]] = {
+    TensorEncoding.F32: _check_f32,
+    TensorEncoding.Q8_0: _check_q8,
+}
+
+
+def _check_rope(cos_t: TensorRef, sin_t: TensorRef, cfg: ModelConfig, result: TensorCheckResult, theta: float,
+                scaling: RopeScaling | None = None) -> None:
+    """v0's tables against llama2.c's at the source's rope_theta (and scaling), in chunks of rows."""
+    result.rope_tables = rope_json(theta, scaling)
     failed = set()
-    fd = os.open(bf.path, os.O_RDONLY)  # preadv, not the memory map: RSS stays at one chunk
-    try:
-        for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, theta):
-            for name, ref in ((ROPE_COS, cos), (ROPE_SIN, sin)):
-                got = _pread_into(fd, np.empty(ref.size, np.float32), bf.tensors[name].offset + 4 * row * half, bf.path)
-                if name not in failed and not np.array_equal(got.view(np.uint32), ref.reshape(-1).view(np.uint32)):
-                    failed.add(name)
-                    result.failures.append(f"{name}: rotary table differs from llama2.c's at rope_theta {theta:g}")
-    finally:
-        os.close(fd)
+    for row, cos, sin in rope_chunks(cfg.head_size, cfg.max_seq_len, theta, scaling=scaling):
+        for t, ref in ((cos_t, cos), (sin_t, sin)):
+            got = t.read_rows(row, row + ref.shape[0])
+            if t.name not in failed and not np.array_equal(got.view(np.uint32), ref.view(np.uint32)):
+                failed.add(t.name)
+                scaled = f" with rope scaling {scaling.describe()}" if scaling else ""
+                result.failures.append(f"{t.name}: rotary table differs from llama2.c's at rope_theta {theta:g}{scaled}")
 
 
 HIST_EDGES = _HIST_EDGES.tolist()

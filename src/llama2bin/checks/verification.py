@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..formats import DIRECTORY
-from ..formats.reader import output_format
+from ..formats.families import open_output
 from ..sources.base import Source
 from .ccheck import CCheckResult, Consumer, c_check
 from .forward import F32
@@ -103,23 +102,21 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
                   consumer: Consumer | None = None, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                   limits: QualityLimits | None = None, gate: bool = False, threads: int | None = None,
                   quiet: bool = True) -> Verification:
-    """Verify the .bin (or hf directory) `path` against `source`: the tensor check always; the
-    functional check with a `reference` (the source on the model's evaluation tokens); the C
-    check with a compiled `consumer` (.bin files only; on the first evaluation sequence)."""
-    if output_format(path).kind == DIRECTORY:  # hf
-        from .tensor_hf import verify_hf_dir
-
-        tensor = verify_hf_dir(path, source, quiet=quiet)
-    else:
-        tensor = check_tensors(path, source, quiet=quiet, threads=threads)
-    result = Verification(tensor)
-    if not tensor.tensors:  # nothing compared: a different model altogether, the header says why
-        return result
-    if reference is not None:
-        result.functional = functional_check(path, reference, arithmetic=arithmetic, fp32_rtol=fp32_rtol, quiet=quiet)
-        limits = limits or QualityLimits()
-        result.quality = QualityVerdict(limits, gate, limits.exceeded(result.functional))
-    if consumer is not None and output_format(path).kind != DIRECTORY:
-        tokens = reference.tokens.sequences[0] if reference is not None else None
-        result.c_check = c_check(path, consumer, tokens=tokens)
+    """Verify the output at `path` (any registered format) against `source`, opened once: the
+    tensor check always; the functional check with a `reference` (the source on the model's
+    evaluation tokens); the C check with a compiled `consumer`, for formats the C consumer reads
+    (on the first evaluation sequence)."""
+    with open_output(path) as output:
+        tensor = check_tensors(output, source, quiet=quiet, threads=threads)
+        result = Verification(tensor)
+        if not tensor.tensors:  # nothing compared: a different model altogether, the header says why
+            return result
+        if reference is not None:
+            result.functional = functional_check(output, reference, arithmetic=arithmetic, fp32_rtol=fp32_rtol,
+                                                 quiet=quiet)
+            limits = limits or QualityLimits()
+            result.quality = QualityVerdict(limits, gate, limits.exceeded(result.functional))
+        if consumer is not None and output.spec.family.c_consumer:
+            tokens = reference.tokens.sequences[0] if reference is not None else None
+            result.c_check = c_check(path, consumer, tokens=tokens)
     return result

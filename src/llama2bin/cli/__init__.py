@@ -11,9 +11,9 @@ import signal
 from collections.abc import Sequence
 
 from .. import __version__
-from ..formats import DIRECTORY, FORMATS
+from ..formats import FORMATS
 from . import arg_types
-from .errors import ErrorLineParser, run_reporting_errors
+from .errors import ErrorLineParser, configure_logging, run_reporting_errors
 from .export import add_export_format_args, cmd_export
 from .fetch import add_fetch_parser
 from .report import cmd_report, cmd_summary
@@ -22,7 +22,7 @@ from .tools import cmd_c_check, cmd_demo, cmd_inspect, cmd_tokenizer
 from .verify import add_parsers as add_verify_parsers
 
 VERSION_HELP = "\n".join(
-    f"  {name}: {spec.description}{'; OUT is a directory' if spec.kind == DIRECTORY else ''}\n"
+    f"  {name}: {spec.description}{'; OUT is a directory' if spec.directory else ''}\n"
     f"      read by {spec.read_by}; loses {spec.loses}"
     for name, spec in FORMATS.items()
 )
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=arg_types.token_id, nargs="+", metavar="ID",
                    help="token ids (default: 16 seeded random ids)")
     p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
-                   help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files, f32 for v0")
+                   help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files whose group size divides "
+                   "hidden_dim (runq.c's matmul), else f32")
     p.add_argument("--cc", metavar="CMD", help="C compiler command (default: $CC, else cc)")
     p.add_argument("--require-cc", action="store_true", help="fail instead of skipping when no compiler is found")
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
@@ -88,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("tokenizer", help="convert a sentencepiece tokenizer.model to llama2.c's tokenizer.bin "
-                       "(a tokenizer.bin input is checked against the vocab size and copied)")
-    p.add_argument("model", metavar="TOKENIZER.model|tokenizer.bin")
+    p = sub.add_parser("tokenizer", help="convert a tokenizer to the tokenizer.bin llama2.c-style programs read: "
+                       "a sentencepiece tokenizer.model (llama2.c's convention), Llama 3's tiktoken tokenizer.model "
+                       "or a byte-level BPE tokenizer.json (the Llama 3 ports' convention); the kind is detected from "
+                       "the content (a tokenizer.bin input is checked against the vocab size and copied)")
+    p.add_argument("model", metavar="TOKENIZER")
     p.add_argument("output", metavar="OUT.bin")
     p.add_argument("--vocab-size", type=arg_types.vocab_size,
                    help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
@@ -134,6 +137,7 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread (main() embedded in another program)

@@ -13,13 +13,12 @@ import math
 from collections.abc import Callable
 
 from ..constants import MAX_DIM, MAX_SEQ_LEN, MAX_VOCAB
-from ..errors import Llama2binError
 
 # Worker processes: far more than any machine this runs on, far less than a fork bomb.
 MAX_THREADS = 1024
-# Sequences of the functional evaluation set; the token count seqs x len is capped separately.
+# Sequences of the functional evaluation set; the token count seqs x len is capped separately
+# (checks.eval_tokens.check_size).
 MAX_EVAL_SEQS = 1 << 16
-MAX_EVAL_TOKENS = 1 << 24
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
@@ -36,13 +35,6 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 
     parse.__name__ = "integer"  # argparse names the type in its messages
     return parse
-
-
-def check_eval_tokens(seqs: int, length: int) -> None:
-    """Each bound alone is generous; their product sizes the evaluation set's arrays."""
-    if seqs * length > MAX_EVAL_TOKENS:
-        raise Llama2binError(f"--eval-seqs {seqs} x --eval-len {length} tokens is more than {MAX_EVAL_TOKENS}; "
-                             "evaluate fewer or shorter sequences")
 
 
 def finite_float(low: float, high: float = math.inf) -> Callable[[str], float]:

@@ -2,7 +2,7 @@
 
 The pipeline's `reverify` rule passes one JSON plan (workflow/rules/common.smk, reverify_plan):
 
-    {"models": [{"model": NAME, "source": "llama2c"|"meta"|"hf", "path": CHECKPOINT,
+    {"models": [{"model": NAME, "source": KIND (a registered source kind), "path": CHECKPOINT,
                  "max_seq_len": N (optional), "allow_rope_theta": bool (optional),
                  "files": [OUT, ...], "json": [RECORD, ...]}, ...],
      "verify_options": ["--eval-seqs", "8", ...]}
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Llama2binError
+from ..formats.source_registry import SOURCES
 
-SOURCE_FLAGS = {"llama2c": "--checkpoint", "meta": "--meta-llama", "hf": "--hf"}
 MODEL_KEYS = {"model", "source", "path", "max_seq_len", "allow_rope_theta", "files", "json"}
 
 
@@ -56,15 +56,17 @@ def parse_plan(text: str) -> list[ReverifyJob]:
         model = entry.get("model")
         if not isinstance(model, str) or not model:
             raise Llama2binError(f"reverify plan: {where}.model must be a non-empty string")
-        if entry.get("source") not in SOURCE_FLAGS:
-            raise Llama2binError(f"reverify plan: {where}.source must be one of {', '.join(SOURCE_FLAGS)}")
+        source = entry.get("source")
+        kind = SOURCES.get(source) if isinstance(source, str) else None
+        if kind is None:
+            raise Llama2binError(f"reverify plan: {where}.source must be one of {', '.join(SOURCES)}")
         path = entry.get("path")
         if not isinstance(path, str) or not path:
             raise Llama2binError(f"reverify plan: {where}.path must be a non-empty string")
         files = _strings(entry.get("files"), f"{where}.files")
         records = _strings(entry.get("json"), f"{where}.json")
         # "--flag=value": a path that starts with "-" is still the flag's value, not an option.
-        argv = ["verify", *files, f"{SOURCE_FLAGS[entry['source']]}={path}"]
+        argv = ["verify", *files, f"{kind.flag}={path}"]
         if "max_seq_len" in entry:
             if type(entry["max_seq_len"]) is not int:
                 raise Llama2binError(f"reverify plan: {where}.max_seq_len must be an integer")

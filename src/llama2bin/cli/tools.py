@@ -10,7 +10,7 @@ import sys
 from ..atomic import write_atomic
 from ..errors import Llama2binError
 from ..outputs_guard import check_outputs
-from .sources import open_source_from_args, source_paths
+from .sources import named_source, open_source_from_args, source_paths
 
 
 def _dump_json(obj: object) -> str:
@@ -38,8 +38,11 @@ def cmd_c_check(args: argparse.Namespace) -> int:
             if result.skipped:
                 print(f"{path}: C consumer check skipped: {result.skipped}")
             elif result.passed:
+                forced = "" if result.q8_sites is None else (
+                    f"; {result.q8_sites} activation quantizations teacher-forced, {result.q8_flips} flipped at a tie; "
+                    f"untethered as runq.c computes it: max |Δlogit| {result.q8_untethered_max_abs_diff:.3g}")
                 print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic, {len(result.tokens)} "
-                      f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g})")
+                      f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g}{forced})")
             else:
                 ok = False
                 for failure in result.failures:
@@ -68,24 +71,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    from ..tokenizer import read_tokenizer_bin, write_tokenizer_bin
+    from ..tokenizer import detect, tokenizer_entries
 
     check_outputs([args.model, *source_paths(args)], [args.output])
     vocab_size = args.vocab_size
-    if args.checkpoint or args.meta_llama or args.hf or args.bin:  # check against the model it will run with
+    if named_source(args):  # check against the model it will run with
         with open_source_from_args(args) as source:
             if vocab_size is not None and vocab_size != source.config.vocab_size:
                 raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
             vocab_size = source.config.vocab_size
-    if args.model.endswith(".bin"):  # already llama2.c's tokenizer.bin: checked, then copied as it is
-        if vocab_size is None:
-            raise Llama2binError(f"{args.model}: a tokenizer.bin does not record its size; give the model "
-                                 "(--checkpoint/--bin/...) or --vocab-size to check it against")
-        content = read_tokenizer_bin(args.model, vocab_size)  # refuses a tokenizer of another size
-        # the parsed entries re-encoded: the same bytes (the whole file was consumed), and exactly
-        # what was checked even if the input changes meanwhile
-        write_atomic(args.output, content.to_bytes())
-    else:
-        content = write_tokenizer_bin(args.model, args.output, vocab_size=vocab_size)
-    print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length})")
+    kind = detect(args.model)
+    # A tokenizer.bin input is parsed, checked and re-encoded: the same bytes (the whole file was
+    # consumed), and exactly what was checked even if the input changes meanwhile.
+    content = tokenizer_entries(args.model, vocab_size)
+    write_atomic(args.output, content.to_bytes())
+    convention = {"sentencepiece": "llama2.c's convention", "tokenizer.bin": "copied",
+                  "tiktoken": "the Llama 3 ports' convention", "tokenizer.json": "the Llama 3 ports' convention"}[kind.name]
+    print(f"wrote {args.output} ({content.vocab_size} tokens, max_token_length {content.max_token_length}; "
+          f"{kind.name}, {convention})")
     return 0

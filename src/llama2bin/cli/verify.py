@@ -26,7 +26,8 @@ def _add_eval_args(p: argparse.ArgumentParser, title: str) -> None:
                    help="sampled: sequences the source model generates from BOS (seeded, temperature 1, top-p 0.9; "
                    "default); random: uniform random ids")
     g.add_argument("--eval-text", metavar="FILE", help="evaluate on this text, tokenized with --tokenizer")
-    g.add_argument("--tokenizer", metavar="TOKENIZER.model", help="the model's sentencepiece model (for --eval-text)")
+    g.add_argument("--tokenizer", metavar="TOKENIZER", help="the model's tokenizer, for --eval-text: sentencepiece or "
+                   "tiktoken tokenizer.model, or tokenizer.json")
     g.add_argument("--eval-seqs", type=arg_types.eval_seqs, default=DEFAULT_SEQS, metavar="N", help=f"sequences ({DEFAULT_SEQS})")
     g.add_argument("--eval-len", type=arg_types.eval_len, default=DEFAULT_LEN, metavar="T",
                    help=f"tokens per sequence, at most max_seq_len and {MAX_LEN} ({DEFAULT_LEN}); "
@@ -47,7 +48,7 @@ def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: i
         tokens = et.load_tokens_file(args.eval_tokens)
     elif args.eval_text:
         if not args.tokenizer:
-            raise Llama2binError("--eval-text needs --tokenizer (the model's sentencepiece tokenizer.model)")
+            raise Llama2binError("--eval-text needs --tokenizer (the model's tokenizer.model or tokenizer.json)")
         tokens = et.text_tokens(args.eval_text, args.tokenizer, args.eval_seqs, args.eval_len)
     elif args.eval_recipe == "random":
         tokens = et.random_tokens(cfg.vocab_size, cfg.max_seq_len, args.eval_seqs, args.eval_len, args.eval_seed)

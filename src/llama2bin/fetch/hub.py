@@ -11,10 +11,10 @@ complete, as hard links into the cache (copies across file systems), renamed int
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +24,8 @@ from ..errors import Llama2binError
 from .record import FileRecord, git_blob_sha1
 from .spec import COMMIT_RE, SHA256_RE, SNAPSHOT_DIR, FetchSpec, HubFile
 from .url import reason
+
+log = logging.getLogger(__name__)
 
 
 def _env_true(name: str) -> bool:
@@ -191,8 +193,7 @@ def _link_or_copy(real: str, target: str) -> bool:
 
 def _note_copied(where: str, copied: int, quiet: bool) -> None:
     if copied and not quiet:
-        print(f"{where}: copied {copied} file(s) (the Hugging Face cache is on another file system)",
-              file=sys.stderr, flush=True)
+        log.info(f"{where}: copied {copied} file(s) (the Hugging Face cache is on another file system)")
 
 
 def place_file(real: str, final: str, quiet: bool) -> None:

@@ -8,8 +8,8 @@ read by huggingface_hub from the environment (HF_TOKEN) or its login cache, neve
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,9 @@ from ..progress import Progress
 from . import hub
 from .record import FileRecord, checkpoint_files, hash_files, open_regular, previous_record, sha256_file
 from .spec import DEFAULT_RETRY, SOURCE_JSON, FetchSpec, RetryPolicy, check_model_name, default_dest
-from .url import DEFAULT_CHUNK, Downloaded, Warn, download_url, stderr_warn
+from .url import DEFAULT_CHUNK, Downloaded, Warn, download_url, log_warning
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,7 +38,7 @@ class FetchResult:
 
 def _note(message: str, quiet: bool) -> None:
     if not quiet:
-        print(message, file=sys.stderr, flush=True)
+        log.info(message)
 
 
 def _fetch_path(spec: FetchSpec, quiet: bool, desc: str) -> list[FileRecord]:
@@ -151,7 +153,7 @@ def fetch(
     hf_endpoint: str | None = None,
     offline: bool | None = None,
     chunk_size: int = DEFAULT_CHUNK,
-    warn: Warn = stderr_warn,
+    warn: Warn = log_warning,
 ) -> FetchResult:
     """Obtain `model`'s checkpoint as `spec` says, into `dest` (default resources/checkpoints/MODEL),
     and write DEST/SOURCE.json last. `offline=None` follows HF_HUB_OFFLINE; `hf_endpoint` (default

@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 import re
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -40,11 +40,14 @@ from ..progress import Progress
 from .record import DEFAULT_CHUNK, sha256_file
 from .spec import DEFAULT_RETRY, RetryPolicy
 
+log = logging.getLogger(__name__)
+
 Warn = Callable[[str], None]
 
 
-def stderr_warn(message: str) -> None:
-    print(f"llama2bin: warning: {message}", file=sys.stderr, flush=True)
+def log_warning(message: str) -> None:
+    """The default `Warn`: a warning the CLI shows as `llama2bin: warning: ...`."""
+    log.warning(message)
 
 
 @dataclass
@@ -211,8 +214,7 @@ class _Download:
         elif resp.status == 200:
             if have:
                 if not self.quiet:
-                    print(f"{self.url}: the server ignored the Range request; downloading from the start",
-                          file=sys.stderr, flush=True)
+                    log.info(f"{self.url}: the server ignored the Range request; downloading from the start")
             have = 0
             mode = "wb"
             length = resp.headers.get("Content-Length")
@@ -278,7 +280,7 @@ def download_url(
     retry: RetryPolicy = DEFAULT_RETRY,
     quiet: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
-    warn: Warn = stderr_warn,
+    warn: Warn = log_warning,
 ) -> Downloaded:
     """Download a generic `url` to `final_path`: streamed to a hidden .part beside it, resumed
     after an interruption, retried on transient failures, verified, then renamed."""

@@ -16,14 +16,16 @@ equal group sizes share one.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 
 from ..constants import DEFAULT_GROUP_SIZE
 from ..errors import Llama2binError
 from ..model import ModelConfig
 from .q8_0 import choose_group_size
 from .registry import format_spec
+
+log = logging.getLogger(__name__)
 
 
 def _divides_rows(cfg: ModelConfig, gs: int) -> bool:
@@ -69,10 +71,6 @@ def plan_group_sizes(
                 raise Llama2binError(f"tensor {name} has {numel} elements, not a multiple of group size {gs}")
         plan[v] = gs
     for note in notes:
-        print(note, file=sys.stderr)
+        log.info(note)
     return plan
 
-
-def chunk_alignment(group_sizes: list[int]) -> int:
-    """Elements a row chunk must be a multiple of so that no group of any version straddles two chunks."""
-    return math.lcm(*group_sizes) if group_sizes else 1

@@ -10,35 +10,15 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
 from ..constants import MAGIC, QHEADER_SIZE, V0_HEADER_SIZE
 from ..errors import Llama2binError
 from ..model import FIELD_BOUNDS, LAYER_MATRICES, LAYER_TENSORS, ModelConfig, layer_name
+from .encodings import CODECS, Encoding
 
-
-class Encoding(StrEnum):
-    """How a section stores its values."""
-
-    F32 = "f32"  # float32 values
-    Q8 = "q8"  # int8 Q8_0 values
-    SCALE = "scale"  # float32 Q8_0 group scales
-
-    @property
-    def json_name(self) -> str:
-        """How verify JSON and the reports name a tensor stored this way: "f32" or "q8_0"."""
-        return "q8_0" if self is Encoding.Q8 else "f32"
-
-    @property
-    def dtype_name(self) -> str:
-        """How `inspect` names it: "float32" or "q8_0"."""
-        return "q8_0" if self is Encoding.Q8 else "float32"
-
-
-# Short aliases: the names the writer, reader and checks use.
+# Short aliases: the names the format modules, writer and reader use.
 F32 = Encoding.F32
 Q8 = Encoding.Q8
 SCALE = Encoding.SCALE
@@ -54,23 +34,36 @@ class Section:
     shape: tuple[int, ...]  # of the tensor (not of the section)
     offset: int
     nbytes: int
+    group_size: int | None = None  # of a Q8_0 section
 
 
 @dataclass(frozen=True)
 class Layout:
+    """A file as header bytes and sections at byte offsets: what the writer fills in one
+    positional-write pass and the reader finds tensors through. Any family whose files are
+    laid out this way (the .bin versions; GGUF's header and aligned tensor data) shares both."""
+
     format: str  # the registered format's name ("0", "1", "1f", "2")
     config: ModelConfig
     group_size: int | None
     header: bytes
     sections: tuple[Section, ...]
+    trailing: int = 0  # zero bytes after the last section (a format that pads its end to an alignment)
 
     @property
     def size(self) -> int:
         last = self.sections[-1]
-        return last.offset + last.nbytes
+        return last.offset + last.nbytes + self.trailing
 
     def sections_of(self, tensor: str) -> list[Section]:
         return [s for s in self.sections if s.tensor == tensor]
+
+    def by_tensor(self) -> dict[str, list[Section]]:
+        """Every tensor's sections, in file order."""
+        out: dict[str, list[Section]] = {}
+        for sec in self.sections:
+            out.setdefault(sec.tensor, []).append(sec)
+        return out
 
 
 # ---- headers: one field table that encodes and decodes ------------------------------------
@@ -226,119 +219,18 @@ def build_layout(
     offset = len(header)
     sections = []
     for tensor, encoding in order:
-        numel = math.prod(shapes[tensor])
-        if encoding == F32:
-            nbytes = 4 * numel
-        elif encoding == Q8:
-            nbytes = numel
-        else:
-            assert group_size
-            nbytes = 4 * (numel // group_size)
-        sections.append(Section(tensor, encoding, shapes[tensor], offset, nbytes))
+        gs = group_size if CODECS[encoding].quantizes else None
+        nbytes = CODECS[encoding].nbytes(math.prod(shapes[tensor]), gs)
+        sections.append(Section(tensor, encoding, shapes[tensor], offset, nbytes, gs))
         offset += nbytes
     return Layout(name, cfg, group_size, header, tuple(sections))
-
-
-FILE = "file"  # one .bin file
-DIRECTORY = "directory"  # a directory of files (hf)
-
-
-@dataclass(frozen=True)
-class FormatSpec:
-    """An output format, declaratively: its name, header, section order, who reads it, what it
-    loses, and how it is read back.
-
-    `header` is None for the hf directory, whose files are described by `formats.hf` and read
-    back through `sources/`; everything about layouts applies to `kind == FILE` only.
-    """
-
-    name: str
-    description: str  # in words, for `inspect` and --help
-    kind: str  # FILE or DIRECTORY
-    read_by: str
-    loses: str
-    header: HeaderSpec | None = None
-    order: Callable[[ModelConfig], list[SectionSpec]] | None = None
-    quantized: bool = False
-    # v0: vocab_size negated in the header when the classifier is not shared.
-    negative_vocab_unshared: bool = False
-    # runq.c quantizes activations and walks weights in groups that must not straddle a row, so
-    # every matrix row length (dim and hidden_dim) must be a multiple of the group size.
-    groups_within_rows: bool = False
-    # DIRECTORY formats: the `sources` kind that reads the output back.
-    source_kind: str | None = None
-    # How report titles name it; None: "version NAME".
-    report_title: str | None = None
-
-    @property
-    def title(self) -> str:
-        return self.report_title or f"version {self.name}"
-
-    def open_directory(self, path: str) -> Any:
-        """Read back an output of this DIRECTORY format: a sources.Source (canonical tensors).
-        A FILE format has no opener of its own: formats/reader.py reads it through its layout."""
-        if self.kind != DIRECTORY or self.source_kind is None:
-            raise ValueError(f"format {self.name} is not a directory format")
-        from ..sources import open_source  # an earlier stage: sources never import formats
-
-        # what the directory holds is checked against the source, so nothing is refused here
-        return open_source(self.source_kind, path, allow_rope_theta=True)
-
-    @property
-    def header_version(self) -> int:
-        """The version number the header stores (v0 has none: 0)."""
-        assert self.header is not None
-        return self.header.field("version").low if self.header.has("version") else 0
-
-    @property
-    def label(self) -> str:
-        """How file names and messages spell it: v0, v1, v1f, v2; hf."""
-        return self.name if self.kind == DIRECTORY else f"v{self.name}"
-
-    def header_bytes(self, cfg: ModelConfig, group_size: int | None) -> bytes:
-        assert self.header is not None
-        values: dict[str, Any] = {name: getattr(cfg, name) for name in PARAM_NAMES}
-        if self.negative_vocab_unshared and not cfg.shared_classifier:
-            values["vocab_size"] = -cfg.vocab_size
-        values["shared_classifier"] = int(cfg.shared_classifier)
-        values["group_size"] = group_size
-        return self.header.encode(values)
-
-    def decode_header(self, head: bytes, where: str) -> tuple[ModelConfig, int | None]:
-        """(model config, group size or None) from a header of this format; refuses out-of-range
-        fields and hyper-parameters no C reader can run."""
-        assert self.header is not None
-        fields = self.header.decode(head, where)
-        vocab = fields["vocab_size"]
-        if self.negative_vocab_unshared:
-            if vocab == 0:
-                raise Llama2binError(f"{where}: header field vocab_size = 0 at byte "
-                                     f"{self.header.field('vocab_size').offset} is out of range")
-            shared = vocab > 0
-        else:
-            shared = bool(fields.get("shared_classifier", 1))
-        params = {name: abs(fields[name]) if name == "vocab_size" else fields[name] for name in PARAM_NAMES}
-        cfg = ModelConfig(**params, shared_classifier=shared)
-        cfg.validate(where)
-        group_size = fields.get("group_size") if self.quantized else None
-        if group_size is not None and cfg.dim % group_size:
-            raise Llama2binError(
-                f"{where}: group_size {group_size} at byte {self.header.field('group_size').offset} "
-                f"does not divide dim {cfg.dim}"
-            )
-        return cfg, group_size
-
-    def layout(self, cfg: ModelConfig, group_size: int | None = None) -> Layout:
-        assert self.kind == FILE and self.order is not None
-        gs = group_size if self.quantized else None
-        return build_layout(self.name, cfg, gs, self.header_bytes(cfg, gs), self.order(cfg))
 
 
 def ak42_header(version: int, group_size: bool) -> HeaderSpec:
     """The 256-byte "ak42" header of v1, 1f and v2: magic, version, the 7 params (vocab_size
     positive), uint8 shared_classifier at 36, then int32 group_size at the unaligned 37 for the
     Q8_0 formats; for llama2.c's float32 v1 those bytes are 0, which is how a reader tells the two
-    apart (FORMATS.md)."""
+    apart (docs/formats.md)."""
     gs_bounds = (1, MAX_GROUP_SIZE) if group_size else (0, 0)
     fields = (
         magic_field(),

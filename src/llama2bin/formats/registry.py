@@ -2,22 +2,20 @@
 
 Adding a format = one module declaring a `FormatSpec` (+ its golden test), listed in
 `_MODULES`. Everything else - the writer, the reader's identification, `inspect`, the CLI's
---version choices and help - asks this registry. It never imports the reader (the reader
-imports it): reading an existing output back is formats/reader.py's `open_output`.
+--version choices and help, the pipeline's file names - asks this registry. It never imports
+the reader (the reader imports it): opening an existing output is families.py's `open_output`.
 """
 
 from __future__ import annotations
 
 from ..errors import Llama2binError
 from . import hf, v0, v1, v1f, v2
-from .layout import FILE, FormatSpec, magic_field, version_field
+from .layout import magic_field, version_field
+from .spec import FormatSpec
 
 _MODULES = (v0, v1, v1f, v2, hf)
 
 FORMATS: dict[str, FormatSpec] = {m.SPEC.name: m.SPEC for m in _MODULES}
-
-# Formats written to a single .bin file, in registry order.
-BIN_FORMATS: tuple[str, ...] = tuple(name for name, spec in FORMATS.items() if spec.kind == FILE)
 
 def format_spec(name: int | str) -> FormatSpec:
     """The registered format called `name` (0, 2 and "0", "2" alike)."""
@@ -41,7 +39,7 @@ def identify(head: bytes, where: str) -> FormatSpec:
     """
     if len(head) < 4:
         raise Llama2binError(f"{where}: too short ({len(head)} bytes) to hold a header")
-    tables = [(spec, spec.header) for spec in FORMATS.values() if spec.header is not None]
+    tables = [(spec, spec.header) for spec in FORMATS.values() if spec.header is not None]  # the .bin family
     tables.sort(key=lambda pair: -sum(f.constant for f in pair[1].fields))
     magic = magic_field()
     if magic.read(head) == magic.low:

@@ -1,15 +1,18 @@
-"""The rotary tables v0 stores after the weights.
+"""The rotary tables v0 stores after the weights, bit for bit as the seed computes them, without torch.
 
-Byte parity with the seed requires torch's own float32 cos/sin (SLEEF, within 1 ulp but not
-correctly rounded, so numpy cannot reproduce them). torch is imported here, lazily, and only
-when a v0 file is written or verified; everything else in llama2bin runs without it.
+The seed (llama2.c's model.py) computes, in torch float32:
+    f = 1.0 / (theta ** (torch.arange(0, hd, 2)[: (hd // 2)].float() / hd))
+    cos, sin = torch.cos(torch.outer(torch.arange(seq_len), f)), torch.sin(...)
+torch's pow, cos and sin are not correctly rounded, so numpy's own differ in the last bit of 1-3 %
+of entries; torch_cpu_math.py reproduces torch 2.13's CPU path exactly (SLEEF's powf in numpy, the
+C library's powf for the loop tail, MKL's VML cos/sin) and says how that was found. torch is never
+imported when the `mkl` wheel is installed; without it, torch's own cos/sin are used.
 
+`rope_freqs.inv_freq` gives a model's frequencies (the seed's when unscaled); `tables(inv_freq, positions)` takes any float32
+frequencies (e.g. Llama 3's scaled ones) and gives torch's cos/sin(outer(positions, inv_freq)).
 The tables are built in chunks of rows (issue 14.4: a 164 KB checkpoint declaring max_seq_len
-4194304 made the whole-table build allocate 3.3 GB). Each element is a pure function of its
-position and frequency, so a chunk is bit-identical to the same rows of the whole table as long
-as torch's vectorised cos/sin treat every element alike; chunks start at multiples of
-ROPE_CHUNK_ROWS rows, so any vector-width remainder handling is the same as for the whole table
-(tests/test_rope.py checks chunked == whole bit for bit).
+4194304 made the whole-table build allocate 3.3 GB); every entry is a function of its angle alone,
+so a chunk is bit-identical to the same rows of the whole table (tests/test_rope.py checks it).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ..constants import ROPE_THETA
-from ..errors import Llama2binError
+from ..rope_freqs import RopeScaling
+from ..rope_freqs import inv_freq as model_inv_freq
+from ..torch_cpu_math import torch_cos_sin
 
 # Rows per chunk: 4096 rows of a 128-wide head are 1 MiB per table.
 ROPE_CHUNK_ROWS = 4096
@@ -31,30 +36,35 @@ TABLE_READERS = ("llama2.rs (Rust)", "llama2.mojo (Mojo)", "llama2.cs (C#)", "ll
 HARD_CODED_10000 = ("llama2.c run.c",)
 
 
+def tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), float32 [len(positions), len(inv_freq)]: torch's `cos/sin(torch.outer(positions,
+    inv_freq))` bit for bit for integer positions and any float32 inverse frequencies."""
+    f = np.asarray(inv_freq)
+    if f.dtype != np.float32 or f.ndim != 1:
+        raise ValueError("inv_freq must be a 1-D float32 array")
+    t = np.asarray(positions)
+    if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError("positions must be a 1-D integer array")
+    angles = t.astype(np.int64).astype(np.float32)[:, None] * f[None, :]  # outer(): int64 -> float32, then one product
+    return torch_cos_sin(angles)
+
+
 def rope_chunks(
-    head_size: int, max_seq_len: int, theta: float = ROPE_THETA, chunk_rows: int = ROPE_CHUNK_ROWS
+    head_size: int, max_seq_len: int, theta: float = ROPE_THETA, chunk_rows: int = ROPE_CHUNK_ROWS,
+    scaling: RopeScaling | None = None, inv_freq: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(first row, freqs_cos rows, freqs_sin rows) for consecutive chunks of the
-    [max_seq_len, head_size // 2] float32 tables, as llama2.c computes them."""
-    try:
-        import torch
-    except ImportError:
-        raise Llama2binError("writing or verifying version 0 needs torch (pip install torch==2.13.0)") from None
+    [max_seq_len, head_size // 2] float32 tables, as llama2.c computes them: at `theta` with
+    `scaling` (rope_freqs.inv_freq, transformers' frequencies bit for bit), or from the given
+    float32 `inv_freq`."""
     if chunk_rows <= 0:
         raise ValueError("chunk_rows must be positive")
-    # One thread: torch's multi-threaded cos/sin now and then returned values off by ~1e-4 for
-    # the part of the table a second OpenMP thread computed (seen on a 2-core VM, ~1 run in 10);
-    # single-threaded they are the accurate, reproducible ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        f = 1.0 / (theta ** (torch.arange(0, head_size, 2)[: (head_size // 2)].float() / head_size))
-        for start in range(0, max_seq_len, chunk_rows):
-            t = torch.arange(start, min(max_seq_len, start + chunk_rows), device=f.device)
-            angles = torch.outer(t, f).float()
-            yield start, torch.cos(angles).numpy(), torch.sin(angles).numpy()
-    finally:
-        torch.set_num_threads(threads)
+    f = model_inv_freq(theta, head_size, scaling) if inv_freq is None else np.asarray(inv_freq)
+    if f.shape != (head_size // 2,):
+        raise ValueError(f"inv_freq has shape {f.shape}, the tables of head size {head_size} need ({head_size // 2},)")
+    for start in range(0, max_seq_len, chunk_rows):
+        cos, sin = tables(f, np.arange(start, min(max_seq_len, start + chunk_rows), dtype=np.int64))
+        yield start, cos, sin
 
 
 def rope_tables(head_size: int, max_seq_len: int, theta: float = ROPE_THETA) -> tuple[np.ndarray, np.ndarray]:
@@ -67,18 +77,19 @@ def rope_tables(head_size: int, max_seq_len: int, theta: float = ROPE_THETA) -> 
     return cos, sin
 
 
-def rope_json(theta: float) -> dict:
-    """What verify records about a v0 file's rotary tables: their base and who sees it."""
+def rope_json(theta: float, scaling: RopeScaling | None = None) -> dict:
+    """What verify records about a v0 file's rotary tables: their base (and scaling) and who sees it."""
     return {
         "theta": theta,
+        **({"scaling": scaling.to_json()} if scaling is not None else {}),
         "read_from_table_by": list(TABLE_READERS),
         "ignored_by": list(HARD_CODED_10000),
-        "all_readers_agree": theta == ROPE_THETA,
+        "all_readers_agree": theta == ROPE_THETA and scaling is None,
     }
 
 
-# Tables written by another torch build may differ in the last bits of cos/sin (SLEEF is within
-# 1 ulp, not correctly rounded); any other base differs by far more than this.
+# Tables written by another torch build or CPU may differ in the last bits of cos/sin (MKL 2026,
+# MKL's SSE4.2 path and SLEEF all round some entries differently); any other base differs by far more.
 _TABLE_ATOL = 1e-5
 
 

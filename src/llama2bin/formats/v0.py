@@ -1,7 +1,8 @@
 """v0: the legacy float32 layout (the seed's `legacy_export`; llama2.c `run.c`)."""
 
 from ..model import ModelConfig
-from .layout import F32, FILE, ROPE_COS, ROPE_SIN, V0_HEADER, FormatSpec, Layout, SectionSpec, build_layout, v0_weight_order
+from .layout import F32, ROPE_COS, ROPE_SIN, V0_HEADER, Layout, SectionSpec, build_layout, v0_weight_order
+from .spec import LLAMA2C_BIN, FormatSpec
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -14,10 +15,11 @@ def _order(cfg: ModelConfig) -> list[SectionSpec]:
 SPEC = FormatSpec(
     name="0",
     description="llama2.c v0 (float32, legacy export; no magic)",
-    kind=FILE,
+    family=LLAMA2C_BIN,
     header=V0_HEADER,
     order=_order,
     negative_vocab_unshared=True,
+    rope_tables=True,
     read_by="llama2.c run.c (and the ports that read its file: Rust, Mojo, C#, TypeScript, WASM)",
     loses="nothing of the weights (float32); rope_theta and norm_eps are not stored (run.c assumes 10000 and 1e-5)",
 )

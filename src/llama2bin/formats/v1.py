@@ -1,7 +1,8 @@
 """v1: the seed's `version1_export` (Q8_0; all int8 values, then all scales)."""
 
 from ..model import ModelConfig
-from .layout import F32, FILE, Q8, SCALE, FormatSpec, SectionSpec, ak42_header, norm_order, quantized_order
+from .layout import F32, Q8, SCALE, SectionSpec, ak42_header, norm_order, quantized_order
+from .spec import LLAMA2C_BIN, FormatSpec
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -12,7 +13,7 @@ def _order(cfg: ModelConfig) -> list[SectionSpec]:
 SPEC = FormatSpec(
     name="1",
     description="seed v1 (Q8_0: all q, then all scales; 'ak42' header version 1, group_size > 0)",
-    kind=FILE,
+    family=LLAMA2C_BIN,
     header=ak42_header(1, group_size=True),
     order=_order,
     quantized=True,

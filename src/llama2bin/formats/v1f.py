@@ -5,7 +5,8 @@ matrices in the Q8_0 formats' order; no rope tables.
 """
 
 from ..model import ModelConfig
-from .layout import F32, FILE, FormatSpec, SectionSpec, ak42_header, matrix_order, norm_order
+from .layout import F32, SectionSpec, ak42_header, matrix_order, norm_order
+from .spec import LLAMA2C_BIN, FormatSpec
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -15,7 +16,7 @@ def _order(cfg: ModelConfig) -> list[SectionSpec]:
 SPEC = FormatSpec(
     name="1f",
     description="llama2.c v1 (float32, current export.py --version 1; 'ak42' header version 1, group_size 0)",
-    kind=FILE,
+    family=LLAMA2C_BIN,
     header=ak42_header(1, group_size=False),
     order=_order,
     read_by="a few ports (a Zig port, a C/CUDA port; an open llama2.c pull request moves run.c to it); not run.c",

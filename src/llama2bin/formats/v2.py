@@ -1,7 +1,8 @@
 """v2: the interleaved Q8_0 layout llama2.c `runq.c` reads (each tensor's q, then its scales)."""
 
 from ..model import ModelConfig
-from .layout import F32, FILE, Q8, SCALE, FormatSpec, SectionSpec, ak42_header, norm_order, quantized_order
+from .layout import F32, Q8, SCALE, SectionSpec, ak42_header, norm_order, quantized_order
+from .spec import LLAMA2C_BIN, FormatSpec
 
 
 def _order(cfg: ModelConfig) -> list[SectionSpec]:
@@ -14,7 +15,7 @@ def _order(cfg: ModelConfig) -> list[SectionSpec]:
 SPEC = FormatSpec(
     name="2",
     description="llama2.c v2 (Q8_0, interleaved; runq.c)",
-    kind=FILE,
+    family=LLAMA2C_BIN,
     header=ak42_header(2, group_size=True),
     order=_order,
     quantized=True,

@@ -153,8 +153,10 @@ def c_check_text(c: dict[str, Any] | None) -> str | None:
     if c["skipped"]:
         outcome = f"SKIPPED ({c['skipped']})"
     elif c["passed"]:
+        forced = (f"every activation quantization teacher-forced, a one-step rounding difference only within "
+                  f"{c['tie_window']:g} of a tie; " if c.get("tie_window") else "")
         outcome = (f"agrees with the Python reference on {c['positions']} positions "
-                   f"(|Δlogit| ≤ {c['rel_tolerance']:g} × max(1, max |logit|))")
+                   f"({forced}|Δlogit| ≤ {c['rel_tolerance']:g} × max(1, max |logit|))")
     else:
         outcome = "FAILED: disagrees with the Python reference"
     return f"C consumer (c/consumer.c, memory-mapped as llama2.c reads it, {how}): {outcome}"

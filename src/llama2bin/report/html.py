@@ -173,7 +173,9 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
     for r in reports:
         rope = r.get("rope_tables")
         if rope:
-            notes.append(f"{r['label']}: rope tables at rope_theta {rope['theta']:g}, right for readers that use them "
+            scaled = f" with {rope['scaling']['rope_type']} scaling (factor {rope['scaling']['factor']:g})" \
+                if rope.get("scaling") else ""
+            notes.append(f"{r['label']}: rope tables at rope_theta {rope['theta']:g}{scaled}, right for readers that use them "
                          f"({', '.join(rope['read_from_table_by'])}); ignored by {', '.join(rope['ignored_by'])} "
                          "(10000).")
     if len(groups) < sum(r["quantized"] for r in reports):

@@ -58,7 +58,9 @@ def render_markdown(r: dict[str, Any]) -> str:
                      "outputs hold its dequantized values, not the original weights")
     if r.get("rope_tables"):
         rope = r["rope_tables"]
-        lines.append(f"- rope tables at rope_theta {rope['theta']:g}: right for readers that use them "
+        scaled = f" with {rope['scaling']['rope_type']} scaling (factor {rope['scaling']['factor']:g})" \
+            if rope.get("scaling") else ""
+        lines.append(f"- rope tables at rope_theta {rope['theta']:g}{scaled}: right for readers that use them "
                      f"({', '.join(rope['read_from_table_by'])}); ignored by {', '.join(rope['ignored_by'])} (10000)")
     w = r["worst_tensor"]
     if w and w["rel_err"]:

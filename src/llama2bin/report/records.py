@@ -80,14 +80,17 @@ def _functional_section(verify_result: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What the tracked report says of the C consumer check: outcome, arithmetic, tolerance.
-    The measured difference stays in results/ (it depends on the compiler)."""
+    """What the tracked report says of the C consumer check: outcome, arithmetic, tolerances (q8:
+    also the tie window of its teacher-forced activations). The measured differences and q8 flips
+    stay in results/ (they depend on the compiler)."""
     if not c:
         return None
     from ..checks.ccheck import TOLERANCE
+    from ..checks.q8_forcing import TIE_WINDOW
 
     return {"arithmetic": c["arithmetic"], "positions": len(c["tokens"]), "passed": c["passed"], "skipped": c["skipped"],
-            "rel_tolerance": TOLERANCE.get(c["arithmetic"])}
+            "rel_tolerance": TOLERANCE.get(c["arithmetic"]),
+            **({"tie_window": TIE_WINDOW} if c["arithmetic"] == "q8" else {})}
 
 
 def _weights_fingerprint(verify_result: dict[str, Any]) -> str:
@@ -121,8 +124,20 @@ def source_record(path: str) -> dict[str, Any]:
     if isinstance(record.get("path"), str):
         out["path"] = os.path.basename(os.path.normpath(record["path"]))
     files = record.get("files")
-    if isinstance(files, list):
-        out["files"] = [{k: f.get(k) for k in ("path", "sha256", "size")} for f in files if isinstance(f, dict)]
+    if files is not None:
+        # Checked here, where the record is read: a wrong type found while rendering would be
+        # blamed on the verify JSON being rendered.
+        if not isinstance(files, list):
+            raise Llama2binError(f"{path}: files must be a list, got {files!r:.60}")
+        out["files"] = []
+        for i, f in enumerate(files):
+            if not isinstance(f, dict):
+                raise Llama2binError(f"{path}: files[{i}] must be an object, got {f!r:.60}")
+            for key, kind in (("path", str), ("sha256", str), ("size", int)):
+                if not isinstance(f.get(key), kind) or isinstance(f.get(key), bool):
+                    raise Llama2binError(f"{path}: files[{i}].{key} must be {'an integer' if kind is int else 'a string'}, "
+                                         f"got {f.get(key)!r:.60}")
+            out["files"].append({k: f[k] for k in ("path", "sha256", "size")})
     return out
 
 

@@ -1,30 +1,13 @@
-"""Checkpoint sources: each opens a checkpoint as a config plus a lazy name -> tensor map."""
+"""Checkpoint sources: each opens a checkpoint as a config plus a lazy name -> tensor map.
+
+The readers live here, one module per kind (llama2c.py, meta.py, hf.py, with torchzip.py and
+safetensors.py below them); which kinds exist, their CLI flags and how each is opened is the
+source registry's (formats/source_registry.py: `open_source`), since one kind, an existing
+.bin, reads through the format reader of the next stage.
+"""
 
 from __future__ import annotations
 
-from .base import Source, TensorRef
-from .llama2c import Llama2cSource
+from .base import Source, SourceQuantization, TensorEncoding, TensorRef
 
-__all__ = ["Source", "TensorRef", "open_source"]
-
-
-def open_source(kind: str, path: str, *, max_seq_len: int | None = None, **options: object) -> Source:
-    """Open `path` as a checkpoint of `kind` ("llama2c", "meta" or "hf").
-
-    Options: allow_rope_theta (bool) accepts a rotary base other than 10000 in Meta/HF configs,
-    recording it in config.accepted_departures (llama2.c checkpoints have no such field).
-    """
-    allow_rope_theta = bool(options.pop("allow_rope_theta", False))
-    if options:
-        raise TypeError(f"unknown source option(s): {', '.join(sorted(options))}")
-    if kind == "llama2c":
-        return Llama2cSource(path, max_seq_len=max_seq_len)
-    if kind == "meta":
-        from .meta import MetaSource
-
-        return MetaSource(path, max_seq_len=max_seq_len, allow_rope_theta=allow_rope_theta)
-    if kind == "hf":
-        from .hf import HfSource
-
-        return HfSource(path, max_seq_len=max_seq_len, allow_rope_theta=allow_rope_theta)
-    raise ValueError(f"unknown source kind {kind!r}")
+__all__ = ["Source", "SourceQuantization", "TensorEncoding", "TensorRef"]

@@ -1,8 +1,15 @@
-"""The source seam: a checkpoint opened as a lazy map from canonical name to tensor reference.
+"""The lazy-tensor vocabulary every stage shares, and the source seam.
 
-A `TensorRef` knows its shape and how to read a range of rows as float32; nothing is read
-until a writer or verifier asks for rows, and then only those rows. Writers therefore hold
-one chunk at a time, whatever the model size.
+A `TensorRef` knows its shape, how its values are stored (`encoding`, and `group_size` for
+Q8_0) and how to read a range of rows as float32 (a Q8_0 tensor also hands out its int8 q and
+scales as they are, `read_q8`). Nothing is read until a writer, a verifier or the forward pass
+asks for rows, and then only those rows, so each holds one chunk at a time, whatever the model
+size. Checkpoint sources, outputs read back (formats/) and the forward pass (checks/) all speak
+it.
+
+A `Source` is an opened checkpoint: its config and a lazy canonical-name -> TensorRef map, plus
+its `quantization` when its tensors are already quantized (a Q8_0 .bin). docs/formats.md
+says what each encoding is, byte by byte.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -28,6 +36,29 @@ CHUNK_BYTES = 8 << 20
 
 # Storage dtypes we can read, by the names safetensors and torch use.
 DTYPE_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+
+
+class TensorEncoding(StrEnum):
+    """How a tensor's values are stored; the value is how verify JSON and reports name it."""
+
+    F32 = "f32"
+    F16 = "f16"
+    BF16 = "bf16"
+    F64 = "f64"
+    # llama2.c's Q8_0: int8 q per element, one float32 scale per group of `group_size` elements
+    Q8_0 = "q8_0"
+
+    @property
+    def dtype_name(self) -> str:
+        """How `inspect` names it: float32, float16, bfloat16, float64 or q8_0."""
+        return _DTYPE_NAMES[self]
+
+
+_DTYPE_NAMES = {TensorEncoding.F32: "float32", TensorEncoding.F16: "float16", TensorEncoding.BF16: "bfloat16",
+                TensorEncoding.F64: "float64", TensorEncoding.Q8_0: "q8_0"}
+# A raw tensor's storage dtype (safetensors and torch names) -> its encoding.
+DTYPE_ENCODING = {"F32": TensorEncoding.F32, "F16": TensorEncoding.F16, "BF16": TensorEncoding.BF16,
+                  "F64": TensorEncoding.F64}
 
 
 def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
@@ -59,10 +90,15 @@ def _raw_buffer(nbytes: int) -> np.ndarray:
 
 
 class TensorRef(ABC):
-    """A tensor not yet read. 1-D tensors count as one row."""
+    """A tensor not yet read. 1-D tensors count as one row.
+
+    `encoding` and `group_size` say how its values are stored (float32 unless a subclass says
+    otherwise); a Q8_0 tensor (`encoding` Q8_0, `group_size` set) also serves `read_q8`."""
 
     name: str
     shape: tuple[int, ...]
+    encoding: TensorEncoding = TensorEncoding.F32
+    group_size: int | None = None
 
     @property
     def rows(self) -> int:
@@ -86,6 +122,17 @@ class TensorRef(ABC):
         may or may not share memory with `out`. The default simply calls read_rows."""
         return self.read_rows(start, stop)
 
+    def read_q8(self, start: int, stop: int, q_out: np.ndarray | None = None,
+                s_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) of a Q8_0 tensor as stored: (int8 q, float32 scales), flat; the
+        rows must hold whole groups (`q_out`/`s_out` spare the allocations). Only tensors whose
+        encoding is Q8_0 have them."""
+        raise TypeError(f"tensor {self.name} is stored as {self.encoding}, not Q8_0")
+
+    def read_all(self) -> np.ndarray:
+        """The whole tensor as float32 in its shape (allocates it: tests and tiny models)."""
+        return self.read_rows(0, self.rows).reshape(self.shape)
+
     def identity(self) -> Any:
         """A key equal for two refs that certainly hold the same bytes (tied weights), else None."""
         return None
@@ -105,6 +152,10 @@ class FilePool:
             self._fds[path] = fd
         return fd
 
+    def adopt(self, path: str, fd: int) -> None:
+        """Use `fd`, already open on `path` (and checked by the caller), for its reads; closed with the pool."""
+        self._fds[path] = fd
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
@@ -122,6 +173,15 @@ class RawTensor(TensorRef):
     dtype: str
     pool: FilePool = field(repr=False, compare=False)
     key: Any = None
+
+    @property  # type: ignore[override]
+    def encoding(self) -> TensorEncoding:
+        return DTYPE_ENCODING[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes it occupies in its file."""
+        return self.numel * DTYPE_ITEMSIZE[self.dtype]
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return self.read_rows_into(start, stop, np.empty((stop - start) * self.cols, dtype=np.float32))
@@ -146,17 +206,35 @@ class RawTensor(TensorRef):
         return None if self.key is None else (self.path, self.key, self.offset)
 
 
+@dataclass(frozen=True)
+class SourceQuantization:
+    """A source whose tensors are already quantized (a Q8_0 .bin): its format and group size.
+
+    The writer carries its q and scales over to an output of the same group size instead of
+    quantizing twice; verify records it, since a float32 output then holds dequantized values."""
+
+    format: str  # the registered format it was read from ("1", "2")
+    group_size: int
+    encoding: TensorEncoding = TensorEncoding.Q8_0
+
+    def to_json(self) -> dict[str, Any]:
+        """What verify JSON and the reports record (`source_quantized`)."""
+        return {"format": self.format, "group_size": self.group_size}
+
+
 class Source(ABC):
     """An opened checkpoint: its config and a lazy canonical-name -> TensorRef map.
 
     A subclass's constructor opens its files through `self._pool` and fills `self._refs` with
     one TensorRef per canonical tensor (checked with `check_tensors`)."""
 
-    kind: str
+    kind: str  # its name in the source registry (formats/source_registry.py)
     path: str
     config: ModelConfig
     # Files that came with the checkpoint and other outputs may use (e.g. tokenizer.model).
     tokenizer_path: str | None = None
+    # Set when the tensors are already quantized (they are then Q8_0 TensorRefs at its group size).
+    quantization: SourceQuantization | None = None
     _refs: dict[str, TensorRef]
     _pool: FilePool
 
@@ -165,6 +243,11 @@ class Source(ABC):
 
     def tensor(self, name: str) -> TensorRef:
         return self._refs[name]
+
+    @property
+    def tensors(self) -> dict[str, TensorRef]:
+        """Every canonical weight, in canonical order (`output` only when unshared)."""
+        return {name: self._refs[name] for name in self.config.shapes()}
 
     def close(self) -> None:
         pool = getattr(self, "_pool", None)

@@ -9,10 +9,14 @@ directory is ever run: transformers is not even imported, so `trust_remote_code`
 HF stores q_proj/k_proj with each head's rows permuted for "rotate halves" RoPE; `HfRotaryRef`
 undoes that per head (with n_heads for q, n_kv_heads for k) while reading.
 
+Llama 3.x configs are read fully: rope_theta and rope scaling of type linear or llama3 (in either
+spelling, transformers 4's rope_scaling or 5's rope_parameters), tied embeddings, an explicit
+head_dim, bos_token_id and eos_token_id (one id or a list).
+
 What the .bin formats cannot express is refused with the config field or tensor named:
-other architectures, biases, rope scaling, a rotary base other than 10000 (unless
-allow_rope_theta), a head_dim that is not hidden_size / num_attention_heads, activations
-other than SiLU, a tied config with a different lm_head.
+other architectures, biases, other rope types (yarn, dynamic, ...), a rotary base other than
+10000 or any rope scaling (unless allow_rope_theta), a head_dim that is not hidden_size /
+num_attention_heads, activations other than SiLU, a tied config with a different lm_head.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig, canonical_name, hf_name
-from .base import FilePool, Source, TensorRef, check_tensors, tensors_equal
+from ..rope_freqs import RopeScaling
+from .base import FilePool, RawTensor, Source, TensorRef, check_tensors, tensors_equal
 from .policy import (
     bool_field,
     int_field,
@@ -34,13 +39,14 @@ from .policy import (
     optional_int_field,
     positive_float_field,
     require_dir,
-    rope_theta_departure,
+    rope_departures,
 )
+from .rope_config import rope_settings
 from .safetensors import SafetensorsFile
 from .torchzip import TorchTensor, TorchZip
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
@@ -50,9 +56,6 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 _INV_FREQ_RE = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
-# Rotary parameters that are only the plain base: anything else (factor, partial_rotary_factor,
-# original_max_position_embeddings, ...) is a kind of scaling the C readers do not do.
-_PLAIN_ROPE_KEYS = {"rope_type", "type", "rope_theta"}
 
 
 class HfRotaryRef(TensorRef):
@@ -67,6 +70,7 @@ class HfRotaryRef(TensorRef):
         self.src = src
         self.name = src.name
         self.shape = src.shape
+        self.encoding = src.encoding  # the permutation moves rows, the values stay as stored
         self.head_size = head_size
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
@@ -85,8 +89,9 @@ def _field(cfg: dict[str, Any], path: str, name: str) -> Any:
     return cfg[name]
 
 
-def _check_config(cfg: dict[str, Any], path: str, allow_rope_theta: bool) -> tuple[float, tuple[str, ...]]:
-    """Refuse every config.json setting the formats cannot express; returns (rope_theta, departures)."""
+def _check_config(cfg: dict[str, Any], path: str,
+                  allow_rope_theta: bool) -> tuple[float, tuple[str, ...], RopeScaling | None]:
+    """Refuse every config.json setting the formats cannot express; returns (rope_theta, departures, scaling)."""
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in _ARCHITECTURES:
         raise Llama2binError(f"{path}: model_type {model_type!r} is not supported (llama, or mistral without sliding window)")
@@ -114,32 +119,24 @@ def _check_config(cfg: dict[str, Any], path: str, allow_rope_theta: bool) -> tup
     n_heads = int_field(path, "num_attention_heads", _field(cfg, path, "num_attention_heads"))
     head_dim = optional_int_field(path, "head_dim", cfg.get("head_dim"))
     if head_dim is not None and (n_heads <= 0 or head_dim * n_heads != dim):
+        derived = f" = {dim / n_heads:g}" if n_heads > 0 else ""
         raise Llama2binError(
-            f"{path}: head_dim = {head_dim!r} but hidden_size / num_attention_heads = {dim}/{n_heads}: "
-            "llama2.c derives the head size from dim"
+            f"{path}: head_dim = {head_dim!r} but hidden_size / num_attention_heads = {dim}/{n_heads}{derived}: "
+            "no llama2.c format stores a head size (readers derive it as dim / n_heads), so this model cannot be expressed"
         )
 
-    # Rotary settings: transformers < 5 wrote top-level rope_theta and rope_scaling (null when
-    # plain); transformers 5 writes rope_parameters {rope_theta, rope_type}. Any rope type but
-    # "default", or any extra parameter, is scaling.
-    theta = cfg.get("rope_theta")
-    theta_field = "rope_theta"
-    for key in ("rope_scaling", "rope_parameters"):
-        params = cfg.get(key)
-        if params is None:
-            continue
-        if not isinstance(params, dict):
-            raise Llama2binError(f"{path}: {key} = {params!r}: rope scaling cannot be expressed")
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        extra = sorted(set(params) - _PLAIN_ROPE_KEYS)
-        if rope_type != "default" or extra:
-            what = f"rope_type {rope_type!r}" if rope_type != "default" else f"{extra[0]} = {params[extra[0]]!r}"
-            raise Llama2binError(f"{path}: {key} has {what}: rope scaling cannot be expressed in the .bin formats")
-        if "rope_theta" in params:
-            if theta is not None and params["rope_theta"] != theta:
-                raise Llama2binError(f"{path}: {key}.rope_theta = {params['rope_theta']!r} contradicts rope_theta = {theta!r}")
-            theta, theta_field = params["rope_theta"], f"{key}.rope_theta"
-    return rope_theta_departure(path, theta_field, 10000.0 if theta is None else theta, allow_rope_theta)
+    theta, theta_field, scaling, scaling_field = rope_settings(cfg, path)
+    return rope_departures(path, theta_field, theta, scaling, scaling_field, allow_rope_theta) + (scaling,)
+
+
+def _eos_ids(path: str, value: Any) -> tuple[int, ...]:
+    """eos_token_id: null, one id, or a list of ids (Llama 3.1/3.2 instruct: [128001, 128008, 128009])."""
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if len(values) > 64:
+        raise Llama2binError(f"{path}: eos_token_id lists {len(values)} ids; no model has that many")
+    return tuple(int_field(path, "eos_token_id", v) for v in values)
 
 
 class HfSource(Source):
@@ -152,20 +149,23 @@ class HfSource(Source):
         if not os.path.exists(config_path):
             raise Llama2binError(f"{path}: no {CONFIG_FILE} (not a Hugging Face model directory)")
         cfg = load_json_object(config_path, "Hugging Face config")
-        theta, departures = _check_config(cfg, config_path, allow_rope_theta)
+        theta, departures, scaling = _check_config(cfg, config_path, allow_rope_theta)
         self._pool = FilePool()
         try:
             raw, self._weights_desc = self._find_weights(path)
-            self._open(path, config_path, cfg, raw, theta, departures, max_seq_len)
+            self.stored: dict[str, RawTensor] = raw  # by Hugging Face key, as the files store them
+            self._open(path, config_path, cfg, raw, (theta, scaling, departures), max_seq_len)
         except BaseException:
             self._pool.close()
             raise
-        tokenizer = os.path.join(path, TOKENIZER_FILE)
-        self.tokenizer_path = tokenizer if os.path.isfile(tokenizer) else None
+        # tokenizer.model (sentencepiece: Llama 1/2) first, as the pipeline has always taken it;
+        # else tokenizer.json (Llama 3's only tokenizer at the top of an HF directory).
+        found = [os.path.join(path, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(path, f))]
+        self.tokenizer_path = found[0] if found else None
 
     # ---- weights ----------------------------------------------------------------------
 
-    def _find_weights(self, path: str) -> tuple[dict[str, TensorRef], dict[str, Any]]:
+    def _find_weights(self, path: str) -> tuple[dict[str, RawTensor], dict[str, Any]]:
         """HF name -> lazy raw tensor, from whichever weight files the directory has."""
         # lexists, not isfile: a weight file that is a FIFO, a device or a dangling link is opened
         # (and refused by name by safe_io) rather than skipped as if it were absent.
@@ -210,8 +210,8 @@ class HfSource(Source):
                 raise Llama2binError(f"{index_path}: shard {entry} is in the directory but missing from the index")
         return weight_map
 
-    def _safetensors_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, TensorRef]:
-        raw: dict[str, TensorRef] = {}
+    def _safetensors_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, RawTensor]:
+        raw: dict[str, RawTensor] = {}
         opened = {f: SafetensorsFile(os.path.join(path, f), self._pool) for f in files}
         for file, st in opened.items():
             for name in st.names:
@@ -228,8 +228,8 @@ class HfSource(Source):
                     raise Llama2binError(f"{opened[file].path}: has no tensor {name}, which the index puts there")
         return raw
 
-    def _bin_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, TensorRef]:
-        raw: dict[str, TensorRef] = {}
+    def _bin_files(self, path: str, weight_map: dict[str, str] | None, files: list[str]) -> dict[str, RawTensor]:
+        raw: dict[str, RawTensor] = {}
         for file in files:
             shard = os.path.join(path, file)
             z = TorchZip(shard, self._pool)
@@ -260,11 +260,11 @@ class HfSource(Source):
         path: str,
         config_path: str,
         cfg: dict[str, Any],
-        raw: dict[str, TensorRef],
-        theta: float,
-        departures: tuple[str, ...],
+        raw: dict[str, RawTensor],
+        rope: tuple[float, RopeScaling | None, tuple[str, ...]],
         max_seq_len: int | None,
     ) -> None:
+        theta, scaling, departures = rope
         def int_of(name: str) -> int:
             return int_field(config_path, name, _field(cfg, config_path, name))
 
@@ -315,6 +315,9 @@ class HfSource(Source):
             shared_classifier=shared,
             norm_eps=positive_float_field(config_path, "rms_norm_eps", cfg.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default
             rope_theta=theta,
+            rope_scaling=scaling,
+            bos_id=optional_int_field(config_path, "bos_token_id", cfg.get("bos_token_id")),
+            eos_ids=_eos_ids(config_path, cfg.get("eos_token_id")),
             accepted_departures=departures,
         )
         config.validate(config_path)

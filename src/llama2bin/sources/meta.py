@@ -5,7 +5,7 @@ model-parallel shards. Each shard is opened lazily (TorchZip: only its pickle is
 every tensor becomes a `ConcatTensor` over its per-shard pieces that reads, for a row range,
 just those rows from each shard. No shard and no whole tensor is ever held in memory.
 
-How Meta splits (FORMATS.md): norms are replicated in every shard; tok_embeddings,
+How Meta splits (docs/formats.md): norms are replicated in every shard; tok_embeddings,
 attention.wo and feed_forward.w2 are split along dim 1 (columns); wq, wk, wv, w1, w3 and
 output along dim 0 (rows).
 """
@@ -21,8 +21,17 @@ import numpy as np
 from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig
-from .base import FilePool, Source, TensorRef, check_tensors, split_classifier, tensors_equal
-from .policy import int_field, load_json_object, optional_int_field, positive_float_field, require_dir, rope_theta_departure
+from ..rope_freqs import LLAMA3, RopeScaling
+from .base import FilePool, Source, TensorEncoding, TensorRef, check_tensors, split_classifier, tensors_equal
+from .policy import (
+    bool_field,
+    int_field,
+    load_json_object,
+    optional_int_field,
+    positive_float_field,
+    require_dir,
+    rope_departures,
+)
 from .torchzip import TorchTensor, TorchZip
 
 PARAMS_FILE = "params.json"
@@ -39,8 +48,29 @@ _PARAMS_HARMLESS = {
     "multiple_of",  # only rounds hidden_dim, which we read from the tensors
     "ffn_dim_multiplier",  # likewise
     "max_batch_size",  # a runtime setting of Meta's generator
-    "use_scaled_rope",  # checked: must be false
+    "use_scaled_rope",  # Llama 3.1+: llama3 rope scaling, see meta_rope_scaling
 }
+
+# What Meta's reference code (meta-llama/llama-models, models/llama3/model.py `apply_scaling`)
+# applies when params.json says use_scaled_rope: llama3 scaling with these constants, the same for
+# every Llama 3.1, 3.2 and 3.3 model. For Llama 3.2 1B and 3B, Meta has since said the factor is 32
+# (llama-models issue #166; the Hugging Face config.json of those models was corrected to 32 after
+# release, and llama-models issue #241 reports the reference code's 8 failing past ~80k tokens).
+# Their params.json does not say so, so those two are recognised by their exact shape - the only
+# way for a Meta download and the Hugging Face copy of the same model to get the same RoPE.
+META_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+# (dim, n_layers, n_heads, n_kv_heads, vocab_size) of Llama 3.2 1B and 3B (base and instruct).
+LLAMA_3_2_SMALL_SHAPES = {(2048, 16, 32, 8, 128256): "Llama 3.2 1B", (3072, 28, 24, 8, 128256): "Llama 3.2 3B"}
+LLAMA_3_2_SMALL_FACTOR = 32.0
+
+
+def meta_rope_scaling(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, vocab_size: int) -> RopeScaling:
+    """The llama3 scaling a Meta checkpoint with use_scaled_rope: true is run with."""
+    params = dict(META_SCALING)
+    if (dim, n_layers, n_heads, n_kv_heads, vocab_size) in LLAMA_3_2_SMALL_SHAPES:
+        params["factor"] = LLAMA_3_2_SMALL_FACTOR
+    return RopeScaling(LLAMA3, params["factor"], params["low_freq_factor"], params["high_freq_factor"],
+                       int(params["original_max_position_embeddings"]))
 
 SPLIT_ROWS, SPLIT_COLS, REPLICATED = "rows", "cols", "replicated"
 
@@ -87,6 +117,11 @@ class ConcatTensor(TensorRef):
         # Row (axis 0) or column (axis 1) at which each part starts.
         sizes = [p.rows if axis == 0 else p.cols for p in parts]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+
+    @property  # type: ignore[override]
+    def encoding(self) -> TensorEncoding:
+        """The shards' storage (torch.save'd shards of one model share a dtype)."""
+        return self.parts[0].encoding
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         if len(self.parts) == 1:
@@ -163,11 +198,7 @@ class MetaSource(Source):
             raise Llama2binError(
                 f"{params_path}: unknown field {unknown[0]} = {params[unknown[0]]!r}: it may change the architecture"
             )
-        if params.get("use_scaled_rope"):
-            raise Llama2binError(
-                f"{params_path}: use_scaled_rope = {params['use_scaled_rope']!r}: scaled rotary embeddings "
-                "(Llama 3.1) cannot be expressed in the .bin formats"
-            )
+        scaled = bool_field(params_path, "use_scaled_rope", params.get("use_scaled_rope", False))
         for field in ("dim", "n_layers", "n_heads"):
             if field not in params:
                 raise Llama2binError(f"{params_path}: no {field}")
@@ -176,9 +207,6 @@ class MetaSource(Source):
         for f in ("n_kv_heads", "vocab_size", "max_seq_len"):
             ints[f] = optional_int_field(params_path, f, params.get(f))
         norm_eps = positive_float_field(params_path, "norm_eps", params.get("norm_eps", 1e-5))
-        theta, departures = rope_theta_departure(
-            params_path, "rope_theta", params.get("rope_theta", 10000.0), allow_rope_theta
-        )
 
         refs = self._concatenated_tensors(shards)
         for needed in ("tok_embeddings", "layers.0.feed_forward.w1", "output"):
@@ -188,22 +216,29 @@ class MetaSource(Source):
         vocab = ints["vocab_size"]
         if vocab is None or vocab == -1:  # Meta's convention: the tokenizer decides; the embeddings record it
             vocab = refs["tok_embeddings"].shape[0]
+        n_heads = ints["n_heads"]
+        n_kv_heads = n_heads if ints["n_kv_heads"] is None else ints["n_kv_heads"]  # 0 is refused
+        scaling = meta_rope_scaling(ints["dim"], ints["n_layers"], n_heads, n_kv_heads, vocab) if scaled else None
+        # Meta's ModelArgs default rope_theta is 10000 for Llama 2's code and 500000 for Llama 3's;
+        # every Llama 3 params.json states it, so a missing one means Llama 2.
+        theta, departures = rope_departures(params_path, "rope_theta", params.get("rope_theta", 10000.0), scaling,
+                                            "use_scaled_rope", allow_rope_theta)
         if max_seq_len is None:
             max_seq_len = DEFAULT_MAX_SEQ_LEN if ints["max_seq_len"] is None else ints["max_seq_len"]
         # Meta always stores output separately; it is "shared" only if it equals the embeddings.
         shared = split_classifier(refs)
-        n_heads = ints["n_heads"]
         config = ModelConfig(
             dim=ints["dim"],
             hidden_dim=refs["layers.0.feed_forward.w1"].shape[0],  # multiple_of rounding: trust the tensors
             n_layers=ints["n_layers"],
             n_heads=n_heads,
-            n_kv_heads=n_heads if ints["n_kv_heads"] is None else ints["n_kv_heads"],  # 0 is refused
+            n_kv_heads=n_kv_heads,
             vocab_size=vocab,
             max_seq_len=max_seq_len,
             shared_classifier=shared,
             norm_eps=norm_eps,
             rope_theta=theta,
+            rope_scaling=scaling,
             accepted_departures=departures,
         )
         config.validate(params_path)
