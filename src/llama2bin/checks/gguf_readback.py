@@ -28,6 +28,7 @@ for Q8_0 the histogram of per-block max errors), so the reports show GGUF output
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,7 @@ class _ChunkResult:
     sq_ref: float = 0.0
     worst_over_d: float = 0.0  # Q8_0: max |w - q*d| / d
     hist: np.ndarray | None = None  # Q8_0: per-block max error histogram (checks/tensor.py's bins)
+    digest: bytes = b""  # sha256 of the chunk's stored bytes (for the weights' fingerprint)
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,8 @@ def _check_block(x: np.ndarray, raw: np.ndarray, ggml_type: GgmlType, out: _Chun
     ref = x.astype(np.float64)
     out.n += x.size
     out.max_abs_err = max(out.max_abs_err, float(np.abs(diff).max(initial=0.0)))
-    out.sq_err += float(np.einsum("i,i->", diff, diff))  # not np.dot: BLAS threads spin (measured: 100x the CPU)
-    out.sq_ref += float(np.einsum("i,i->", ref, ref))
+    out.sq_err += float(np.sum(diff * diff))  # pairwise, not BLAS: the same bits everywhere (as checks/tensor.py)
+    out.sq_ref += float(np.sum(ref * ref))
     return None
 
 
@@ -213,7 +215,7 @@ def _check_chunk(task: _Task, source: Source, fd: int, path: str) -> _ChunkResul
     if os.preadv(fd, [raw], task.offset + task.start * per_row) != raw.size:
         raise Llama2binError(f"{path}: file shrank while being verified")
     x = np.ascontiguousarray(ref_t.read_rows(task.start, task.stop), dtype=np.float32).reshape(-1)
-    out = _ChunkResult()
+    out = _ChunkResult(digest=hashlib.sha256(raw).digest())
     gmax: list[np.ndarray] = []
     bytes_per_value = encoded_nbytes(task.ggml_type, 32) / 32
     for b in range(0, x.size, BLOCK):  # BLOCK is whole Q8_0 blocks and whole bytes of every type
@@ -233,9 +235,13 @@ def _check_chunk(task: _Task, source: Source, fd: int, path: str) -> _ChunkResul
 def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: TensorCheckResult,
                      shapes: dict[str, tuple[int, ...]], workers: int | None) -> float:
     """Run the chunk checks on worker processes; fold their results per tensor, in task order
-    (statistics never depend on timing). Returns the worst Q8_0 |w - q*d| / d."""
+    (statistics never depend on timing). Returns the worst Q8_0 |w - q*d| / d; sets the weights'
+    fingerprint (`weights_sha256`: name, type and the sha256 of each tensor's chunk digests, in
+    canonical order, as checks/tensor.py takes it over what it reads)."""
     fd = open_regular(path, "GGUF output")
     worst = 0.0
+    digests: dict[str, bytes] = {}
+    tensor_digest = hashlib.sha256()
     try:
         with ForkPool(tasks, lambda t: _check_chunk(t, source, fd, path), workers or default_workers(result.size)) as pool:
             stats: TensorStats | None = None
@@ -247,6 +253,8 @@ def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: Tens
                     stats = TensorStats(task.tensor, list(shapes[task.tensor]), task.ggml_type.name.lower(),
                                         32 if q8 else None, hf_name=task.gguf_name)
                     failed, hist = False, (np.zeros(len(_HIST_EDGES) - 1, np.int64) if q8 else None)
+                    tensor_digest = hashlib.sha256()
+                tensor_digest.update(r.digest)
                 if not failed and r.failure:
                     result.failures.append(r.failure)
                     failed = True
@@ -260,9 +268,16 @@ def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: Tens
                     if hist is not None and not failed:
                         stats.group_err_hist = hist.tolist()
                     result.tensors.append(stats.finish())
+                    digests[task.tensor] = tensor_digest.digest()
                     stats = None
     finally:
         os.close(fd)
+    h = hashlib.sha256()
+    for name in shapes:  # canonical order
+        if name in digests:
+            t = next(t for t in tasks if t.tensor == name)
+            h.update(f"{name}\0{t.ggml_type.name.lower()}\0".encode() + digests[name])
+    result.weights_sha256 = h.hexdigest()
     return worst
 
 
