@@ -51,6 +51,11 @@ def test_a_name_that_says_another_type_is_refused(tmp_path, capsys) -> None:
     assert not os.listdir(tmp_path)
 
 
+def test_tokenizer_and_name_without_a_gguf_output_are_refused(tmp_path, capsys) -> None:
+    rc = run_main(["export", str(tmp_path / "a.v2.bin"), "--hf", HF, "--version", "2", "--name", "x", "--quiet"], capsys)
+    assert rc.returncode == 1 and "--name: none of the outputs stores it" in rc.stderr and not os.listdir(tmp_path)
+
+
 def test_a_llama2c_checkpoint_with_its_tokenizer_bin(tmp_path, capsys) -> None:
     """--tokenizer names the vocabulary a .pt does not hold; verify checks it from the same file."""
     from llama2bin.sources.llama2c import Llama2cSource

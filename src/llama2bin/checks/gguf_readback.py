@@ -336,14 +336,15 @@ def check_gguf_output(output: Output, source: Source, quiet: bool = False, threa
     (GgufOutput.header_failures), then `verify_gguf`, the keys expected from the source with the
     file's own general.name (a label, not a property of the source) and the tokenizer the export
     was given (`tokenizer`, else the source's own; see formats/gguf_output.gguf_model_info)."""
-    from ..formats.gguf_output import gguf_model_info
+    from ..formats.gguf_output import GgufOutput, gguf_model_info
 
+    assert isinstance(output, GgufOutput), "the GGUF family's check"
     described = {**source.describe(), "config": source.config.to_json()}
     failures = output.header_failures(source.config)
     if failures:  # a different model: comparing tensors would only add noise
         return TensorCheckResult(output.display_name, output.spec.name, output.size, sha256_file(output.path), None,
                                  output.header_json(), described, failures=failures)
-    info = gguf_model_info(source, getattr(output, "model_name", None) or "", tokenizer)
+    info = gguf_model_info(source, output.model_name or "", tokenizer)
     result = verify_gguf(output.path, source, info, output.spec.name, threads)
     result.file, result.source = output.display_name, described
     return result

@@ -85,6 +85,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..formats.families import ExportOptions, write_outputs
 
     targets = export_targets(args.version, args.outputs)
+    if not any(spec.stores_tokenizer for spec, _ in targets):  # refused, not silently ignored
+        for flag, value in (("--tokenizer", args.tokenizer), ("--name", args.name)):
+            if value is not None:
+                raise Llama2binError(f"{flag}: none of the outputs stores it (GGUF outputs do; for llama2.c's "
+                                     "tokenizer.bin use `llama2bin tokenizer`)")
     options = ExportOptions(group_size=args.group_size, threads=args.threads, quiet=args.quiet,
                             allow_requantize=args.allow_requantize, tokenizer=args.tokenizer, model_name=args.name)
     inputs = source_paths(args) + ([args.tokenizer] if args.tokenizer else [])
