@@ -330,7 +330,7 @@ def test_unknown_version_writes_nothing(tmp_path, capsys):
     out = tmp_path / "x.bin"
     assert main(["export", str(out), "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "--version", "7"]) == 1
     err = capsys.readouterr().err
-    assert err == "llama2bin: error: unknown version '7' (known: 0, 1, 1f, 2, hf)\n"
+    assert err == "llama2bin: error: unknown version '7' (known: 0, 1, 1f, 2, hf, gguf-f32, gguf-f16, gguf-bf16, gguf-q8_0)\n"
     assert os.listdir(tmp_path) == []
 
 

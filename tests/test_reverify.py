@@ -46,7 +46,7 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path):
     [
         ("{not json", "not valid JSON"),
         ('{"models": {}}', "'models' list"),
-        ('{"models": [{"model": "a", "source": "gguf", "path": "x", "files": ["f"], "json": ["j"]}]}', "models[0].source"),
+        ('{"models": [{"model": "a", "source": "onnx", "path": "x", "files": ["f"], "json": ["j"]}]}', "models[0].source"),
         ('{"models": [{"model": "a", "source": "hf", "path": "x", "files": [], "json": ["j"]}]}', "models[0].files"),
         ('{"models": [{"model": "a", "source": "hf", "path": "x", "files": ["f"], "json": ["j"], "max_seq_len": "9"}]}',
          "models[0].max_seq_len"),

@@ -115,11 +115,12 @@ def open_output(path: str) -> Output:
         if len(directories) != 1:  # more than one directory format: identify by content then
             raise Llama2binError(f"{path}: is a directory, and no single directory format reads it")
         return CODE[directories[0].family.name].open(path)
-    with open(open_regular(path, "output"), "rb") as f:  # a regular file: a FIFO would block the read
-        head = f.read(_SNIFF_BYTES)
-    for code in CODE.values():
-        if code.sniff is not None and code.sniff(head):
-            return code.open(path)
+    if os.path.isfile(path):  # a regular file (a FIFO would block the read): the .bin reader refuses the rest
+        with open(open_regular(path, "output"), "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+        for code in CODE.values():
+            if code.sniff is not None and code.sniff(head):
+                return code.open(path)
     return CODE[LLAMA2C_BIN.name].open(path)  # identified by its header: v0 has no magic
 
 
