@@ -24,12 +24,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from .. import typed_json
 from ..errors import Llama2binError
 from ..formats import json_version
 from ..formats.reader import BinFile
@@ -146,8 +147,11 @@ class CCheckResult:
         return {**asdict(self), "passed": None if self.skipped else self.passed}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> CCheckResult:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def from_json(cls, d: Any, where: str = "C check result", path: str = "") -> CCheckResult:
+        """Checked field by field (typed_json): a wrong type is one error naming `where` and the field."""
+        result = typed_json.load(cls, d, where, path)
+        typed_json.derived(d, "passed", None if result.skipped else result.passed, where, path)
+        return result
 
 
 def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:

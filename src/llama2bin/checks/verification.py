@@ -15,8 +15,10 @@ verify JSON").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
+from .. import typed_json
+from ..errors import Llama2binError
 from ..formats.families import open_output
 from ..sources.base import Source
 from .ccheck import CCheckResult, Consumer, c_check
@@ -43,13 +45,19 @@ class QualityVerdict:
     def to_json(self) -> dict[str, Any]:
         return {"limits": self.limits.to_json(), "gate": self.gate, "exceeded": self.exceeded, "passed": self.passed}
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> QualityVerdict:
-        return cls(QualityLimits.from_json(d["limits"]), bool(d["gate"]), list(d["exceeded"]))
-
 
 _TENSOR_KEYS = ("file", "version", "format", "size", "sha256", "group_size", "header", "source", "tensors",
                 "source_quantized", "rope_tables", "weights_sha256")
+
+
+class _VerifyKeys(TypedDict):
+    """The keys of the verify JSON that are no field of the results it holds."""
+
+    schema: str
+    tensor_failures: list[str]  # TensorCheckResult.failures, beside the combined `failures`
+    functional: Any  # each a result (loaded below) or null
+    c_check: Any
+    quality: Any
 
 
 @dataclass
@@ -88,14 +96,27 @@ class Verification:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Verification:
-        tensor = TensorCheckResult.from_json({**{k: d[k] for k in _TENSOR_KEYS}, "failures": d["tensor_failures"]})
-        return cls(
-            tensor=tensor,
-            functional=FunctionalResult.from_json(d["functional"]) if d.get("functional") else None,
-            c_check=CCheckResult.from_json(d["c_check"]) if d.get("c_check") else None,
-            quality=QualityVerdict.from_json(d["quality"]) if d.get("quality") else None,
-        )
+    def from_json(cls, d: Any, where: str = "verification result") -> Verification:
+        """The results of a verify JSON (`to_json`'s form), every field checked against its type
+        at load (typed_json): a hand-edited, truncated or foreign file is one error naming
+        `where` and the field. Keys that follow from the others (`passed`, `correct`,
+        `failures`, `version`) must agree with them."""
+        keys = typed_json.check(d, _VerifyKeys, where)
+        if keys["schema"] != SCHEMA:
+            raise Llama2binError(f"{where}: schema is {keys['schema']!r}, this llama2bin reads {SCHEMA}")
+        tensor = typed_json.load(TensorCheckResult, {**d, "failures": keys["tensor_failures"]}, where)
+        functional = None if keys["functional"] is None else \
+            typed_json.load(FunctionalResult, keys["functional"], where, "functional")
+        quality = None if keys["quality"] is None else typed_json.load(QualityVerdict, keys["quality"], where, "quality")
+        c_check = None if keys["c_check"] is None else CCheckResult.from_json(keys["c_check"], where, "c_check")
+        result = cls(tensor, functional, c_check, quality)
+        for key, part in (("functional", functional), ("quality", quality)):
+            if part is not None:
+                typed_json.derived(d[key], "passed", part.passed, where, key)
+        for key, expected in (("version", tensor.version), ("failures", result.failures), ("correct", result.correct),
+                              ("passed", result.passed)):
+            typed_json.derived(d, key, expected, where)
+        return result
 
 
 def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,
