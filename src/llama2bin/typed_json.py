@@ -18,6 +18,7 @@ is one annotation, `x: X | None = None`, and files written before it still load.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -37,8 +38,9 @@ def _got(value: Any) -> str:
             dict: "an object"}.get(type(value), type(value).__name__)
 
 
+@functools.cache
 def _hints(tp: Any) -> dict[str, Any]:
-    return typing.get_type_hints(tp)
+    return typing.get_type_hints(tp)  # resolving string annotations is most of the cost of a load
 
 
 def _at(path: str, key: str | int) -> str:
@@ -47,8 +49,12 @@ def _at(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _fail(where: str, path: str, what: str) -> Llama2binError:
+def field_error(where: str, path: str, what: str) -> Llama2binError:
+    """The error of the field `path` of the file `where`: `x.json: tensors[3].rel_err {what}`."""
     return Llama2binError(f"{where}: {path} {what}" if path else f"{where} {what}")
+
+
+_fail = field_error
 
 
 def _missing(where: str, path: str, key: str) -> Llama2binError:

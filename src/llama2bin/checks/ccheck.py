@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import typed_json
 from ..errors import Llama2binError
-from ..formats import json_version
+from ..formats import FORMATS, json_version
 from ..formats.reader import BinFile
 from .eval_tokens import random_tokens
 from .forward import F32, Q8, bin_logits
@@ -150,6 +150,10 @@ class CCheckResult:
     def from_json(cls, d: Any, where: str = "C check result", path: str = "") -> CCheckResult:
         """Checked field by field (typed_json): a wrong type is one error naming `where` and the field."""
         result = typed_json.load(cls, d, where, path)
+        versions = [json_version(name) for name in FORMATS]
+        if result.version is not None and result.version not in versions:
+            raise typed_json.field_error(where, f"{path}.version" if path else "version",
+                                         f"must be one of {', '.join(map(repr, versions))}, got {result.version!r}")
         typed_json.derived(d, "passed", None if result.skipped else result.passed, where, path)
         return result
 

@@ -20,7 +20,7 @@ from .. import __version__, typed_json
 from ..checks.ccheck import CCheckResult
 from ..checks.tensor import TensorStats
 from ..checks.verification import Verification
-from ..formats import format_spec
+from ..formats import format_spec, json_version
 from .record_types import (
     CCheckSection,
     FetchedSection,
@@ -61,7 +61,10 @@ def load_c_check(path: str) -> CCheckResult:
 
 def load_report(path: str) -> Report:
     """A report JSON that build_report wrote, every field checked at load."""
-    return typed_json.check(_strict_json(path, "report"), Report, path)
+    value = _strict_json(path, "report")
+    report: Report = typed_json.check(value, Report, path)
+    typed_json.derived(value, "version", json_version(report["format"]), path)
+    return report
 
 
 def dump_json(obj: object) -> str:
