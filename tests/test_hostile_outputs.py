@@ -252,7 +252,7 @@ def test_report_on_json_of_the_wrong_shape(ws, tmp_path):
     good = json.load(open(ws["verify"]))
     typed = _write_json(str(tmp_path / "typed.verify.json"), {**good, "tensors": 5})
     out_dir = str(tmp_path / "out")
-    for path, needle in ((empty, f"{empty}: missing field 'c_check'"),
+    for path, needle in ((empty, f"{empty}: missing field 'schema'"),
                          (listed, f"{listed} must be an object, got a list"),
                          (typed, f"{typed}: tensors must be a list, got an integer")):
         run_hostile(HostileCase(f"report on {os.path.basename(path)}",

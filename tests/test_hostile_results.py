@@ -163,3 +163,18 @@ def test_every_wrong_type_in_a_report_json_is_refused_naming_its_field(results, 
     refused, accepted = _sweep(results["report"], load, tmp_path)
     _check_accepted(accepted)
     assert refused > 90 and accepted, (refused, accepted)
+
+
+def test_a_verify_json_without_an_optional_section_still_loads(results):
+    """A section that may be null may be absent (a file written before it was added): read as null."""
+    from llama2bin.checks.verification import Verification
+
+    with open(results["verify_cc"]) as f:
+        doc = json.load(f)
+    loaded = Verification.from_json(doc, "v.json")
+    assert loaded.to_json() == doc and loaded.c_check is not None
+    older = {k: v for k, v in doc.items() if k != "c_check"}
+    older["failures"] = older["failures"][: len(older["failures"]) - len(doc["c_check"]["failures"])]
+    assert Verification.from_json(older, "v.json").c_check is None
+    with pytest.raises(Llama2binError, match="^v.json: missing field 'tensors'$"):
+        Verification.from_json({k: v for k, v in doc.items() if k != "tensors"}, "v.json")

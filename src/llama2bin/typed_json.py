@@ -148,7 +148,17 @@ def load(cls: type[T], value: Any, where: str, path: str = "") -> T:
                 raise _missing(where, path, f.name)
             continue  # absent reads as null: a new optional field does not make older files wrong
         kwargs[f.name] = check(value[f.name], hints[f.name], where, _at(path, f.name))
-    return cls(**kwargs)
+    loaded = cls(**kwargs)
+    # A class whose JSON holds more than its fields (keys derived from them, values only some
+    # are valid) checks the rest in `json_loaded(self, value, where, path)`.
+    if (hook := getattr(cls, "json_loaded", None)) is not None:
+        hook(loaded, value, where, path)
+    return loaded
+
+
+def hints(tp: Any) -> dict[str, Any]:
+    """The resolved annotations of a dataclass or TypedDict (cached)."""
+    return _hints(tp)
 
 
 def derived(value: dict[str, Any], key: str, expected: Any, where: str, path: str = "") -> None:

@@ -147,15 +147,17 @@ class CCheckResult:
         return {**asdict(self), "passed": None if self.skipped else self.passed}
 
     @classmethod
-    def from_json(cls, d: Any, where: str = "C check result", path: str = "") -> CCheckResult:
+    def from_json(cls, d: Any, where: str = "C check result") -> CCheckResult:
         """Checked field by field (typed_json): a wrong type is one error naming `where` and the field."""
-        result = typed_json.load(cls, d, where, path)
+        return typed_json.load(cls, d, where)
+
+    def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
+        """typed_json's hook: the derived `passed` agrees, `version` is a format's."""
+        typed_json.derived(d, "passed", None if self.skipped else self.passed, where, path)
         versions = [json_version(name) for name in FORMATS]
-        if result.version is not None and result.version not in versions:
+        if self.version is not None and self.version not in versions:
             raise typed_json.field_error(where, f"{path}.version" if path else "version",
-                                         f"must be one of {', '.join(map(repr, versions))}, got {result.version!r}")
-        typed_json.derived(d, "passed", None if result.skipped else result.passed, where, path)
-        return result
+                                         f"must be one of {', '.join(map(repr, versions))}, got {self.version!r}")
 
 
 def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import typed_json
 from ..errors import Llama2binError
 from ..formats.output import Output
 from ..sources.base import Source
@@ -113,6 +114,10 @@ class FunctionalResult:
         d = asdict(self)
         edges = d.pop("kld_hist_edges")
         return {**d, "passed": self.passed, "kld_hist_edges": edges}
+
+    def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
+        """typed_json's hook: the derived `passed` agrees with `failures`."""
+        typed_json.derived(d, "passed", self.passed, where, path)
 
 
 class ReferenceModel:

@@ -14,11 +14,10 @@ verify JSON").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 from .. import typed_json
-from ..errors import Llama2binError
 from ..formats.families import open_output
 from ..sources.base import Source
 from .ccheck import CCheckResult, Consumer, c_check
@@ -45,6 +44,10 @@ class QualityVerdict:
     def to_json(self) -> dict[str, Any]:
         return {"limits": self.limits.to_json(), "gate": self.gate, "exceeded": self.exceeded, "passed": self.passed}
 
+    def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
+        """typed_json's hook: the derived `passed` agrees with the gate and the limits exceeded."""
+        typed_json.derived(d, "passed", self.passed, where, path)
+
 
 _TENSOR_KEYS = ("file", "version", "format", "size", "sha256", "group_size", "header", "source", "tensors",
                 "source_quantized", "rope_tables", "weights_sha256")
@@ -55,13 +58,14 @@ class _VerifyKeys(TypedDict):
 
     schema: str
     tensor_failures: list[str]  # TensorCheckResult.failures, beside the combined `failures`
-    functional: Any  # each a result (loaded below) or null
-    c_check: Any
-    quality: Any
 
 
 @dataclass
 class Verification:
+    """The tensor check's fields at the top of the JSON, then one key per further section: a
+    new section is one field here (`x: XResult | None = None`, XResult a dataclass with to_json);
+    to_json and from_json follow the fields, and files written before it read it as null."""
+
     tensor: TensorCheckResult
     functional: FunctionalResult | None = None
     c_check: CCheckResult | None = None
@@ -87,9 +91,7 @@ class Verification:
             "schema": SCHEMA,
             **{k: t[k] for k in _TENSOR_KEYS},
             "tensor_failures": self.tensor.failures,
-            "functional": self.functional.to_json() if self.functional else None,
-            "c_check": self.c_check.to_json() if self.c_check else None,
-            "quality": self.quality.to_json() if self.quality else None,
+            **{name: None if (part := getattr(self, name)) is None else part.to_json() for name in _sections()},
             "failures": self.failures,
             "correct": self.correct,
             "passed": self.passed,
@@ -103,20 +105,19 @@ class Verification:
         `failures`, `version`) must agree with them."""
         keys = typed_json.check(d, _VerifyKeys, where)
         if keys["schema"] != SCHEMA:
-            raise Llama2binError(f"{where}: schema is {keys['schema']!r}, this llama2bin reads {SCHEMA}")
+            raise typed_json.field_error(where, "schema", f"must be {SCHEMA!r}, got {keys['schema']!r}")
         tensor = typed_json.load(TensorCheckResult, {**d, "failures": keys["tensor_failures"]}, where)
-        functional = None if keys["functional"] is None else \
-            typed_json.load(FunctionalResult, keys["functional"], where, "functional")
-        quality = None if keys["quality"] is None else typed_json.load(QualityVerdict, keys["quality"], where, "quality")
-        c_check = None if keys["c_check"] is None else CCheckResult.from_json(keys["c_check"], where, "c_check")
-        result = cls(tensor, functional, c_check, quality)
-        for key, part in (("functional", functional), ("quality", quality)):
-            if part is not None:
-                typed_json.derived(d[key], "passed", part.passed, where, key)
+        hints = typed_json.hints(cls)
+        result = cls(tensor, **{name: typed_json.check(d.get(name), hints[name], where, name) for name in _sections()})
         for key, expected in (("version", tensor.version), ("failures", result.failures), ("correct", result.correct),
                               ("passed", result.passed)):
             typed_json.derived(d, key, expected, where)
         return result
+
+
+def _sections() -> list[str]:
+    """Verification's fields after the tensor check: each one key of the JSON."""
+    return [f.name for f in fields(Verification) if f.name != "tensor"]
 
 
 def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,
