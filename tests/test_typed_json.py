@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 import pytest
 
 from llama2bin.errors import Llama2binError
-from llama2bin.typed_json import check, load
+from llama2bin.typed_json import Checked, check, derived, load
 
 
 class Limits(TypedDict):
@@ -91,3 +91,21 @@ def test_a_union_reports_the_deeper_error_of_the_matching_kind():
         check([1, "2"], list[int] | None, "r.json", "stats")
     with pytest.raises(Llama2binError, match=r"^r.json: x must be an integer or a string, got a boolean$"):
         check(True, int | str, "r.json", "x")
+
+
+@dataclass
+class Verdict(Checked):
+    failures: list[str]
+
+    def json_loaded(self, value, where, path):
+        derived(value, "passed", not self.failures, where, path)
+
+
+def test_derived_keys_are_checked_by_the_class_hook():
+    assert load(Verdict, {"failures": [], "passed": True}, "v.json").failures == []
+    with pytest.raises(Llama2binError, match="^v.json: q.passed must be true or false, got a string$"):
+        check({"failures": [], "passed": "yes"}, Verdict, "v.json", "q")
+    with pytest.raises(Llama2binError, match="^v.json: passed is true, but the fields it follows from give false$"):
+        load(Verdict, {"failures": ["x"], "passed": True}, "v.json")
+    with pytest.raises(Llama2binError, match="^v.json: missing field 'passed'$"):
+        load(Verdict, {"failures": []}, "v.json")

@@ -149,11 +149,18 @@ def load(cls: type[T], value: Any, where: str, path: str = "") -> T:
             continue  # absent reads as null: a new optional field does not make older files wrong
         kwargs[f.name] = check(value[f.name], hints[f.name], where, _at(path, f.name))
     loaded = cls(**kwargs)
-    # A class whose JSON holds more than its fields (keys derived from them, values only some
-    # are valid) checks the rest in `json_loaded(self, value, where, path)`.
-    if (hook := getattr(cls, "json_loaded", None)) is not None:
-        hook(loaded, value, where, path)
+    if isinstance(loaded, Checked):
+        loaded.json_loaded(value, where, path)
     return loaded
+
+
+class Checked:
+    """Base of a dataclass whose JSON holds more than its fields' types say (keys derived from
+    them, like `passed`; values only some of which are valid): `load` calls `json_loaded` on
+    the built object with the JSON it came from."""
+
+    def json_loaded(self, value: dict[str, Any], where: str, path: str) -> None:
+        """Raise `field_error(where, <field below path>, ...)` for what the types cannot say."""
 
 
 def hints(tp: Any) -> dict[str, Any]:

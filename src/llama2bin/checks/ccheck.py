@@ -117,7 +117,7 @@ class Consumer:
 
 
 @dataclass
-class CCheckResult:
+class CCheckResult(typed_json.Checked):
     file: str
     version: int | str | None  # formats.json_version of the file's format: 0, 1, 2 or "1f"
     arithmetic: str | None
@@ -152,7 +152,7 @@ class CCheckResult:
         return typed_json.load(cls, d, where)
 
     def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
-        """typed_json's hook: the derived `passed` agrees, `version` is a format's."""
+        """The derived `passed` agrees, `version` is a format's."""
         typed_json.derived(d, "passed", None if self.skipped else self.passed, where, path)
         versions = [json_version(name) for name in FORMATS]
         if self.version is not None and self.version not in versions:

@@ -84,7 +84,7 @@ class QualityLimits:
 
 
 @dataclass
-class FunctionalResult:
+class FunctionalResult(typed_json.Checked):
     arithmetic: str
     quantized: bool
     eval: EvalSummaryJson  # EvalTokens.summary(): recipe, seqs, positions, sha256
@@ -116,7 +116,7 @@ class FunctionalResult:
         return {**d, "passed": self.passed, "kld_hist_edges": edges}
 
     def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
-        """typed_json's hook: the derived `passed` agrees with `failures`."""
+        """The derived `passed` agrees with `failures`."""
         typed_json.derived(d, "passed", self.passed, where, path)
 
 

@@ -29,7 +29,7 @@ SCHEMA = "llama2bin.verify/2"
 
 
 @dataclass
-class QualityVerdict:
+class QualityVerdict(typed_json.Checked):
     limits: QualityLimits
     gate: bool
     exceeded: list[str] = field(default_factory=list)
@@ -45,7 +45,7 @@ class QualityVerdict:
         return {"limits": self.limits.to_json(), "gate": self.gate, "exceeded": self.exceeded, "passed": self.passed}
 
     def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
-        """typed_json's hook: the derived `passed` agrees with the gate and the limits exceeded."""
+        """The derived `passed` agrees with the gate and the limits exceeded."""
         typed_json.derived(d, "passed", self.passed, where, path)
 
 
