@@ -154,6 +154,19 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(ms + np.float32(eps))) * weight
 
 
+# (cos, sin) float32 [len(positions), head_size // 2] for integer positions.
+RopeSource = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def table_rope(cos_table: TensorRef, sin_table: TensorRef) -> RopeSource:
+    """RoPE read from stored tables (v0's freqs_cos/freqs_sin), rows = positions."""
+    def read(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(positions.min()), int(positions.max()) + 1
+        cos, sin = cos_table.read_rows(lo, hi), sin_table.read_rows(lo, hi)
+        return cos[positions - lo], sin[positions - lo]
+    return read
+
+
 def rope_angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(cos, sin), each float32 [len(positions), len(inv_freq)]: pair j of position t turns by
     t * inv_freq[j] (`ModelConfig.inv_freq()`: the model's float32 frequencies, with its base and
@@ -299,13 +312,16 @@ class KVCache:
 
 def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
                   *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None,
-                  cache: KVCache | None = None, q8_hook: Q8Hook | None = None) -> np.ndarray:
+                  cache: KVCache | None = None, q8_hook: Q8Hook | None = None,
+                  rope: RopeSource | None = None) -> np.ndarray:
     """The final normalized hidden states float32 [S*T, dim] for an [S, T] array of sequences (or
     one sequence, S = 1), row s*T + t for position t of sequence s: what the classifier turns
     into logits. Small (positions x dim) whatever the vocabulary; `classify` makes logits of any
     block of rows. `on_layer` is called after every layer (progress). With a `cache`, `tokens`
     continue the sequences the cache holds (positions cache.length ...), and are added to it.
-    `q8_hook` (q8 only) may replace every activation quantization (see Q8Hook)."""
+    `q8_hook` (q8 only) may replace every activation quantization (see Q8Hook). `rope` replaces
+    the config's frequencies with (cos, sin) per position (e.g. a v0 file's stored tables, as the
+    ports that read them compute)."""
     tok = _check_tokens(tokens, cfg)
     n_seqs, n_tokens = tok.shape
     start = cache.length if cache is not None else 0
@@ -315,7 +331,7 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
     positions = np.arange(start, start + n_tokens)
-    cos, sin = rope_angles(cfg.inv_freq(), positions)
+    cos, sin = rope_angles(cfg.inv_freq(), positions) if rope is None else rope(positions)
     causal = np.arange(start + n_tokens)[None, :] > positions[:, None]  # [new, all]: no looking ahead
     scale = np.float32(1.0 / math.sqrt(hd))
     n_rows = n_seqs * n_tokens
@@ -375,12 +391,24 @@ def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence
 
 
 def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str = F32,
-               config: ModelConfig | None = None, q8_hook: Q8Hook | None = None) -> np.ndarray:
+               config: ModelConfig | None = None, q8_hook: Q8Hook | None = None,
+               rope_from_tables: bool = False) -> np.ndarray:
     """Logits of the model stored in .bin `path` (any version) for `tokens`, reading the weights
     lazily. `config` overrides what the file cannot store (rope_theta, norm_eps); its shapes must
-    be the file's."""
+    be the file's. `rope_from_tables`: RoPE from the file's own tables (v0), as the ports that
+    read them compute it."""
     with BinFile(path) as bf:
         cfg = bf.config if config is None else config
         if cfg.shapes() != bf.config.shapes():
             raise Llama2binError(f"{path}: the given config does not describe this file's tensors")
-        return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic, q8_hook=q8_hook)
+        rope = None
+        if rope_from_tables:
+            stored = bf.rope_tables()
+            if stored is None:
+                raise Llama2binError(f"{path}: RoPE from the tables needs a v0 file with rope tables")
+            rope = table_rope(*stored)
+        tok = _check_tokens(tokens, cfg)
+        weights = BinWeights(bf)
+        x = hidden_states(weights, cfg, tok, arithmetic=arithmetic, q8_hook=q8_hook, rope=rope)
+        out = classify(weights, cfg, x, arithmetic=arithmetic, q8_hook=q8_hook).reshape(*tok.shape, cfg.vocab_size)
+        return out[0] if np.asarray(tokens).ndim == 1 else out
