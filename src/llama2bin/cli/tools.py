@@ -23,6 +23,11 @@ def cmd_c_check(args: argparse.Namespace) -> int:
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
     check_outputs(args.files, args.json or [])
+    target = None
+    if args.target:
+        from ..formats.targets import target_spec
+
+        target = target_spec(args.target)
     compiler = find_compiler(args.cc)
     if compiler is None:
         if args.require_cc:
@@ -32,7 +37,7 @@ def cmd_c_check(args: argparse.Namespace) -> int:
     ok = True
     try:
         for i, path in enumerate(args.files):
-            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic)
+            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic, target=target)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             if result.skipped:
@@ -41,7 +46,8 @@ def cmd_c_check(args: argparse.Namespace) -> int:
                 forced = "" if result.q8_sites is None else (
                     f"; {result.q8_sites} activation quantizations teacher-forced, {result.q8_flips} flipped at a tie; "
                     f"untethered as runq.c computes it: max |Δlogit| {result.q8_untethered_max_abs_diff:.3g}")
-                print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic, {len(result.tokens)} "
+                rope = f", {result.target}'s RoPE ({result.rope})" if result.target else ""
+                print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic{rope}, {len(result.tokens)} "
                       f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g}{forced})")
             else:
                 ok = False

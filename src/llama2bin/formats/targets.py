@@ -49,7 +49,7 @@ TOKENIZER_DESCRIPTIONS = {
 
 # Above this, a KV cache allocated at start-up from seq_len gets a warning (Llama 3.2 1B exported
 # with its max_position_embeddings 131072: 8.6 GB in run.c).
-KV_CACHE_WARN_BYTES = 4 << 30
+KV_CACHE_WARN_BYTES = 2 << 30
 
 F32, Q8 = "f32", "q8"
 

@@ -168,3 +168,21 @@ def c_check_short(c: dict[str, Any] | None) -> str:
     if c["skipped"]:
         return "skipped"
     return f"agrees ({c['arithmetic']})" if c["passed"] else "FAILED"
+
+
+def target_rows(r: dict[str, Any]) -> list[list[str]]:
+    """The report's target table: the file as measured (the quantization's cost), then each target."""
+    def stats(f: dict[str, Any] | None) -> list[str]:
+        if not f:
+            return ["—"] * 4
+        p99 = f["kld_p99"] if "kld_p99" in f else (f.get("kld_percentiles") or {}).get("p99")
+        return [signed(f.get("delta_ppl")), num(f.get("kld_mean")), num(p99), pct(f["same_top"])]
+
+    f = r.get("functional")
+    rows = [["this file (source's RoPE)", "the model's", (f or {}).get("arithmetic", "—"), *stats(f), "—"]]
+    for t in r["targets"]:
+        rope = "tables" if t["rope_theta"] is None else f"{t['rope_theta']:g}, no scaling"
+        tf = t["functional"]
+        rows.append([f"{t['name']} ({t['program']})", rope, tf["arithmetic"] if tf else t["activations"], *stats(tf),
+                     "; ".join(t["departures"]) or "none"])
+    return rows

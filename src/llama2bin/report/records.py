@@ -80,6 +80,26 @@ def _functional_section(verify_result: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+_TARGET_STATS = ("delta_ppl", "ppl_ratio", "kld_mean", "same_top", "rms_dp", "max_abs_dlogit")
+
+
+def targets_section(verify_result: dict[str, Any]) -> list[dict[str, Any]]:
+    """verify --target: per target program, what it hard-codes, the departures accepted and the
+    quality as it computes the file (rounded), beside the file's own cost."""
+    out = []
+    for t in verify_result.get("targets", []):
+        f = t.get("functional")
+        out.append({
+            "name": t["name"], "program": t["program"], "rope_theta": t["rope_theta"], "activations": t["activations"],
+            "norm_eps": t["norm_eps"], "tokenizer": t["tokenizer"], "ports": t["ports"],
+            "departures": t["departures"], "warnings": t["warnings"],
+            "functional": f and {"arithmetic": f["arithmetic"], "positions": f["positions"],
+                                 "kld_p99": round_sig(f["kld_percentiles"]["p99"]),
+                                 **{k: round_sig(f[k]) for k in _TARGET_STATS if k in f}},
+        })
+    return out
+
+
 def c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the tracked report says of the C consumer check: outcome, arithmetic, tolerances (q8:
     also the tie window of its teacher-forced activations). The measured differences and q8 flips
@@ -185,7 +205,9 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         "model_config": verify_result["source"]["config"],
         "source": {**{k: v for k, v in verify_result["source"].items() if k != "config"},
                    **({"fetched": source} if source else {})},
-        "accepted_departures": verify_result["source"]["config"].get("accepted_departures", []),
+        # with --target: the departures of the programs that read this file; else the source's
+        "accepted_departures": list(dict.fromkeys(d for t in verify_result["targets"] for d in t["departures"]))
+        if verify_result.get("targets") else verify_result["source"]["config"].get("accepted_departures", []),
         "llama2bin": __version__,
         "worst_tensor": tensors[0] if tensors else None,
         "functional": _functional_section(verify_result),
@@ -196,6 +218,7 @@ def build_report(model: str, verify_result: dict[str, Any], c_check: dict[str, A
         # Q8_0 (binsrc), and v0 rope tables at a base run.c ignores
         **({"source_quantized": verify_result["source_quantized"]} if verify_result.get("source_quantized") else {}),
         **({"rope_tables": rope} if (rope := verify_result.get("rope_tables")) and not rope["all_readers_agree"] else {}),
+        **({"targets": targets} if (targets := targets_section(verify_result)) else {}),
     }
 
 
