@@ -26,7 +26,7 @@ rule export:
             else []
         ),
     shell:
-        "{params.llama2bin:q} export {output:q} {params.source:q} --version {params.versions:q}"
+        "{params.llama2bin:q} export {output:q} {params.source:q} {params.versions:q}"
         " {params.group_size:q} --threads {threads} > {log:q} 2>&1"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 

@@ -17,17 +17,27 @@ def _dump_json(obj: object) -> str:
     return json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n"
 
 
+def _bin_format(path: str) -> str:
+    """The registered format of a .bin file, from its header (directories: none)."""
+    import os
+
+    from ..formats import identify
+
+    if os.path.isdir(path):
+        return ""
+    with open(path, "rb") as f:
+        return identify(f.read(256), path).name
+
+
 def cmd_c_check(args: argparse.Namespace) -> int:
     from ..checks.ccheck import Consumer, c_check, find_compiler
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
     check_outputs(args.files, args.json or [])
-    target = None
-    if args.target:
-        from ..formats.targets import target_spec
+    from ..formats.targets import target_spec
 
-        target = target_spec(args.target)
+    targets = [target_spec(name) for name in args.target or []]
     compiler = find_compiler(args.cc)
     if compiler is None:
         if args.require_cc:
@@ -37,6 +47,9 @@ def cmd_c_check(args: argparse.Namespace) -> int:
     ok = True
     try:
         for i, path in enumerate(args.files):
+            target = next((t for t in targets if t.format == _bin_format(path)), None) if targets else None
+            if targets and target is None:
+                raise Llama2binError(f"{path}: none of the targets ({', '.join(args.target)}) reads this file's version")
             result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic, target=target)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
@@ -87,6 +100,11 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
                 raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
             vocab_size = source.config.vocab_size
     kind = detect(args.model)
+    if args.target:
+        from ..formats.targets import target_spec, tokenizer_mismatch
+
+        if (why := tokenizer_mismatch(target_spec(args.target), kind.name)) is not None:
+            raise Llama2binError(f"{args.model}: {why}")
     # A tokenizer.bin input is parsed, checked and re-encoded: the same bytes (the whole file was
     # consumed), and exactly what was checked even if the input changes meanwhile.
     content = tokenizer_entries(args.model, vocab_size)
