@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=arg_types.vocab_size,
                    help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
     add_source_args(p, required=False)
-    p.add_argument("--target", metavar="T", help="the program it is for: refuse a tokenizer written in another "
-                   "convention (llama3.c reads the Llama 3 ports' tokenizer.bin, run.c llama2.c's)")
+    p.add_argument("--target", nargs="+", metavar="T", help="the program(s) it is for: refuse a tokenizer written in "
+                   "another convention (llama3.c reads the Llama 3 ports' tokenizer.bin, run.c llama2.c's); the model "
+                   "is checked against each as export does")
     p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("demo", help="write a small deterministic llama2.c checkpoint (offline demo data)")

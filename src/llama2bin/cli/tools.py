@@ -10,7 +10,7 @@ import sys
 from ..atomic import write_atomic
 from ..errors import Llama2binError
 from ..outputs_guard import check_outputs
-from .sources import named_source, open_source_from_args, source_paths
+from .sources import check_targets, named_source, open_source_from_args, source_paths
 
 
 def _dump_json(obj: object) -> str:
@@ -96,14 +96,15 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     vocab_size = args.vocab_size
     if named_source(args):  # check against the model it will run with
         with open_source_from_args(args) as source:
+            check_targets(args, source)
             if vocab_size is not None and vocab_size != source.config.vocab_size:
                 raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
             vocab_size = source.config.vocab_size
     kind = detect(args.model)
-    if args.target:
-        from ..formats.targets import target_spec, tokenizer_mismatch
+    from ..formats.targets import target_spec, tokenizer_mismatch
 
-        if (why := tokenizer_mismatch(target_spec(args.target), kind.name)) is not None:
+    for name in args.target or []:
+        if (why := tokenizer_mismatch(target_spec(name), kind.name)) is not None:
             raise Llama2binError(f"{args.model}: {why}")
     # A tokenizer.bin input is parsed, checked and re-encoded: the same bytes (the whole file was
     # consumed), and exactly what was checked even if the input changes meanwhile.

@@ -110,6 +110,7 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
                    help="token ids to use as they are (JSON list of id lists, or one sequence per line): checked "
                    "against the model and recorded with their sha256")
     _add_eval_args(p, "recipe (without --eval-tokens)")
+    add_target_arg(p, "The model is checked against each as export does.")
     p.set_defaults(func=cmd_eval_tokens)
 
 
@@ -120,6 +121,7 @@ def cmd_eval_tokens(args: argparse.Namespace) -> int:
         check_size(args.eval_seqs, args.eval_len)
     check_outputs(source_paths(args) + _eval_inputs(args), [args.output])
     with open_source_from_args(args) as source:
+        check_targets(args, source)
         tokens = _make_eval_tokens(args, source, args.quiet)
     write_atomic(args.output, _dump_json(tokens.to_json()))
     print(f"wrote {args.output} ({tokens.recipe['kind']}, {len(tokens.sequences)} sequences, {tokens.positions} tokens, "
