@@ -142,5 +142,7 @@ def test_report_shows_each_targets_cost(trained, tmp_path, capsys):
     for row in ("| this file (source's RoPE) |", "| llama3.c (the Llama 3 ports' run.c", "| tables (the v0 ports",
                 "| llama3.c-runq (the Llama 3 ports' runq.c"):
         assert row in md
+    html = (tmp_path / "rep" / "scaled.html").read_text()
+    assert "llama3.c-runq (the Llama 3 ports" in html and "tables (the v0 ports" in html
     report = json.load(open(tmp_path / "rep" / "v2.json"))
     assert report["accepted_departures"] == [by["llama3.c-runq"]["departures"][0]]
