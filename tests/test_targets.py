@@ -12,7 +12,8 @@ import os
 
 import pytest
 import yaml
-from helpers import DATA, ROOT, run_cli
+from helpers import DATA, ROOT
+from llama_checkpoints import run
 
 from llama2bin.errors import Llama2binError
 from llama2bin.formats import FORMATS
@@ -122,21 +123,51 @@ def test_tokenizer_conventions():
     assert "run.c reads llama2.c's tokenizer.bin" in tokenizer_mismatch(TARGETS["run.c"], "tiktoken")
 
 
-def test_cli_target_and_version_are_exclusive_and_unknown_targets_are_named(tmp_path):
+def test_cli_target_and_version_are_exclusive_and_unknown_targets_are_named(tmp_path, capsys):
     ckpt = os.path.join(DATA, "tiny_a.pt")
     out = str(tmp_path / "m.v0.bin")
-    p = run_cli("export", out, "--checkpoint", ckpt, "--version", "0", "--target", "run.c")
-    assert p.returncode == 1 and "give --target or --version, not both" in p.stderr
-    p = run_cli("export", "--checkpoint", ckpt, "--target", "llama3", out)
-    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
-        f"llama2bin: error: unknown target 'llama3' (known: {', '.join(TARGETS)})"]
+    rc, _, err = run(["export", out, "--checkpoint", ckpt, "--version", "0", "--target", "run.c"], capsys)
+    assert rc == 1 and "give --target or --version, not both" in err
+    rc, _, err = run(["export", "--checkpoint", ckpt, "--target", "llama3", out], capsys)
+    assert rc == 1 and err.strip().splitlines() == [f"llama2bin: error: unknown target 'llama3' (known: {', '.join(TARGETS)})"]
     # a llama2.c checkpoint at 10000 is refused for llama3.c, written for run.c and tables
-    p = run_cli("export", "--checkpoint", ckpt, "--target", "llama3.c", out)
-    assert p.returncode == 1 and "llama3.c computes RoPE at 500000 without scaling; this model uses rope_theta 10000" \
-        in p.stderr
+    rc, _, err = run(["export", "--checkpoint", ckpt, "--target", "llama3.c", out], capsys)
+    assert rc == 1 and "llama3.c computes RoPE at 500000 without scaling; this model uses rope_theta 10000" in err
     assert not (tmp_path / "m.v0.bin").exists()
-    p = run_cli("export", "--checkpoint", ckpt, "--target", "run.c", "tables", out, "--quiet")
-    assert p.returncode == 0, p.stderr
-    assert f"{out}: for run.c, tables" in p.stdout
+    rc, stdout, err = run(["export", "--checkpoint", ckpt, "--target", "run.c", "tables", out, "--quiet"], capsys)
+    assert rc == 0, err
+    assert f"{out}: for run.c, tables" in stdout
     with open(out, "rb") as f, open(os.path.join(DATA, "tiny_a.v0.bin"), "rb") as g:
         assert f.read() == g.read()  # a target picks the format; the bytes are v0's
+
+
+@pytest.fixture(scope="module")
+def consumer():
+    from llama2bin.checks.ccheck import Consumer, find_compiler
+
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    with Consumer(compiler) as c:
+        yield c
+
+
+@pytest.mark.parametrize("file,target,rope,arithmetic", [
+    ("tiny_a.v0.bin", "llama3.c", "theta 500000", "f32"),
+    ("tiny_a.v0.bin", "tables", "tables", "f32"),
+    ("tiny_a.v2.bin", "llama3.c-runq", "theta 500000", "q8"),
+])
+def test_c_check_runs_the_targets_arithmetic_on_both_sides(consumer, file, target, rope, arithmetic):
+    from llama2bin.checks.ccheck import ProgramRope, c_check
+
+    path = os.path.join(DATA, file)
+    result = c_check(path, consumer, target=TARGETS[target])
+    assert result.passed, result.failures
+    assert (result.target, result.rope, result.arithmetic) == (target, rope, arithmetic)
+    # the C side really switched: at llama3.c's base its logits are not run.c's
+    if rope != "tables":
+        at_500000 = consumer.logits(path, result.tokens, arithmetic, rope=ProgramRope(500000.0))
+        at_10000 = consumer.logits(path, result.tokens, arithmetic)
+        assert abs(at_500000 - at_10000).max() > 1e-3
+    with pytest.raises(Llama2binError, match="reads v"):
+        c_check(path, consumer, target=TARGETS["runq.c" if file.endswith("v0.bin") else "run.c"])
