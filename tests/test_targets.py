@@ -88,6 +88,10 @@ def test_each_target_accepts_exactly_the_rope_it_computes():
     # tables carry any base and scaling
     for cfg in (LLAMA_3_2_1B, LLAMA_3_8B, STORIES15M):
         assert check_model(TARGETS["tables"], cfg, False).departures == ()
+    # one of the table ports has no grouped-query attention (tairov/llama2.py reads wk as dim x dim)
+    assert check_model(TARGETS["tables"], LLAMA_3_8B, False).warnings == (
+        "tairov/llama2.py of the tables ports cannot run grouped-query attention (32 heads, 8 kv heads)",)
+    assert check_model(TARGETS["tables"], STORIES15M, False).warnings == ()
 
 
 def test_hard_coded_bos_eos_and_eps_are_warned_and_recorded():

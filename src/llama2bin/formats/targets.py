@@ -69,6 +69,7 @@ class TargetSpec:
     kv_cache: str = "float32 keys and values, seq_len x n_layers x kv_dim each, allocated at start-up"
     kv_from_seq_len: bool = True  # the cache is sized from the header's seq_len (else by the user at run time)
     ports: tuple[str, ...] = ()  # programs that share these assumptions, by name
+    ports_without_gqa: tuple[str, ...] = ()  # of those, the ones that read wk/wv as dim x dim (checked in their source)
     sources: str = ""  # where the facts come from (file:line)
 
     @property
@@ -119,6 +120,7 @@ _TARGETS = (
                sources="llama3.c runq.c:408 (powf 500000)"),
     TargetSpec("tables", "the v0 ports that take RoPE from the file's tables", "0", None, True, 1e-5, F32,
                (LLAMA2C_TOKENIZER, LLAMA3_TOKENIZER), ports=TABLE_PORTS,
+               ports_without_gqa=("tairov/llama2.py",),  # llama2.py:60-61 reads wk, wv as n_layers x dim x dim
                sources="llama2.mojo:333-334, Program.cs:573-574, llama2.ts:125-126, llama2.py:68-69, run.rs:117-118, "
                "main.rs:274-281, llama2.rs:193-194, main.rs:454-455"),
     # Issue 18 (the gguf engineer) registers the GGUF formats and fills this in; until then it is
@@ -190,6 +192,9 @@ def check_model(target: TargetSpec, cfg: ModelConfig, allow_rope: bool, where: s
     if target.eos_ids and cfg.eos_ids and not set(cfg.eos_ids) & set(target.eos_ids):
         warnings.append(f"{target.name} stops at {'/'.join(map(str, target.eos_ids))}; this model's EOS is "
                         f"{'/'.join(map(str, cfg.eos_ids))}")
+    if target.ports_without_gqa and cfg.n_kv_heads != cfg.n_heads:
+        warnings.append(f"{', '.join(target.ports_without_gqa)} of the {target.name} ports cannot run grouped-query "
+                        f"attention ({cfg.n_heads} heads, {cfg.n_kv_heads} kv heads)")
     kv = kv_cache_warning(target, cfg)
     if kv is not None:
         warnings.append(kv)
