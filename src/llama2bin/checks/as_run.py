@@ -20,8 +20,9 @@ from ..errors import Llama2binError
 from ..formats.output import Output
 from ..formats.targets import TargetCheck, TargetSpec
 from ..model import ModelConfig
-from .forward import F32, RopeSource, table_rope
+from .forward import F32
 from .functional import FunctionalResult, ReferenceModel, functional_check
+from .rope_source import RopeSource, table_rope
 
 
 def program_config(target: TargetSpec, cfg: ModelConfig) -> ModelConfig:

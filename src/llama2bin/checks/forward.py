@@ -48,6 +48,7 @@ from ..formats.reader import BinFile
 from ..model import ModelConfig, layer_name
 from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef
 from . import numerics
+from .rope_source import RopeSource, table_rope
 
 F32 = "f32"
 Q8 = "q8"
@@ -164,19 +165,6 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float64)
     ms = np.mean(x * x, axis=-1, keepdims=True)
     return (x / np.sqrt(ms + float(eps))) * np.asarray(weight, dtype=np.float64)
-
-
-# (cos, sin) [len(positions), head_size // 2] for integer positions (float64, or float32 tables).
-RopeSource = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def table_rope(cos_table: TensorRef, sin_table: TensorRef) -> RopeSource:
-    """RoPE read from stored tables (v0's freqs_cos/freqs_sin), rows = positions."""
-    def read(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = int(positions.min()), int(positions.max()) + 1
-        cos, sin = cos_table.read_rows(lo, hi), sin_table.read_rows(lo, hi)
-        return cos[positions - lo].astype(np.float64), sin[positions - lo].astype(np.float64)
-    return read
 
 
 def rope_angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
