@@ -24,8 +24,9 @@ rule eval_tokens:
         llama2bin=LLAMA2BIN,
         source=source_args,
         recipe=eval_tokens_args,
+        targets=target_args(),
     shell:
-        "{params.llama2bin:q} eval-tokens {output:q} {params.source:q} {params.recipe:q} > {log:q} 2>&1"
+        "{params.llama2bin:q} eval-tokens {output:q} {params.source:q} {params.recipe:q} {params.targets:q} > {log:q} 2>&1"
         " || (s=$?; grep -h -E '^llama2bin: ' {log:q} >&2; exit $s)"
 
 

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 from .. import typed_json
+from ..errors import Llama2binError
 from ..formats.families import open_output
 from ..formats.spec import GGUF_FILE
+from ..formats.targets import TargetCheck
 from ..sources.base import Source
+from .as_run import TargetResult, measure_target
 from .ccheck import CCheckResult, Consumer, c_check
 from .forward import F32
 from .functional import FP32_RTOL, FunctionalResult, QualityLimits, ReferenceModel, functional_check
@@ -78,6 +81,8 @@ class Verification:
     c_check: CCheckResult | None = None
     quality: QualityVerdict | None = None  # None: no functional check ran
     llamacpp: CCheckResult | None = None  # llama.cpp as the client (families it loads), or why it was skipped
+    # --target: per target program reading this format, the quality as it computes (as_run.py)
+    targets: list[TargetResult] | None = None
 
     @property
     def failures(self) -> list[str]:
@@ -99,7 +104,10 @@ class Verification:
             "schema": SCHEMA,
             **{k: t[k] for k in _TENSOR_KEYS},
             "tensor_failures": self.tensor.failures,
-            **{name: None if (part := getattr(self, name)) is None else part.to_json() for name in _sections()},
+            **{name: None if (part := getattr(self, name)) is None else part.to_json() for name in _sections()
+               if name != "targets"},
+            # --target only: files without targets keep the key out
+            **({"targets": [t.to_json() for t in self.targets]} if self.targets else {}),
             "failures": self.failures,
             "correct": self.correct,
             "passed": self.passed,
@@ -131,14 +139,20 @@ def _sections() -> list[str]:
 def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,
                   consumer: Consumer | None = None, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                   limits: QualityLimits | None = None, gate: bool = False, threads: int | None = None,
-                  quiet: bool = True, tokenizer: str | None = None) -> Verification:
+                  quiet: bool = True, targets: tuple[TargetCheck, ...] = (), tokenizer: str | None = None) -> Verification:
     """Verify the output at `path` (any registered format) against `source`, opened once: the
     tensor check always; the functional check with a `reference` (the source on the model's
     evaluation tokens); the C check with a compiled `consumer`, for formats the C consumer reads
     (on the first evaluation sequence); llama.cpp, for formats it loads, when a `reference` gives
-    the tokens (skipped with the reason recorded when the binding is not installed). `tokenizer`:
-    the model's tokenizer, for formats that store one (GGUF; None: the source's own)."""
+    the tokens (skipped with the reason recorded when the binding is not installed). `targets`: the
+    programs the outputs are for; each one that reads this output's format measures it as it
+    computes (one of them must). `tokenizer`: the model's tokenizer, for formats that store one
+    (GGUF; None: the source's own)."""
     with open_output(path) as output:
+        mine = [c for c in targets if c.target.format == output.spec.name]
+        if targets and not mine:
+            raise Llama2binError(f"{path}: none of the targets ({', '.join(c.target.name for c in targets)}) reads "
+                                 f"{output.spec.label}")
         family_check = _TENSOR_CHECKS.get(output.spec.family.name)
         if family_check is not None:
             tensor = family_check(output, source, quiet=quiet, threads=threads, tokenizer=tokenizer)
@@ -157,4 +171,5 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
             result.c_check = c_check(path, consumer, tokens=tokens)
         if reference is not None and output.spec.family.llamacpp:
             result.llamacpp = llamacpp_check(output, reference.tokens.sequences[0], fp32_rtol)
+        result.targets = [measure_target(output, c, reference, quiet) for c in mine] or None
     return result
