@@ -123,8 +123,8 @@ _TARGETS = (
                ports_without_gqa=("tairov/llama2.py",),  # llama2.py:60-61 reads wk, wv as n_layers x dim x dim
                sources="llama2.mojo:333-334, Program.cs:573-574, llama2.ts:125-126, llama2.py:68-69, run.rs:117-118, "
                "main.rs:274-281, llama2.rs:193-194, main.rs:454-455"),
-    # Issue 18 (the gguf engineer) registers the GGUF formats and fills this in; until then it is
-    # listed, refused with a reason, and kept out of nothing (the schema enum holds every target).
+    # Its format is registered (gguf_formats.py). llama.cpp quantizes activations itself: its own logits
+    # are verify's llama.cpp check; "as run" here is the float32 functional check on the GGUF's weights.
     TargetSpec("llama.cpp", "llama.cpp (ggml-org/llama.cpp)", "gguf-q8_0", None, True, None, Q8, ("gguf",),
                kv_cache="f16 keys and values for the context chosen at run time (-c)", kv_from_seq_len=False,
                ports=("mukel/llama3.java",), sources="READERS.md, llama.cpp section"),
