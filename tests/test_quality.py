@@ -236,3 +236,24 @@ def test_logit_memory_does_not_grow_with_the_vocabulary(tmp_path, monkeypatch):
             tracemalloc.stop()
     assert result.passed and result.positions == 64 and result.kld_max == 0
     assert peak < 64 << 20, peak
+
+
+def test_verify_writes_the_same_eval_tokens_as_the_eval_tokens_command(trained, tmp_path):
+    """The pipeline makes the tokens inside the verify job (--write-eval-tokens): the same bytes as
+    `eval-tokens` with the same recipe, and the same verify result as reading them back."""
+    bin_path = str(tmp_path / "t.v2.bin")
+    with open_source("llama2c", trained) as src:
+        export(src, [("2", bin_path)], quiet=True)
+    recipe = ["--eval-seqs", "2", "--eval-len", "9", "--eval-seed", "3"]
+    alone, inside = str(tmp_path / "alone.json"), str(tmp_path / "inside.json")
+    assert run_cli("eval-tokens", alone, "--checkpoint", trained, *recipe, "--quiet").returncode == 0
+    one, two = str(tmp_path / "one.json"), str(tmp_path / "two.json")
+    made = run_cli("verify", bin_path, "--checkpoint", trained, *recipe, "--write-eval-tokens", inside,
+                   "--json", one, "--quiet")
+    assert made.returncode == 0, made.stderr
+    assert open(inside, "rb").read() == open(alone, "rb").read()
+    reread = run_cli("verify", bin_path, "--checkpoint", trained, "--eval-tokens", alone, "--json", two, "--quiet")
+    assert reread.returncode == 0, reread.stderr
+    assert open(one, "rb").read() == open(two, "rb").read()
+    assert_refused(run_cli("verify", bin_path, "--checkpoint", trained, "--no-functional", "--write-eval-tokens",
+                           str(tmp_path / "x.json")), "--write-eval-tokens")

@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..formats import FORMATS
-from . import arg_types
 from .errors import ErrorLineParser, configure_logging, run_reporting_errors
-from .export import add_export_format_args, cmd_export
 from .fetch import add_fetch_parser
-from .report import cmd_report, cmd_summary
-from .sources import add_source_args
-from .tools import cmd_c_check, cmd_demo, cmd_inspect, cmd_tokenizer
-from .verify import add_parsers as add_verify_parsers
 
-VERSION_HELP = "\n".join(
-    f"  {name}: {spec.description}{'; OUT is a directory' if spec.directory else ''}\n"
-    f"      read by {spec.read_by}; loses {spec.loses}"
-    for name, spec in FORMATS.items()
-)
+DESCRIPTION = "Convert LLaMA checkpoints to llama2.c .bin files."
+
+
+def version_help() -> str:
+    from ..formats import FORMATS
+
+    return "\n".join(
+        f"  {name}: {spec.description}{'; OUT is a directory' if spec.directory else ''}\n"
+        f"      read by {spec.read_by}; loses {spec.loses}"
+        for name, spec in FORMATS.items()
+    )
 
 
 def cmd_reverify(args: argparse.Namespace) -> int:
@@ -36,7 +36,15 @@ def cmd_reverify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+    from ..formats import FORMATS
+    from . import arg_types
+    from .export import add_export_format_args, cmd_export
+    from .report import cmd_report, cmd_summary
+    from .sources import add_source_args
+    from .tools import cmd_c_check, cmd_demo, cmd_inspect, cmd_tokenizer
+    from .verify import add_parsers as add_verify_parsers
+
+    parser = ErrorLineParser(prog="llama2bin", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -45,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write one or more .bin versions in one pass over the checkpoint",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write OUT.bin (several outputs pair up with several --version values).",
-        epilog="versions:\n" + VERSION_HELP,
+        epilog="versions:\n" + version_help(),
     )
     p.add_argument("outputs", nargs="*", metavar="OUT.bin")
     add_source_args(p)
@@ -134,8 +142,19 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def fetch_parser() -> argparse.ArgumentParser:
+    """The parser of `llama2bin fetch` alone: the same subcommand, without importing numpy and the
+    format modules the other commands need (a pipeline's record of a `path:` source is a job of
+    its own per model, so its start-up is paid once per model)."""
+    parser = ErrorLineParser(prog="llama2bin", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_fetch_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = fetch_parser() if argv[:1] == ["fetch"] else build_parser()
     args = parser.parse_args(argv)
     configure_logging()
     try:
