@@ -3,7 +3,7 @@ every non-local job is a separate process started by submit.sh with an empty env
 a job that relied on the submitting process (its environment, its imports, its state) would
 fail here. The results must be what a local run gives: the tracked reports/ byte for byte
 (tests/test_pipeline.py holds those to a fresh local run), the .bin files by their sha256
-recorded in reports/summary.json."""
+recorded in reports/summary.json, and every verify JSON what a local `reverify` writes."""
 
 from __future__ import annotations
 
@@ -70,6 +70,18 @@ def test_default_pipeline_through_the_cluster_executor(tmp_path):
     assert bins
     for path, row in zip(bins, (r for r in summary if r["file"].endswith(".bin")), strict=True):
         assert sha256(str(path)) == row["sha256"], row["file"]
+
+    # The same verification in another layout and thread count: `reverify` in this process's
+    # environment with one thread, against the cluster jobs' verify JSONs (2 threads, empty
+    # environment): identical bytes, unrounded statistics included.
+    local = snakemake(workdir, "reverify", cores=1, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+                      timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    records = sorted((workdir / "results").glob("*/reverify/*.verify.json"))
+    assert len(records) == len(summary)
+    for record in records:
+        pipeline = record.parent.parent / record.name
+        assert record.read_bytes() == pipeline.read_bytes(), record.name
 
 
 def test_slurm_profile_is_valid_and_sizes_every_job(tmp_path):

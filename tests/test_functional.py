@@ -206,7 +206,7 @@ def test_statistics_match_an_independent_computation():
 
 
 def test_statistics_stream_in_blocks(monkeypatch):
-    """Logits are compared in row blocks; the result does not depend on the block size."""
+    """Logits are compared in blocks of vocabulary entries; the result does not depend on the block size."""
     from llama2bin.checks import metrics
 
     rng = np.random.default_rng(1)
@@ -214,8 +214,8 @@ def test_statistics_stream_in_blocks(monkeypatch):
     got = (ref + rng.normal(0, 0.1, size=ref.shape)).astype(np.float32)
     nxt = rng.integers(-1, 64, size=30)
     whole = compare_logits(ref, got, nxt)
-    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 7 * 64)
-    assert metrics.block_rows(64) == 7
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 7 * 30)
+    assert metrics.block_columns(30) == 7  # 10 blocks of the 64 entries
     blocks = compare_logits(ref, got, nxt)
     for key in ("kld_mean", "kld_max", "same_top", "ppl_source", "ppl_file", "rms_dp", "max_abs_dlogit"):
         assert blocks[key] == pytest.approx(whole[key], rel=1e-12)

@@ -7,7 +7,10 @@ every version, so all versions are measured on the same positions. Four recipes:
   llama2.c run.c's default sampler (temperature 1.0, top-p 0.9). Needs no tokenizer and no data
   set, and is text the model finds plausible, so its output distributions are as peaked as on
   real text - unlike random ids, on which every model is unsure. Cost: `length` forward steps of
-  one position each (KV cache), each reading the source's weights once.
+  one position each (KV cache), each reading the source's weights once, and per sampled token
+  O(vocabulary) for the softmax and the top-p selection (no sort of the vocabulary: `_nucleus`).
+  The forward uses plain float64 BLAS products (forward.py says why that is safe for decisions)
+  and the probabilities numerics.exp, so the same seed gives the same tokens on every machine.
 - `text`: a text file tokenized with the model's tokenizer (sentencepiece, tokenizer.json or
   Llama 3's tiktoken tokenizer.model), cut into
   sequences of `length` tokens, each starting with BOS.
@@ -31,6 +34,7 @@ import numpy as np
 from ..errors import Llama2binError
 from ..safe_io import parse_json, read_capped
 from ..sources.base import Source
+from . import numerics
 from .forward import KVCache, SourceWeights, classify, hidden_states
 
 RECIPES = ("sampled", "random", "text", "file")
@@ -131,19 +135,74 @@ def random_tokens(vocab_size: int, max_seq_len: int, seqs: int = DEFAULT_SEQS, l
     return EvalTokens(ids.tolist(), {"kind": "random", "seqs": seqs, "len": length, "seed": seed})
 
 
+# A candidate set is sorted only once it is this small (or all its probabilities are equal);
+# larger sets are narrowed by RADIX_BITS of their probabilities' bit patterns at a time.
+_SORT_BELOW, _RADIX_BITS = 1024, 16
+
+
+class _Walk:
+    """Tokens `ids` (ascending) with probabilities `vals`, walked in run.c's order - probability
+    descending, ties by id - adding up their probabilities from 0. `first_exceeding(target)`:
+    (the first token at which the running sum exceeds `target`, the sum there), or (None, the
+    total) when none does. O(n) per call and no sort of the set: the walk goes bucket by bucket
+    (the bit patterns of non-negative floats order like their values, so the top bits of a
+    probability name its bucket), each bucket's mass summed in id order; only the bucket where
+    the sum crosses `target` is looked into, recursively, and sorted only once it is small. Every
+    sum is in a fixed order, so the result depends on the probabilities alone."""
+
+    def __init__(self, vals: np.ndarray, ids: np.ndarray):
+        self.top = self._level(vals, vals.view(np.uint64), ids, 0.0)
+
+    @staticmethod
+    def _level(vals: np.ndarray, keys: np.ndarray, ids: np.ndarray, before: float) -> tuple:
+        if vals.size <= _SORT_BELOW or keys.min() == keys.max():
+            order = np.lexsort((ids, -vals))  # probability descending, then id ascending
+            return ("sorted", ids[order], np.cumsum(np.concatenate(([before], vals[order])))[1:], before)
+        lo = int(keys.min())
+        shift = max(0, (int(keys.max()) - lo).bit_length() - _RADIX_BITS)
+        bucket = ((keys >> np.uint64(shift)) - np.uint64(lo >> shift)).astype(np.intp)
+        mass = np.bincount(bucket, weights=vals)[::-1]  # highest probabilities first
+        return ("buckets", (vals, keys, ids, bucket), np.cumsum(np.concatenate(([before], mass))), before)
+
+    def first_exceeding(self, target: float) -> tuple[int | None, float]:
+        kind, members, running, before = self.top
+        while kind == "buckets":
+            crossed = np.flatnonzero(running[1:] > target)
+            if crossed.size == 0:
+                return None, float(running[-1])
+            vals, keys, ids, bucket = members
+            inside = bucket == len(running) - 2 - crossed[0]
+            kind, members, running, before = self._level(vals[inside], keys[inside], ids[inside],
+                                                         float(running[crossed[0]]))
+        crossed = np.flatnonzero(running > target)
+        if crossed.size == 0:
+            return None, float(running[-1]) if running.size else before
+        return int(members[crossed[0]]), float(running[crossed[0]])
+
+
 def _nucleus(probs: np.ndarray, top_p: float, u: float) -> int:
-    """run.c's sample_topp: the smallest set of most likely tokens whose mass reaches top_p,
-    sampled by `u` in [0, 1) scaled to that mass. As run.c, only tokens above
-    (1 - top_p) / (n - 1) can be in that set, so only those are sorted."""
-    cutoff = (1.0 - top_p) / max(len(probs) - 1, 1)
-    cand = np.flatnonzero(probs >= cutoff)
-    if cand.size == 0:
-        cand = np.arange(len(probs))
-    order = cand[np.argsort(-probs[cand], kind="stable")]
-    cum = np.cumsum(probs[order])
-    last = int(min(np.searchsorted(cum, top_p), len(order) - 1))
-    r = u * cum[last]
-    return int(order[min(int(np.searchsorted(cum[: last + 1], r, side="right")), last)])
+    """run.c's sample_topp: the most likely tokens until their mass exceeds top_p (all
+    candidates if it never does), one of them drawn by `u` in [0, 1) scaled to that mass.
+    Candidates are, as in run.c, the tokens at or above (1 - top_p) / (n - 1). O(n) per token:
+    two walks of the candidates (`_Walk`), never a sort of the vocabulary."""
+    if not np.isfinite(probs).all():
+        raise Llama2binError("sampling evaluation tokens: the source model's logits are not finite")
+    above = probs >= (1.0 - top_p) / max(len(probs) - 1, 1)
+    if above.all() or not above.any():
+        ids, vals = np.arange(len(probs)), probs
+    else:
+        ids = np.flatnonzero(above)
+        vals = probs[ids]
+    walk = _Walk(vals, ids)
+    last, mass = walk.first_exceeding(top_p)
+    if last is None:  # the nucleus is every candidate; its last, the least likely (highest id among equals)
+        last = int(ids[vals == vals.min()].max())
+    picked, _ = walk.first_exceeding(u * mass)
+    # The same walk reaches `mass` at `last`, and u * mass <= mass: only rounding up can carry the
+    # pick past the nucleus, where run.c returns its last token.
+    if picked is None or (probs[picked], -picked) < (probs[last], -last):
+        return last
+    return picked
 
 
 def sampled_tokens(source: Source, seqs: int = DEFAULT_SEQS, length: int = DEFAULT_LEN, seed: int = DEFAULT_SEED,
@@ -162,14 +221,13 @@ def sampled_tokens(source: Source, seqs: int = DEFAULT_SEQS, length: int = DEFAU
     cache = KVCache()  # each step computes the new position only
     progress = Progress(length - 1, "sample evaluation tokens", unit="tok", quiet=quiet)
     try:
-        while tok.shape[1] < length:
-            last = hidden_states(weights, cfg, tok[:, -1:], cache=cache)  # [seqs, dim]
-            logits = classify(weights, cfg, last).astype(np.float64) / TEMPERATURE
-            probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            probs /= probs.sum(axis=-1, keepdims=True)
-            nxt = [_nucleus(p, TOP_P, float(rng.random())) for p in probs]
-            tok = np.concatenate([tok, np.array(nxt, dtype=np.int64)[:, None]], axis=1)
-            progress.update(1)
+        with numerics.blas_threads(1):
+            while tok.shape[1] < length:
+                last = hidden_states(weights, cfg, tok[:, -1:], cache=cache, exact=False)  # [seqs, dim]
+                probs = numerics.softmax(classify(weights, cfg, last, exact=False) / TEMPERATURE)
+                nxt = [_nucleus(p, TOP_P, float(rng.random())) for p in probs]
+                tok = np.concatenate([tok, np.array(nxt, dtype=np.int64)[:, None]], axis=1)
+                progress.update(1)
     finally:
         progress.close()
     return EvalTokens(tok.tolist(), {"kind": "sampled", "seqs": seqs, "len": length, "seed": seed,

@@ -1,4 +1,4 @@
-"""A reference LLaMA forward pass in numpy float32: the oracle for functional verification.
+"""A reference LLaMA forward pass in numpy float64: the oracle for functional verification.
 
 It computes what llama2.c's run.c computes (and Meta's model.py, and transformers'
 LlamaForCausalLM on un-permuted weights): RMSNorm with eps, rotary embeddings on *adjacent
@@ -14,13 +14,22 @@ it is needed, dropping it right after. Given a lazy mapping (`BinWeights` over a
 `SourceWeights` over a checkpoint) nothing is cached, matrices are multiplied in row blocks
 and embeddings are gathered row by row, so peak memory is one block of one tensor plus the
 activations - never the model. `logits` holds positions x vocabulary; the functional check
-instead takes `hidden_states` and runs `classify` on blocks of positions. A plain dict of
+instead takes `hidden_states` and runs `classify` on blocks of the vocabulary. A plain dict of
 arrays works too (tests, tiny models).
 
-Arithmetic: "f32" multiplies float32 activations with float32 (for Q8_0: dequantized) weights.
-"q8" (Q8_0 files only) computes the way llama2.c's runq.c does: before every matmul the
-activations are quantized to Q8_0 with the file's group size (round half away from zero),
-products are summed exactly per group and scaled by both group scales, group after group.
+Arithmetic: "f32" multiplies the activations with the file's float32 (for Q8_0: dequantized)
+weights, as run.c does. "q8" (Q8_0 files only) computes the way llama2.c's runq.c does: before
+every matmul the activations are quantized to Q8_0 with the file's group size (round half away
+from zero), products are summed exactly per group and scaled by both group scales, group after
+group, in float32.
+
+Precision and reproducibility: activations are float64, and every matrix product, exp, sin and
+cos comes from numerics.py: the same bits on every machine, BLAS kernel and thread count, and a
+logit depends on its own classifier row and position only, never on what is computed with it.
+Sampling the evaluation tokens (`exact=False`) uses plain float64 BLAS products, at less than
+half the cost (2.4 vs 5.6 CPU seconds for a 15M model): a token is a decision, which the 1e-16
+by which BLAS kernels differ changes only when a running sum of probabilities sits that close
+to its threshold (for a vocabulary of 2^20, about once in 1e9 tokens).
 A `q8_hook` (checks/ccheck.py's teacher forcing) sees every activation quantization - the
 tensor it feeds, the activations, Python's (q, scales) - and returns the (q, scales) to use.
 """
@@ -38,6 +47,7 @@ from ..formats.output import Output
 from ..formats.reader import BinFile
 from ..model import ModelConfig, layer_name
 from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef
+from . import numerics
 
 F32 = "f32"
 Q8 = "q8"
@@ -45,8 +55,8 @@ ARITHMETICS = (F32, Q8)
 
 
 def row_blocks(rows: int, cols: int, align_rows: int = 1) -> Iterator[tuple[int, int]]:
-    """Row ranges of about CHUNK_BYTES of float32. Every lazy mapping uses these same blocks, so a
-    .bin and its source multiply in the same order and equal weights give bit-equal logits."""
+    """Row ranges of about CHUNK_BYTES of float32: the blocks in which lazy weights are read and
+    multiplied (peak memory: one block)."""
     step = max(align_rows, (CHUNK_BYTES // 4 // max(cols, 1)) // align_rows * align_rows)
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
@@ -149,18 +159,20 @@ def weights_from_bin(bf: Output) -> dict[str, np.ndarray]:
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * weight, over the last axis, in float32."""
-    ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
-    return (x / np.sqrt(ms + np.float32(eps))) * weight
+    """x / sqrt(mean(x^2) + eps) * weight, over the last axis, in float64 (numpy's pairwise sum
+    along the contiguous last axis: a fixed order; sqrt is correctly rounded everywhere)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    ms = np.mean(x * x, axis=-1, keepdims=True)
+    return (x / np.sqrt(ms + float(eps))) * np.asarray(weight, dtype=np.float64)
 
 
 def rope_angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each float32 [len(positions), len(inv_freq)]: pair j of position t turns by
+    """(cos, sin), each float64 [len(positions), len(inv_freq)]: pair j of position t turns by
     t * inv_freq[j] (`ModelConfig.inv_freq()`: the model's float32 frequencies, with its base and
-    rope scaling, as transformers has them). Angles are formed in float64 so the tables are
-    correctly rounded."""
-    angles = np.outer(positions.astype(np.float64), np.asarray(inv_freq, dtype=np.float64))
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    rope scaling, as transformers has them; bit-exact on every machine). Angles are formed in
+    float64 and sin/cos come from numerics: the same bits on every machine."""
+    sin, cos = numerics.sin_cos(np.outer(positions.astype(np.float64), np.asarray(inv_freq, dtype=np.float64)))
+    return cos, sin
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -173,14 +185,9 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return out
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def _silu(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp(-x) = inf for very negative x gives the right limit, -0
-        return x / (np.float32(1.0) + np.exp(-x))
+    # exp(-x) = inf for very negative x gives the right limit, -0
+    return x / (1.0 + numerics.exp(-x))
 
 
 def quantize_activations(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,14 +211,16 @@ class Q8Hook(Protocol):
 
 
 class _Linear:
-    """y = x @ W.T for activations x (N, n), W read from `weights` in the chosen arithmetic."""
+    """y = x @ W.T (float64) for activations x (N, n), W read from `weights` in the chosen
+    arithmetic; `exact`: numerics.matmul (the same bits everywhere), else plain float64 BLAS."""
 
-    def __init__(self, weights: Mapping, arithmetic: str, q8_hook: Q8Hook | None = None):
+    def __init__(self, weights: Mapping, arithmetic: str, exact: bool = True, q8_hook: Q8Hook | None = None):
         if arithmetic not in ARITHMETICS:
             raise Llama2binError(f"forward: arithmetic must be one of {', '.join(ARITHMETICS)}, not {arithmetic!r}")
         self.weights = weights
         self.arithmetic = arithmetic
         self.lazy = isinstance(weights, LazyWeights)
+        self.exact = exact
         self.q8_hook = q8_hook
         if arithmetic == Q8:
             gs = weights.group_size if isinstance(weights, LazyWeights) else None
@@ -219,22 +228,35 @@ class _Linear:
                 raise Llama2binError("forward: q8 arithmetic needs the weights of a Q8_0 file (v1 or v2)")
             self.group_size = gs
 
-    def __call__(self, x: np.ndarray, name: str) -> np.ndarray:
-        if self.arithmetic == Q8:
-            return self._q8(x, name)
+    def __call__(self, x: np.ndarray | numerics.Left, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """x @ W[rows].T: all of W's rows, or the range `rows`; x may come already cut into
+        slices (numerics.Left) when it is multiplied with many blocks of rows."""
+        left = x if isinstance(x, numerics.Left) else None
+        x = left.x if left is not None else x
+        if self.arithmetic == Q8:  # runq.c holds its activations in float32
+            return self._q8(x.astype(np.float32), name, rows).astype(np.float64)
+        if self.exact and left is None:
+            left = numerics.Left(x)
+
+        def times(w: np.ndarray) -> np.ndarray:
+            return left.times(w) if left is not None else x @ np.asarray(w, dtype=np.float64).T
+
+        total = self.weights.shape(name)[0] if self.lazy else len(self.weights[name])
+        first, last = rows or (0, total)
         if not self.lazy:
-            return x @ np.asarray(self.weights[name], dtype=np.float32).T
+            return times(np.asarray(self.weights[name], dtype=np.float32)[first:last])
         w: LazyWeights = self.weights  # type: ignore[assignment]
-        rows, cols = w.shape(name)
-        out = np.empty((x.shape[0], rows), dtype=np.float32)
-        for start, stop in row_blocks(rows, cols):
-            out[:, start:stop] = x @ w.read_rows(name, start, stop).T
+        cols = w.shape(name)[1]
+        out = np.empty((x.shape[0], last - first), dtype=np.float64)
+        for start, stop in row_blocks(last - first, cols):
+            out[:, start:stop] = times(w.read_rows(name, first + start, first + stop))
         return out
 
-    def _q8(self, x: np.ndarray, name: str) -> np.ndarray:
+    def _q8(self, x: np.ndarray, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
         w = self.weights
         gs = self.group_size
-        rows, cols = w.shape(name)
+        total, cols = w.shape(name)
+        first, last = rows or (0, total)
         if cols % gs:
             raise Llama2binError(
                 f"forward: tensor {name} has rows of {cols}, not a multiple of group size {gs}; "
@@ -243,16 +265,18 @@ class _Linear:
         xq, xs = quantize_activations(x, gs)
         if self.q8_hook is not None:
             xq, xs = self.q8_hook(name, x, xq, xs)
-        out = np.empty((x.shape[0], rows), dtype=np.float32)
-        for start, stop in row_blocks(rows, cols):
-            q, s = w.q8_rows(name, start, stop)
-            qf = q.astype(np.float32)
+        out = np.empty((x.shape[0], last - first), dtype=np.float32)
+        for start, stop in row_blocks(last - first, cols):
+            q, s = w.q8_rows(name, first + start, first + stop)
+            qf = q.astype(np.float64)
             acc = np.zeros((x.shape[0], stop - start), dtype=np.float32)
-            # Integer dot products are exact in float32 (|sum| <= 127 * 127 * gs < 2**24); the
-            # scaled group sums are accumulated in order, as runq.c does.
+            # Integer dot products are exact in float64 (|sum| <= 127 * 127 * gs < 2**53), in any
+            # order; as runq.c's int32 `ival` they become float32, and the scaled group sums are
+            # accumulated in order, as runq.c does.
+            xq64 = xq.astype(np.float64)
             for g in range(cols // gs):
                 part = slice(g * gs, (g + 1) * gs)
-                ival = xq[:, part] @ qf[:, part].T
+                ival = (xq64[:, part] @ qf[:, part].T).astype(np.float32)
                 acc += (ival * s[None, :, g]) * xs[:, g, None]
             out[:, start:stop] = acc
         return out
@@ -260,8 +284,8 @@ class _Linear:
 
 def _embed(weights: Mapping, tok: np.ndarray) -> np.ndarray:
     if isinstance(weights, LazyWeights):
-        return weights.gather("tok_embeddings", tok)
-    return np.asarray(weights["tok_embeddings"], dtype=np.float32)[tok]
+        return weights.gather("tok_embeddings", tok).astype(np.float64)
+    return np.asarray(weights["tok_embeddings"], dtype=np.float32)[tok].astype(np.float64)
 
 
 def _check_tokens(tokens: Sequence[int] | np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -299,29 +323,32 @@ class KVCache:
 
 def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
                   *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None,
-                  cache: KVCache | None = None, q8_hook: Q8Hook | None = None) -> np.ndarray:
-    """The final normalized hidden states float32 [S*T, dim] for an [S, T] array of sequences (or
+                  cache: KVCache | None = None, exact: bool = True,
+                  q8_hook: Q8Hook | None = None) -> np.ndarray:
+    """The final normalized hidden states float64 [S*T, dim] for an [S, T] array of sequences (or
     one sequence, S = 1), row s*T + t for position t of sequence s: what the classifier turns
     into logits. Small (positions x dim) whatever the vocabulary; `classify` makes logits of any
     block of rows. `on_layer` is called after every layer (progress). With a `cache`, `tokens`
     continue the sequences the cache holds (positions cache.length ...), and are added to it.
+    `exact=False`: plain float64 BLAS products (sampling; see the module's docstring).
     `q8_hook` (q8 only) may replace every activation quantization (see Q8Hook)."""
     tok = _check_tokens(tokens, cfg)
     n_seqs, n_tokens = tok.shape
     start = cache.length if cache is not None else 0
     if start + n_tokens > cfg.max_seq_len:
         raise Llama2binError(f"forward: {start + n_tokens} tokens exceed max_seq_len {cfg.max_seq_len}")
-    linear = _Linear(weights, arithmetic, q8_hook)
+    linear = _Linear(weights, arithmetic, exact, q8_hook)
+    product = numerics.matmul if exact else (lambda a, b: np.matmul(a, b.swapaxes(-1, -2)))
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
     positions = np.arange(start, start + n_tokens)
     cos, sin = rope_angles(cfg.inv_freq(), positions)
     causal = np.arange(start + n_tokens)[None, :] > positions[:, None]  # [new, all]: no looking ahead
-    scale = np.float32(1.0 / math.sqrt(hd))
+    scale = 1.0 / math.sqrt(hd)
     n_rows = n_seqs * n_tokens
 
     def norm(name: str) -> np.ndarray:
-        return np.asarray(weights[name], dtype=np.float32).reshape(-1)
+        return np.asarray(weights[name], dtype=np.float32).reshape(-1).astype(np.float64)
 
     x = _embed(weights, tok.reshape(-1))  # [S*T, dim]: every position of every sequence
     for i in range(cfg.n_layers):
@@ -335,14 +362,15 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.extend(i, k, v)
-        attn = np.empty((n_seqs, n_tokens, cfg.n_heads, hd), dtype=np.float32)
+        attn = np.empty((n_seqs, n_tokens, cfg.n_heads, hd), dtype=np.float64)
         # One sequence at a time: the score matrix (heads x T x T) of one sequence, not of all.
         for s in range(n_seqs):
             # GQA: kv head g serves query heads g*n_rep .. g*n_rep + n_rep - 1 (as run.c's h / kv_mul).
-            ks, vs = np.repeat(k[s : s + 1], n_rep, axis=2), np.repeat(v[s : s + 1], n_rep, axis=2)
-            scores = np.einsum("bthd,bshd->bhts", q[s : s + 1], ks) * scale
-            scores[:, :, causal] = -np.inf
-            attn[s : s + 1] = np.einsum("bhts,bshd->bthd", _softmax(scores), vs)
+            ks, vs = np.repeat(k[s], n_rep, axis=1), np.repeat(v[s], n_rep, axis=1)  # [all, heads, hd]
+            scores = product(q[s].transpose(1, 0, 2), ks.transpose(1, 0, 2)) * scale  # [heads, T, all]
+            scores[:, causal] = -np.inf
+            mixed = product(numerics.softmax(scores), np.ascontiguousarray(vs.transpose(1, 2, 0)))  # [heads, T, hd]
+            attn[s] = mixed.transpose(1, 0, 2)
         del q, k, v
         x = x + linear(attn.reshape(n_rows, cfg.n_heads * hd), w("attention.wo"))
         h = rms_norm(x, norm(w("ffn_norm")), cfg.norm_eps)
@@ -356,16 +384,18 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
     return rms_norm(x, norm("norm"), cfg.norm_eps)
 
 
-def classify(weights: Mapping[str, np.ndarray], cfg: ModelConfig, hidden: np.ndarray, *, arithmetic: str = F32,
+def classify(weights: Mapping[str, np.ndarray], cfg: ModelConfig, hidden: np.ndarray | numerics.Left, *,
+             arithmetic: str = F32, exact: bool = True, vocab: tuple[int, int] | None = None,
              q8_hook: Q8Hook | None = None) -> np.ndarray:
-    """Logits float32 [rows, vocab] of hidden-state rows (from `hidden_states`)."""
+    """Logits float64 [rows, vocab] of hidden-state rows (from `hidden_states`; or these cut
+    once, numerics.Left, for many calls), for the whole vocabulary or the range `vocab`."""
     classifier = "tok_embeddings" if cfg.shared_classifier else "output"
-    return _Linear(weights, arithmetic, q8_hook)(hidden, classifier).astype(np.float32, copy=False)
+    return _Linear(weights, arithmetic, exact, q8_hook)(hidden, classifier, vocab)
 
 
 def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
            *, arithmetic: str = F32, q8_hook: Q8Hook | None = None) -> np.ndarray:
-    """Logits float32 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
+    """Logits float64 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
     [S, T, vocab] for an [S, T] array of sequences (computed together, layer by layer).
     Holds positions x vocab floats: the functional check uses hidden_states + classify in blocks."""
     tok = _check_tokens(tokens, cfg)
@@ -383,4 +413,5 @@ def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str
         cfg = bf.config if config is None else config
         if cfg.shapes() != bf.config.shapes():
             raise Llama2binError(f"{path}: the given config does not describe this file's tensors")
-        return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic, q8_hook=q8_hook)
+        with numerics.blas_threads(1):
+            return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic, q8_hook=q8_hook)

@@ -12,6 +12,11 @@ Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool
 block in reused buffers; meanwhile a side process computes the file's sha256 and the parent
 v0's rope tables (formats/rope.py). Tensors are read with preadv (TensorRef), not through a
 memory map, so RSS stays at a few chunks per process whatever the tensor size.
+
+The weights' fingerprint (`weights_sha256`) is taken over the bytes each chunk reads - float32
+values, or Q8_0 q and scales - tensor by tensor in canonical order, so v1 and v2 (the same q
+and scales in another file layout) get the same one and different quantizations different ones.
+Statistics are sums in a fixed order (numerics.py), never BLAS: the same bits on every machine.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -37,14 +42,15 @@ from ..progress import Progress
 from ..rope_freqs import RopeScaling
 from ..safe_io import open_regular
 from ..sources.base import Source, TensorEncoding, TensorRef, row_chunks
+from . import numerics
 
 # |q*s - w| <= s/2 holds exactly in real arithmetic; float32 rounding of w/s and of q*s adds
 # at most 127 * 2**-24 * s each. 2**-16 * s covers both with margin and is far below the
 # error of a single flipped q (>= s/2 beyond the bound).
 _Q8_SLACK = 2.0**-16
 
-# Per-group max errors are summarised in this many log-spaced histogram bins (for reports).
-_HIST_EDGES = np.concatenate([[0.0], np.logspace(-9, 0, 37)])
+# Per-group max errors are summarised in these log-spaced histogram bins (for reports).
+_HIST_EDGES = np.array([0.0, *numerics.powers_of_ten(-36, 0, 4)])
 
 
 @dataclass
@@ -66,15 +72,16 @@ class TensorStats:
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
         diff = got.astype(np.float64) - ref.astype(np.float64)
         self.max_abs_err = max(self.max_abs_err, float(np.abs(diff).max(initial=0.0)))
-        self._sq_err += float(np.dot(diff, diff))
-        self._sq_ref += float(np.dot(ref.astype(np.float64), ref.astype(np.float64)))
+        ref64 = ref.astype(np.float64)
+        self._sq_err += float(np.sum(diff * diff))  # pairwise, not BLAS: the same bits everywhere
+        self._sq_ref += float(np.sum(ref64 * ref64))
         self._n += ref.size
 
     def finish(self) -> TensorStats:
         self.rmse = math.sqrt(self._sq_err / self._n) if self._n else 0.0
         self.rel_err = math.sqrt(self._sq_err / self._sq_ref) if self._sq_ref else 0.0
         if self._sq_err > 0 and self._sq_ref > 0:
-            self.snr_db = 10 * math.log10(self._sq_ref / self._sq_err)
+            self.snr_db = 10 * float(numerics.log10(self._sq_ref / self._sq_err))
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -103,6 +110,9 @@ class TensorCheckResult:
     source_quantized: dict[str, Any] | None = None
     # v0 only: the rotary base of the stored tables and which readers use them (formats.rope.rope_json).
     rope_tables: dict[str, Any] | None = None
+    # sha256 over every weight's bytes in canonical order (see the module's docstring); None when
+    # the header already failed and no tensor was read
+    weights_sha256: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -171,6 +181,7 @@ class _ChunkResult:
     sq_err: float = 0.0
     sq_ref: float = 0.0
     hist: np.ndarray | None = None
+    digest: bytes = b""  # sha256 of the chunk's bytes (float32 values, or q then scales)
 
 
 # Elements per block in a Q8_0 chunk: its temporaries (two float64 of 512 KiB) stay in L2.
@@ -212,6 +223,7 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
             stats: TensorStats | None = None
             hist: np.ndarray | None = None
             failed = False
+            digests: dict[str, bytes] = {}
             for i, ((name, _, _), r) in enumerate(zip(tasks, pool.results(), strict=True)):
                 got = output.tensors[name]
                 if stats is None:  # a tensor's first chunk
@@ -219,6 +231,8 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
                                         hf_name=got.name if got.name != name else None)
                     hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64) if got.group_size else None
                     failed = False
+                    digest_of_tensor = hashlib.sha256()
+                digest_of_tensor.update(r.digest)
                 if failed:
                     pass  # as always: a tensor's statistics stop at its first failure
                 elif r.failure:
@@ -234,15 +248,28 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
                 if last_chunk[name] == i:
                     if hist is not None and not failed:
                         stats.group_err_hist = hist.tolist()
+                    digests[name] = digest_of_tensor.digest()
                     result.tensors.append(stats.finish())
                     progress.update(got.numel)
                     stats = None
             rope = output.rope_tables()
             if rope is not None:
                 _check_rope(*rope, output.config, result, source.config.rope_theta, source.config.rope_scaling)
+            result.weights_sha256 = weights_digest(source.config.shapes(), output.tensors, digests)
             result.sha256 = digest.result()
         finally:
             progress.close()
+
+
+def weights_digest(canonical: Iterable[str], tensors: Mapping[str, TensorRef], digests: Mapping[str, bytes]) -> str:
+    """sha256 over (name, encoding, group size, sha256 of the tensor's chunk digests) of every
+    tensor, in the canonical order of `canonical` (names), whatever order the file has them in."""
+    h = hashlib.sha256()
+    for name in canonical:
+        if name in digests:
+            t = tensors[name]
+            h.update(f"{name}\0{t.encoding.value}\0{t.group_size}\0".encode() + digests[name])
+    return h.hexdigest()
 
 
 def _check_f32(got: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Scratch) -> _ChunkResult:
@@ -250,14 +277,15 @@ def _check_f32(got: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch:
     first, count = start * ref_t.cols, (stop - start) * ref_t.cols
     ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
     values = got.read_rows_into(start, stop, scratch.get("got", count, np.float32)).reshape(-1)
+    digest = hashlib.sha256(values).digest()
     differs = scratch.get("differs", _VERIFY_BLOCK, np.bool_)
     for b in range(0, count, _VERIFY_BLOCK):
         a, r = values[b : b + _VERIFY_BLOCK].view(np.uint32), ref[b : b + _VERIFY_BLOCK].view(np.uint32)
         if np.not_equal(a, r, out=differs[: a.size]).any():
             bad = int(np.flatnonzero(differs[: a.size])[0]) + b + first
-            return _ChunkResult(f"tensor {got.name}: element {bad} differs from the float32 source")
+            return _ChunkResult(f"tensor {got.name}: element {bad} differs from the float32 source", digest=digest)
     # bit-identical: zero error, and the reference's energy does not enter any statistic
-    return _ChunkResult(n=count)
+    return _ChunkResult(n=count, digest=digest)
 
 
 def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Scratch) -> _ChunkResult:
@@ -267,18 +295,24 @@ def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Sc
     gs = t.group_size
     assert gs
     q, scales = t.read_q8(start, stop, scratch.get("q", count, np.int8), scratch.get("scales", count // gs, np.float32))
+    digest_of = hashlib.sha256(q)
+    digest_of.update(scales)
+    digest = digest_of.digest()
     if ref_t.encoding == TensorEncoding.Q8_0 and ref_t.group_size == gs:  # carried over as is
-        return _check_carried(t, ref_t, start, stop, q, scales)
+        carried = _check_carried(t, ref_t, start, stop, q, scales)
+        carried.digest = digest
+        return carried
     ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
     fresh = scratch.get("fresh", count // gs, np.float32)
     group_scales_into(ref, gs, fresh, scratch)
     if not np.array_equal(scales.view(np.uint32), fresh.view(np.uint32)):
         bad = int(np.flatnonzero(scales.view(np.uint32) != fresh.view(np.uint32))[0]) + first // gs
-        return _ChunkResult(f"tensor {t.name}: scale of group {bad} differs from a fresh quantization")
-    out = _ChunkResult(n=count)
+        return _ChunkResult(f"tensor {t.name}: scale of group {bad} differs from a fresh quantization", digest=digest)
+    out = _ChunkResult(n=count, digest=digest)
     step = max(1, _VERIFY_BLOCK // gs) * gs
     diff = scratch.get("diff", min(step, count), np.float32)
     d64, ref64 = scratch.get("d64", diff.size, np.float64), scratch.get("ref64", diff.size, np.float64)
+    squares = scratch.get("squares", diff.size, np.float64)
     gmax_bits = scratch.get("gmax", count // gs, np.uint32)  # per-group max |error|, as float32 bits
     for b in range(0, count, step):
         w = ref[b : b + step]
@@ -292,8 +326,9 @@ def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Sc
         np.subtract(d, w, out=d)
         np.copyto(d64[:n], d)
         np.copyto(ref64[:n], w)
-        out.sq_err += float(np.einsum("i,i->", d64[:n], d64[:n]))
-        out.sq_ref += float(np.einsum("i,i->", ref64[:n], ref64[:n]))
+        # squares summed pairwise (np.sum), not by einsum or BLAS: the same bits on every machine
+        out.sq_err += float(np.sum(np.multiply(d64[:n], d64[:n], out=squares[:n])))
+        out.sq_ref += float(np.sum(np.multiply(ref64[:n], ref64[:n], out=squares[:n])))
         # the bit patterns of non-negative floats order like their values
         bits = np.bitwise_and(d.view(np.uint32), _ABS_MASK, out=d.view(np.uint32))
         np.maximum.reduce(bits.reshape(-1, gs), axis=1, out=gmax_bits[g0:g1])
@@ -304,7 +339,8 @@ def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Sc
         g = int(np.flatnonzero(over)[0])
         err = np.abs(q[g * gs : (g + 1) * gs].astype(np.float32) * scales[g] - ref[g * gs : (g + 1) * gs])
         j = int(np.flatnonzero(err.astype(np.float64) > bound[g])[0])
-        return _ChunkResult(f"tensor {t.name}: element {first + g * gs + j} dequantizes beyond scale/2 of the source")
+        return _ChunkResult(f"tensor {t.name}: element {first + g * gs + j} dequantizes beyond scale/2 of the source",
+                            digest=digest)
     # np.histogram's bins, without its per-call sort: [e_i, e_i+1), the last bin closed
     counts = np.bincount(np.searchsorted(_HIST_EDGES, gmax, side="right"), minlength=len(_HIST_EDGES) + 1)
     out.hist = counts[1 : len(_HIST_EDGES)].astype(np.int64)

@@ -49,7 +49,7 @@ class QualityVerdict:
 
 
 _TENSOR_KEYS = ("file", "version", "format", "size", "sha256", "group_size", "header", "source", "tensors",
-                "source_quantized", "rope_tables")
+                "source_quantized", "rope_tables", "weights_sha256")
 
 
 @dataclass

@@ -3,14 +3,13 @@
 This is the only module of report/ that reads verify and C-check JSON; markdown, html, plots and
 summary read the report records built here, so a change of the checks' JSON touches one file.
 
-Statistics are rounded to 6 significant digits: enough to show any real change, while last-bit
-differences of floating-point sums (BLAS kernels differ between CPUs) never churn a tracked file.
-No timestamps, no absolute paths.
+Statistics are rounded to 6 significant digits: enough to show any real change. The checks
+compute them the same on every machine (checks/numerics.py), so the rounding is for reading, not
+to hide last-bit noise. No timestamps, no absolute paths.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -96,18 +95,12 @@ def c_check_section(c: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _weights_fingerprint(verify_result: dict[str, Any]) -> str:
     """Equal for two outputs that hold the same weights (v1 and v2 store the same Q8_0 values and
-    scales in a different order), so a figure is drawn once per distinct quantization. Built from
-    the unrounded error statistics of every tensor (including each group-error histogram) and the
-    functional comparison: the reports show nothing else, so outputs equal here would plot
-    identically. Versions that differ only in layout are the point; nothing else collides."""
-    tensors = sorted(
-        (t["name"], t["encoding"], t["group_size"], t["max_abs_err"], t["rmse"], t["rel_err"], t.get("group_err_hist"))
-        for t in verify_result["tensors"]
-    )
-    f = verify_result.get("functional") or {}
-    logits = [f.get(k) for k in ("arithmetic", "max_abs_dlogit", "kld_mean", "kld_max", "same_top", "rms_dp")]
-    blob = json.dumps([verify_result["group_size"], tensors, logits], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    scales in a different order), so a figure is drawn once per distinct quantization: the verify
+    JSON's `weights_sha256`, taken over the bytes of every weight in canonical order during the
+    round trip (checks/tensor.py). Its statistics are then equal too: every check computes the
+    same bits from the same weights. An output whose header failed (no weights read) is
+    fingerprinted by its own sha256."""
+    return (verify_result["weights_sha256"] or verify_result["sha256"])[:16]
 
 
 def output_label(version: int | str) -> str:
