@@ -270,7 +270,8 @@ def verify_inputs(wildcards):
 
 def verify_outputs():
     """Per output its verify JSON; with the functional check also the model's evaluation tokens,
-    which the verify job makes (sampled from the source, or read from the model's own file)."""
+    which the verify job makes (sampled from the source, or read from the model's own file).
+    """
     outputs = [f"results/{{model}}/{{model}}.{label}.verify.json" for label in LABELS]
     if config["functional"]["enabled"]:
         outputs.append(eval_tokens_path("{model}"))
