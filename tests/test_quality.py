@@ -257,3 +257,30 @@ def test_verify_writes_the_same_eval_tokens_as_the_eval_tokens_command(trained, 
     assert open(one, "rb").read() == open(two, "rb").read()
     assert_refused(run_cli("verify", bin_path, "--checkpoint", trained, "--no-functional", "--write-eval-tokens",
                            str(tmp_path / "x.json")), "--write-eval-tokens")
+
+
+def test_outputs_with_the_same_weights_share_one_functional_check(trained, tmp_path, monkeypatch):
+    """v1 and v2 hold the same Q8_0 q and scales (one weights fingerprint): verify computes their
+    functional check once, and the result is the one each gets alone, byte for byte."""
+    from llama2bin.checks import verification
+
+    bins = {v: str(tmp_path / f"t.v{v}.bin") for v in ("0", "1", "2")}
+    with open_source("llama2c", trained) as src:
+        export(src, list((v, p) for v, p in bins.items()), quiet=True)
+    tokens = ["--eval-seqs", "2", "--eval-len", "9"]
+    alone = {}
+    for v, path in bins.items():
+        alone[v] = str(tmp_path / f"alone.v{v}.json")
+        assert run_cli("verify", path, "--checkpoint", trained, *tokens, "--json", alone[v], "--quiet").returncode == 0
+    calls = []
+    real = verification.functional_check
+    monkeypatch.setattr(verification, "functional_check", lambda output, *a, **k: calls.append(output.path) or
+                        real(output, *a, **k))
+    from llama2bin.cli import main
+
+    together = [str(tmp_path / f"together.v{v}.json") for v in bins]
+    assert main(["verify", *bins.values(), "--checkpoint", trained, *tokens, "--json", *together, "--quiet"]) == 0
+    assert calls == [bins["0"], bins["1"]]  # v2's weights are v1's: served from the memo
+    for v, path in zip(bins, together, strict=True):
+        assert open(path, "rb").read() == open(alone[v], "rb").read()
+    assert json.load(open(alone["1"]))["weights_sha256"] == json.load(open(alone["2"]))["weights_sha256"]

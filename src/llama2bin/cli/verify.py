@@ -145,6 +145,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     limits = QualityLimits(kld_mean_max=args.kld_mean_max, kld_p99_max=args.kld_p99_max,
                            same_top_min=args.same_top_min, ppl_ratio_max=args.ppl_ratio_max)
     ok = True
+    memo: dict = {}  # outputs with the same weights (v1, v2) share one functional check
     with open_source_from_args(args) as source:
         reference = None
         if not args.no_functional:
@@ -155,7 +156,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for i, path in enumerate(args.files):
             result = verify_output(path, source, reference=reference, arithmetic=args.activations,
                                    fp32_rtol=args.fp32_rtol, limits=limits, gate=args.quality_gate,
-                                   threads=args.threads, quiet=args.quiet)
+                                   threads=args.threads, quiet=args.quiet, functional_memo=memo)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             t = result.tensor
