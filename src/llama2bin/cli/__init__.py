@@ -16,6 +16,9 @@ from .errors import ErrorLineParser, configure_logging, run_reporting_errors
 from .fetch import add_fetch_parser
 
 DESCRIPTION = "Convert LLaMA checkpoints to llama2.c .bin files."
+# Commands that parse without the verify and eval-tokens parsers (any other word, a typo
+# included, gets the whole parser and so argparse's full list of choices).
+LEAN_COMMANDS = ("export", "reverify", "c-check", "inspect", "tokenizer", "demo", "report", "summary")
 
 
 def version_help() -> str:
@@ -35,7 +38,10 @@ def cmd_reverify(args: argparse.Namespace) -> int:
 
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; for a `command` of LEAN_COMMANDS (the subcommand about to run)
+    without the parsers of `verify` and `eval-tokens`: building them imports the checks' numerics
+    (~0.1 s of constant tables), which every export and report job would pay for nothing."""
     from ..formats import FORMATS
     from . import arg_types
     from .export import add_export_format_args, cmd_export
@@ -63,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
 
-    add_verify_parsers(sub, add_source_args)
+    if command not in LEAN_COMMANDS:
+        add_verify_parsers(sub, add_source_args)
 
     p = sub.add_parser(
         "reverify",
@@ -154,7 +161,8 @@ def fetch_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = fetch_parser() if argv[:1] == ["fetch"] else build_parser()
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    parser = fetch_parser() if command == "fetch" else build_parser(command)
     args = parser.parse_args(argv)
     configure_logging()
     try:
