@@ -88,6 +88,10 @@ def run_batch(n: int = 20, shape: str = "15M", cores: int = 4, work: str | None 
     work = work or os.path.join(HERE, "work", "batch")
     cache = cache or os.path.join(HERE, "work", "cache")
     config = prepare(work, shape, n, cache, core_only)
+    # bytecode as an installed package has it: without it (PYTHONDONTWRITEBYTECODE, a fresh checkout)
+    # every job would compile llama2bin's changed modules again
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "src", "llama2bin")], check=True,
+                   stdout=subprocess.DEVNULL)
     snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
     cmd = [snakemake, "--snakefile", os.path.join(ROOT, "Snakefile"), "--directory", work, "--configfile", config,
            "--cores", str(cores), "--quiet", "all"]
