@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 from helpers import DATA
@@ -40,7 +42,8 @@ def test_the_consumer_is_compiled_once_per_content_and_reused(tmp_path):
         result = c_check(os.path.join(DATA, "tiny_b.v1.bin"), second)
         assert result.passed, result.failures
     assert compiles(log) == 1
-    assert sorted(os.listdir(cache)) == [os.path.basename(exe)]  # no staging directories left
+    name = os.path.basename(exe)
+    assert sorted(os.listdir(cache)) == [name, f"{name}.lock"]  # no staging directories left
 
     # another compiler command is another key (here: the same cc behind another name)
     other, other_log = counting_compiler(tmp_path, "cc-other")
@@ -48,6 +51,19 @@ def test_the_consumer_is_compiled_once_per_content_and_reused(tmp_path):
     with Consumer(other, cache=cache) as third:
         assert third.exe != exe
     assert compiles(other_log) == 1
+
+
+def test_concurrent_jobs_compile_once(tmp_path):
+    """Four processes starting at once (a batch's first c_check jobs): one compile, one binary."""
+    cache = str(tmp_path / "cache")
+    compiler, log = counting_compiler(tmp_path)
+    code = ("import sys; from llama2bin.checks.ccheck import Consumer; "
+            "c = Consumer(sys.argv[1:2], cache=sys.argv[2]); print(c.exe); c.close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, compiler[0], cache], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    exes = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(exes) == 1 and compiles(log) == 1
 
 
 def test_an_unwritable_cache_falls_back_to_a_private_build(tmp_path):

@@ -19,6 +19,7 @@ No compiler: the check is skipped with a visible notice (an error with require_c
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
@@ -111,17 +112,25 @@ class Consumer:
             return final
         try:
             os.makedirs(cache, mode=0o700, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=".build-", dir=cache)
+            lock = os.open(f"{final}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:  # read-only or foreign cache: a private build still checks the file
             exe = os.path.join(self._dir, "consumer")
             self._build(exe)
             return exe
         try:
-            exe = os.path.join(staging, "consumer")
-            self._build(exe)
-            os.replace(exe, final)  # same directory tree: atomic; a concurrent identical build may win
+            # concurrent jobs of one batch: the first builds, the others wait for it and reuse it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.isfile(final) and os.access(final, os.X_OK):
+                return final
+            staging = tempfile.mkdtemp(prefix=".build-", dir=cache)
+            try:
+                exe = os.path.join(staging, "consumer")
+                self._build(exe)
+                os.replace(exe, final)  # same directory: atomic, never a half-written binary under the name
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            os.close(lock)  # releases the lock
         return final
 
     def _build(self, exe: str) -> None:
