@@ -350,7 +350,9 @@ def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], arg
     lines = [
         "# llama2bin benchmark",
         "",
-        f"`.venv/bin/python bench/run.py --scale {args.scale} --repeats {args.repeats}"
+        "`.venv/bin/python bench/run.py "
+        + (f"--models {' '.join(args.models)}" if args.models else f"--scale {args.scale}")
+        + (" --versus-only" if args.versus_only else "") + f" --repeats {args.repeats}"
         + (f" --batch {args.batch}" if args.batch else "") + f"`: medians of {args.repeats} run(s), interleaved.",
         "Each export and verify is its own `llama2bin` process (start-up included). *peak MiB* is the peak of the",
         "summed RSS of the job's processes (parent, forked workers, side processes; shared pages counted in each).",
