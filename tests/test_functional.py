@@ -423,8 +423,12 @@ def _verify_jsons(models, name, tmp_path) -> list[str]:
 def test_figures_are_byte_identical_render_to_render(models, tmp_path):
     import matplotlib
 
-    result = json.load(open(_verify_jsons(models, "untied", tmp_path)[2]))
-    args = ("untied", [{"title": "v2", "tensors": result["tensors"], "functional": result["functional"]}], 2, HIST_EDGES)
+    from llama2bin.report.records import build_report, load_verification
+
+    result = load_verification(_verify_jsons(models, "untied", tmp_path)[2])
+    functional = build_report("untied", result)["functional"]
+    assert functional is not None
+    args = ("untied", [{"title": "v2", "tensors": result.tensor.tensors, "functional": functional}], 2, HIST_EDGES)
     first = render_model_png(*args)
     with matplotlib.rc_context({"font.size": 20, "lines.linewidth": 5}):  # a caller's style must not leak in
         second = render_model_png(*args)

@@ -156,7 +156,7 @@ def test_reverify_refuses_a_plan_source_of_the_wrong_type(tmp_path, source) -> N
 
 
 @pytest.mark.parametrize(("files", "needle"), [
-    ([{"path": "tiny_a.pt", "sha256": "0" * 64, "size": None}], "files[0].size must be an integer, got None"),
+    ([{"path": "tiny_a.pt", "sha256": "0" * 64, "size": None}], "files[0].size must be an integer, got null"),
     ("tiny_a.pt", "files must be a list"),
 ])
 def test_report_refuses_a_source_record_field_of_the_wrong_type(tmp_path, files, needle) -> None:

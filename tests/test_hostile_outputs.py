@@ -252,9 +252,9 @@ def test_report_on_json_of_the_wrong_shape(ws, tmp_path):
     good = json.load(open(ws["verify"]))
     typed = _write_json(str(tmp_path / "typed.verify.json"), {**good, "tensors": 5})
     out_dir = str(tmp_path / "out")
-    for path, needle in ((empty, f"{empty}: not a llama2bin result: missing field 'tensors'"),
-                         (listed, f"{listed}: expected a JSON object, got a list"),
-                         (typed, f"{typed}: not a llama2bin result: a field has the wrong type")):
+    for path, needle in ((empty, f"{empty}: missing field 'schema'"),
+                         (listed, f"{listed} must be an object, got a list"),
+                         (typed, f"{typed}: tensors must be a list, got an integer")):
         run_hostile(HostileCase(f"report on {os.path.basename(path)}",
                                 ["report", path, "--model", "m", "--out-dir", out_dir, "--no-plots"],
                                 inputs=[path], outputs=[out_dir], needle=needle))
@@ -266,7 +266,7 @@ def test_summary_on_a_report_missing_a_field(ws, tmp_path):
     path = _write_json(str(tmp_path / "r.json"), report)
     md, js = str(tmp_path / "s.md"), str(tmp_path / "s.json")
     run_hostile(HostileCase("summary on a report without sha256", ["summary", path, "--md", md, "--json", js],
-                            inputs=[path], outputs=[md, js], needle=f"{path}: not a llama2bin result: missing field 'sha256'"))
+                            inputs=[path], outputs=[md, js], needle=f"{path}: missing field 'sha256'"))
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -178,16 +178,18 @@ def test_a_fetched_source_is_identified_without_absolute_paths(reported, tmp_pat
     assert "ab" * 32 in text and "1,234 bytes" in text and images == []  # --no-plots: no figure
 
 
-def _hostile_variants(verify: dict) -> dict[str, bytes]:
-    """Malformed verification results: a field missing, of the wrong type, not JSON, NaN."""
+def _hostile_variants(verify: dict) -> dict[str, tuple[bytes, str]]:
+    """Malformed verification results: a field missing, of the wrong type, not JSON, NaN; with
+    what `report`'s error must say after the file's name."""
     missing = {k: v for k, v in verify.items() if k != "tensors"}
     wrong_type = {**verify, "functional": {**verify["functional"], "kld_percentiles": [1, 2]}}
     return {
-        "missing-tensors": json.dumps(missing).encode(),
-        "percentiles-a-list": json.dumps(wrong_type).encode(),
-        "not-json": b"{\"file\": ",
-        "nan": json.dumps(verify).replace('"kld_mean": ', '"kld_mean": NaN, "x": ', 1).encode(),
-        "a-list": b"[1, 2, 3]",
+        "missing-tensors": (json.dumps(missing).encode(), "missing field 'tensors'"),
+        "percentiles-a-list": (json.dumps(wrong_type).encode(),
+                               "functional.kld_percentiles must be an object, got a list"),
+        "not-json": (b"{\"file\": ", "not valid JSON"),
+        "nan": (json.dumps(verify).replace('"kld_mean": ', '"kld_mean": NaN, "x": ', 1).encode(), "NaN"),
+        "a-list": (b"[1, 2, 3]", "must be an object, got a list"),
     }
 
 
@@ -196,13 +198,14 @@ def test_malformed_results_get_one_error_line_and_no_output(reported, tmp_path):
 
     root, _, _ = reported
     good = json.load(open(root / "m.v1.verify.json"))
-    for name, data in _hostile_variants(good).items():
+    for name, (data, what) in _hostile_variants(good).items():
         bad = tmp_path / f"{name}.v1.verify.json"
         bad.write_bytes(data)
         out = tmp_path / f"out-{name}"
         outputs = [str(out / f"{name}.v1.json"), str(out / f"{name}.v1.md"), str(out / "m.html"), str(out / "m.png")]
-        run_hostile(HostileCase(f"report {name}", ["report", str(bad), "--model", "m", "--out-dir", str(out)],
-                                inputs=[str(bad)], outputs=outputs, needle=str(bad)))
+        proc = run_hostile(HostileCase(f"report {name}", ["report", str(bad), "--model", "m", "--out-dir", str(out)],
+                                       inputs=[str(bad)], outputs=outputs, needle=str(bad)))
+        assert what in proc.stderr, (name, proc.stderr)
         report = tmp_path / f"{name}.report.json"
         report.write_bytes(data)
         outputs = [str(tmp_path / f"s-{name}.{ext}") for ext in ("md", "json", "html", "png")]

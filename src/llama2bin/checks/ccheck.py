@@ -27,14 +27,15 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from .. import typed_json
 from ..errors import Llama2binError
-from ..formats import json_version
+from ..formats import FORMATS, json_version
 from ..formats.reader import BinFile
 from .eval_tokens import random_tokens
 from .forward import F32, Q8, bin_logits
@@ -172,7 +173,7 @@ class Consumer:
 
 
 @dataclass
-class CCheckResult:
+class CCheckResult(typed_json.Checked):
     file: str
     version: int | str | None  # formats.json_version of the file's format: 0, 1, 2 or "1f"
     arithmetic: str | None
@@ -202,8 +203,17 @@ class CCheckResult:
         return {**asdict(self), "passed": None if self.skipped else self.passed}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> CCheckResult:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def from_json(cls, d: Any, where: str = "C check result") -> CCheckResult:
+        """Checked field by field (typed_json): a wrong type is one error naming `where` and the field."""
+        return typed_json.load(cls, d, where)
+
+    def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
+        """The derived `passed` agrees, `version` is a format's."""
+        typed_json.derived(d, "passed", None if self.skipped else self.passed, where, path)
+        versions = [json_version(name) for name in FORMATS]
+        if self.version is not None and self.version not in versions:
+            raise typed_json.field_error(where, f"{path}.version" if path else "version",
+                                         f"must be one of {', '.join(map(repr, versions))}, got {self.version!r}")
 
 
 def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:

@@ -31,11 +31,12 @@ and the comparison (two exps, log-softmax of both sides, the KL term: about 40 n
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .. import typed_json
 from ..errors import Llama2binError
 from ..formats.output import Output
 from ..sources.base import Source
@@ -43,6 +44,7 @@ from . import numerics
 from .eval_tokens import EvalTokens
 from .forward import ARITHMETICS, F32, BinWeights, LazyWeights, SourceWeights, classify, hidden_states
 from .metrics import KLD_HIST_EDGES, LogitComparison, block_columns
+from .result_json import EvalSummaryJson, KldPercentilesJson
 
 # Unquantized outputs: |Δlogit| <= FP32_RTOL * max(1, max |logit|).
 FP32_RTOL = 1e-5
@@ -80,22 +82,18 @@ class QualityLimits:
     def to_json(self) -> dict[str, float]:
         return asdict(self)
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> QualityLimits:
-        return cls(**{f.name: float(d[f.name]) for f in fields(cls) if f.name in d})
-
 
 @dataclass
-class FunctionalResult:
+class FunctionalResult(typed_json.Checked):
     arithmetic: str
     quantized: bool
-    eval: dict[str, Any]  # EvalTokens.summary(): recipe, seqs, positions, sha256
+    eval: EvalSummaryJson  # EvalTokens.summary(): recipe, seqs, positions, sha256
     positions: int
     predicted: int  # positions with a next token: what perplexity and RMS Δp average over
     max_abs_logit: float  # of the reference, for scale
     max_abs_dlogit: float
     kld_mean: float
-    kld_percentiles: dict[str, float]
+    kld_percentiles: KldPercentilesJson
     kld_max: float
     kld_hist: list[int]
     same_top: float
@@ -106,17 +104,20 @@ class FunctionalResult:
     rms_dp: float | None
     fp32_rtol: float = FP32_RTOL
     failures: list[str] = field(default_factory=list)  # correctness only
+    kld_hist_edges: list[float] = field(default_factory=lambda: list(KLD_HIST_EDGES))  # of kld_hist
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed, "kld_hist_edges": KLD_HIST_EDGES}
+        d = asdict(self)
+        edges = d.pop("kld_hist_edges")
+        return {**d, "passed": self.passed, "kld_hist_edges": edges}
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> FunctionalResult:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
+        """The derived `passed` agrees with `failures`."""
+        typed_json.derived(d, "passed", self.passed, where, path)
 
 
 class ReferenceModel:

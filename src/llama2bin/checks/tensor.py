@@ -43,6 +43,7 @@ from ..rope_freqs import RopeScaling
 from ..safe_io import open_regular
 from ..sources.base import Source, TensorEncoding, TensorRef, row_chunks
 from . import numerics
+from .result_json import RopeTablesJson, SourceJson, SourceQuantizedJson
 
 # |q*s - w| <= s/2 holds exactly in real arithmetic; float32 rounding of w/s and of q*s adds
 # at most 127 * 2**-24 * s each. 2**-16 * s covers both with margin and is far below the
@@ -87,10 +88,6 @@ class TensorStats:
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_") and not (k == "hf_name" and v is None)}
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TensorStats:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if not f.name.startswith("_") and f.name in d})
-
 
 @dataclass
 class TensorCheckResult:
@@ -101,15 +98,15 @@ class TensorCheckResult:
     size: int
     sha256: str
     group_size: int | None
-    header: dict[str, Any]
-    source: dict[str, Any]
+    header: dict[str, Any]  # the output's own header, as its format has it (config.json for hf)
+    source: SourceJson
     failures: list[str] = field(default_factory=list)
     tensors: list[TensorStats] = field(default_factory=list)
     # SourceQuantization.to_json() when the source was itself a Q8_0 .bin: a float32 output then
     # holds dequantized values, not the original weights (issue 12.2).
-    source_quantized: dict[str, Any] | None = None
+    source_quantized: SourceQuantizedJson | None = None
     # v0 only: the rotary base of the stored tables and which readers use them (formats.rope.rope_json).
-    rope_tables: dict[str, Any] | None = None
+    rope_tables: RopeTablesJson | None = None
     # sha256 over every weight's bytes in canonical order (see the module's docstring); None when
     # the header already failed and no tensor was read
     weights_sha256: str | None = None
@@ -129,12 +126,6 @@ class TensorCheckResult:
         d["tensors"] = [t.to_json() for t in self.tensors]
         d["passed"] = self.passed
         return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TensorCheckResult:
-        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        kw["tensors"] = [TensorStats.from_json(t) for t in d.get("tensors", [])]
-        return cls(**kw)
 
 
 def sha256_file(path: str) -> str:

@@ -15,9 +15,10 @@ verify JSON").
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict
 
+from .. import typed_json
 from ..formats.families import open_output
 from ..sources.base import Source
 from .ccheck import CCheckResult, Consumer, c_check
@@ -29,7 +30,7 @@ SCHEMA = "llama2bin.verify/2"
 
 
 @dataclass
-class QualityVerdict:
+class QualityVerdict(typed_json.Checked):
     limits: QualityLimits
     gate: bool
     exceeded: list[str] = field(default_factory=list)
@@ -44,17 +45,28 @@ class QualityVerdict:
     def to_json(self) -> dict[str, Any]:
         return {"limits": self.limits.to_json(), "gate": self.gate, "exceeded": self.exceeded, "passed": self.passed}
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> QualityVerdict:
-        return cls(QualityLimits.from_json(d["limits"]), bool(d["gate"]), list(d["exceeded"]))
+    def json_loaded(self, d: dict[str, Any], where: str, path: str) -> None:
+        """The derived `passed` agrees with the gate and the limits exceeded."""
+        typed_json.derived(d, "passed", self.passed, where, path)
 
 
 _TENSOR_KEYS = ("file", "version", "format", "size", "sha256", "group_size", "header", "source", "tensors",
                 "source_quantized", "rope_tables", "weights_sha256")
 
 
+class _VerifyKeys(TypedDict):
+    """The keys of the verify JSON that are no field of the results it holds."""
+
+    schema: str
+    tensor_failures: list[str]  # TensorCheckResult.failures, beside the combined `failures`
+
+
 @dataclass
 class Verification:
+    """The tensor check's fields at the top of the JSON, then one key per further section: a
+    new section is one field here (`x: XResult | None = None`, XResult a dataclass with to_json);
+    to_json and from_json follow the fields, and files written before it read it as null."""
+
     tensor: TensorCheckResult
     functional: FunctionalResult | None = None
     c_check: CCheckResult | None = None
@@ -80,23 +92,33 @@ class Verification:
             "schema": SCHEMA,
             **{k: t[k] for k in _TENSOR_KEYS},
             "tensor_failures": self.tensor.failures,
-            "functional": self.functional.to_json() if self.functional else None,
-            "c_check": self.c_check.to_json() if self.c_check else None,
-            "quality": self.quality.to_json() if self.quality else None,
+            **{name: None if (part := getattr(self, name)) is None else part.to_json() for name in _sections()},
             "failures": self.failures,
             "correct": self.correct,
             "passed": self.passed,
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Verification:
-        tensor = TensorCheckResult.from_json({**{k: d[k] for k in _TENSOR_KEYS}, "failures": d["tensor_failures"]})
-        return cls(
-            tensor=tensor,
-            functional=FunctionalResult.from_json(d["functional"]) if d.get("functional") else None,
-            c_check=CCheckResult.from_json(d["c_check"]) if d.get("c_check") else None,
-            quality=QualityVerdict.from_json(d["quality"]) if d.get("quality") else None,
-        )
+    def from_json(cls, d: Any, where: str = "verification result") -> Verification:
+        """The results of a verify JSON (`to_json`'s form), every field checked against its type
+        at load (typed_json): a hand-edited, truncated or foreign file is one error naming
+        `where` and the field. Keys that follow from the others (`passed`, `correct`,
+        `failures`, `version`) must agree with them."""
+        keys = typed_json.check(d, _VerifyKeys, where)
+        if keys["schema"] != SCHEMA:
+            raise typed_json.field_error(where, "schema", f"must be {SCHEMA!r}, got {keys['schema']!r}")
+        tensor = typed_json.load(TensorCheckResult, {**d, "failures": keys["tensor_failures"]}, where)
+        hints = typed_json.hints(cls)
+        result = cls(tensor, **{name: typed_json.check(d.get(name), hints[name], where, name) for name in _sections()})
+        for key, expected in (("version", tensor.version), ("failures", result.failures), ("correct", result.correct),
+                              ("passed", result.passed)):
+            typed_json.derived(d, key, expected, where)
+        return result
+
+
+def _sections() -> list[str]:
+    """Verification's fields after the tensor check: each one key of the JSON."""
+    return [f.name for f in fields(Verification) if f.name != "tensor"]
 
 
 def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,

@@ -8,18 +8,18 @@ JSON); fmt.py formats numbers; markdown.py, html.py and plots.py render; summary
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import replace
 
 from ..atomic import write_atomic
+from ..checks.verification import Verification
 from ..errors import Llama2binError
+from .record_types import Report
 from .records import (
-    MALFORMED,
     build_report,
-    c_check_section,
     distinct_quantizations,
     dump_json,
-    load_json,
-    malformed,
+    load_c_check,
+    load_verification,
     round_sig,
     same_as,
     source_record,
@@ -49,27 +49,17 @@ def write_reports(model: str, verify_paths: list[str], out_dir: str, c_check_pat
     stems = [_stem(p) for p in verify_paths]
     for stem in sorted(set(c_checks) - set(stems)):
         raise Llama2binError(f"{c_checks[stem]}: no {stem}.verify.json among the verification results")
-    results = [load_json(p) for p in verify_paths]
+    # Every result is loaded (and checked, field by field) before anything is rendered.
+    results = [load_verification(p) for p in verify_paths]
+    c_results = {stem: load_c_check(c_checks[stem]) for stem in stems if stem in c_checks}
     figure = f"{model}.png" if plots else None
     fetched = source_record(source_record_path) if source_record_path else None
-    reports = []
-    for path, result, stem in zip(verify_paths, results, stems, strict=True):
-        c_check = load_json(c_checks[stem], "C check result") if stem in c_checks else None
-        try:
-            c_check_section(c_check)
-        except MALFORMED as e:
-            raise malformed(c_checks[stem], e) from None
-        try:
-            reports.append(build_report(model, result, c_check, plot=figure, source=fetched))
-        except MALFORMED as e:
-            raise malformed(path, e) from None
-    try:
-        return _write(model, out_dir, stems, results, reports, plots)
-    except MALFORMED as e:  # a field the renderers need, wrong in one of the results
-        raise malformed(", ".join(verify_paths), e) from None
+    reports = [build_report(model, result, c_results.get(stem), plot=figure, source=fetched)
+               for result, stem in zip(results, stems, strict=True)]
+    return _write(model, out_dir, stems, results, reports, plots)
 
 
-def _write(model: str, out_dir: str, stems: list[str], results: list[dict[str, Any]], reports: list[dict[str, Any]],
+def _write(model: str, out_dir: str, stems: list[str], results: list[Verification], reports: list[Report],
            plots: bool) -> list[str]:
     """Render everything first, then write: a rendering error leaves no file behind."""
     from ..checks.tensor import HIST_EDGES
@@ -81,15 +71,15 @@ def _write(model: str, out_dir: str, stems: list[str], results: list[dict[str, A
         outputs += [(f"{stem}.json", dump_json(report)), (f"{stem}.md", render_markdown(report))]
     png = None
     if plots:
-        from .plots import render_model_png, render_notice_png
+        from .plots import FigureRow, render_model_png, render_notice_png
 
         by_fingerprint = {r["weights_fingerprint"]: res for r, res in zip(reports, results, strict=True)}
-        rows = [{"title": f"{same_as(g)} (Q8_0, group size {g[0]['group_size']}, "
-                          f"{g[0]['bits_per_weight']:.2f} bits/weight)",
-                 "tensors": [{**t, "rel_err": round_sig(t["rel_err"])}
-                             for t in by_fingerprint[g[0]["weights_fingerprint"]]["tensors"]],
-                 "functional": g[0]["functional"]}
-                for g in distinct_quantizations(reports)]
+        rows: list[FigureRow] = [
+            {"title": f"{same_as(g)} (Q8_0, group size {g[0]['group_size']}, {g[0]['bits_per_weight']:.2f} bits/weight)",
+             "tensors": [replace(t, rel_err=round_sig(t.rel_err))
+                         for t in by_fingerprint[g[0]["weights_fingerprint"]].tensor.tensors],
+             "functional": g[0]["functional"]}
+            for g in distinct_quantizations(reports)]
         n_layers = reports[0]["model_config"]["n_layers"] if reports else 0
         png = render_model_png(model, rows, n_layers, HIST_EDGES) if rows else None
         # The figure is a declared output; a model with float32 outputs only gets a notice in it

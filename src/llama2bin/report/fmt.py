@@ -5,9 +5,8 @@ Renderers escape for their own syntax: Markdown escapes `|`, HTML escapes everyt
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..formats import format_spec
+from .record_types import CCheckSection, FunctionalSection, Report
 from .records import MB
 
 
@@ -40,12 +39,12 @@ def signed(x: float | None, spec: str = ".4g") -> str:
     return "—" if x is None else format(x, "+" + spec)
 
 
-def output_name(r: dict[str, Any]) -> str:
+def output_name(r: Report) -> str:
     """How titles name an output ("version 2", "Hugging Face directory"): the format registry's title."""
     return format_spec(r["version"]).title
 
 
-def encoding_name(r: dict[str, Any]) -> str:
+def encoding_name(r: Report) -> str:
     return f"Q8_0, group size {r['group_size']}" if r["quantized"] else "float32"
 
 
@@ -54,7 +53,7 @@ def encoding_short(quantized: bool, group_size: int | None) -> str:
     return f"Q8_0/{group_size}" if quantized else "float32"
 
 
-def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+def shape_rows(r: Report) -> list[tuple[str, str]]:
     """The model's shape (the first 11 rows, dim ... parameters) and identity as (field, value) rows."""
     h = r["model_config"]
     src = r["source"]
@@ -84,7 +83,7 @@ def shape_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _recipe(recipe: dict[str, Any]) -> str:
+def _recipe(recipe: dict[str, str | int | float | None]) -> str:
     kind = recipe.get("kind")
     size = f"{recipe.get('seqs')} × {recipe.get('len')}"
     if kind == "sampled":
@@ -99,53 +98,51 @@ def _recipe(recipe: dict[str, Any]) -> str:
     return str(kind)
 
 
-def eval_description(f: dict[str, Any]) -> str:
+def eval_description(f: FunctionalSection) -> str:
     """What the logits were compared on, as recorded: recipe, positions, the tokens' sha256."""
     ev = f["eval"]
     text = f"{f['positions']} positions: {_recipe(ev['recipe'])}"
-    if ev.get("sha256"):
+    if ev["sha256"]:
         text += f"; tokens sha256 {ev['sha256'][:16]}…"
     arith = {"f32": "float32 activations", "q8": "Q8_0 activations as runq.c"}.get(f["arithmetic"], f["arithmetic"])
     return f"{text}; {arith}"
 
 
-def functional_rows(f: dict[str, Any]) -> list[tuple[str, str, str]]:
+def functional_rows(f: FunctionalSection) -> list[tuple[str, str, str]]:
     """(statistic, value, limit) rows of a functional section, perplexity first when measured."""
-    q = f.get("quality") or {}
-    lim = q.get("limits") or {}
-    if f["quantized"] and lim:
+    q = f["quality"]
+    if f["quantized"] and q:
+        lim = q["limits"]
         tol = "—"
         limits = {"kld_mean": f"≤ {lim['kld_mean_max']:g}", "p99": f"≤ {lim['kld_p99_max']:g}",
-                  "same_top": f"≥ {pct(lim['same_top_min'])}"}
-        if "ppl_ratio_max" in lim:
-            limits["ppl_ratio"] = f"≤ {lim['ppl_ratio_max']:g}"
+                  "same_top": f"≥ {pct(lim['same_top_min'])}", "ppl_ratio": f"≤ {lim['ppl_ratio_max']:g}"}
     else:
         tol = f"≤ {f['fp32_rtol']:g} × max(1, max |logit|)" if not f["quantized"] else "—"
         limits = {}
     rows = []
-    if f.get("ppl_source") is not None:
+    if f["ppl_source"] is not None:
         rows += [
             ("perplexity of the source", f"{f['ppl_source']:.6g}", "—"),
             ("perplexity of this file", f"{f['ppl_file']:.6g}", "—"),
-            ("ΔPPL", signed(f.get("delta_ppl")), "—"),
-            ("PPL ratio", "—" if f.get("ppl_ratio") is None else f"{f['ppl_ratio']:.6f}", limits.get("ppl_ratio", "—")),
+            ("ΔPPL", signed(f["delta_ppl"]), "—"),
+            ("PPL ratio", "—" if f["ppl_ratio"] is None else f"{f['ppl_ratio']:.6f}", limits.get("ppl_ratio", "—")),
         ]
     p = f["kld_percentiles"]
     rows += [
         (f"max |Δlogit| (largest |logit| {num(f['max_abs_logit'], '.4g')})", num(f["max_abs_dlogit"]), tol),
         ("mean KL divergence (nats)", num(f["kld_mean"]), limits.get("kld_mean", "—")),
-        ("KL divergence median", num(p.get("p50")), "—"),
-        ("KL divergence 90th percentile", num(p.get("p90")), "—"),
-        ("KL divergence 99th percentile", num(p.get("p99")), limits.get("p99", "—")),
-        ("KL divergence 99.9th percentile", num(p.get("p99.9")), "—"),
+        ("KL divergence median", num(p["p50"]), "—"),
+        ("KL divergence 90th percentile", num(p["p90"]), "—"),
+        ("KL divergence 99th percentile", num(p["p99"]), limits.get("p99", "—")),
+        ("KL divergence 99.9th percentile", num(p["p99.9"]), "—"),
         ("KL divergence max", num(f["kld_max"]), "—"),
         ("same top token", pct(f["same_top"]), limits.get("same_top", "—")),
-        ("RMS Δp of the next token", num(f.get("rms_dp")), "—"),
+        ("RMS Δp of the next token", num(f["rms_dp"]), "—"),
     ]
     return rows
 
 
-def c_check_text(c: dict[str, Any] | None) -> str | None:
+def c_check_text(c: CCheckSection | None) -> str | None:
     if not c:
         return None
     how = {"f32": "float32 arithmetic", "q8": "Q8_0 activations and int32 group dot products as runq.c"}.get(
@@ -162,7 +159,7 @@ def c_check_text(c: dict[str, Any] | None) -> str | None:
     return f"C consumer (c/consumer.c, memory-mapped as llama2.c reads it, {how}): {outcome}"
 
 
-def c_check_short(c: dict[str, Any] | None) -> str:
+def c_check_short(c: CCheckSection | None) -> str:
     if not c:
         return "—"
     if c["skipped"]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from html import escape
-from typing import Any
 
 from .fmt import (
     bpw,
@@ -26,6 +25,7 @@ from .fmt import (
     shape_rows,
     signed,
 )
+from .record_types import ModelRow, Quantization, Report, SummaryRow
 from .records import correct_verdict, distinct_quantizations, quality_exceeded, quality_verdict, same_as
 
 _CSS = """
@@ -86,7 +86,7 @@ def _quality_class(verdict: str) -> str:
     return "note"
 
 
-def _verdict_cells(r: dict[str, Any]) -> tuple[str, str]:
+def _verdict_cells(r: Report) -> tuple[str, str]:
     correct, why = correct_verdict(r)
     c = "<span class=\"ok\">yes</span>" if correct else f"<span class=\"bad\">NO</span>: {escape(why)}"
     q = quality_verdict(r)
@@ -94,32 +94,31 @@ def _verdict_cells(r: dict[str, Any]) -> tuple[str, str]:
     return c, f"<span class=\"{q_cls}\">{escape(q)}</span>"
 
 
-def _outputs_table(reports: list[dict[str, Any]]) -> str:
+def _outputs_table(reports: list[Report]) -> str:
     rows = []
     for r in reports:
-        f = r.get("functional") or {}
+        f = r["functional"]
         correct, quality = _verdict_cells(r)
-        lossy = r["quantized"] and f
         rows.append([
             f"<b>{escape(r['label'])}</b>", escape(encoding_short(r["quantized"], r["group_size"])), mb(r["size"]),
             bpw(r["bits_per_weight"]),
             correct, quality,
-            signed(f.get("delta_ppl")) if lossy else "exact" if f else "—",
-            num(f.get("kld_mean")) if f else "—",
-            num(f["kld_percentiles"].get("p99")) if f else "—",
+            "—" if not f else signed(f["delta_ppl"]) if r["quantized"] else "exact",
+            num(f["kld_mean"]) if f else "—",
+            num(f["kld_percentiles"]["p99"]) if f else "—",
             pct(f["same_top"]) if f else "—",
-            escape(c_check_short(r.get("c_check"))),
+            escape(c_check_short(r["c_check"])),
         ])
     return _table(["output", "encoding", "size (MB)", "bits/weight", "correct", "quality", "ΔPPL", "mean KLD",
                    "KLD p99", "same top", "C check"], "llrrllrrrrl", rows, raw=True)
 
 
-def _files_table(reports: list[dict[str, Any]]) -> str:
-    rows = [[r["label"], r["file"], f"{r['size']:,}", r["sha256"], r.get("read_by") or "—"] for r in reports]
+def _files_table(reports: list[Report]) -> str:
+    rows = [[r["label"], r["file"], f"{r['size']:,}", r["sha256"], r["read_by"] or "—"] for r in reports]
     return _table(["output", "file", "bytes", "sha256", "read by"], "llrll", rows)
 
 
-def _exact_note(reports: list[dict[str, Any]]) -> str | None:
+def _exact_note(reports: list[Report]) -> str | None:
     exact = [r["label"] for r in reports if not r["quantized"]]
     if not exact:
         return None
@@ -127,7 +126,7 @@ def _exact_note(reports: list[dict[str, Any]]) -> str | None:
             "identical, so they have no error to plot.")
 
 
-def _tensor_table(r: dict[str, Any]) -> str:
+def _tensor_table(r: Report) -> str:
     quantized = [t for t in r["tensors"] if t["encoding"] != "f32"]
     rows = [[t["name"], "×".join(map(str, t["shape"])), num(t["max_abs_err"]), num(t["rmse"]), num(t["rel_err"]),
              "∞" if t["snr_db"] is None else f"{t['snr_db']:.2f}"] for t in quantized]
@@ -138,7 +137,7 @@ def _tensor_table(r: dict[str, Any]) -> str:
             "(relative error ‖w−ŵ‖/‖w‖; SNR 10·log10(‖w‖²/‖w−ŵ‖²))</summary>\n" + table + tail + "</details>")
 
 
-def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: bytes | None) -> str:
+def render_model_html(model: str, reports: list[Report], figure_png: bytes | None) -> str:
     """The page of one model: overview, every output with its verdicts, the figure (one row per
     distinct quantization), and per quantization its logit statistics and per-tensor errors."""
     first = reports[0]
@@ -153,7 +152,7 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
         ("outputs", ", ".join(f"{r['label']} ({r['file']})" for r in reports)),
         ("llama2bin", first["llama2bin"]),
     ]
-    f = next((r["functional"] for r in reports if r.get("functional")), None)
+    f = next((r["functional"] for r in reports if r["functional"]), None)
     if f:
         overview.append(("evaluation tokens", eval_description(f)))
     body = [f"<h1>{escape(model)}</h1>", "<h2>Overview</h2>", shape, _kv_table(overview), "<h2>Outputs</h2>"]
@@ -193,20 +192,20 @@ def render_model_html(model: str, reports: list[dict[str, Any]], figure_png: byt
     for group in groups:
         r = group[0]
         body.append(f"<h2>{escape(same_as(group))}: {escape(encoding_name(r))}</h2>")
-        fr = r.get("functional")
+        fr = r["functional"]
         if fr:
             body.append(f"<p>Logits against the source on {escape(eval_description(fr))}.</p>")
             body.append(_table(["statistic", "value", "limit"], "lrr", [list(x) for x in functional_rows(fr)]))
         for g in group:
-            c = c_check_text(g.get("c_check"))
+            c = c_check_text(g["c_check"])
             if c:
                 body.append(f"<p>{escape(g['label'])}: {escape(c)}</p>")
         body.append(_tensor_table(r))
     return _page(f"llama2bin — {model}", body)
 
 
-def render_summary_html(rows: list[dict[str, Any]], models: list[dict[str, Any]],
-                        quantizations: list[dict[str, Any]], figure_png: bytes | None, quality_axis: str) -> str:
+def render_summary_html(rows: list[SummaryRow], models: list[ModelRow], quantizations: list[Quantization],
+                        figure_png: bytes | None, quality_axis: str) -> str:
     """The summary page: every model's shape, the size/quality figure, every output's verdicts,
     and the logit statistics of every distinct quantization (`quantizations`: model, label
     'v1 = v2', bits_per_weight, functional section or None)."""
@@ -252,10 +251,10 @@ def render_summary_html(rows: list[dict[str, Any]], models: list[dict[str, Any]]
         if not f:
             table.append([q["model"], q["label"], "not measured", *["—"] * 8])
             continue
-        ratio = f.get("ppl_ratio")
-        table.append([q["model"], q["label"], signed(f.get("delta_ppl")),
+        ratio = f["ppl_ratio"]
+        table.append([q["model"], q["label"], signed(f["delta_ppl"]),
                       "—" if ratio is None else f"{ratio:.5f}", num(f["kld_mean"]),
-                      num(f["kld_percentiles"].get("p99")), num(f["kld_max"]), pct(f["same_top"]), num(f["rms_dp"]),
+                      num(f["kld_percentiles"]["p99"]), num(f["kld_max"]), pct(f["same_top"]), num(f["rms_dp"]),
                       num(f["max_abs_dlogit"]), str(f["positions"])])
     body.append(_table(["model", "outputs", "ΔPPL", "PPL ratio", "mean KLD", "KLD p99", "KLD max", "same top",
                         "RMS Δp", "max |Δlogit|", "positions"], "llrrrrrrrrr", table))

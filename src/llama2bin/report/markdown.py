@@ -3,8 +3,6 @@ reader of the repository sees on a code host; the Snakemake HTML report shows ht
 
 from __future__ import annotations
 
-from typing import Any
-
 from .fmt import (
     bpw,
     c_check_short,
@@ -19,6 +17,7 @@ from .fmt import (
     shape_rows,
     signed,
 )
+from .record_types import Quantization, Report, SummaryRow
 from .records import correct_verdict, quality_exceeded, quality_verdict
 
 
@@ -33,7 +32,7 @@ def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(_esc(c) for c in row) + " |" for row in rows]
 
 
-def render_markdown(r: dict[str, Any]) -> str:
+def render_markdown(r: Report) -> str:
     """The report of one model x output."""
     correct, checked = correct_verdict(r)
     shape = dict(shape_rows(r))
@@ -52,12 +51,10 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     if r["accepted_departures"]:
         lines.append(f"- accepted departures from the format: {', '.join(r['accepted_departures'])}")
-    if r.get("source_quantized"):
-        sq = r["source_quantized"]
+    if sq := r.get("source_quantized"):
         lines.append(f"- the source was already Q8_0 (version {sq['format']}, group size {sq['group_size']}): float32 "
                      "outputs hold its dequantized values, not the original weights")
-    if r.get("rope_tables"):
-        rope = r["rope_tables"]
+    if rope := r.get("rope_tables"):
         scaled = f" with {rope['scaling']['rope_type']} scaling (factor {rope['scaling']['factor']:g})" \
             if rope.get("scaling") else ""
         lines.append(f"- rope tables at rope_theta {rope['theta']:g}{scaled}: right for readers that use them "
@@ -65,7 +62,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     w = r["worst_tensor"]
     if w and w["rel_err"]:
         lines.append(f"- worst tensor: `{w['name']}` (relative error {num(w['rel_err'])}, SNR {w['snr_db']:.2f} dB)")
-    f = r.get("functional")
+    f = r["functional"]
     if f and not r["quantized"] and f["passed"]:
         # float32 and within its tolerance: said once, not as a table of zeros
         same = "identical to" if not f["max_abs_dlogit"] else f"within {f['fp32_rtol']:g} × max(1, max \\|logit\\|) of"
@@ -76,10 +73,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append("")
     else:
         lines.append("- functional verification: not run")
-    c = c_check_text(r.get("c_check"))
+    c = c_check_text(r["c_check"])
     if c:
         lines.append(f"- {_esc(c)}")
-    if r.get("plot"):
+    if r["plot"]:
         lines += ["", f"![relative error by layer, largest error per Q8_0 group, KL divergence]({r['plot']})"]
     # tensors with an error, worst first; bit-identical float32 tensors in one line
     lossy = [t for t in r["tensors"] if t["encoding"] != "f32" or t["max_abs_err"] or t["rel_err"]]
@@ -100,7 +97,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_summary_markdown(rows: list[dict[str, Any]], quantizations: list[dict[str, Any]], figure: str | None) -> str:
+def render_summary_markdown(rows: list[SummaryRow], quantizations: list[Quantization], figure: str | None) -> str:
     """Every model x output with its size and verdicts; the logit statistics of every distinct
     quantization (`quantizations` as summary.py builds them: model, label 'v1 = v2', functional)."""
     lines = ["# Summary", ""]
@@ -128,12 +125,12 @@ def render_summary_markdown(rows: list[dict[str, Any]], quantizations: list[dict
         if not f:
             table.append([q["model"], q["label"], "not measured", *["—"] * 10])
             continue
-        ratio = f.get("ppl_ratio")
+        ratio = f["ppl_ratio"]
         table.append([q["model"], q["label"], f["arithmetic"], str(f["positions"]),
-                      "—" if f.get("ppl_source") is None else f"{f['ppl_source']:.5g}", signed(f.get("delta_ppl")),
+                      "—" if f["ppl_source"] is None else f"{f['ppl_source']:.5g}", signed(f["delta_ppl"]),
                       "—" if ratio is None else f"{ratio:.5f}", num(f["kld_mean"]),
-                      num(f["kld_percentiles"].get("p99")), num(f["kld_max"]), pct(f["same_top"]),
-                      num(f.get("rms_dp")), num(f["max_abs_dlogit"])])
+                      num(f["kld_percentiles"]["p99"]), num(f["kld_max"]), pct(f["same_top"]),
+                      num(f["rms_dp"]), num(f["max_abs_dlogit"])])
     lines += _table(["model", "outputs", "arithmetic", "positions", "PPL source", "ΔPPL", "PPL ratio", "mean KLD",
                      "KLD p99", "KLD max", "same top", "RMS Δp", "max |Δlogit|"], "lllrrrrrrrrrr", table)
     return "\n".join(lines) + "\n"

@@ -21,11 +21,13 @@ import io
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
+from ..checks.tensor import TensorStats
 from ..model import LAYER_MATRICES
+from .record_types import FunctionalSection, Quantization
 
 _KIND_LABELS = {
     "attention.wq": "wq", "attention.wk": "wk", "attention.wv": "wv", "attention.wo": "wo",
@@ -57,18 +59,18 @@ def _message(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
-def _rel_err_panel(ax: Any, tensors: list[dict[str, Any]], n_layers: int) -> None:
+def _rel_err_panel(ax: Any, tensors: list[TensorStats], n_layers: int) -> None:
     ax.set_title("relative error by layer")
     by_kind: dict[str, dict[int, float]] = {}
     ends: dict[str, float] = {}
     for t in tensors:
-        if not t.get("rel_err"):
+        if not t.rel_err:
             continue
-        m = _LAYER.fullmatch(t["name"])
+        m = _LAYER.fullmatch(t.name)
         if m:
-            by_kind.setdefault(m.group(2), {})[int(m.group(1))] = t["rel_err"]
+            by_kind.setdefault(m.group(2), {})[int(m.group(1))] = t.rel_err
         else:
-            ends[t["name"]] = t["rel_err"]
+            ends[t.name] = t.rel_err
     for kind in LAYER_MATRICES:
         points = by_kind.get(kind)
         if points:
@@ -120,7 +122,7 @@ def _group_err_panel(ax: Any, hists: list[list[int]], edges: list[float]) -> Non
     _log_hist_panel(ax, total.tolist(), edges, "max |w−ŵ| in the group", f"< {edges[1]:.0e}")
 
 
-def _kld_panel(ax: Any, functional: dict[str, Any] | None) -> None:
+def _kld_panel(ax: Any, functional: FunctionalSection | None) -> None:
     ax.set_title("KL divergence per position")
     if not functional:
         _message(ax, "functional verification\nnot run")
@@ -166,10 +168,16 @@ def _draw(plt: Any, size: tuple[float, float], draw: Callable[[Any], None]) -> b
         plt.close(fig)
 
 
-def render_model_png(model: str, rows: list[dict[str, Any]], n_layers: int, group_err_edges: list[float]) -> bytes:
-    """The figure of one model: one row of panels per distinct quantization. Each row has a
-    `title`, `tensors` (verify's per-tensor statistics with rel_err and group_err_hist) and
-    `functional` (the rounded functional section of a report, or None)."""
+class FigureRow(TypedDict):
+    """One distinct quantization in a model's figure."""
+
+    title: str
+    tensors: list[TensorStats]  # verify's per-tensor statistics, rel_err rounded as the reports round it
+    functional: FunctionalSection | None  # the rounded functional section of a report
+
+
+def render_model_png(model: str, rows: list[FigureRow], n_layers: int, group_err_edges: list[float]) -> bytes:
+    """The figure of one model: one row of panels per distinct quantization."""
     if not rows:
         raise ValueError("a model figure needs at least one quantized output")
     with _figure_context() as plt:
@@ -180,7 +188,7 @@ def render_model_png(model: str, rows: list[dict[str, Any]], n_layers: int, grou
                 sub.suptitle(f"{model}: {row['title']}", fontsize=11, fontweight="bold")
                 axes = sub.subplots(1, 3)
                 _rel_err_panel(axes[0], row["tensors"], n_layers)
-                hists = [t["group_err_hist"] for t in row["tensors"] if t.get("group_err_hist")]
+                hists = [t.group_err_hist for t in row["tensors"] if t.group_err_hist]
                 _group_err_panel(axes[1], hists, group_err_edges)
                 _kld_panel(axes[2], row["functional"])
                 handles, labels = axes[0].get_legend_handles_labels()
@@ -197,15 +205,15 @@ _QUALITY_AXES = (
 )
 
 
-def tradeoff_axis(points: list[dict[str, Any]]) -> tuple[str, str, bool]:
+def tradeoff_axis(points: list[Quantization]) -> tuple[str, str, bool]:
     """The quality measure every point has: ΔPPL when all were measured with it, else mean KLD."""
     for key, label, log in _QUALITY_AXES:
-        if points and all(p["functional"].get(key) is not None for p in points):
+        if points and all((f := p["functional"]) and f[key] is not None for p in points):  # type: ignore[literal-required]
             return key, label, log
     return _QUALITY_AXES[-1]
 
 
-def render_tradeoff_png(points: list[dict[str, Any]]) -> bytes:
+def render_tradeoff_png(points: list[Quantization]) -> bytes:
     """Size against quality: one marker per distinct quantization of every model. Each point has
     `model`, `label` ('v1 = v2'), `bits_per_weight` and `functional` (a rounded report section).
     Float32 outputs are exact (zero loss, no point on a log axis): the tables say so."""
@@ -221,7 +229,7 @@ def render_tradeoff_png(points: list[dict[str, Any]]) -> bytes:
             for i, m in enumerate(models):
                 mine = [p for p in points if p["model"] == m]
                 xs = [p["bits_per_weight"] for p in mine]
-                ys = [p["functional"][key] for p in mine]
+                ys = [p["functional"][key] for p in mine]  # type: ignore[index,literal-required]
                 ax.plot(xs, ys, linestyle="none", marker=markers[i % len(markers)], markersize=8,
                         color=colors(i % 10), label=m)
                 for p, x, y in zip(mine, xs, ys, strict=True):
