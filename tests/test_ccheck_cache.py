@@ -75,3 +75,21 @@ def test_an_unwritable_cache_falls_back_to_a_private_build(tmp_path):
         assert not private.startswith(str(blocker)) and os.path.isfile(private)
         assert c_check(os.path.join(DATA, "tiny_b.v1.bin"), built).passed
     assert not os.path.exists(private) and compiles(log) == 1  # removed with its private directory
+
+
+def test_a_binary_others_can_write_is_never_run(tmp_path):
+    """A cache entry writable by the group or others (possibly planted) is rebuilt privately, not run."""
+    cache = tmp_path / "cache"
+    compiler, log = counting_compiler(tmp_path)
+    cache.mkdir(mode=0o700)
+    planted = cache / f"consumer-{build_key(compiler)}"
+    planted.write_text("#!/bin/sh\necho planted\n")
+    planted.chmod(0o777)
+    with Consumer(compiler, cache=str(cache)) as built:
+        assert open(built.exe, "rb").read(4) == b"\x7fELF" and compiles(log) == 1
+        assert c_check(os.path.join(DATA, "tiny_b.v1.bin"), built).passed
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a world-writable cache directory: private builds only
+    with Consumer(compiler, cache=str(shared)) as built:
+        assert not built.exe.startswith(str(shared)) and compiles(log) == 2

@@ -25,6 +25,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,17 @@ def build_key(compiler: list[str]) -> str:
     return h.hexdigest()
 
 
+def _trusted(path: str, directory: bool = False) -> bool:
+    """An existing executable (or directory) owned by this user that nobody else can write: a binary
+    found in the cache is run, so one another user could have planted is never used."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else (stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IXUSR)
+    return bool(kind_ok) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 class Consumer:
     """The compiled consumer. Built once per content (build_key) into cache_dir() and published
     there by an atomic rename, so a batch compiles it once however many jobs check files, and
@@ -109,10 +121,12 @@ class Consumer:
 
     def _cached_build(self, cache: str) -> str:
         final = os.path.join(cache, f"consumer-{build_key(self.compiler)}")
-        if os.path.isfile(final) and os.access(final, os.X_OK):
+        if _trusted(final):
             return final
         try:
             os.makedirs(cache, mode=0o700, exist_ok=True)
+            if not _trusted(cache, directory=True):
+                raise OSError(f"{cache}: not a private directory of this user")
             lock = os.open(f"{final}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:  # read-only or foreign cache: a private build still checks the file
             exe = os.path.join(self._dir, "consumer")
@@ -121,7 +135,7 @@ class Consumer:
         try:
             # concurrent jobs of one batch: the first builds, the others wait for it and reuse it
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if os.path.isfile(final) and os.access(final, os.X_OK):
+            if _trusted(final):
                 return final
             staging = tempfile.mkdtemp(prefix=".build-", dir=cache)
             try:
