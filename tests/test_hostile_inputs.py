@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import struct
 import warnings
@@ -410,7 +411,10 @@ def test_verify_refuses_a_fifo_in_an_hf_export(base: Base, tmp_path) -> None:
 def test_verify_of_a_2_20_token_vocabulary_finishes_in_time(tmp_path) -> None:
     """A legal, extreme model: vocab 2^20 and dim 2 (a 17 MB .pt). `verify` with the default
     functional check must finish within 30 s under the 1 GiB cap, and pass: memory was already
-    bounded; time must be too (Llama 3's 128256 tokens make the cost per vocabulary entry matter)."""
+    bounded; time must be too (Llama 3's 128256 tokens make the cost per vocabulary entry matter).
+    The 30 s are CPU seconds of the verify process (about 12 measured; bench/functional_cost.py):
+    its wall time on a machine shared with other jobs says nothing about the code, so the wall
+    limit is only a hang guard."""
     from llama2bin.cli import main
 
     shape = {"dim": 2, "n_heads": 1, "n_kv_heads": None, "n_layers": 1, "vocab_size": 1 << 20, "multiple_of": 2,
@@ -421,7 +425,11 @@ def test_verify_of_a_2_20_token_vocabulary_finishes_in_time(tmp_path) -> None:
     assert main(["export", "--checkpoint", ckpt, out, "--version", "0", "--quiet"]) == 0
     report = str(tmp_path / "wide.v0.verify.json")
     case = HostileCase("verify_vocab_2_20", ["verify", out, "--checkpoint", ckpt, "--json", report, "--quiet"],
-                       inputs=[ckpt, out], timeout=TIMEOUT, expect_success=True)
+                       inputs=[ckpt, out], timeout=10 * TIMEOUT, expect_success=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run_hostile(case)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu <= TIMEOUT, f"verify of a 2^20-token vocabulary took {cpu:.1f} CPU s (limit {TIMEOUT:g})"
     with open(report) as f:
         assert json.load(f)["passed"] is True
