@@ -52,9 +52,10 @@ def test_llama3_directories_get_tokenizer_bin_and_text_evaluation(tmp_path):
         src = os.path.join(ROOT, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(workdir, name))
     config = {"models": {
-        "hf3": {"source": "hf", "path": hf_dir, "allow_rope_theta": True, "eval_text": str(text)},
-        "meta3": {"source": "meta", "path": meta_dir, "allow_rope_theta": True, "eval_text": str(text)}},
-        "versions": [0, 2], "functional": {"eval_seqs": 2, "eval_len": 16}}
+        "hf3": {"source": "hf", "path": hf_dir, "eval_text": str(text)},
+        "meta3": {"source": "meta", "path": meta_dir, "eval_text": str(text)}},
+        # rope_theta 500000 without scaling: what the Llama 3 ports and the table readers compute, no consent needed
+        "targets": ["llama3.c-runq", "tables", "llama3.c"], "functional": {"eval_seqs": 2, "eval_len": 16}}
     (tmp_path / "c.yaml").write_text(json.dumps(config))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(tmp_path / "c.yaml")],
                           cwd=workdir, capture_output=True, text=True)
@@ -69,4 +70,15 @@ def test_llama3_directories_get_tokenizer_bin_and_text_evaluation(tmp_path):
         assert recipe["kind"] == "text"
         report = json.load(open(workdir / "reports" / model / f"{model}.v2.json"))
         assert report["verified"] and report["functional"]["eval"]["recipe"]["kind"] == "text"
-        assert "rope_theta=500000.0" in report["accepted_departures"]
+        assert report["accepted_departures"] == []
+        assert [t["name"] for t in report["targets"]] == ["llama3.c-runq"]
+        assert report["targets"][0]["functional"]["arithmetic"] == "q8"
+        v0 = json.load(open(workdir / "reports" / model / f"{model}.v0.json"))
+        assert [t["name"] for t in v0["targets"]] == ["tables", "llama3.c"]
+        assert all(t["functional"]["kld_mean"] < 1e-6 for t in v0["targets"])  # both compute the model's RoPE
+        ccheck = json.load(open(workdir / "results" / model / f"{model}.v0.ccheck.json"))
+        assert ccheck["passed"] and ccheck["target"] == "tables" and ccheck["rope"] == "tables"
+    for model in ("hf3", "meta3"):  # the targets pick the formats: no other output
+        assert sorted(os.listdir(workdir / "results" / model)) == sorted(
+            [f"{model}.v0.bin", f"{model}.v2.bin", "eval_tokens.json", "tokenizer.bin", f"{model}.v0.verify.json",
+             f"{model}.v2.verify.json", f"{model}.v0.ccheck.json", f"{model}.v2.ccheck.json"])

@@ -14,6 +14,7 @@ from llama2bin.fetch import FetchSpec, config_source
 from llama2bin.fetch.spec import TOKENIZER_FILES
 from llama2bin.formats import FORMATS
 from llama2bin.formats.source_registry import SOURCES, single_file
+from llama2bin.formats.targets import target_spec
 
 # jsonschema's message for a failed oneOf is hard to read; say plainly what is wrong first, with
 # the same checks `llama2bin fetch` applies (FetchSpec is the one place a source is validated).
@@ -29,7 +30,12 @@ for _name, _model in _models.items() if isinstance(_models, dict) else ():
 check_config_schema(
     config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
 )
+_VERSIONS_GIVEN = "versions" in config
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+if config["targets"] and _VERSIONS_GIVEN:
+    raise config_error(
+        f"{CONFIG_NAME}: give targets or versions, not both (a target picks its format)"
+    )
 
 for _name, _model in config["models"].items():
     if "demo" in _model and _model["source"] != "llama2c":
@@ -50,11 +56,14 @@ LLAMA2BIN = [sys.executable, "-m", "llama2bin"]
 MODELS = list(config["models"])
 # The formats every model is written in, in registry order (v0, v1, 1f, v2, hf): each knows its
 # label, its file (or directory) name and whether the C consumer reads it.
-OUTPUTS = [
-    spec
-    for spec in FORMATS.values()
-    if spec.name in {str(v) for v in config["versions"]}
-]
+# With `targets:`, the formats those programs read (formats/targets.py), else `versions:`.
+TARGETS_USED = [target_spec(name) for name in config["targets"]]
+_FORMAT_NAMES = (
+    {t.format for t in TARGETS_USED}
+    if TARGETS_USED
+    else {str(v) for v in config["versions"]}
+)
+OUTPUTS = [spec for spec in FORMATS.values() if spec.name in _FORMAT_NAMES]
 LABELS = [spec.label for spec in OUTPUTS]
 C_CHECKED = [spec for spec in OUTPUTS if spec.family.c_consumer]
 # The source registry's CLI flag of every config `source:` kind.
@@ -118,8 +127,20 @@ def source_args(wildcards):
 
 
 def export_versions():
-    """--version arguments matching export_paths() one to one."""
-    return [spec.name for spec in OUTPUTS]
+    """--version arguments matching export_paths() one to one, or with `targets:` --target
+    arguments ordered by their formats' registry order, so the outputs they pick come in the
+    order of export_paths() (the CLI writes one output per distinct format, in first-named order).
+    """
+    if TARGETS_USED:
+        order = list(FORMATS)
+        ordered = sorted(TARGETS_USED, key=lambda t: order.index(t.format))
+        return ["--target", *(t.name for t in ordered)]
+    return ["--version", *(spec.name for spec in OUTPUTS)]
+
+
+def target_args():
+    """verify and c-check: the programs the files are for (empty without `targets:`)."""
+    return ["--target", *config["targets"]] if config["targets"] else []
 
 
 def output_path(model, spec):
@@ -200,7 +221,7 @@ def functional_args(model=None, input=None):
     same tokens for models without eval_text/eval_tokens, and the global limits."""
     f = config["functional"]
     if not f["enabled"]:
-        return ["--no-functional"]
+        return ["--no-functional", *target_args()]
     # str() of a float is its shortest round-tripping form: every digit of a threshold is kept.
     args = ["--activations", f["activations"], "--fp32-rtol", str(f["fp32_rtol"])]
     if model:
@@ -225,7 +246,7 @@ def functional_args(model=None, input=None):
         "--ppl-ratio-max": "ppl_ratio_max",
     }
     args += [a for flag, key in limits.items() for a in (flag, str(q[key]))]
-    return args + (["--quality-gate"] if q["gate"] else [])
+    return args + (["--quality-gate"] if q["gate"] else []) + target_args()
 
 
 def eval_tokens_path(model):
@@ -292,7 +313,11 @@ def c_check_paths(model):
 
 def c_check_args():
     c = config["c_check"]
-    return ["--arithmetic", c["arithmetic"]] + (["--cc", c["cc"]] if "cc" in c else [])
+    return (
+        ["--arithmetic", c["arithmetic"]]
+        + (["--cc", c["cc"]] if "cc" in c else [])
+        + target_args()
+    )
 
 
 def report_c_check_args(wildcards, input):

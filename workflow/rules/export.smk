@@ -26,7 +26,7 @@ rule export:
             else []
         ),
     shell:
-        "{params.llama2bin:q} export {output:q} {params.source:q} --version {params.versions:q}"
+        "{params.llama2bin:q} export {output:q} {params.source:q} {params.versions:q}"
         " {params.group_size:q} --threads {threads} > {log:q} 2>&1"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 
@@ -49,7 +49,8 @@ rule tokenizer:
         llama2bin=LLAMA2BIN,
         source=source_args,
         tokenizer=lambda wc: tokenizer_model(wc.model),
+        targets=target_args(),
     shell:
         # The source flags make the command refuse a tokenizer whose size is not the model's vocab.
-        "{params.llama2bin:q} tokenizer {params.tokenizer:q} {output:q} {params.source:q} > {log:q} 2>&1"
+        "{params.llama2bin:q} tokenizer {params.tokenizer:q} {output:q} {params.source:q} {params.targets:q} > {log:q} 2>&1"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"

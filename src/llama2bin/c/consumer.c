@@ -7,7 +7,7 @@
  * every position. It shares no code with llama2bin's Python reader, so agreement between
  * the two proves the file is consumable from C, not merely self-consistent.
  *
- * usage: consumer [--mode f32|q8] [--dump PATH] FILE.bin TOKEN...
+ * usage: consumer [--mode f32|q8] [--dump PATH] [--theta X | --rope tables] FILE.bin TOKEN...
  *   --mode f32  float32 arithmetic; Q8_0 weights are dequantized (q * scale) as they are used
  *   --mode q8   (v1/v2 only) runq.c's arithmetic: activations are quantized to Q8_0 with the
  *               file's group size before every matmul, products are summed as int32 per group
@@ -22,7 +22,10 @@
  *     each site as float32 x[n] (the values before quantization), float32 scales[n / group_size],
  *     int8 q[n]. Native byte order (the machine that runs the check reads it).
  * stdout: one line per position, vocab_size logits printed with %.9g (exact for float32).
- * Like run.c and runq.c it assumes rope_theta 10000 and norm_eps 1e-5: the files store neither.
+ *   --theta X   RoPE computed at base X (default 10000, run.c/runq.c's; 500000 is the Llama 3 ports')
+ *   --rope tables  (v0 only) RoPE read from the file's freqs_cos/freqs_sin, as the ports that read
+ *               the tables do (pair j of a head at position pos: freqs_cos[pos * head_size / 2 + j])
+ * Like run.c and runq.c it assumes norm_eps 1e-5: the files do not store it.
  * Exit status 1 with one line on stderr for anything it refuses.
  */
 
@@ -156,6 +159,9 @@ static void embed(const Model *m, float *x, int token) {
     for (size_t j = 0; j < dim; j++) x[j] = (float)m->tok.q[first + j] * scale_at(&m->tok, (first + j) / m->group_size);
 }
 
+static float g_theta = 10000.0f; /* --theta */
+static int g_rope_tables;         /* --rope tables */
+
 static void forward(const Model *m, State *s, int q8, int token, int pos) {
     const Params *p = &m->p;
     int dim = p->dim, hid = p->hidden_dim, hs = dim / p->n_heads, kv = (int)kv_dim(p);
@@ -169,8 +175,15 @@ static void forward(const Model *m, State *s, int q8, int token, int pos) {
         matmul(m, q8, s->v, &m->wv[l], s->xb, &s->xq, dim, kv);
         /* rotary embedding on adjacent pairs of every head (k has fewer heads with GQA) */
         for (int i = 0; i < dim; i += 2) {
-            float freq = 1.0f / powf(10000.0f, (float)(i % hs) / (float)hs);
-            float angle = pos * freq, c = cosf(angle), sn = sinf(angle);
+            float c, sn;
+            if (g_rope_tables) {
+                size_t at = (size_t)pos * (hs / 2) + (size_t)(i % hs) / 2;
+                c = m->freqs_cos[at], sn = m->freqs_sin[at];
+            } else {
+                float freq = 1.0f / powf(g_theta, (float)(i % hs) / (float)hs);
+                float angle = pos * freq;
+                c = cosf(angle), sn = sinf(angle);
+            }
             for (int which = 0; which < (i < kv ? 2 : 1); which++) {
                 float *vec = which == 0 ? s->q : s->k;
                 float a = vec[i], b = vec[i + 1];
@@ -219,9 +232,24 @@ static void forward(const Model *m, State *s, int q8, int token, int pos) {
 int main(int argc, char **argv) {
     int arg = 1, mode = -1; /* -1: the format's default; 0: f32; 1: q8 */
     const char *dump_path = NULL;
-    while (arg + 1 < argc && (strcmp(argv[arg], "--mode") == 0 || strcmp(argv[arg], "--dump") == 0)) {
+    while (arg + 1 < argc && (strcmp(argv[arg], "--mode") == 0 || strcmp(argv[arg], "--dump") == 0 ||
+                              strcmp(argv[arg], "--theta") == 0 || strcmp(argv[arg], "--rope") == 0)) {
         if (strcmp(argv[arg], "--dump") == 0)
             dump_path = argv[arg + 1];
+        else if (strcmp(argv[arg], "--theta") == 0) {
+            char *end;
+            g_theta = strtof(argv[arg + 1], &end);
+            if (*end || end == argv[arg + 1] || !(g_theta > 1.0f) || !isfinite(g_theta)) {
+                fprintf(stderr, "consumer: --theta is a number above 1, not %s\n", argv[arg + 1]);
+                return 2;
+            }
+        } else if (strcmp(argv[arg], "--rope") == 0) {
+            if (strcmp(argv[arg + 1], "tables") != 0) {
+                fprintf(stderr, "consumer: --rope takes only 'tables', not %s\n", argv[arg + 1]);
+                return 2;
+            }
+            g_rope_tables = 1;
+        }
         else if (strcmp(argv[arg + 1], "f32") == 0)
             mode = 0;
         else if (strcmp(argv[arg + 1], "q8") == 0)
@@ -233,13 +261,14 @@ int main(int argc, char **argv) {
         arg += 2;
     }
     if (argc - arg < 2) {
-        fprintf(stderr, "usage: consumer [--mode f32|q8] [--dump PATH] FILE.bin TOKEN...\n");
+        fprintf(stderr, "usage: consumer [--mode f32|q8] [--dump PATH] [--theta X | --rope tables] FILE.bin TOKEN...\n");
         return 2;
     }
     g_path = argv[arg];
     Model m = {0};
     open_model(&m, argv[arg++]);
     if (mode < 0) mode = m.quantized;
+    if (g_rope_tables && !m.freqs_cos) die("--rope tables needs a v0 file (the only version with rope tables)");
     if (mode == 1 && !m.quantized) die("--mode q8 needs a Q8_0 file (v1 or v2), this is float32 (v0 or 1f)");
     if (mode == 1 && m.p.hidden_dim % m.group_size)
         die("hidden_dim %d is not a multiple of group_size %d: runq.c's grouped matmul cannot run it", m.p.hidden_dim,
@@ -268,6 +297,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "consumer: %s: v%d, dim %d, %d layers, %d/%d heads, vocab %d, %s classifier, %s arithmetic\n", g_path,
             m.version, m.p.dim, m.p.n_layers, m.p.n_heads, m.p.n_kv_heads, m.p.vocab_size, m.shared ? "shared" : "separate",
             mode ? "q8 (runq.c)" : "f32");
+    if (g_rope_tables)
+        fprintf(stderr, "consumer: RoPE from the file's tables\n");
+    else
+        fprintf(stderr, "consumer: RoPE at theta %g\n", (double)g_theta);
     if (fflush(stdout) != 0) die("cannot write the logits");
     if (g_dump && fclose(g_dump) != 0) die("cannot write the --dump file");
     return 0;

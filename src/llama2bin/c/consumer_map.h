@@ -28,6 +28,7 @@ typedef struct {
     Params p;
     int version, shared, group_size, quantized;
     const float *rms_att, *rms_ffn, *rms_final; /* [n_layers * dim], [n_layers * dim], [dim] */
+    const float *freqs_cos, *freqs_sin;        /* v0's rope tables [seq_len * head_size / 2] */
     Weight tok, cls;
     Weight *wq, *wk, *wv, *wo, *w1, *w2, *w3; /* one per layer */
     unsigned char *map;
@@ -106,7 +107,9 @@ static void map_v0(Model *m, Cursor *c) {
     for (int k = 0; k < 3; k++)
         for (int l = 0; l < p->n_layers; l++) (*ffn[k])[l].f = take_f32(c, dim * hid);
     m->rms_final = take_f32(c, dim);
-    take(c, 2 * 4 * (size_t)p->seq_len * (hs / 2)); /* freqs_cos, freqs_sin: recomputed below */
+    /* freqs_cos, freqs_sin: run.c skips them; --rope tables reads them as the table ports do */
+    m->freqs_cos = take_f32(c, (size_t)p->seq_len * (hs / 2));
+    m->freqs_sin = take_f32(c, (size_t)p->seq_len * (hs / 2));
     m->cls.f = m->shared ? m->tok.f : take_f32(c, (size_t)p->vocab_size * dim);
 }
 

@@ -19,6 +19,7 @@ No compiler: the check is skipped with a visible notice (an error with require_c
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -38,6 +39,8 @@ from .. import typed_json
 from ..errors import Llama2binError
 from ..formats import FORMATS, json_version
 from ..formats.reader import BinFile
+from ..formats.targets import TargetSpec
+from ..model import ModelConfig
 from .eval_tokens import random_tokens
 from .forward import F32, Q8, bin_logits
 from .q8_forcing import TeacherForcing, read_dump
@@ -158,10 +161,14 @@ class Consumer:
         first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
         raise Llama2binError(f"{src}: {' '.join(self.compiler)} failed: {first}")
 
-    def logits(self, bin_path: str, tokens: list[int], arithmetic: str, dump: str | None = None) -> np.ndarray:
+    def logits(self, bin_path: str, tokens: list[int], arithmetic: str, dump: str | None = None,
+               rope: ProgramRope | None = None) -> np.ndarray:
         """Logits [len(tokens), vocab] the C consumer computes for `tokens`; with `dump` (q8 only)
-        it also writes every activation quantization there (q8_forcing.read_dump reads it)."""
+        it also writes every activation quantization there (q8_forcing.read_dump reads it);
+        `rope`: a target's RoPE (its base, or the file's tables) instead of run.c's 10000."""
         extra = ["--dump", dump] if dump else []
+        if rope is not None:
+            extra += rope.consumer_args()
         proc = subprocess.run([self.exe, "--mode", arithmetic, *extra, bin_path, *map(str, tokens)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -186,6 +193,30 @@ class Consumer:
         self.close()
 
 
+@dataclass(frozen=True)
+class ProgramRope:
+    """How a target program computes RoPE: at a hard-coded base, or from v0's stored tables
+    (formats/targets.py); the C consumer and the Python reference then do the same."""
+
+    theta: float | None  # None: from the tables
+
+    @classmethod
+    def of(cls, target: TargetSpec) -> ProgramRope:
+        return cls(target.rope_theta)
+
+    def consumer_args(self) -> list[str]:
+        return ["--rope", "tables"] if self.theta is None else ["--theta", repr(self.theta)]
+
+    def describe(self) -> str:
+        return "tables" if self.theta is None else f"theta {self.theta:g}"
+
+    def python_kwargs(self, cfg: ModelConfig) -> dict[str, Any]:
+        """bin_logits arguments computing the same RoPE (and the program's epsilon is run.c's 1e-5)."""
+        if self.theta is None:
+            return {"rope_from_tables": True}
+        return {"config": dataclasses.replace(cfg, rope_theta=self.theta, rope_scaling=None)}
+
+
 @dataclass
 class CCheckResult(typed_json.Checked):
     file: str
@@ -208,6 +239,9 @@ class CCheckResult(typed_json.Checked):
     q8_max_scale_rel_diff: float | None = None  # largest |s_C - s_Py| / s_Py of an activation group
     # quality, as runq.c computes it: C's own q8 logits against Python's own (flips propagated)
     q8_untethered_max_abs_diff: float | None = None
+    # --target: whose arithmetic both sides ran, and its RoPE ("theta 500000", "tables"); None: run.c's
+    target: str | None = None
+    rope: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -245,25 +279,33 @@ def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:
 
 
 def c_check(bin_path: str, consumer: Consumer | None, tokens: list[int] | None = None,
-            arithmetic: str = "auto") -> CCheckResult:
+            arithmetic: str = "auto", target: TargetSpec | None = None) -> CCheckResult:
     """Run the C consumer on `bin_path` and compare with the Python reference; `consumer` None
-    records a skipped check (no compiler)."""
+    records a skipped check (no compiler). With a `target`, both run that program's arithmetic:
+    its RoPE (base or tables) and, for `auto`, its activations."""
     if os.path.isdir(bin_path):
         raise Llama2binError(f"{bin_path}: is a directory (the C check reads .bin files)")
+    rope = ProgramRope.of(target) if target is not None else None
     with BinFile(bin_path) as bf:
         version = json_version(bf.format)
+        if target is not None and target.format != bf.format:
+            raise Llama2binError(f"{bin_path}: {target.name} reads v{target.format}, this file is {bf.spec.label}")
+        if target is not None and arithmetic == "auto":
+            arithmetic = target.activations if bf.group_size else F32
         arith = resolve_arithmetic(bf, arithmetic)
         toks = list(tokens) if tokens else random_tokens(bf.config.vocab_size, bf.config.max_seq_len, 1, 16).sequences[0]
+        kwargs = rope.python_kwargs(bf.config) if rope is not None else {}
     result = CCheckResult(os.path.basename(bin_path), version, arith, toks,
-                          " ".join(consumer.compiler) if consumer else None)
+                          " ".join(consumer.compiler) if consumer else None,
+                          target=target.name if target else None, rope=rope.describe() if rope else None)
     if consumer is None:
         result.skipped = "no C compiler found (cc, or $CC)"
         return result
     if arith == Q8:
-        q8_compare(result, consumer, toks, bin_path)
+        q8_compare(result, consumer, toks, bin_path, rope=rope, python_kwargs=kwargs)
     else:
-        want = bin_logits(bin_path, toks, arithmetic=arith)  # refuses bad tokens with a clear message
-        _compare_logits(result, consumer.logits(bin_path, toks, arith), want)
+        want = bin_logits(bin_path, toks, arithmetic=arith, **kwargs)  # refuses bad tokens with a clear message
+        _compare_logits(result, consumer.logits(bin_path, toks, arith, rope=rope), want)
     return result
 
 
@@ -281,20 +323,22 @@ def _compare_logits(result: CCheckResult, got: np.ndarray, want: np.ndarray) -> 
 
 
 def q8_compare(result: CCheckResult, consumer: Consumer, toks: list[int], bin_path: str,
-               python_path: str | None = None) -> None:
+               python_path: str | None = None, rope: ProgramRope | None = None,
+               python_kwargs: dict[str, Any] | None = None) -> None:
     """One C run on `bin_path` that dumps its quantizations; Python teacher-forced on them (the
     verdict) and once on its own (the untethered deviation, quality only). Python reads
     `python_path` when given (the detection benchmark: a file whose layout Python and C read
     differently, simulated by giving C a corrupted copy), else the same file."""
     python_path = python_path or bin_path
-    own = bin_logits(python_path, toks, arithmetic=Q8)  # refuses bad tokens with a clear message
+    kwargs = python_kwargs or {}
+    own = bin_logits(python_path, toks, arithmetic=Q8, **kwargs)  # refuses bad tokens with a clear message
     dump = consumer.dump_path()
     try:
-        got = consumer.logits(bin_path, toks, Q8, dump=dump)
+        got = consumer.logits(bin_path, toks, Q8, dump=dump, rope=rope)
         with BinFile(python_path) as bf:
             cfg, gs = bf.config, bf.group_size
         forcing = TeacherForcing(read_dump(dump, cfg, gs, len(toks)), cfg)
-        want = bin_logits(python_path, toks, arithmetic=Q8, q8_hook=forcing)
+        want = bin_logits(python_path, toks, arithmetic=Q8, q8_hook=forcing, **kwargs)
     finally:
         if os.path.exists(dump):
             os.unlink(dump)

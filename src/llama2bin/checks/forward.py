@@ -48,6 +48,7 @@ from ..formats.reader import BinFile
 from ..model import ModelConfig, layer_name
 from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef
 from . import numerics
+from .rope_source import RopeSource, table_rope
 
 F32 = "f32"
 Q8 = "q8"
@@ -324,14 +325,16 @@ class KVCache:
 def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
                   *, arithmetic: str = F32, on_layer: Callable[[], None] | None = None,
                   cache: KVCache | None = None, exact: bool = True,
-                  q8_hook: Q8Hook | None = None) -> np.ndarray:
+                  q8_hook: Q8Hook | None = None, rope: RopeSource | None = None) -> np.ndarray:
     """The final normalized hidden states float64 [S*T, dim] for an [S, T] array of sequences (or
     one sequence, S = 1), row s*T + t for position t of sequence s: what the classifier turns
     into logits. Small (positions x dim) whatever the vocabulary; `classify` makes logits of any
     block of rows. `on_layer` is called after every layer (progress). With a `cache`, `tokens`
     continue the sequences the cache holds (positions cache.length ...), and are added to it.
     `exact=False`: plain float64 BLAS products (sampling; see the module's docstring).
-    `q8_hook` (q8 only) may replace every activation quantization (see Q8Hook)."""
+    `q8_hook` (q8 only) may replace every activation quantization (see Q8Hook). `rope` replaces
+    the config's frequencies with (cos, sin) per position (e.g. a v0 file's stored tables, as the
+    ports that read them compute)."""
     tok = _check_tokens(tokens, cfg)
     n_seqs, n_tokens = tok.shape
     start = cache.length if cache is not None else 0
@@ -342,7 +345,7 @@ def hidden_states(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: S
     hd = cfg.head_size
     n_rep = cfg.n_heads // cfg.n_kv_heads
     positions = np.arange(start, start + n_tokens)
-    cos, sin = rope_angles(cfg.inv_freq(), positions)
+    cos, sin = rope_angles(cfg.inv_freq(), positions) if rope is None else rope(positions)
     causal = np.arange(start + n_tokens)[None, :] > positions[:, None]  # [new, all]: no looking ahead
     scale = 1.0 / math.sqrt(hd)
     n_rows = n_seqs * n_tokens
@@ -394,24 +397,32 @@ def classify(weights: Mapping[str, np.ndarray], cfg: ModelConfig, hidden: np.nda
 
 
 def logits(weights: Mapping[str, np.ndarray], cfg: ModelConfig, tokens: Sequence[int] | np.ndarray,
-           *, arithmetic: str = F32, q8_hook: Q8Hook | None = None) -> np.ndarray:
+           *, arithmetic: str = F32, q8_hook: Q8Hook | None = None, rope: RopeSource | None = None) -> np.ndarray:
     """Logits float64 for `tokens` at positions 0..T-1 (causal): [T, vocab] for one sequence,
     [S, T, vocab] for an [S, T] array of sequences (computed together, layer by layer).
     Holds positions x vocab floats: the functional check uses hidden_states + classify in blocks."""
     tok = _check_tokens(tokens, cfg)
-    x = hidden_states(weights, cfg, tok, arithmetic=arithmetic, q8_hook=q8_hook)
+    x = hidden_states(weights, cfg, tok, arithmetic=arithmetic, q8_hook=q8_hook, rope=rope)
     out = classify(weights, cfg, x, arithmetic=arithmetic, q8_hook=q8_hook).reshape(*tok.shape, cfg.vocab_size)
     return out[0] if np.asarray(tokens).ndim == 1 else out
 
 
 def bin_logits(path: str, tokens: Sequence[int] | np.ndarray, *, arithmetic: str = F32,
-               config: ModelConfig | None = None, q8_hook: Q8Hook | None = None) -> np.ndarray:
+               config: ModelConfig | None = None, q8_hook: Q8Hook | None = None,
+               rope_from_tables: bool = False) -> np.ndarray:
     """Logits of the model stored in .bin `path` (any version) for `tokens`, reading the weights
     lazily. `config` overrides what the file cannot store (rope_theta, norm_eps); its shapes must
-    be the file's."""
+    be the file's. `rope_from_tables`: RoPE from the file's own tables (v0), as the ports that
+    read them compute it."""
     with BinFile(path) as bf:
         cfg = bf.config if config is None else config
         if cfg.shapes() != bf.config.shapes():
             raise Llama2binError(f"{path}: the given config does not describe this file's tensors")
+        rope = None
+        if rope_from_tables:
+            stored = bf.rope_tables()
+            if stored is None:
+                raise Llama2binError(f"{path}: RoPE from the tables needs a v0 file with rope tables")
+            rope = table_rope(*stored)
         with numerics.blas_threads(1):
-            return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic, q8_hook=q8_hook)
+            return logits(BinWeights(bf), cfg, tokens, arithmetic=arithmetic, q8_hook=q8_hook, rope=rope)

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 from .. import typed_json
+from ..errors import Llama2binError
 from ..formats.families import open_output
+from ..formats.targets import TargetCheck
 from ..sources.base import Source
+from .as_run import TargetResult, measure_target
 from .ccheck import CCheckResult, Consumer, c_check
 from .forward import F32
 from .functional import FP32_RTOL, FunctionalResult, QualityLimits, ReferenceModel, functional_check
@@ -71,6 +74,8 @@ class Verification:
     functional: FunctionalResult | None = None
     c_check: CCheckResult | None = None
     quality: QualityVerdict | None = None  # None: no functional check ran
+    # --target: per target program reading this format, the quality as it computes (as_run.py)
+    targets: list[TargetResult] | None = None
 
     @property
     def failures(self) -> list[str]:
@@ -92,7 +97,10 @@ class Verification:
             "schema": SCHEMA,
             **{k: t[k] for k in _TENSOR_KEYS},
             "tensor_failures": self.tensor.failures,
-            **{name: None if (part := getattr(self, name)) is None else part.to_json() for name in _sections()},
+            **{name: None if (part := getattr(self, name)) is None else part.to_json() for name in _sections()
+               if name != "targets"},
+            # --target only: files without targets keep the key out
+            **({"targets": [t.to_json() for t in self.targets]} if self.targets else {}),
             "failures": self.failures,
             "correct": self.correct,
             "passed": self.passed,
@@ -124,11 +132,13 @@ def _sections() -> list[str]:
 def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,
                   consumer: Consumer | None = None, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                   limits: QualityLimits | None = None, gate: bool = False, threads: int | None = None,
-                  quiet: bool = True, functional_memo: dict[tuple, FunctionalResult] | None = None) -> Verification:
+                  quiet: bool = True, targets: tuple[TargetCheck, ...] = (),
+                  functional_memo: dict[tuple, FunctionalResult] | None = None) -> Verification:
     """Verify the output at `path` (any registered format) against `source`, opened once: the
     tensor check always; the functional check with a `reference` (the source on the model's
     evaluation tokens); the C check with a compiled `consumer`, for formats the C consumer reads
-    (on the first evaluation sequence).
+    (on the first evaluation sequence). `targets`: the programs the outputs are for; each one
+    that reads this output's format measures it as it computes (one of them must).
 
     `functional_memo` (one dict per reference, shared by the outputs of one model) reuses the
     functional result of an earlier output whose weights have the same fingerprint: v1 and v2
@@ -138,6 +148,10 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
     statistic made from them, are bit for bit the earlier output's. Only outputs whose tensor
     check passed are memoized or served."""
     with open_output(path) as output:
+        mine = [c for c in targets if c.target.format == output.spec.name]
+        if targets and not mine:
+            raise Llama2binError(f"{path}: none of the targets ({', '.join(c.target.name for c in targets)}) reads "
+                                 f"{output.spec.label}")
         tensor = check_tensors(output, source, quiet=quiet, threads=threads)
         result = Verification(tensor)
         if not tensor.tensors:  # nothing compared: a different model altogether, the header says why
@@ -158,4 +172,5 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
         if consumer is not None and output.spec.family.c_consumer:
             tokens = reference.tokens.sequences[0] if reference is not None else None
             result.c_check = c_check(path, consumer, tokens=tokens)
+        result.targets = [measure_target(output, c, reference, quiet) for c in mine] or None
     return result

@@ -108,6 +108,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--arithmetic", choices=("auto", "f32", "q8"), default="auto",
                    help="f32, or runq.c's q8 (Q8_0 files only); auto: q8 for Q8_0 files whose group size divides "
                    "hidden_dim (runq.c's matmul), else f32")
+    p.add_argument("--target", nargs="+", metavar="T", help="run a program's arithmetic on both sides (each file: the "
+                   "first target that reads its version): its RoPE (a hard-coded base such as llama3.c's 500000, or v0's "
+                   "tables for `tables`) and, with auto, its activations")
     p.add_argument("--cc", metavar="CMD", help="C compiler command (default: $CC, else cc)")
     p.add_argument("--require-cc", action="store_true", help="fail instead of skipping when no compiler is found")
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
@@ -127,6 +130,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=arg_types.vocab_size,
                    help="refuse a tokenizer whose piece count differs (the model's vocab_size)")
     add_source_args(p, required=False)
+    p.add_argument("--target", nargs="+", metavar="T", help="the program(s) it is for: refuse a tokenizer written in "
+                   "another convention (llama3.c reads the Llama 3 ports' tokenizer.bin, run.c llama2.c's); the model "
+                   "is checked against each as export does")
     p.set_defaults(func=this.cmd_tokenizer)
 
     p = sub.add_parser("demo", help="write a small deterministic llama2.c checkpoint (offline demo data)")

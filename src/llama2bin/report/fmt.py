@@ -5,6 +5,8 @@ Renderers escape for their own syntax: Markdown escapes `|`, HTML escapes everyt
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..formats import format_spec
 from .record_types import CCheckSection, FunctionalSection, Report
 from .records import MB
@@ -165,3 +167,21 @@ def c_check_short(c: CCheckSection | None) -> str:
     if c["skipped"]:
         return "skipped"
     return f"agrees ({c['arithmetic']})" if c["passed"] else "FAILED"
+
+
+def target_rows(r: Report) -> list[list[str]]:
+    """The report's target table: the file as measured (the quantization's cost), then each target."""
+    def stats(f: Any) -> list[str]:  # a FunctionalSection or a TargetFunctional
+        if not f:
+            return ["—"] * 4
+        p99 = f["kld_p99"] if "kld_p99" in f else (f.get("kld_percentiles") or {}).get("p99")
+        return [signed(f.get("delta_ppl")), num(f.get("kld_mean")), num(p99), pct(f["same_top"])]
+
+    f = r["functional"]
+    rows = [["this file (source's RoPE)", "the model's", (f or {}).get("arithmetic", "—"), *stats(f), "—"]]
+    for t in r.get("targets", []):
+        rope = "tables" if t["rope_theta"] is None else f"{t['rope_theta']:g}, no scaling"
+        tf = t["functional"]
+        rows.append([f"{t['name']} ({t['program']})", rope, tf["arithmetic"] if tf else t["activations"], *stats(tf),
+                     "; ".join(t["departures"]) or "none"])
+    return rows

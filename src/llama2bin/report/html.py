@@ -24,6 +24,7 @@ from .fmt import (
     pct,
     shape_rows,
     signed,
+    target_rows,
 )
 from .record_types import ModelRow, Quantization, Report, SummaryRow
 from .records import correct_verdict, distinct_quantizations, quality_exceeded, quality_verdict, same_as
@@ -164,6 +165,12 @@ def render_model_html(model: str, reports: list[Report], figure_png: bytes | Non
             body.append(f"<p class=\"{_quality_class(quality_verdict(r))}\">{escape(r['label'])}: quality "
                         f"{escape(quality_verdict(r))}: {escape('; '.join(quality_exceeded(r)))}</p>")
     body.append(_outputs_table(reports))
+    for r in reports:
+        if r.get("targets"):
+            body.append(f"<p>{escape(r['label'])} as the programs it is for compute it (their RoPE, epsilon and "
+                        "activations), against the source; the first row is the file's own cost:</p>")
+            body.append(_table(["run by", "RoPE", "activations", "ΔPPL", "mean KLD", "KLD p99", "same top", "departure"],
+                               "lllrrrrl", target_rows(r)))
     notes = [n for n in (_exact_note(reports),) if n]
     sq = first.get("source_quantized")
     if sq:

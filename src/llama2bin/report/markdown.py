@@ -16,6 +16,7 @@ from .fmt import (
     pct,
     shape_rows,
     signed,
+    target_rows,
 )
 from .record_types import Quantization, Report, SummaryRow
 from .records import correct_verdict, quality_exceeded, quality_verdict
@@ -76,6 +77,11 @@ def render_markdown(r: Report) -> str:
     c = c_check_text(r["c_check"])
     if c:
         lines.append(f"- {_esc(c)}")
+    if r.get("targets"):
+        lines += ["", "As the programs this file is for compute it (their RoPE, epsilon and activations), against the "
+                  "source; the first row is the file's own cost (the source's RoPE, float32 activations):", ""]
+        lines += _table(["run by", "RoPE", "activations", "ΔPPL", "mean KLD", "KLD p99", "same top", "departure"],
+                        "lllrrrrl", target_rows(r))
     if r["plot"]:
         lines += ["", f"![relative error by layer, largest error per Q8_0 group, KL divergence]({r['plot']})"]
     # tensors with an error, worst first; bit-identical float32 tensors in one line

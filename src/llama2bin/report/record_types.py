@@ -115,6 +115,35 @@ class SourceSection(SourceDescriptionJson):
     fetched: NotRequired[FetchedSection]
 
 
+class TargetFunctional(TypedDict):
+    """A target's quality as it computes the file (rounded: what the tracked report shows)."""
+
+    arithmetic: str
+    positions: int
+    kld_p99: float | None
+    delta_ppl: float | None
+    ppl_ratio: float | None
+    kld_mean: float | None
+    same_top: float | None
+    rms_dp: float | None
+    max_abs_dlogit: float | None
+
+
+class TargetSection(TypedDict):
+    """verify --target: one program reading this file, what it hard-codes, and its cost."""
+
+    name: str
+    program: str
+    rope_theta: float | None
+    activations: str
+    norm_eps: float | None
+    tokenizer: str
+    ports: list[str]
+    departures: list[str]
+    warnings: list[str]
+    functional: TargetFunctional | None
+
+
 class Report(TypedDict):
     """The tracked report of one model x output (`{stem}.json`)."""
 
@@ -146,6 +175,7 @@ class Report(TypedDict):
     tensors: list[TensorRow]
     source_quantized: NotRequired[SourceQuantizedJson]
     rope_tables: NotRequired[RopeTablesJson]
+    targets: NotRequired[list[TargetSection]]
 
 
 class SummaryFunctional(TypedDict):

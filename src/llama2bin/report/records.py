@@ -27,6 +27,7 @@ from .record_types import (
     FunctionalSection,
     Report,
     SourceRecordJson,
+    TargetSection,
     TensorRow,
 )
 
@@ -96,6 +97,26 @@ def _functional_section(v: Verification) -> FunctionalSection | None:
                                      "gate": q.gate, "exceeded": q.exceeded, "passed": q.passed},
         "passed": f.passed,
     }
+
+
+_TARGET_STATS = ("delta_ppl", "ppl_ratio", "kld_mean", "same_top", "rms_dp", "max_abs_dlogit")
+
+
+def targets_section(v: Verification) -> list[TargetSection]:
+    """verify --target: per target program, what it hard-codes, the departures accepted and the
+    quality as it computes the file (rounded), beside the file's own cost."""
+    out: list[TargetSection] = []
+    for t in v.targets or []:
+        f = t.functional
+        out.append({
+            "name": t.name, "program": t.program, "rope_theta": t.rope_theta, "activations": t.activations,
+            "norm_eps": t.norm_eps, "tokenizer": t.tokenizer, "ports": t.ports,
+            "departures": t.departures, "warnings": t.warnings,
+            "functional": None if f is None else {
+                "arithmetic": f.arithmetic, "positions": f.positions, "kld_p99": round_sig(f.kld_percentiles["p99"]),
+                **{k: round_sig(getattr(f, k)) for k in _TARGET_STATS}},  # type: ignore[typeddict-item]
+        })
+    return out
 
 
 def c_check_section(c: CCheckResult | None) -> CCheckSection | None:
@@ -190,7 +211,9 @@ def build_report(model: str, v: Verification, c_check: CCheckResult | None = Non
         "header": t.header,  # the file's own header (config.json for an hf directory)
         "model_config": config,
         "source": {**described, **({"fetched": source} if source else {})},  # type: ignore[typeddict-item]
-        "accepted_departures": config["accepted_departures"],
+        # with --target: the departures of the programs that read this file; else the source's
+        "accepted_departures": list(dict.fromkeys(d for tr in v.targets for d in tr.departures)) if v.targets
+        else config["accepted_departures"],
         "llama2bin": __version__,
         "worst_tensor": tensors[0] if tensors else None,
         "functional": _functional_section(v),
@@ -204,6 +227,8 @@ def build_report(model: str, v: Verification, c_check: CCheckResult | None = Non
         report["source_quantized"] = t.source_quantized
     if t.rope_tables and not t.rope_tables["all_readers_agree"]:
         report["rope_tables"] = t.rope_tables
+    if targets := targets_section(v):
+        report["targets"] = targets
     return report
 
 
