@@ -183,9 +183,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for t in result.targets or []:
                 if (tf := t.functional) is not None:
                     ppl = "" if tf.delta_ppl is None else f"ΔPPL {tf.delta_ppl:+.3g}, "
-                    print(f"{path}: as {t.check['name']} runs it ({tf.arithmetic}): {ppl}mean KLD {tf.kld_mean:.3g}, "
+                    print(f"{path}: as {t.name} runs it ({tf.arithmetic}): {ppl}mean KLD {tf.kld_mean:.3g}, "
                           f"same top {tf.same_top:.1%}"
-                          + "".join(f"; departure: {d}" for d in t.check["departures"]))
+                          + "".join(f"; departure: {d}" for d in t.departures))
             q = result.quality
             if q is not None and q.exceeded:
                 if q.gate:
