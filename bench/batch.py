@@ -7,8 +7,11 @@
 Builds a workdir under bench/work/batch with N real copies of the synthetic checkpoint
 (bench/synth.py), a config naming them as `path:` llama2c sources, and runs the repository's
 Snakefile there with the default settings otherwise (export, verify with functional check,
-C consumer check, reports). Reports the wall time of the whole run and, per rule, the job
-count, summed job seconds and the largest peak RSS/PSS from Snakemake's own benchmark files.
+C consumer check, reports). Reports the wall time and the CPU seconds (user + system of Snakemake
+and every job, from the kernel's accounting of the finished process tree) of the whole run, the
+load average before and after, and, per rule, the job count, summed job seconds and the largest
+peak RSS/PSS from Snakemake's own benchmark files. On a shared machine the CPU seconds are the
+comparable number: wall time divided by the cores is a lower bound only when nothing else runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import argparse
 import csv
 import glob
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -83,23 +88,51 @@ def run_batch(n: int = 20, shape: str = "15M", cores: int = 4, work: str | None 
     work = work or os.path.join(HERE, "work", "batch")
     cache = cache or os.path.join(HERE, "work", "cache")
     config = prepare(work, shape, n, cache, core_only)
+    # bytecode as an installed package has it: without it (PYTHONDONTWRITEBYTECODE, a fresh checkout)
+    # every job would compile llama2bin's changed modules again
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "src", "llama2bin")], check=True,
+                   stdout=subprocess.DEVNULL)
     snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
     cmd = [snakemake, "--snakefile", os.path.join(ROOT, "Snakefile"), "--directory", work, "--configfile", config,
            "--cores", str(cores), "--quiet", "all"]
+    load_before = os.getloadavg()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"batch: snakemake failed ({proc.returncode})\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return {"models": n, "shape": shape, "cores": cores, "wall": wall, "rules": rule_table(work), "core_only": core_only}
+    return {"models": n, "shape": shape, "cores": cores, "wall": wall, "cpu": cpu, "rules": rule_table(work),
+            "core_only": core_only, "load": (load_before, os.getloadavg())}
+
+
+def run_batches(repeats: int, n: int = 20, shape: str = "15M", cores: int = 4, work: str | None = None,
+                core_only: bool = False) -> dict:
+    """`repeats` fresh runs; wall and CPU are their medians, the rule table the median run's."""
+    runs = [run_batch(n, shape, cores, work, core_only=core_only) for _ in range(repeats)]
+    middle = sorted(runs, key=lambda r: r["cpu"])[len(runs) // 2]
+    return {**middle, "wall": statistics.median(r["wall"] for r in runs),
+            "cpu": statistics.median(r["cpu"] for r in runs), "repeats": repeats,
+            "walls": [r["wall"] for r in runs], "cpus": [r["cpu"] for r in runs],
+            "load": (runs[0]["load"][0], runs[-1]["load"][1])}
 
 
 def render(result: dict) -> str:
+    usable = min(result["cores"], os.cpu_count() or 1)
     lines = [
         f"{result['models']} x {result['shape']} checkpoints, versions 0 1 2, `snakemake --cores {result['cores']}` "
         + ("(functional and C checks off: fetch record, export, round-trip verify, reports): " if result.get("core_only")
            else "(default pipeline: fetch record, export, verify + functional check, C consumer check, reports): ")
-        + f"**{result['wall']:.1f} s wall**.",
+        + f"**{result['wall']:.1f} s wall, {result['cpu']:.1f} CPU s**"
+        + (f" (medians of {result['repeats']}: wall {', '.join(f'{w:.1f}' for w in result['walls'])}; "
+           f"CPU {', '.join(f'{c:.1f}' for c in result['cpus'])})" if result.get("repeats", 1) > 1 else "")
+        + ".",
+        "",
+        f"Load average (1, 5, 15 min) before / after: {' '.join(f'{x:.2f}' for x in result['load'][0])} / "
+        f"{' '.join(f'{x:.2f}' for x in result['load'][1])}. CPU s / {usable} cores = {result['cpu'] / usable:.1f} s: "
+        "the least wall time this work can take on an otherwise idle machine.",
         "",
         "| rule | jobs | job seconds (sum) | largest max_rss MB | largest max_pss MB |",
         "|---|---:|---:|---:|---:|",
@@ -116,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=4)
     p.add_argument("--work", help="workdir (default bench/work/batch; deleted and rebuilt)")
     p.add_argument("--core-only", action="store_true", help="turn the functional and C checks off")
+    p.add_argument("--repeats", type=int, default=1, help="fresh runs; medians reported (default 1)")
     args = p.parse_args(argv)
-    sys.stdout.write(render(run_batch(args.models, args.shape, args.cores, args.work, core_only=args.core_only)))
+    sys.stdout.write(render(run_batches(args.repeats, args.models, args.shape, args.cores, args.work,
+                                        core_only=args.core_only)))
     return 0
 
 

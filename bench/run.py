@@ -18,7 +18,9 @@ Writes a Markdown report (bench/results.md by default) and, with --json, the raw
 
 With LLAMA2C_SEED_DIR pointing at the seed's llama2.c checkout (its export.py and model.py, kept
 outside this repository; needs torch), each llama2.c model's v0 export is also run through the
-seed's `export.py --version 0`, interleaved with llama2bin's, and the bytes compared.
+seed's `export.py --version 0`, interleaved with llama2bin's, and the bytes compared; the same
+with LLAMA2C_MASTER_DIR for llama2.c master's export.py. Each is skipped when its variable is
+unset. `--versus-only` runs only these comparisons (and the process baselines).
 """
 
 from __future__ import annotations
@@ -264,14 +266,17 @@ def rope_timings(repeats: int) -> dict[str, float]:
 @dataclass
 class SeedRow:
     model: str
+    reference: str = "seed"  # "seed" (LLAMA2C_SEED_DIR) or "master" (LLAMA2C_MASTER_DIR)
     ours: list[Run] = field(default_factory=list)
     seed: list[Run] = field(default_factory=list)
     identical: bool = True
 
 
-def bench_seed(shape: Shape, ckpt: str, out_dir: str, repeats: int, seed_dir: str, log) -> SeedRow:
-    """The seed's `export.py --version 0` and llama2bin's v0 export of the same .pt, interleaved."""
-    row = SeedRow(shape.name)
+def bench_seed(shape: Shape, ckpt: str, out_dir: str, repeats: int, seed_dir: str, log,
+               reference: str = "seed") -> SeedRow:
+    """llama2.c's `export.py --version 0` (the seed's, or master's) and llama2bin's v0 export of
+    the same .pt, interleaved."""
+    row = SeedRow(shape.name, reference)
     ours, theirs = os.path.join(out_dir, f"{shape.name}.ours.v0.bin"), os.path.join(out_dir, f"{shape.name}.seed.v0.bin")
     seed_cmd = [sys.executable, os.path.join(seed_dir, "export.py"), theirs, "--version", "0", "--checkpoint", ckpt]
     warm(ckpt)
@@ -286,7 +291,7 @@ def bench_seed(shape: Shape, ckpt: str, out_dir: str, repeats: int, seed_dir: st
             os.chdir(cwd)
         row.identical &= subprocess.run(["cmp", "-s", ours, theirs]).returncode == 0
         log(f"  [{rep + 1}/{repeats}] {shape.name} v0: llama2bin {row.ours[-1].wall:.2f} s ({row.ours[-1].cpu:.2f} CPU s), "
-            f"seed {row.seed[-1].wall:.2f} s ({row.seed[-1].cpu:.2f} CPU s), identical {row.identical}")
+            f"{reference} {row.seed[-1].wall:.2f} s ({row.seed[-1].cpu:.2f} CPU s), identical {row.identical}")
     remove([ours, theirs])
     return row
 
@@ -345,7 +350,9 @@ def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], arg
     lines = [
         "# llama2bin benchmark",
         "",
-        f"`.venv/bin/python bench/run.py --scale {args.scale} --repeats {args.repeats}"
+        "`.venv/bin/python bench/run.py "
+        + (f"--models {' '.join(args.models)}" if args.models else f"--scale {args.scale}")
+        + (" --versus-only" if args.versus_only else "") + f" --repeats {args.repeats}"
         + (f" --batch {args.batch}" if args.batch else "") + f"`: medians of {args.repeats} run(s), interleaved.",
         "Each export and verify is its own `llama2bin` process (start-up included). *peak MiB* is the peak of the",
         "summed RSS of the job's processes (parent, forked workers, side processes; shared pages counted in each).",
@@ -417,14 +424,15 @@ def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], arg
         lines += ["", "## v0 rope tables alone (CPU s, in-process, imports excluded)", "",
                   "| seq_len x head size | CPU s |", "|---|---:|", *[f"| {k} | {v:.3f} |" for k, v in rope.items()]]
     if seed_rows:
-        lines += ["", "## Against the seed's export.py, v0 (LLAMA2C_SEED_DIR)", "",
-                  "| model | llama2bin s | llama2bin CPU s | seed s | seed CPU s | seed / llama2bin (wall) "
-                  "| seed / llama2bin (CPU) | seed peak MiB | byte-identical |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += ["", "## Against llama2.c's export.py, v0 (seed: LLAMA2C_SEED_DIR, master: LLAMA2C_MASTER_DIR)", "",
+                  "| model | export.py | llama2bin s | llama2bin CPU s | export.py s | export.py CPU s "
+                  "| export.py / llama2bin (wall) | export.py / llama2bin (CPU) | export.py peak MiB | byte-identical |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in seed_rows:
             ow, oc = statistics.median(x.wall for x in r.ours), statistics.median(x.cpu for x in r.ours)
             sw, sc = statistics.median(x.wall for x in r.seed), statistics.median(x.cpu for x in r.seed)
-            lines.append(f"| {r.model} | {fmt(ow)} | {fmt(oc)} | {fmt(sw)} | {fmt(sc)} | {fmt(sw / ow, 1)} | {fmt(sc / oc, 1)} "
+            lines.append(f"| {r.model} | {r.reference} | {fmt(ow)} | {fmt(oc)} | {fmt(sw)} | {fmt(sc)} "
+                         f"| {fmt(sw / ow, 1)} | {fmt(sc / oc, 1)} "
                          f"| {fmt(statistics.median(x.rss_mib for x in r.seed), 0)} | {'yes' if r.identical else 'NO'} |")
     if batch:
         lines += ["", "## Batch through Snakemake", "", batch.rstrip("\n")]
@@ -434,6 +442,7 @@ def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], arg
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    p.add_argument("--versus-only", action="store_true", help="only the comparisons with llama2.c's export.py")
     p.add_argument("--models", nargs="+", metavar="NAME", help=f"instead of --scale: any of {', '.join(SHAPES)}")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--work", default=os.path.join(HERE, "work"), help="cache and scratch folder (default bench/work)")
@@ -455,19 +464,22 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows: list[Row] = []
-    for name in models:
+    for name in [] if args.versus_only else models:
         shape = SHAPES[name]
         log(f"{name}: building/finding the checkpoint ({shape.n_params / 1e6:.0f}M params, {shape.kind})")
         ckpt = ensure(shape, os.path.join(args.work, "cache"))
         rows += bench_model(shape, ckpt, out_dir, args.repeats, log)
-    seed_dir = os.environ.get("LLAMA2C_SEED_DIR")
     seed_rows = []
-    if seed_dir:
+    for reference, env in (("seed", "LLAMA2C_SEED_DIR"), ("master", "LLAMA2C_MASTER_DIR")):
+        seed_dir = os.environ.get(env)
+        if not seed_dir:
+            log(f"{env} not set: no comparison with llama2.c {reference}'s export.py")
+            continue
         for name in models:
             if SHAPES[name].kind == "llama2c":
-                log(f"{name}: against the seed's export.py in {seed_dir}")
+                log(f"{name}: against llama2.c {reference}'s export.py in {seed_dir}")
                 seed_rows.append(bench_seed(SHAPES[name], ensure(SHAPES[name], os.path.join(args.work, "cache")),
-                                            out_dir, args.repeats, seed_dir, log))
+                                            out_dir, args.repeats, seed_dir, log, reference))
     log("process baselines")
     baselines = python_baselines(args.repeats)
     rope = rope_timings(args.repeats)

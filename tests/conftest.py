@@ -23,6 +23,20 @@ from collections.abc import Callable
 import pytest
 from helpers import DATA, ROOT, preset_args, preset_arrays
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_consumer_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Compiled C consumers go to a cache of the test session's own (inherited by subprocesses and
+    Snakemake jobs), not the user's ~/.cache."""
+    old = os.environ.get("LLAMA2BIN_CACHE_DIR")
+    os.environ["LLAMA2BIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("llama2bin-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LLAMA2BIN_CACHE_DIR", None)
+    else:
+        os.environ["LLAMA2BIN_CACHE_DIR"] = old
+
+
 # ---- refusals ---------------------------------------------------------------------------------
 
 

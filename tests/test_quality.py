@@ -125,8 +125,9 @@ def test_quality_gate_fails_the_pipeline_with_a_one_line_reason(tmp_path):
     assert run.returncode != 0
     reasons = [line for line in run.stderr.splitlines() if line.startswith("llama2bin: error:")]
     assert len(reasons) == 1 and "quality gate: mean KLD" in reasons[0] and "1e-12" in reasons[0], run.stderr[-3000:]
-    tokens = json.load(open(workdir / "results/u/eval_tokens.json"))
-    assert tokens["recipe"]["kind"] == "sampled" and len(tokens["sequences"]) == 2
+    # the verify job made the evaluation tokens; a failed job's outputs go with it, tokens included
+    assert not (workdir / "results/u/eval_tokens.json").exists()
+    assert not (workdir / "results/u/u.v2.verify.json").exists()
 
 
 def test_eval_tokens_are_made_once_and_reused(trained, tmp_path):
@@ -236,3 +237,51 @@ def test_logit_memory_does_not_grow_with_the_vocabulary(tmp_path, monkeypatch):
             tracemalloc.stop()
     assert result.passed and result.positions == 64 and result.kld_max == 0
     assert peak < 64 << 20, peak
+
+
+def test_verify_writes_the_same_eval_tokens_as_the_eval_tokens_command(trained, tmp_path):
+    """The pipeline makes the tokens inside the verify job (--write-eval-tokens): the same bytes as
+    `eval-tokens` with the same recipe, and the same verify result as reading them back."""
+    bin_path = str(tmp_path / "t.v2.bin")
+    with open_source("llama2c", trained) as src:
+        export(src, [("2", bin_path)], quiet=True)
+    recipe = ["--eval-seqs", "2", "--eval-len", "9", "--eval-seed", "3"]
+    alone, inside = str(tmp_path / "alone.json"), str(tmp_path / "inside.json")
+    assert run_cli("eval-tokens", alone, "--checkpoint", trained, *recipe, "--quiet").returncode == 0
+    one, two = str(tmp_path / "one.json"), str(tmp_path / "two.json")
+    made = run_cli("verify", bin_path, "--checkpoint", trained, *recipe, "--write-eval-tokens", inside,
+                   "--json", one, "--quiet")
+    assert made.returncode == 0, made.stderr
+    assert open(inside, "rb").read() == open(alone, "rb").read()
+    reread = run_cli("verify", bin_path, "--checkpoint", trained, "--eval-tokens", alone, "--json", two, "--quiet")
+    assert reread.returncode == 0, reread.stderr
+    assert open(one, "rb").read() == open(two, "rb").read()
+    assert_refused(run_cli("verify", bin_path, "--checkpoint", trained, "--no-functional", "--write-eval-tokens",
+                           str(tmp_path / "x.json")), "--write-eval-tokens")
+
+
+def test_outputs_with_the_same_weights_share_one_functional_check(trained, tmp_path, monkeypatch):
+    """v1 and v2 hold the same Q8_0 q and scales (one weights fingerprint): verify computes their
+    functional check once, and the result is the one each gets alone, byte for byte."""
+    from llama2bin.checks import verification
+
+    bins = {v: str(tmp_path / f"t.v{v}.bin") for v in ("0", "1", "2")}
+    with open_source("llama2c", trained) as src:
+        export(src, list((v, p) for v, p in bins.items()), quiet=True)
+    tokens = ["--eval-seqs", "2", "--eval-len", "9"]
+    alone = {}
+    for v, path in bins.items():
+        alone[v] = str(tmp_path / f"alone.v{v}.json")
+        assert run_cli("verify", path, "--checkpoint", trained, *tokens, "--json", alone[v], "--quiet").returncode == 0
+    calls = []
+    real = verification.functional_check
+    monkeypatch.setattr(verification, "functional_check", lambda output, *a, **k: calls.append(output.path) or
+                        real(output, *a, **k))
+    from llama2bin.cli import main
+
+    together = [str(tmp_path / f"together.v{v}.json") for v in bins]
+    assert main(["verify", *bins.values(), "--checkpoint", trained, *tokens, "--json", *together, "--quiet"]) == 0
+    assert calls == [bins["0"], bins["1"]]  # v2's weights are v1's: served from the memo
+    for v, path in zip(bins, together, strict=True):
+        assert open(path, "rb").read() == open(alone[v], "rb").read()
+    assert json.load(open(alone["1"]))["weights_sha256"] == json.load(open(alone["2"]))["weights_sha256"]

@@ -6,8 +6,6 @@ import logging
 import sys
 import time
 
-from tqdm import tqdm
-
 log = logging.getLogger(__name__)
 
 
@@ -21,6 +19,10 @@ class Progress:
         self._next_pct = 10
         self._start = time.monotonic()
         if not quiet and sys.stderr.isatty():
+            # imported here: tqdm's import reads every installed package's metadata (~35 ms), a cost
+            # each pipeline job (output to a log file, no bar) would pay for nothing
+            from tqdm import tqdm
+
             self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024, leave=False)
 
     def update(self, n: int) -> None:

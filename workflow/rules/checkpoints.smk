@@ -21,7 +21,8 @@ rule fetch_checkpoint:
     localrule: True
     threads: 1
     resources:
-        downloads=1,
+        # a `path:` source is only hashed in place: no download slot, so a batch's records run in parallel
+        downloads=lambda wc: 0 if "path" in config["models"][wc.model] else 1,
         mem_mb=400,
     params:
         llama2bin=LLAMA2BIN,

@@ -238,18 +238,20 @@ def quality_limits(model):
     }
 
 
-def functional_args(model=None):
-    """verify flags of the `functional:` and `quality:` config sections. With `model`: its
-    evaluation tokens (results/NAME/eval_tokens.json, rule eval_tokens) and its own limits;
-    without (reverify's plan, shared by every model): the global recipe, which makes the same
-    tokens for models without eval_text/eval_tokens, and the global limits."""
+def functional_args(model=None, input=None):
+    """verify flags of the `functional:` and `quality:` config sections. With `model` (the verify
+    rule): its evaluation-token recipe, the file the verify job writes the tokens to
+    (results/NAME/eval_tokens.json, made in the same process: no job of its own) and its own
+    limits; without (reverify's plan, shared by every model): the global recipe, which makes the
+    same tokens for models without eval_text/eval_tokens, and the global limits."""
     f = config["functional"]
     if not f["enabled"]:
         return ["--no-functional", *target_args()]
     # str() of a float is its shortest round-tripping form: every digit of a threshold is kept.
     args = ["--activations", f["activations"], "--fp32-rtol", str(f["fp32_rtol"])]
     if model:
-        args += ["--eval-tokens", f"results/{model}/eval_tokens.json"]
+        args += eval_tokens_args(model, input)
+        args += ["--write-eval-tokens", eval_tokens_path(model)]
     else:
         args += [
             "--eval",
@@ -272,9 +274,13 @@ def functional_args(model=None):
     return args + (["--quality-gate"] if q["gate"] else []) + target_args()
 
 
-def eval_tokens_args(wildcards, input):
-    """eval-tokens flags: the model's own token ids or text, else the global recipe."""
-    f, m = config["functional"], model_cfg(wildcards)
+def eval_tokens_path(model):
+    return f"results/{model}/eval_tokens.json"
+
+
+def eval_tokens_args(model, input):
+    """Evaluation-token flags: the model's own token ids or text, else the global recipe."""
+    f, m = config["functional"], config["models"][model]
     if "eval_tokens" in m:
         return [
             "--eval-tokens",
@@ -302,10 +308,20 @@ def eval_inputs(wildcards):
 
 
 def verify_inputs(wildcards):
-    inputs = checkpoint_input(wildcards)
+    """The checkpoint, and the files the evaluation tokens come from (a model's own id or text file)."""
     if config["functional"]["enabled"]:
-        inputs["eval_tokens"] = f"results/{wildcards.model}/eval_tokens.json"
-    return inputs
+        return eval_inputs(wildcards)
+    return checkpoint_input(wildcards)
+
+
+def verify_outputs():
+    """Per output its verify JSON; with the functional check also the model's evaluation tokens,
+    which the verify job makes (sampled from the source, or read from the model's own file).
+    """
+    outputs = [f"results/{{model}}/{{model}}.{label}.verify.json" for label in LABELS]
+    if config["functional"]["enabled"]:
+        outputs.append(eval_tokens_path("{model}"))
+    return outputs
 
 
 def c_check_jsons(model):

@@ -3,31 +3,11 @@
 #   float32 outputs giving the source's logits, and llama2bin's C consumer reading every .bin as
 #   llama2.c does and reproducing the Python logits.
 # - Quality of Q8_0 outputs (perplexity, ΔPPL, KL divergence, same top token) on the model's
-#   evaluation tokens, made once per model by eval_tokens: a warning when beyond the `quality`
-#   limits, a failure only with `quality: {gate: true}` (globally or per model).
-
-
-# lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
-rule eval_tokens:
-    input:
-        unpack(eval_inputs),
-    output:
-        "results/{model}/eval_tokens.json",
-    log:
-        "logs/eval_tokens/{model}.log",
-    benchmark:
-        "benchmarks/eval_tokens/{model}.tsv"
-    threads: 1
-    resources:
-        mem_mb=verify_mem_mb,
-    params:
-        llama2bin=LLAMA2BIN,
-        source=source_args,
-        recipe=eval_tokens_args,
-        targets=target_args(),
-    shell:
-        "{params.llama2bin:q} eval-tokens {output:q} {params.source:q} {params.recipe:q} {params.targets:q} > {log:q} 2>&1"
-        " || (s=$?; grep -h -E '^llama2bin: ' {log:q} >&2; exit $s)"
+#   evaluation tokens: a warning when beyond the `quality` limits, a failure only with
+#   `quality: {gate: true}` (globally or per model).
+# - The evaluation tokens are made inside the verify job (sampled from the source, or read from the
+#   model's own id/text file) and written to results/NAME/eval_tokens.json: one process start and
+#   one read of the checkpoint fewer per model than a job of their own.
 
 
 # lint: no conda/container on purpose (see LLAMA2BIN in common.smk)
@@ -37,7 +17,7 @@ rule verify:
         unpack(stored_tokenizer_input),
         bins=lambda wc: export_paths(wc.model),
     output:
-        expand("results/{{model}}/{{model}}.{label}.verify.json", label=LABELS),
+        verify_outputs(),
     log:
         "logs/verify/{model}.log",
     benchmark:
@@ -48,12 +28,13 @@ rule verify:
     params:
         llama2bin=LLAMA2BIN,
         source=source_args,
-        functional=lambda wc: functional_args(wc.model),
+        functional=lambda wc, input: functional_args(wc.model, input),
         stored_tokenizer=stored_tokenizer_args,
+        jsons=lambda wc: verify_jsons(wc.model),
     shell:
         # Quality warnings and failure reasons are one line each: repeated on the terminal.
         "{params.llama2bin:q} verify {input.bins:q} {params.source:q} {params.functional:q} {params.stored_tokenizer:q}"
-        " --threads {threads} --json {output:q} > {log:q} 2>&1"
+        " --threads {threads} --json {params.jsons:q} > {log:q} 2>&1"
         " && (grep -h '^llama2bin: warning:' {log:q} >&2 || true)"
         " || (s=$?; grep -h -E '^llama2bin: |: FAILED: ' {log:q} >&2; exit $s)"
 

@@ -20,9 +20,13 @@ No compiler: the check is skipped with a visible notice (an error with require_c
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import os
+import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -68,23 +72,89 @@ def find_compiler(cc: str | None = None) -> list[str] | None:
     return cmd if cmd and shutil.which(cmd[0]) else None
 
 
-class Consumer:
-    """The compiled consumer in a private temporary directory (removed by close())."""
+def cache_dir() -> str:
+    """Where compiled consumers are kept: $LLAMA2BIN_CACHE_DIR, else $XDG_CACHE_HOME/llama2bin,
+    else ~/.cache/llama2bin."""
+    explicit = os.environ.get("LLAMA2BIN_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "llama2bin")
 
-    def __init__(self, compiler: list[str]):
+
+def build_key(compiler: list[str]) -> str:
+    """sha256 of everything the consumer's binary depends on: its sources, the compiler (command,
+    resolved path and `--version` text), the flags tried and the machine architecture. A cached
+    binary with this key is the one this build would make."""
+    h = hashlib.sha256()
+    c_dir = resources.files("llama2bin") / "c"
+    for name in ("consumer.c", "consumer_map.h"):
+        h.update(name.encode() + b"\0" + (c_dir / name).read_bytes() + b"\0")
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True)
+    for part in (*compiler, str(shutil.which(compiler[0])), version.stdout, *CFLAGS, NO_FMA, platform.machine()):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _trusted(path: str, directory: bool = False) -> bool:
+    """An existing executable (or directory) owned by this user that nobody else can write: a binary
+    found in the cache is run, so one another user could have planted is never used."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else (stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IXUSR)
+    return bool(kind_ok) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+class Consumer:
+    """The compiled consumer. Built once per content (build_key) into cache_dir() and published
+    there by an atomic rename, so a batch compiles it once however many jobs check files, and
+    concurrent jobs never see a half-written binary; runs use a private temporary directory
+    (removed by close()). Without a writable cache directory it is built in the private one."""
+
+    def __init__(self, compiler: list[str], cache: str | None = None):
         self.compiler = compiler
         self._dir = tempfile.mkdtemp(prefix="llama2bin-consumer-")
-        self.exe = os.path.join(self._dir, "consumer")
         try:
-            self._build()
+            self.exe = self._cached_build(cache if cache is not None else cache_dir())
         except BaseException:
             self.close()
             raise
 
-    def _build(self) -> None:
+    def _cached_build(self, cache: str) -> str:
+        final = os.path.join(cache, f"consumer-{build_key(self.compiler)}")
+        if _trusted(final):
+            return final
+        try:
+            os.makedirs(cache, mode=0o700, exist_ok=True)
+            if not _trusted(cache, directory=True):
+                raise OSError(f"{cache}: not a private directory of this user")
+            lock = os.open(f"{final}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:  # read-only or foreign cache: a private build still checks the file
+            exe = os.path.join(self._dir, "consumer")
+            self._build(exe)
+            return exe
+        try:
+            # concurrent jobs of one batch: the first builds, the others wait for it and reuse it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _trusted(final):
+                return final
+            staging = tempfile.mkdtemp(prefix=".build-", dir=cache)
+            try:
+                exe = os.path.join(staging, "consumer")
+                self._build(exe)
+                os.replace(exe, final)  # same directory: atomic, never a half-written binary under the name
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(lock)  # releases the lock
+        return final
+
+    def _build(self, exe: str) -> None:
         src = consumer_source()
         for extra in ((NO_FMA,), ()):
-            proc = subprocess.run([*self.compiler, *CFLAGS, *extra, "-o", self.exe, src, "-lm"],
+            proc = subprocess.run([*self.compiler, *CFLAGS, *extra, "-o", exe, src, "-lm"],
                                   capture_output=True, text=True)
             if proc.returncode == 0:
                 return

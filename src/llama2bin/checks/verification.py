@@ -14,6 +14,7 @@ verify JSON").
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
@@ -139,7 +140,8 @@ def _sections() -> list[str]:
 def verify_output(path: str, source: Source, *, reference: ReferenceModel | None = None,
                   consumer: Consumer | None = None, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                   limits: QualityLimits | None = None, gate: bool = False, threads: int | None = None,
-                  quiet: bool = True, targets: tuple[TargetCheck, ...] = (), tokenizer: str | None = None) -> Verification:
+                  quiet: bool = True, targets: tuple[TargetCheck, ...] = (), tokenizer: str | None = None,
+                  functional_memo: dict[tuple, FunctionalResult] | None = None) -> Verification:
     """Verify the output at `path` (any registered format) against `source`, opened once: the
     tensor check always; the functional check with a `reference` (the source on the model's
     evaluation tokens); the C check with a compiled `consumer`, for formats the C consumer reads
@@ -147,7 +149,15 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
     the tokens (skipped with the reason recorded when the binding is not installed). `targets`: the
     programs the outputs are for; each one that reads this output's format measures it as it
     computes (one of them must). `tokenizer`: the model's tokenizer, for formats that store one
-    (GGUF; None: the source's own)."""
+    (GGUF; None: the source's own).
+
+    `functional_memo` (one dict per reference, shared by the outputs of one model) reuses the
+    functional result of an earlier output whose weights have the same fingerprint: v1 and v2
+    hold the same Q8_0 q and scales in two layouts. The forward reads exactly the bytes the
+    fingerprint hashed (the output's TensorRefs, tensor by tensor; encoding and group size are
+    in it) with the reference's config and deterministic numerics, so its logits, and every
+    statistic made from them, are bit for bit the earlier output's. Only outputs whose tensor
+    check passed are memoized or served."""
     with open_output(path) as output:
         mine = [c for c in targets if c.target.format == output.spec.name]
         if targets and not mine:
@@ -162,8 +172,16 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
         if not tensor.tensors:  # nothing compared: a different model altogether, the header says why
             return result
         if reference is not None:
-            result.functional = functional_check(output, reference, arithmetic=arithmetic, fp32_rtol=fp32_rtol,
-                                                 quiet=quiet)
+            key = None
+            if functional_memo is not None and tensor.passed and tensor.weights_sha256:
+                key = (id(reference), tensor.weights_sha256, arithmetic, fp32_rtol)
+            if key is not None and key in functional_memo:
+                result.functional = copy.deepcopy(functional_memo[key])
+            else:
+                result.functional = functional_check(output, reference, arithmetic=arithmetic, fp32_rtol=fp32_rtol,
+                                                     quiet=quiet)
+                if key is not None:
+                    functional_memo[key] = copy.deepcopy(result.functional)
             limits = limits or QualityLimits()
             result.quality = QualityVerdict(limits, gate, limits.exceeded(result.functional))
         if consumer is not None and output.spec.family.c_consumer:

@@ -8,24 +8,42 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..formats import FORMATS
-from . import arg_types
 from .errors import ErrorLineParser, configure_logging, run_reporting_errors
-from .export import add_export_format_args, cmd_export
 from .fetch import add_fetch_parser
-from .report import cmd_report, cmd_summary
-from .sources import add_source_args
-from .tools import cmd_c_check, cmd_demo, cmd_inspect, cmd_tokenizer
-from .verify import add_parsers as add_verify_parsers
 
-VERSION_HELP = "\n".join(
-    f"  {name}: {spec.description}{'; OUT is a directory' if spec.directory else ''}\n"
-    f"      read by {spec.read_by}; loses {spec.loses}"
-    for name, spec in FORMATS.items()
-)
+DESCRIPTION = "Convert LLaMA checkpoints to llama2.c .bin files."
+# Commands that parse without the verify and eval-tokens parsers (any other word, a typo
+# included, gets the whole parser and so argparse's full list of choices).
+LEAN_COMMANDS = ("export", "reverify", "c-check", "inspect", "tokenizer", "demo", "report", "summary")
+
+
+# The command functions, imported on first use: `llama2bin fetch` never loads the modules the
+# others need. They stay attributes of this module (PEP 562), so a test or an embedding program
+# can replace one before calling main().
+_COMMANDS = {"cmd_export": ".export", "cmd_report": ".report", "cmd_summary": ".report", "cmd_c_check": ".tools",
+             "cmd_demo": ".tools", "cmd_inspect": ".tools", "cmd_tokenizer": ".tools"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _COMMANDS:
+        import importlib
+
+        return getattr(importlib.import_module(_COMMANDS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def version_help() -> str:
+    from ..formats import FORMATS
+
+    return "\n".join(
+        f"  {name}: {spec.description}{'; OUT is a directory' if spec.directory else ''}\n"
+        f"      read by {spec.read_by}; loses {spec.loses}"
+        for name, spec in FORMATS.items()
+    )
 
 
 def cmd_reverify(args: argparse.Namespace) -> int:
@@ -35,8 +53,18 @@ def cmd_reverify(args: argparse.Namespace) -> int:
 
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ErrorLineParser(prog="llama2bin", description="Convert LLaMA checkpoints to llama2.c .bin files.")
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; for a `command` of LEAN_COMMANDS (the subcommand about to run)
+    without the parsers of `verify` and `eval-tokens`: building them imports the checks' numerics
+    (~0.1 s of constant tables), which every export and report job would pay for nothing."""
+    from ..formats import FORMATS
+    from . import arg_types
+    from .export import add_export_format_args
+    from .sources import add_source_args
+    from .verify import add_parsers as add_verify_parsers
+
+    this = sys.modules[__name__]  # the command functions as attributes of this module (see __getattr__)
+    parser = ErrorLineParser(prog="llama2bin", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -45,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write one or more .bin versions in one pass over the checkpoint",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write OUT.bin (several outputs pair up with several --version values).",
-        epilog="versions:\n" + VERSION_HELP,
+        epilog="versions:\n" + version_help(),
     )
     p.add_argument("outputs", nargs="*", metavar="OUT.bin")
     add_source_args(p)
@@ -53,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=arg_types.threads, default=None,
                    help="worker processes (default: min(2, cores); 1 for models under 32 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=this.cmd_export)
 
-    add_verify_parsers(sub, add_source_args)
+    if command not in LEAN_COMMANDS:
+        add_verify_parsers(sub, add_source_args)
 
     p = sub.add_parser(
         "reverify",
@@ -85,12 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cc", metavar="CMD", help="C compiler command (default: $CC, else cc)")
     p.add_argument("--require-cc", action="store_true", help="fail instead of skipping when no compiler is found")
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the check result (one per file)")
-    p.set_defaults(func=cmd_c_check)
+    p.set_defaults(func=this.cmd_c_check)
 
     p = sub.add_parser("inspect", help="show an output's format, header and tensor table (.bin file or hf directory)")
     p.add_argument("file", metavar="OUT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=this.cmd_inspect)
 
     p = sub.add_parser("tokenizer", help="convert a tokenizer to the tokenizer.bin llama2.c-style programs read: "
                        "a sentencepiece tokenizer.model (llama2.c's convention), Llama 3's tiktoken tokenizer.model "
@@ -104,12 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", nargs="+", metavar="T", help="the program(s) it is for: refuse a tokenizer written in "
                    "another convention (llama3.c reads the Llama 3 ports' tokenizer.bin, run.c llama2.c's); the model "
                    "is checked against each as export does")
-    p.set_defaults(func=cmd_tokenizer)
+    p.set_defaults(func=this.cmd_tokenizer)
 
     p = sub.add_parser("demo", help="write a small deterministic llama2.c checkpoint (offline demo data)")
     p.add_argument("output", metavar="OUT.pt")
     p.add_argument("--preset", required=True, help="mha, gqa_backoff or untied")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=this.cmd_demo)
 
     p = sub.add_parser("report", help="reports of one model from its verify --json results: per output JSON + Markdown, "
                                       "one HTML page and one figure")
@@ -120,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="no figure (and no matplotlib needed)")
     p.add_argument("--source-record", metavar="SOURCE.json", help="the fetch record: repo@revision or URL and "
                    "file sha256s go into the reports")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=this.cmd_report)
 
     p = sub.add_parser("summary", help="one table of every model x version from report JSONs")
     p.add_argument("reports", nargs="+", metavar="REPORT.json")
@@ -128,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True)
     p.add_argument("--html", help="also a self-contained HTML page (figure embedded) for snakemake --report")
     p.add_argument("--figure", metavar="PNG", help="also the figure of bits per weight against quality")
-    p.set_defaults(func=cmd_summary)
+    p.set_defaults(func=this.cmd_summary)
 
     add_fetch_parser(sub)
     return parser
@@ -140,8 +169,20 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def fetch_parser() -> argparse.ArgumentParser:
+    """The parser of `llama2bin fetch` alone: the same subcommand, without importing numpy and the
+    format modules the other commands need (a pipeline's record of a `path:` source is a job of
+    its own per model, so its start-up is paid once per model)."""
+    parser = ErrorLineParser(prog="llama2bin", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_fetch_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    parser = fetch_parser() if command == "fetch" else build_parser(command)
     args = parser.parse_args(argv)
     configure_logging()
     try:

@@ -87,6 +87,9 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     g.add_argument("--fp32-rtol", type=arg_types.non_negative, default=FP32_RTOL, metavar="X",
                    help=f"float32 files fail when max |Δlogit| > X * max(1, max |logit|) ({FP32_RTOL:g})")
     _add_eval_args(p, "evaluation tokens (without --eval-tokens)")
+    g.add_argument("--write-eval-tokens", metavar="OUT.json",
+                   help="also write the evaluation tokens used, as `eval-tokens` would (the pipeline makes them in the "
+                   "verify job: one process and one read of the source fewer per model)")
     lim = QualityLimits()
     q = p.add_argument_group("quality limits of quantized files (a warning; a failure with --quality-gate)")
     q.add_argument("--kld-max", dest="kld_mean_max", type=arg_types.non_negative, default=lim.kld_mean_max, metavar="X",
@@ -141,17 +144,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
     if not args.no_functional and not args.eval_tokens:
         check_size(args.eval_seqs, args.eval_len)
-    check_outputs(source_paths(args) + args.files + _eval_inputs(args), args.json or [])
+    if args.write_eval_tokens and args.no_functional:
+        raise Llama2binError("--write-eval-tokens needs the functional check (no --no-functional)")
+    written = [args.write_eval_tokens] if args.write_eval_tokens else []
+    check_outputs(source_paths(args) + args.files + _eval_inputs(args), (args.json or []) + written)
     limits = QualityLimits(kld_mean_max=args.kld_mean_max, kld_p99_max=args.kld_p99_max,
                            same_top_min=args.same_top_min, ppl_ratio_max=args.ppl_ratio_max)
     ok = True
+    memo: dict = {}  # outputs with the same weights (v1, v2) share one functional check
     with open_source_from_args(args) as source:
         checks = check_targets(args, source)
-        reference = None if args.no_functional else ReferenceModel(source, _make_eval_tokens(args, source, args.quiet))
+        reference = None
+        if not args.no_functional:
+            tokens = _make_eval_tokens(args, source, args.quiet)
+            if args.write_eval_tokens:  # byte-identical to `eval-tokens` with the same recipe
+                write_atomic(args.write_eval_tokens, _dump_json(tokens.to_json()))
+            reference = ReferenceModel(source, tokens)
         for i, path in enumerate(args.files):
             result = verify_output(path, source, reference=reference, arithmetic=args.activations,
                                    fp32_rtol=args.fp32_rtol, limits=limits, gate=args.quality_gate,
-                                   threads=args.threads, quiet=args.quiet, targets=checks, tokenizer=args.tokenizer)
+                                   threads=args.threads, quiet=args.quiet, targets=checks, tokenizer=args.tokenizer,
+                                   functional_memo=memo)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             t = result.tensor
