@@ -19,6 +19,7 @@ pytest.importorskip("transformers")
 from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_model, model_from_canonical  # noqa: E402
 
 from llama2bin.checks import forward  # noqa: E402
+from llama2bin.checks import weights as lazy_weights  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.model import ModelConfig  # noqa: E402
@@ -128,7 +129,7 @@ def test_weights_from_golden_bin_are_the_checkpoint_and_run_like_transformers():
     ckpt = torch.load(os.path.join(DATA, "tiny_b.pt"), map_location="cpu", weights_only=True)
     state = {k.removeprefix("_orig_mod.").removesuffix(".weight"): v.numpy() for k, v in ckpt["model"].items()}
     with BinFile(os.path.join(DATA, "tiny_b.v0.bin")) as bf:
-        weights = forward.weights_from_bin(bf)
+        weights = lazy_weights.weights_from_bin(bf)
         cfg = bf.config
     assert cfg.shared_classifier and weights["output"] is weights["tok_embeddings"]
     for name, array in state.items():
@@ -144,7 +145,7 @@ def test_weights_from_golden_bin_are_the_checkpoint_and_run_like_transformers():
 
 def test_weights_from_quantized_bin_are_the_dequantized_values():
     with BinFile(os.path.join(DATA, "tiny_b.v2.bin")) as bf:
-        weights = forward.weights_from_bin(bf)
+        weights = lazy_weights.weights_from_bin(bf)
         t = bf.tensors["layers.1.feed_forward.w2"]
         q, scales = t.read_q8(0, t.rows)
         expected = (q.astype(np.float32).reshape(-1, bf.group_size) * scales[:, None]).reshape(t.shape)

@@ -26,7 +26,7 @@ pytest.importorskip("transformers")
 
 from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_model  # noqa: E402
 
-from llama2bin.checks import forward  # noqa: E402
+from llama2bin.checks import forward, weights  # noqa: E402
 from llama2bin.checks.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
 from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
 from llama2bin.checks.functional import QualityLimits, ReferenceModel  # noqa: E402
@@ -99,7 +99,7 @@ def test_lazy_forward_of_source_and_fp32_export_matches_transformers(models, nam
     ckpt, bins = models[name]
     want = hf_logits(hf_model(SPECS[name]))
     with open_source("llama2c", ckpt) as src:
-        from_source = forward.logits(forward.SourceWeights(src), src.config, TOKENS)
+        from_source = forward.logits(weights.SourceWeights(src), src.config, TOKENS)
     np.testing.assert_allclose(from_source, want, atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(forward.bin_logits(bins[0], TOKENS), want, atol=ATOL, rtol=RTOL)
     # Q8_0 changes the numbers, but not beyond what quantization explains
@@ -111,19 +111,19 @@ def test_sequences_are_batched_without_mixing(models):
     ckpt, bins = models["gqa_untied"]
     tokens = np.random.default_rng(1).integers(0, 64, size=(3, 12))
     with BinFile(bins[1]) as bf:
-        batch = forward.logits(forward.BinWeights(bf), bf.config, tokens)
+        batch = forward.logits(weights.BinWeights(bf), bf.config, tokens)
         for i in range(3):
-            alone = forward.logits(forward.BinWeights(bf), bf.config, tokens[i])
+            alone = forward.logits(weights.BinWeights(bf), bf.config, tokens[i])
             np.testing.assert_allclose(batch[i], alone, atol=1e-5, rtol=1e-6)
             # causal: a position does not see what follows it
-            prefix = forward.logits(forward.BinWeights(bf), bf.config, tokens[i, :5])
+            prefix = forward.logits(weights.BinWeights(bf), bf.config, tokens[i, :5])
             np.testing.assert_allclose(batch[i, :5], prefix, atol=1e-5, rtol=1e-6)
 
 
-class _TrackingWeights(forward.LazyWeights):
+class _TrackingWeights(weights.LazyWeights):
     """Counts the bytes of weight arrays alive at once (handed out and not yet garbage)."""
 
-    def __init__(self, inner: forward.LazyWeights):
+    def __init__(self, inner: weights.LazyWeights):
         self.inner = inner
         self.config = inner.config
         self.live = self.peak = self.total = 0
@@ -148,13 +148,13 @@ class _TrackingWeights(forward.LazyWeights):
 def test_forward_never_holds_the_model(models, monkeypatch):
     """Weights are pulled one block at a time and dropped: with 2 KiB blocks the peak is a few
     blocks, while the pass reads every weight of the model."""
-    monkeypatch.setattr(forward, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(weights, "CHUNK_BYTES", 2048)  # the row blocks of lazy weights
     ckpt, _ = models["gqa_untied"]
     with open_source("llama2c", ckpt) as src:
-        tracked = _TrackingWeights(forward.SourceWeights(src))
+        tracked = _TrackingWeights(weights.SourceWeights(src))
         got = forward.logits(tracked, src.config, TOKENS)
         model_bytes = 4 * sum(int(np.prod(s)) for s in src.config.shapes().values())
-        np.testing.assert_allclose(got, forward.logits(forward.SourceWeights(src), src.config, TOKENS), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, forward.logits(weights.SourceWeights(src), src.config, TOKENS), rtol=1e-5, atol=1e-5)
     assert tracked.total >= model_bytes - 4 * 64 * 32  # everything but the embedding rows no token uses
     assert tracked.peak <= 3 * 2048 < model_bytes / 10
 

@@ -19,7 +19,8 @@ pytest.importorskip("torch")
 import trained_model  # noqa: E402
 from gguf import GGMLQuantizationType, quants  # noqa: E402
 
-from llama2bin.checks.forward import SourceWeights, logits  # noqa: E402
+from llama2bin.checks.forward import logits  # noqa: E402
+from llama2bin.checks.weights import SourceWeights  # noqa: E402
 from llama2bin.formats.gguf_encode import encode_into, encoded_nbytes  # noqa: E402
 from llama2bin.formats.gguf_vocab import tokenizer_bin_vocab  # noqa: E402
 from llama2bin.formats.gguf_write import GgufModelInfo, export_gguf  # noqa: E402

@@ -27,7 +27,8 @@ from transformers import LlamaConfig  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # noqa: E402
 
-from llama2bin.checks.forward import SourceWeights, logits  # noqa: E402
+from llama2bin.checks.forward import logits  # noqa: E402
+from llama2bin.checks.weights import SourceWeights  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.rope_freqs import LINEAR, LLAMA3, RopeScaling, inv_freq  # noqa: E402

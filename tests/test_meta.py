@@ -32,8 +32,9 @@ from llama_checkpoints import (  # noqa: E402
     save_meta,
 )
 
-from llama2bin.checks.forward import bin_logits, weights_from_bin  # noqa: E402
+from llama2bin.checks.forward import bin_logits  # noqa: E402
 from llama2bin.checks.verification import verify_output  # noqa: E402
+from llama2bin.checks.weights import weights_from_bin  # noqa: E402
 from llama2bin.constants import DEFAULT_MAX_SEQ_LEN  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.formats.source_registry import open_source  # noqa: E402

@@ -26,8 +26,9 @@ torch = pytest.importorskip("torch")
 import trained_model  # noqa: E402
 
 from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
-from llama2bin.checks.forward import SourceWeights, logits  # noqa: E402
+from llama2bin.checks.forward import logits  # noqa: E402
 from llama2bin.checks.functional import QualityLimits, ReferenceModel, functional_check  # noqa: E402
+from llama2bin.checks.weights import SourceWeights  # noqa: E402
 from llama2bin.formats.families import open_output  # noqa: E402
 from llama2bin.formats.source_registry import open_source  # noqa: E402
 from llama2bin.formats.writer import export  # noqa: E402

@@ -35,7 +35,8 @@ from ..errors import Llama2binError
 from ..safe_io import parse_json, read_capped
 from ..sources.base import Source
 from . import numerics
-from .forward import KVCache, SourceWeights, classify, hidden_states
+from .forward import KVCache, classify, hidden_states
+from .weights import SourceWeights
 
 RECIPES = ("sampled", "random", "text", "file")
 DEFAULT_SEQS, DEFAULT_LEN, DEFAULT_SEED = 8, 32, 0

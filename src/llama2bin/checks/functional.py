@@ -43,10 +43,11 @@ from ..model import ModelConfig
 from ..sources.base import Source
 from . import numerics
 from .eval_tokens import EvalTokens
-from .forward import ARITHMETICS, F32, BinWeights, LazyWeights, SourceWeights, classify, hidden_states
+from .forward import ARITHMETICS, F32, classify, hidden_states
 from .metrics import KLD_HIST_EDGES, LogitComparison, block_columns
 from .result_json import EvalSummaryJson, KldPercentilesJson
 from .rope_source import RopeSource
+from .weights import BinWeights, LazyWeights, SourceWeights
 
 # Unquantized outputs: |Δlogit| <= FP32_RTOL * max(1, max |logit|).
 FP32_RTOL = 1e-5

@@ -181,7 +181,8 @@ def llamacpp_check(output: Output, tokens: Sequence[int], fp32_rtol: float) -> C
     failure. Lossy files: the difference is reported, a failure only beyond LOSSY_RTOL. Without the
     binding: skipped, with the notice as `skipped`."""
     from ..formats.registry import json_version
-    from .forward import BinWeights, classify, hidden_states
+    from .forward import classify, hidden_states
+    from .weights import BinWeights
 
     result = CCheckResult(output.display_name, json_version(output.spec.name), "f32", list(tokens), None)
     try:

@@ -1,0 +1,122 @@
+"""Lazy weights for the reference forward: canonical name -> float32 rows, read on access.
+
+`LazyWeights` is the Mapping the forward pass (forward.py) multiplies with in row blocks of
+about CHUNK_BYTES, so peak memory is one block of one tensor, never the model. `BinWeights`
+serves an opened output (Q8_0 tensors dequantized, or as q and scales for runq.c's arithmetic),
+`SourceWeights` a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from ..errors import Llama2binError
+from ..formats.output import Output
+from ..model import ModelConfig
+from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef
+
+
+def row_blocks(rows: int, cols: int, align_rows: int = 1) -> Iterator[tuple[int, int]]:
+    """Row ranges of about CHUNK_BYTES of float32: the blocks in which lazy weights are read and
+    multiplied (peak memory: one block)."""
+    step = max(align_rows, (CHUNK_BYTES // 4 // max(cols, 1)) // align_rows * align_rows)
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
+class LazyWeights(Mapping):
+    """canonical name -> float32 array in canonical shape, read on every access, never cached.
+    `output` is present also when the classifier is shared (it is then the embeddings)."""
+
+    config: ModelConfig
+    group_size: int | None = None  # of the Q8_0 tensors q8_rows serves; None: float32 weights only
+
+    def _names(self) -> list[str]:
+        return [*self.config.shapes(), *([] if "output" in self.config.shapes() else ["output"])]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _resolve(self, name: str) -> str:
+        if name == "output" and self.config.shared_classifier:
+            return "tok_embeddings"
+        if name not in self.config.shapes():
+            raise KeyError(name)
+        return name
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.config.shapes()[self._resolve(name)]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        shape = self.shape(name)
+        out = np.empty((shape[0] if len(shape) > 1 else 1, shape[-1]), dtype=np.float32)
+        for start, stop in row_blocks(*out.shape):
+            out[start:stop] = self.read_rows(name, start, stop)
+        return out.reshape(shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32 (stop - start, cols); 1-D tensors are one row."""
+        raise NotImplementedError
+
+    def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
+        raise Llama2binError(f"forward: tensor {name} is not Q8_0")
+
+    def gather(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` (any order, repeats allowed) without reading the rest of the tensor."""
+        unique, inverse = np.unique(ids, return_inverse=True)
+        rows = np.stack([self.read_rows(name, int(i), int(i) + 1)[0] for i in unique])
+        return rows[inverse.reshape(ids.shape)]
+
+
+class BinWeights(LazyWeights):
+    """The weights of an opened output (formats.output.Output), dequantized on access; valid
+    while it is open."""
+
+    def __init__(self, output: Output):
+        self.output = output
+        self.config = output.config
+        self.group_size = output.group_size
+
+    def tensor(self, name: str) -> TensorRef:
+        return self.output.tensors[self._resolve(name)]
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.tensor(name).read_rows(start, stop)
+
+    def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
+        t = self.tensor(name)
+        if t.encoding != TensorEncoding.Q8_0:
+            raise Llama2binError(f"{self.output.path}: tensor {name} is float32, not Q8_0")
+        cols, gs = t.cols, t.group_size
+        assert gs and cols % gs == 0
+        q, s = t.read_q8(start, stop)
+        return q.reshape(stop - start, cols), s.reshape(stop - start, cols // gs)
+
+
+class SourceWeights(LazyWeights):
+    """The float32 tensors of an open checkpoint `Source`, read through `TensorRef.read_rows`."""
+
+    def __init__(self, source: Source, config: ModelConfig | None = None):
+        self.source = source
+        self.config = config or source.config
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.source.tensor(self._resolve(name)).read_rows(start, stop)
+
+
+def weights_from_bin(bf: Output) -> dict[str, np.ndarray]:
+    """Every weight of an opened .bin as float32 in its canonical shape (Q8_0 dequantized);
+    `output` is the embedding matrix when the classifier is shared. This loads the whole model
+    (tests and tiny models); `BinWeights(bf)` is the lazy equivalent."""
+    lazy = BinWeights(bf)
+    weights = {name: lazy[name] for name in bf.config.shapes()}
+    if bf.config.shared_classifier:
+        weights["output"] = weights["tok_embeddings"]
+    return weights
