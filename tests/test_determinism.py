@@ -42,7 +42,8 @@ assert main(["verify", *bins, "--checkpoint", ckpt, "--eval-tokens", prefix + ".
              "--json", *[prefix + f".{i}.verify.json" for i in range(len(bins))]]) == 0
 a = np.random.default_rng(0).standard_normal((256, 288)).astype(np.float32)
 b = np.random.default_rng(1).standard_normal((288, 768)).astype(np.float32)
-blas = threadpoolctl.threadpool_info()[0]
+# numpy's own BLAS (OpenBLAS in its wheels), not MKL, which the v0 rope tables load through ctypes
+blas = next(i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas")
 print(json.dumps({"kernel": blas.get("architecture"), "threads": blas["num_threads"],
                   "float32_product": hashlib.sha256((a @ b).tobytes()).hexdigest()}))
 """
