@@ -58,6 +58,13 @@ def parts(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, ".*.part")))
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal's processes have it. A test run started in the
+    background of a non-interactive shell inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: the Ctrl-C under test would be ignored by Snakemake and its jobs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_parts(folder: str, proc: subprocess.Popen, n: int = len(VERSIONS)) -> None:
     """Until the writer has created its n hidden outputs (it is then mid-export)."""
     deadline = time.monotonic() + 120  # a safety net against hanging, not a timing assertion
@@ -146,7 +153,7 @@ def test_ctrl_c_during_a_snakemake_export_then_rerun_incomplete(tmp_path, checkp
     """Ctrl-C in a terminal: SIGINT to Snakemake and its jobs (the whole process group)."""
     workdir = workdir_for(tmp_path / "w", checkpoint)
     proc = subprocess.Popen(snakemake_cmd(), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     wait_for_parts(os.path.join(workdir, "results/big"), proc)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait() != 0
@@ -188,7 +195,8 @@ def test_ctrl_c_under_the_cluster_executor_cancels_jobs_then_rerun(tmp_path, che
     workdir = workdir_for(tmp_path / "w", checkpoint)
     cluster = ["--profile", "profiles/local-cluster"]
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", *cluster, "--configfile", "c.yaml"], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=default_sigint)
     try:
         wait_for_parts(os.path.join(workdir, "results/big"), proc)
         os.killpg(proc.pid, signal.SIGINT)  # Snakemake's process group; the jobs are not in it
