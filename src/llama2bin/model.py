@@ -61,28 +61,50 @@ HF_LAYER_NAMES: dict[str, str] = {
     "feed_forward.w2": "mlp.down_proj",
     "feed_forward.w3": "mlp.up_proj",
 }
-_HF_FIXED_NAMES = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight", "output": "lm_head.weight"}
-_HF_LAYER_KINDS = {hf: canonical for canonical, hf in HF_LAYER_NAMES.items()}
-_HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+
+
+@dataclass(frozen=True)
+class TensorNaming:
+    """How a file family names the canonical tensors: a fixed name for the embeddings, final norm
+    and classifier, and `{layer_prefix}{i}.{kind}.weight` per layer. One description serves both
+    directions (HF state_dict keys; GGUF's LLM_TENSOR_NAMES in sources/gguf_file.py)."""
+
+    fixed: dict[str, str]  # canonical -> external name, for the tensors outside the layers
+    layer_kinds: dict[str, str]  # canonical layer tensor ("attention.wq") -> external kind
+    layer_prefix: str  # e.g. "model.layers."
+    index_pattern: str = r"\d+"  # the layer numbers accepted when reading a name
+
+    def external(self, canonical: str) -> str:
+        """The external name of a canonical tensor name."""
+        if canonical in self.fixed:
+            return self.fixed[canonical]
+        _, i, kind = canonical.split(".", 2)
+        return f"{self.layer_prefix}{i}.{self.layer_kinds[kind]}.weight"
+
+    def canonical(self, name: str) -> str | None:
+        """The canonical name of an external tensor name, or None if it is not one."""
+        for canonical, fixed in self.fixed.items():
+            if fixed == name:
+                return canonical
+        m = re.match(rf"^{re.escape(self.layer_prefix)}({self.index_pattern})\.(.+)\.weight$", name)
+        kinds = {external: canonical for canonical, external in self.layer_kinds.items()}
+        if m and m.group(2) in kinds:
+            return layer_name(int(m.group(1)), kinds[m.group(2)])
+        return None
+
+
+HF_NAMING = TensorNaming({"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight",
+                          "output": "lm_head.weight"}, HF_LAYER_NAMES, "model.layers.")
 
 
 def hf_name(canonical: str) -> str:
     """The Hugging Face state_dict key (with `.weight`) of a canonical tensor name."""
-    if canonical in _HF_FIXED_NAMES:
-        return _HF_FIXED_NAMES[canonical]
-    _, i, kind = canonical.split(".", 2)
-    return f"model.layers.{i}.{HF_LAYER_NAMES[kind]}.weight"
+    return HF_NAMING.external(canonical)
 
 
 def canonical_name(hf_key: str) -> str | None:
     """The canonical name of a Hugging Face Llama weight key, or None if it is not one."""
-    for canonical, key in _HF_FIXED_NAMES.items():
-        if key == hf_key:
-            return canonical
-    m = _HF_LAYER_RE.match(hf_key)
-    if m and m.group(2) in _HF_LAYER_KINDS:
-        return layer_name(int(m.group(1)), _HF_LAYER_KINDS[m.group(2)])
-    return None
+    return HF_NAMING.canonical(hf_key)
 
 
 @dataclass(frozen=True)

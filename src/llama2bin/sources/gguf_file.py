@@ -20,14 +20,13 @@ Q and K rows are stored in Meta's interleaved rotary order, the canonical order 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import Final
 
 import numpy as np
 
-from ..model import LAYER_TENSORS, layer_name
+from ..model import LAYER_TENSORS, TensorNaming
 from ..rope_freqs import LLAMA3, RopeScaling, default_inv_freq
 
 GGUF_MAGIC: Final = b"GGUF"
@@ -136,30 +135,21 @@ GGUF_LAYER_NAMES: Final = {
     "feed_forward.w3": "ffn_up",
 }
 assert set(GGUF_LAYER_NAMES) == set(LAYER_TENSORS)
-_GGUF_FIXED_NAMES: Final = {"tok_embeddings": "token_embd.weight", "norm": "output_norm.weight", "output": "output.weight"}
-_GGUF_LAYER_KINDS: Final = {gguf: canonical for canonical, gguf in GGUF_LAYER_NAMES.items()}
-_GGUF_LAYER_RE: Final = re.compile(r"^blk\.(0|[1-9]\d{0,5})\.([a-z_]+)\.weight$")
+# Layer numbers as llama.cpp writes them: no leading zeros, at most six digits.
+GGUF_NAMING: Final = TensorNaming({"tok_embeddings": "token_embd.weight", "norm": "output_norm.weight",
+                                   "output": "output.weight"}, GGUF_LAYER_NAMES, "blk.", r"0|[1-9]\d{0,5}")
 # Llama 3.1+ rope scaling: per-dimension frequency factors, a generated F32 tensor (not a weight).
 ROPE_FREQS: Final = "rope_freqs.weight"
 
 
 def gguf_tensor_name(canonical: str) -> str:
     """The GGUF name of a canonical tensor ("layers.3.attention.wq" -> "blk.3.attn_q.weight")."""
-    if canonical in _GGUF_FIXED_NAMES:
-        return _GGUF_FIXED_NAMES[canonical]
-    _, i, kind = canonical.split(".", 2)
-    return f"blk.{i}.{GGUF_LAYER_NAMES[kind]}.weight"
+    return GGUF_NAMING.external(canonical)
 
 
 def canonical_tensor_name(gguf_name: str) -> str | None:
     """The canonical name of a llama GGUF weight, or None if it is not one."""
-    for canonical, name in _GGUF_FIXED_NAMES.items():
-        if name == gguf_name:
-            return canonical
-    m = _GGUF_LAYER_RE.match(gguf_name)
-    if m and m.group(2) in _GGUF_LAYER_KINDS:
-        return layer_name(int(m.group(1)), _GGUF_LAYER_KINDS[m.group(2)])
-    return None
+    return GGUF_NAMING.canonical(gguf_name)
 
 
 # ---- rope_freqs.weight: Llama 3 rope scaling as the converter writes it ---------------------------
