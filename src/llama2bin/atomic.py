@@ -4,11 +4,13 @@ the next write of NAME deletes it (a killed 7B export would otherwise leave giga
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 
 from .errors import Llama2binError
 
@@ -122,17 +124,29 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_outputs(paths: Iterable[str]) -> Iterator[dict[str, AtomicOutput]]:
+    """An AtomicOutput per path, written in the block: all committed when it ends, all aborted if
+    it raises (outputs written together appear together or not at all)."""
+    outputs: dict[str, AtomicOutput] = {}
+    try:
+        for path in paths:
+            outputs[path] = AtomicOutput(path)
+        yield outputs
+        for out in outputs.values():
+            out.commit()
+    except BaseException:
+        for out in outputs.values():
+            out.abort()
+        raise
+
+
 def write_atomic(path: str, data: bytes | str) -> None:
     """Write a small file (JSON, Markdown) atomically."""
-    out = AtomicOutput(path)
-    try:
+    with atomic_outputs([path]) as outputs:
         view = memoryview(data.encode() if isinstance(data, str) else data)
         while view:  # os.write may write less than asked
-            view = view[os.write(out.fd, view) :]
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
+            view = view[os.write(outputs[path].fd, view) :]
 
 
 def check_free_space(sizes: dict[str, int]) -> None:

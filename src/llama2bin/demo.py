@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .atomic import AtomicOutput
+from .atomic import atomic_outputs
 from .errors import Llama2binError
 
 
@@ -93,11 +93,5 @@ def write_demo_checkpoint(preset: str, path: str) -> None:
         "dim": p.dim, "n_layers": p.n_layers, "n_heads": p.n_heads, "n_kv_heads": p.n_kv_heads,
         "vocab_size": p.vocab_size, "multiple_of": p.multiple_of, "max_seq_len": p.max_seq_len, "dropout": 0.0,
     }
-    out = AtomicOutput(path)
-    try:
-        with os.fdopen(os.dup(out.fd), "wb") as f:
-            torch.save({"model": tensors, "model_args": model_args, "iter_num": 0, "config": {"preset": preset}}, f)
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
+    with atomic_outputs([path]) as outputs, os.fdopen(os.dup(outputs[path].fd), "wb") as f:
+        torch.save({"model": tensors, "model_args": model_args, "iter_num": 0, "config": {"preset": preset}}, f)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..atomic import AtomicOutput, check_free_space
+from ..atomic import AtomicOutput, atomic_outputs, check_free_space
 from ..model import ModelConfig
 from ..parallel import ForkPool, default_workers
 from ..progress import Progress
@@ -111,8 +111,7 @@ def export_gguf(
     cfg = source.config
     layouts = {path: gguf_layout(fmt, cfg, info) for fmt, path in targets}
     check_free_space({path: layout.size for path, layout in layouts.items()})
-    outputs = {path: AtomicOutput(path) for path in layouts}
-    try:
+    with atomic_outputs(layouts) as outputs:
         for path, layout in layouts.items():
             outputs[path].allocate(layout.size)
             pwrite_all(outputs[path].fd, layout.header, 0)
@@ -120,12 +119,6 @@ def export_gguf(
                 if sec.tensor in layout.generated:
                     pwrite_all(outputs[path].fd, layout.generated[sec.tensor].astype("<f4").tobytes(), sec.offset)
         _stream(source, layouts, outputs, threads, quiet)
-        for out in outputs.values():
-            out.commit()
-    except BaseException:
-        for out in outputs.values():
-            out.abort()
-        raise
     return layouts
 
 

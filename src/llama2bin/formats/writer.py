@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import AtomicOutput, check_free_space
+from ..atomic import atomic_outputs, check_free_space
 from ..errors import Llama2binError
 from ..parallel import ForkPool, default_workers
 from ..progress import Progress
@@ -136,20 +136,11 @@ def write_layouts(source: Source, layouts: dict[str, Layout], threads: int | Non
     """Fill every layout (path -> header bytes + sections) from `source` in one pass; all or
     nothing. Returns the largest quantization group error of each quantized tensor."""
     check_free_space({path: layout.size for path, layout in layouts.items()})
-    outputs = {path: AtomicOutput(path) for path in layouts}
-    try:
+    with atomic_outputs(layouts) as outputs:
         for path, layout in layouts.items():
             outputs[path].allocate(layout.size)
             pwrite_all(outputs[path].fd, np.frombuffer(layout.header, np.uint8), 0)
-        max_errors = _stream_tensors(source, {outputs[path].fd: layout for path, layout in layouts.items()},
-                                     threads, quiet)
-        for out in outputs.values():
-            out.commit()
-    except BaseException:
-        for out in outputs.values():
-            out.abort()
-        raise
-    return max_errors
+        return _stream_tensors(source, {outputs[path].fd: layout for path, layout in layouts.items()}, threads, quiet)
 
 
 @dataclass(frozen=True)
