@@ -12,16 +12,32 @@ Tests import the functions (`from conftest import assert_refused`); pytest puts 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 
 import pytest
 from helpers import DATA, ROOT, preset_args, preset_arrays
+
+from llama2bin import torch_cpu_trig
+
+# Tests compare llama2bin's v0 rope tables with torch's cos/sin. On an x86-64 CPU that is not
+# Intel's, llama2bin makes MKL take its Intel code paths (torch_cpu_trig.py); torch's own MKL must
+# take them too, or it computes other bits than the seed on Intel (the golden files): so the
+# library that does it is loaded here, before any test module imports torch. Built into a
+# directory of its own, not the user's cache (a loaded library needs no file: removed at once).
+_intel_paths_cache = tempfile.mkdtemp(prefix="llama2bin-test-mkl-")
+try:
+    with contextlib.suppress(OSError):  # no compiler: the v0 tests say why when they run
+        torch_cpu_trig.load_intel_code_paths(cache=_intel_paths_cache)
+finally:
+    shutil.rmtree(_intel_paths_cache, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

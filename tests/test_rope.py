@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from fractions import Fraction
@@ -16,7 +17,7 @@ from conftest import assert_refused
 from helpers import DATA
 from llama_checkpoints import Spec, hf_model, run, save_hf
 
-from llama2bin import torch_cpu_math
+from llama2bin import torch_cpu_math, torch_cpu_trig
 from llama2bin.formats.reader import BinFile
 from llama2bin.formats.rope import ROPE_CHUNK_ROWS, rope_chunks, rope_tables, tables
 from llama2bin.rope_freqs import default_inv_freq
@@ -175,19 +176,19 @@ def test_cos_sin_match_torch_on_random_angles():
     finally:
         torch.set_num_threads(threads)
     for piece in (slice(0, None), slice(3, 4099), slice(77777, 77778)):  # odd offsets and lengths
-        cos, sin = torch_cpu_math.torch_cos_sin(x[piece])
+        cos, sin = torch_cpu_trig.torch_cos_sin(x[piece])
         assert np.array_equal(_bits(cos), _bits(want_cos[piece])) and np.array_equal(_bits(sin), _bits(want_sin[piece]))
 
 
 def test_known_answers_are_torch_s_and_tell_mkl_versions_apart():
     torch, threads = _torch_one_thread()
-    x = np.array([a for a, _, _ in torch_cpu_math._KNOWN_ANSWERS], dtype=np.uint32).view(np.float32)
+    x = np.array([a for a, _, _ in torch_cpu_trig._KNOWN_ANSWERS], dtype=np.uint32).view(np.float32)
     try:
         cos, sin = torch.cos(torch.from_numpy(x)).numpy(), torch.sin(torch.from_numpy(x)).numpy()
     finally:
         torch.set_num_threads(threads)
-    assert _bits(cos).tolist() == [c for _, c, _ in torch_cpu_math._KNOWN_ANSWERS]
-    assert _bits(sin).tolist() == [s for _, _, s in torch_cpu_math._KNOWN_ANSWERS]
+    assert _bits(cos).tolist() == [c for _, c, _ in torch_cpu_trig._KNOWN_ANSWERS]
+    assert _bits(sin).tolist() == [s for _, _, s in torch_cpu_trig._KNOWN_ANSWERS]
     # each is an input where torch is not correctly rounded (so a correctly rounded library fails them)
     rounded = np.cos(x.astype(np.float64)).astype(np.float32), np.sin(x.astype(np.float64)).astype(np.float32)
     assert np.all((_bits(cos) != _bits(rounded[0])) | (_bits(sin) != _bits(rounded[1])))
@@ -227,7 +228,7 @@ def test_tables_match_torch_at_the_shapes_people_use(hd):
 def test_torch_fallback_gives_the_same_bits_and_restores_torch_s_threads(monkeypatch):
     torch = pytest.importorskip("torch")
     want = rope_tables(64, 300, 500000.0)
-    monkeypatch.setattr(torch_cpu_math, "_backend", torch_cpu_math._Torch())
+    monkeypatch.setattr(torch_cpu_trig, "_backend", torch_cpu_trig._Torch())
     before = torch.get_num_threads()
     got = rope_tables(64, 300, 500000.0)
     assert torch.get_num_threads() == before
@@ -269,7 +270,7 @@ def test_v0_write_and_verify_never_import_torch(tmp_path, source):
 
 
 def test_without_mkl_or_torch_v0_is_refused_in_one_line(tmp_path):
-    prelude = ("import llama2bin.torch_cpu_math as m\n"
+    prelude = ("import llama2bin.torch_cpu_trig as m\n"
                "def _absent():\n    raise OSError('the mkl package is not installed')\n"
                "m._find_mkl_rt = _absent\n")
     out = tmp_path / "a.v0.bin"
@@ -279,8 +280,32 @@ def test_without_mkl_or_torch_v0_is_refused_in_one_line(tmp_path):
 
 
 def test_an_mkl_that_fails_the_known_answers_is_refused():
-    code = ("import llama2bin.torch_cpu_math as m\n"
+    code = ("import llama2bin.torch_cpu_trig as m\n"
             "m._KNOWN_ANSWERS = ((m._KNOWN_ANSWERS[0][0], m._KNOWN_ANSWERS[0][1] + 1, m._KNOWN_ANSWERS[0][2]),)\n"
             "try:\n    m._Mkl()\nexcept OSError as e:\n    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "differ from the seed's on the known answers" in proc.stdout, proc.stderr
+
+
+_MKL_ON = """
+import llama2bin.torch_cpu_trig as m
+m.intel_cpu = lambda: {intel}
+try:
+    m._Mkl()
+    print("known answers passed")
+except OSError as e:
+    print(e)
+"""
+
+
+def test_mkl_takes_its_intel_code_paths_on_any_x86_64_cpu():
+    """The library that makes MKL take Intel's code paths (built where the CPU is not Intel's) gives
+    the known answers; on a non-Intel CPU, without it, MKL refuses its AVX2 path."""
+    if platform.machine() != "x86_64":
+        pytest.skip("MKL's code paths: x86-64 only")
+    proc = subprocess.run([sys.executable, "-c", _MKL_ON.format(intel=False)], capture_output=True, text=True)
+    assert proc.stdout.strip() == "known answers passed", proc.stdout + proc.stderr
+    if torch_cpu_trig.intel_cpu():
+        return
+    proc = subprocess.run([sys.executable, "-c", _MKL_ON.format(intel=True)], capture_output=True, text=True)
+    assert "MKL cannot run its AVX2 code path here (MKL_CBWR_Set returned -3)" in proc.stdout, proc.stdout + proc.stderr

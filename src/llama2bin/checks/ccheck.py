@@ -20,13 +20,8 @@ No compiler: the check is skipped with a visible notice (an error with require_c
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import os
-import platform
-import shlex
 import shutil
-import stat
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -35,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import typed_json
+from .. import native, typed_json
 from ..errors import Llama2binError
 from ..formats import FORMATS, json_version
 from ..formats.reader import BinFile
 from ..formats.targets import TargetSpec
 from ..model import ModelConfig
+from ..native import find_compiler as find_compiler  # the check's compiler: re-exported for the CLI
 from .eval_tokens import random_tokens
 from .forward import F32, Q8, bin_logits
 from .q8_forcing import TeacherForcing, read_dump
@@ -60,51 +56,13 @@ def consumer_source() -> str:
     return str(resources.files("llama2bin") / "c" / "consumer.c")
 
 
-def find_compiler(cc: str | None = None) -> list[str] | None:
-    """The compiler command: `cc` if given (an error if it does not exist), else $CC, else `cc`;
-    None when neither is installed."""
-    if cc:
-        cmd = shlex.split(cc)
-        if not cmd or shutil.which(cmd[0]) is None:
-            raise Llama2binError(f"C compiler {cc!r} not found")
-        return cmd
-    cmd = shlex.split(os.environ.get("CC") or "cc")
-    return cmd if cmd and shutil.which(cmd[0]) else None
-
-
-def cache_dir() -> str:
-    """Where compiled consumers are kept: $LLAMA2BIN_CACHE_DIR, else $XDG_CACHE_HOME/llama2bin,
-    else ~/.cache/llama2bin."""
-    explicit = os.environ.get("LLAMA2BIN_CACHE_DIR")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "llama2bin")
-
-
 def build_key(compiler: list[str]) -> str:
-    """sha256 of everything the consumer's binary depends on: its sources, the compiler (command,
-    resolved path and `--version` text), the flags tried and the machine architecture. A cached
-    binary with this key is the one this build would make."""
-    h = hashlib.sha256()
+    """sha256 of everything the consumer's binary depends on (native.build_key): its sources, the
+    compiler, the flags tried and the machine. A cached binary with this key is the one this build
+    would make."""
     c_dir = resources.files("llama2bin") / "c"
-    for name in ("consumer.c", "consumer_map.h"):
-        h.update(name.encode() + b"\0" + (c_dir / name).read_bytes() + b"\0")
-    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True)
-    for part in (*compiler, str(shutil.which(compiler[0])), version.stdout, *CFLAGS, NO_FMA, platform.machine()):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()
-
-
-def _trusted(path: str, directory: bool = False) -> bool:
-    """An existing executable (or directory) owned by this user that nobody else can write: a binary
-    found in the cache is run, so one another user could have planted is never used."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    kind_ok = stat.S_ISDIR(st.st_mode) if directory else (stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IXUSR)
-    return bool(kind_ok) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    sources = [(name, (c_dir / name).read_bytes()) for name in ("consumer.c", "consumer_map.h")]
+    return native.build_key(compiler, sources, (*CFLAGS, NO_FMA))
 
 
 class Consumer:
@@ -117,39 +75,13 @@ class Consumer:
         self.compiler = compiler
         self._dir = tempfile.mkdtemp(prefix="llama2bin-consumer-")
         try:
-            self.exe = self._cached_build(cache if cache is not None else cache_dir())
+            self.exe = self._cached_build(cache if cache is not None else native.cache_dir())
         except BaseException:
             self.close()
             raise
 
     def _cached_build(self, cache: str) -> str:
-        final = os.path.join(cache, f"consumer-{build_key(self.compiler)}")
-        if _trusted(final):
-            return final
-        try:
-            os.makedirs(cache, mode=0o700, exist_ok=True)
-            if not _trusted(cache, directory=True):
-                raise OSError(f"{cache}: not a private directory of this user")
-            lock = os.open(f"{final}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:  # read-only or foreign cache: a private build still checks the file
-            exe = os.path.join(self._dir, "consumer")
-            self._build(exe)
-            return exe
-        try:
-            # concurrent jobs of one batch: the first builds, the others wait for it and reuse it
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if _trusted(final):
-                return final
-            staging = tempfile.mkdtemp(prefix=".build-", dir=cache)
-            try:
-                exe = os.path.join(staging, "consumer")
-                self._build(exe)
-                os.replace(exe, final)  # same directory: atomic, never a half-written binary under the name
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        finally:
-            os.close(lock)  # releases the lock
-        return final
+        return native.cached_build(f"consumer-{build_key(self.compiler)}", self._build, cache, self._dir)
 
     def _build(self, exe: str) -> None:
         src = consumer_source()

@@ -24,7 +24,7 @@ import numpy as np
 from ..constants import ROPE_THETA
 from ..rope_freqs import RopeScaling
 from ..rope_freqs import inv_freq as model_inv_freq
-from ..torch_cpu_math import torch_cos_sin
+from ..torch_cpu_trig import torch_cos_sin
 
 # Rows per chunk: 4096 rows of a 128-wide head are 1 MiB per table.
 ROPE_CHUNK_ROWS = 4096
