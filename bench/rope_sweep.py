@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from llama2bin import torch_cpu_math
+from llama2bin import torch_cpu_math, torch_cpu_trig
 from llama2bin.formats.rope import rope_chunks
 from llama2bin.rope_freqs import default_inv_freq
 
@@ -45,8 +45,8 @@ def bits(a) -> np.ndarray:
 
 
 def part_angles(quick: bool, rng: np.random.Generator, log) -> dict:
-    backend = torch_cpu_math.cos_sin_backend()
-    assert isinstance(backend, torch_cpu_math._Mkl), "the sweep proves the MKL path: install mkl==2024.2.0"
+    backend = torch_cpu_trig.cos_sin_backend()
+    assert isinstance(backend, torch_cpu_trig._Mkl), "the sweep proves the MKL path: install mkl==2024.2.0"
     starts = range(0, 0x7F800000, BLOCK)  # non-negative finite patterns; negatives by sign flip
     if quick:
         starts = rng.choice(np.arange(0, 0x7F800000, BLOCK), 4, replace=False)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.process_time()
         row = PARTS[name](args.quick, rng, log)
         rows.append({"part": name, **row, "cpu_s": time.process_time() - start})
-    backend = type(torch_cpu_math.cos_sin_backend()).__name__.strip("_")
+    backend = type(torch_cpu_trig.cos_sin_backend()).__name__.strip("_")
     lines = [f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
              f"llama2bin cos/sin backend {backend}" + (" (quick sample)" if args.quick else ""), "",
              "| part | what | values compared | mismatches | CPU s |", "|---|---|---:|---:|---:|"]
