@@ -29,12 +29,13 @@ from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_mod
 from llama2bin.checks import forward, weights  # noqa: E402
 from llama2bin.checks.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
 from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
-from llama2bin.checks.functional import QualityLimits, ReferenceModel  # noqa: E402
+from llama2bin.checks.functional import QualityLimits, ReferenceModel, functional_check  # noqa: E402
 from llama2bin.checks.metrics import compare_logits  # noqa: E402
 from llama2bin.checks.tensor import HIST_EDGES  # noqa: E402
 from llama2bin.checks.verification import verify_output  # noqa: E402
 from llama2bin.demo import write_demo_checkpoint  # noqa: E402
 from llama2bin.errors import Llama2binError  # noqa: E402
+from llama2bin.formats.families import open_output  # noqa: E402
 from llama2bin.formats.hf_export import export_hf  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.formats.source_registry import open_source  # noqa: E402
@@ -238,6 +239,24 @@ def test_every_version_passes_functional_verification(models, name, arithmetic):
         assert 0 < r.kld_mean < QualityLimits().kld_mean_max / 4 and r.same_top >= QualityLimits().same_top_min
         assert not QualityLimits().exceeded(r)
     assert v1.kld_mean == v2.kld_mean  # same quantization, two layouts
+
+
+@pytest.mark.parametrize("name", [*SPECS, *DEMOS])
+def test_an_unquantized_output_with_the_source_s_tensors_shares_its_forward(models, name, tmp_path):
+    """verify_output lets a float32 output whose tensor check passed take the reference's forward
+    (source_weights): the result must be, bit for bit, what its own forward gives."""
+    ckpt, bins = models[name]
+    with open_source("llama2c", ckpt) as src:
+        export_hf(src, str(tmp_path / "hf"), quiet=True)
+        ref = ReferenceModel(src, sampled_tokens(src, 4, 16))
+        for path in (bins[0], bins["1f"], str(tmp_path / "hf")):
+            with open_output(path) as output:
+                own = functional_check(output, ref).to_json()
+                shared = functional_check(output, ref, source_weights=True).to_json()
+            assert json.dumps(shared) == json.dumps(own), path
+            assert json.dumps(verify_output(path, src, reference=ref).functional.to_json()) == json.dumps(own)
+        with open_output(bins[2]) as quantized, pytest.raises(Llama2binError, match="only an unquantized output"):
+            functional_check(quantized, ref, source_weights=True)
 
 
 @pytest.mark.parametrize("version", [0, 2])

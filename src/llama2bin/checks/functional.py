@@ -165,26 +165,36 @@ def _output_weights(output: Output, reference: ReferenceModel) -> tuple[LazyWeig
 
 def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                      quiet: bool = True, file_config: ModelConfig | None = None, rope: RopeSource | None = None,
-                     label: str = "") -> FunctionalResult:
+                     label: str = "", source_weights: bool = False) -> FunctionalResult:
     """Forward the evaluation tokens through the opened `output` and through the source; compare.
 
     By default the file is run with the source's config (what it stores is measured, and a
     float32 file must give the source's logits). A target's view (targets.py: a program's
     hard-coded RoPE and epsilon in `file_config`, or RoPE from the file's tables in `rope`)
-    measures what that program computes: quality only, never a correctness failure."""
+    measures what that program computes: quality only, never a correctness failure.
+
+    `source_weights`: the caller has proven that every tensor the forward reads from the output is
+    the source's, bit for bit (an unquantized output whose tensor check passed: checks/tensor.py
+    compares float32 bit patterns, through the same TensorRefs the forward reads). The file's
+    forward would then repeat the reference's, operation for operation on the same numbers with
+    the same config and deterministic numerics, so the reference's hidden states and logits stand
+    for it: the same result, bit for bit (tests/test_functional.py runs both), without the
+    forward (a third of a model's functional check at the stories shapes)."""
     from ..progress import Progress
 
     if arithmetic not in ARITHMETICS:
         raise Llama2binError(f"unknown arithmetic {arithmetic!r} (known: {', '.join(ARITHMETICS)})")
     cfg = reference.config
     as_run = file_config is not None or rope is not None
+    if source_weights and (as_run or output.lossy):
+        raise Llama2binError(f"{output.path}: only an unquantized output in the source's view can share its forward")
     file_cfg = file_config or cfg
     batches = reference.tokens.batches()
     weights, quantized = _output_weights(output, reference)
     # q8 is runq.c's arithmetic: meaningless for float32 files, and not what llama.cpp computes for a
     # GGUF (float16-scaled activation blocks, F16 rows): those run in f32, as the result records
     arith = arithmetic if quantized and output.spec.family.c_consumer else F32
-    layers = len(batches) * cfg.n_layers * (1 if reference._hidden is not None else 2)
+    layers = len(batches) * cfg.n_layers * ((reference._hidden is None) + (not source_weights))
     progress = Progress(layers, f"functional check {output.display_name}{label}", unit="layer",
                         quiet=quiet)
     try:
@@ -193,8 +203,8 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
             cmp = LogitComparison()
             vocab = cfg.vocab_size
             for b, tok in enumerate(batches):
-                got_hidden = numerics.Left(hidden_states(weights, file_cfg, tok, arithmetic=arith,
-                                                         on_layer=lambda: progress.update(1), rope=rope))
+                got_hidden = reference.hidden()[b] if source_weights else numerics.Left(
+                    hidden_states(weights, file_cfg, tok, arithmetic=arith, on_layer=lambda: progress.update(1), rope=rope))
                 # the next token of every position; -1 at the end of a sequence
                 nxt = np.concatenate([tok[:, 1:], np.full((tok.shape[0], 1), -1, dtype=np.int64)], axis=1).reshape(-1)
                 # every position of the batch at once, the vocabulary in blocks: the classifier is
@@ -204,8 +214,10 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
                 def blocks(b: int = b, step: int = step, got_hidden: numerics.Left = got_hidden) -> Iterator[tuple]:
                     for start in range(0, vocab, step):
                         stop = min(start + step, vocab)
-                        got = classify(weights, cfg, got_hidden, arithmetic=arith, vocab=(start, stop))
-                        yield start, reference.logits(b, start, stop), got
+                        want = reference.logits(b, start, stop)
+                        got = want if source_weights else classify(weights, cfg, got_hidden, arithmetic=arith,
+                                                                    vocab=(start, stop))
+                        yield start, want, got
 
                 cmp.add_positions(nxt, blocks())
     finally:
