@@ -23,6 +23,18 @@ include: "workflow/rules/reverify.smk"
 report: "workflow/report/workflow.rst"
 
 
+onstart:
+    start_job_server()
+
+
+onsuccess:
+    stop_job_server()
+
+
+onerror:
+    stop_job_server()
+
+
 localrules:
     report,
     summary,

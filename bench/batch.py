@@ -34,7 +34,7 @@ sys.path.insert(0, HERE)
 from synth import SHAPES, ensure  # noqa: E402
 
 
-def prepare(work: str, shape_name: str, n: int, cache: str, core_only: bool = False) -> str:
+def prepare(work: str, shape_name: str, n: int, cache: str, core_only: bool = False, job_server: bool = True) -> str:
     """A fresh workdir with n checkpoint copies and a config naming them."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "checkpoints"))
@@ -49,6 +49,8 @@ def prepare(work: str, shape_name: str, n: int, cache: str, core_only: bool = Fa
     lines.append("versions: [0, 1, 2]")
     if core_only:  # the issue's scenario: export, round-trip verify, reports (no logit or C checks)
         lines += ["functional:", "  enabled: false", "c_check:", "  enabled: false"]
+    if not job_server:  # every job its own Python start-up, as before the job server
+        lines.append("job_server: false")
     config = os.path.join(work, "config.yaml")
     with open(config, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -68,6 +70,7 @@ def rule_table(work: str) -> list[dict]:
             with open(path) as f:
                 by_rule.setdefault(rule, []).extend(csv.DictReader(f, delimiter="\t"))
         for rule, recs in by_rule.items():
+            # (with the job server these measure each job's client process; the worker is in the ledger)
             def num(r: dict, k: str) -> float:
                 try:
                     return float(r[k])
@@ -83,11 +86,26 @@ def rule_table(work: str) -> list[dict]:
     return rows
 
 
+def ledger_table(work: str) -> list[dict]:
+    """Per command, from the job server's ledger (logs/job_server.tsv): the workers' jobs, summed
+    wall and CPU seconds, largest peak RSS (MB; the server's shared pages counted, as the kernel does)."""
+    path = os.path.join(work, "logs", "job_server.tsv")
+    if not os.path.exists(path):
+        return []
+    by_command: dict[str, list[dict]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            by_command.setdefault(row["command"], []).append(row)
+    return [{"command": cmd, "jobs": len(rows), "seconds": sum(float(r["s"]) for r in rows),
+             "cpu": sum(float(r["cpu_user_s"]) + float(r["cpu_sys_s"]) for r in rows),
+             "max_rss": max(float(r["max_rss_mb"]) for r in rows)} for cmd, rows in sorted(by_command.items())]
+
+
 def run_batch(n: int = 20, shape: str = "15M", cores: int = 4, work: str | None = None, cache: str | None = None,
-              core_only: bool = False) -> dict:
+              core_only: bool = False, job_server: bool = True) -> dict:
     work = work or os.path.join(HERE, "work", "batch")
     cache = cache or os.path.join(HERE, "work", "cache")
-    config = prepare(work, shape, n, cache, core_only)
+    config = prepare(work, shape, n, cache, core_only, job_server)
     # bytecode as an installed package has it: without it (PYTHONDONTWRITEBYTECODE, a fresh checkout)
     # every job would compile llama2bin's changed modules again
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "src", "llama2bin")], check=True,
@@ -105,13 +123,14 @@ def run_batch(n: int = 20, shape: str = "15M", cores: int = 4, work: str | None 
     if proc.returncode != 0:
         raise SystemExit(f"batch: snakemake failed ({proc.returncode})\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return {"models": n, "shape": shape, "cores": cores, "wall": wall, "cpu": cpu, "rules": rule_table(work),
-            "core_only": core_only, "load": (load_before, os.getloadavg())}
+            "workers": ledger_table(work), "core_only": core_only, "job_server": job_server,
+            "load": (load_before, os.getloadavg())}
 
 
 def run_batches(repeats: int, n: int = 20, shape: str = "15M", cores: int = 4, work: str | None = None,
-                core_only: bool = False) -> dict:
+                core_only: bool = False, job_server: bool = True) -> dict:
     """`repeats` fresh runs; wall and CPU are their medians, the rule table the median run's."""
-    runs = [run_batch(n, shape, cores, work, core_only=core_only) for _ in range(repeats)]
+    runs = [run_batch(n, shape, cores, work, core_only=core_only, job_server=job_server) for _ in range(repeats)]
     middle = sorted(runs, key=lambda r: r["cpu"])[len(runs) // 2]
     return {**middle, "wall": statistics.median(r["wall"] for r in runs),
             "cpu": statistics.median(r["cpu"] for r in runs), "repeats": repeats,
@@ -128,6 +147,7 @@ def render(result: dict) -> str:
         + f"**{result['wall']:.1f} s wall, {result['cpu']:.1f} CPU s**"
         + (f" (medians of {result['repeats']}: wall {', '.join(f'{w:.1f}' for w in result['walls'])}; "
            f"CPU {', '.join(f'{c:.1f}' for c in result['cpus'])})" if result.get("repeats", 1) > 1 else "")
+        + (", job server on" if result.get("job_server", True) else ", job server off (a Python start-up per job)")
         + ".",
         "",
         f"Load average (1, 5, 15 min) before / after: {' '.join(f'{x:.2f}' for x in result['load'][0])} / "
@@ -139,6 +159,12 @@ def render(result: dict) -> str:
     ]
     for r in result["rules"]:
         lines.append(f"| {r['rule']} | {r['jobs']} | {r['seconds']:.1f} | {r['max_rss']:.0f} | {r['max_pss']:.0f} |")
+    if result.get("workers"):
+        lines += ["", "Snakemake's benchmark files measure each job's own process, here the job server's client; "
+                  "the workers that did the work, from the server's ledger (logs/job_server.tsv):", "",
+                  "| command | jobs | seconds (sum) | CPU s (sum) | largest peak RSS MB |", "|---|---:|---:|---:|---:|"]
+        for r in result["workers"]:
+            lines.append(f"| {r['command']} | {r['jobs']} | {r['seconds']:.1f} | {r['cpu']:.1f} | {r['max_rss']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="workdir (default bench/work/batch; deleted and rebuilt)")
     p.add_argument("--core-only", action="store_true", help="turn the functional and C checks off")
     p.add_argument("--repeats", type=int, default=1, help="fresh runs; medians reported (default 1)")
+    p.add_argument("--no-job-server", action="store_true", help="job_server: false (a Python start-up per job)")
     args = p.parse_args(argv)
     sys.stdout.write(render(run_batches(args.repeats, args.models, args.shape, args.cores, args.work,
-                                        core_only=args.core_only)))
+                                        core_only=args.core_only, job_server=not args.no_job_server)))
     return 0
 
 

@@ -51,9 +51,15 @@ def test_tracked_reports_are_what_a_fresh_run_produces(default_run):
 
 
 def test_second_clean_run_is_byte_identical(default_run, tmp_path):
+    """... and the first ran its jobs in the job server's workers, the second each in its own
+    Python (job_server: false): the server changes nothing a job writes."""
     other = workflow_copy(tmp_path / "b")
-    proc = snakemake(other)
+    proc = snakemake(other, "--config", "job_server=False")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    ledger = open(os.path.join(default_run, "logs", "job_server.tsv")).read().splitlines()
+    jobs = sum(len(files) for _, _, files in os.walk(os.path.join(default_run, "benchmarks")))
+    assert len(ledger) - 1 == jobs  # one worker per job (the header line aside)
+    assert not os.path.exists(os.path.join(other, "logs", "job_server.tsv"))
     for model in ("demo-mha", "demo-gqa", "demo-untied"):
         for v in (0, 1, 2):
             for rel in (f"results/{model}/{model}.v{v}.bin", f"results/{model}/{model}.v{v}.verify.json",

@@ -1,5 +1,12 @@
 import sys
 
-from .cli import main
+from .job_client import forward
 
-sys.exit(main())
+# A local Snakemake job with the job server running: the server's worker runs the command
+# (job_client.py); otherwise, and always outside Snakemake, it runs here.
+code = forward(sys.argv[1:])
+if code is None:
+    from .cli import main
+
+    code = main()
+sys.exit(code)

@@ -53,6 +53,32 @@ for _name, _model in config["models"].items():
 # environment per rule would be a second, unpinned copy of it that nothing here tests.
 LLAMA2BIN = [sys.executable, "-m", "llama2bin"]
 
+
+# The local job server (src/llama2bin/cli/job_server.py): started before the first job of a
+# local run, stopped after the last; jobs find it through $LLAMA2BIN_JOB_SERVER and run as before
+# without it (on a cluster, in a dry run, with `job_server: false`).
+_job_server = []
+
+
+def start_job_server():
+    if config["job_server"] and workflow.local_exec and workflow.is_main_process:
+        from llama2bin.cli.job_server import JobServer
+        from llama2bin.job_client import ENV
+
+        os.makedirs("logs", exist_ok=True)
+        server = JobServer.start("logs/job_server.tsv")
+        _job_server.append(server)
+        os.environ[ENV] = server.env
+
+
+def stop_job_server():
+    from llama2bin.job_client import ENV
+
+    os.environ.pop(ENV, None)
+    while _job_server:
+        _job_server.pop().stop()
+
+
 MODELS = list(config["models"])
 # The formats every model is written in, in registry order (v0, v1, 1f, v2, hf): each knows its
 # label, its file (or directory) name and whether the C consumer reads it.
