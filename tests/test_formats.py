@@ -71,8 +71,8 @@ def test_help_says_which_programs_read_which_format():
 # never a later stage. fetch/ obtains checkpoints, so it comes before the sources that read them.
 STAGES = ("fetch", "sources", "formats", "checks", "report", "cli")
 # Small modules every stage may use; they import only each other ("" is the package face).
-FOUNDATION = ("", "constants", "errors", "model", "rope_freqs", "torch_cpu_math", "torch_cpu_trig", "native", "safe_io",
-              "typed_json", "atomic", "outputs_guard", "parallel", "progress", "tokenizer", "demo")
+FOUNDATION = ("", "constants", "errors", "model", "rope_freqs", "torch_cpu_math", "torch_cpu_trig", "native",
+              "job_client", "safe_io", "typed_json", "atomic", "outputs_guard", "parallel", "progress", "tokenizer", "demo")
 PACKAGE = os.path.join(ROOT, "src", "llama2bin")
 
 

@@ -92,17 +92,25 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def export_process(snakemake_pid: int) -> int:
-    """The `llama2bin export` process among the descendants of a running Snakemake."""
+def writer_process(snakemake_pid: int, folder: str) -> int:
+    """The process writing partial files in `folder` among a running Snakemake's descendants (the
+    export job's own process, or the job server's worker running it): the first of them to hold
+    one open, not one of its forked helpers."""
+    writers = []
     for pid in descendants(snakemake_pid):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+            fds = os.listdir(f"/proc/{pid}/fd")
+            targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
         except OSError:
             continue
-        if b"llama2bin" in argv and b"export" in argv:
+        if any(os.path.dirname(t) == folder and t.endswith(".part") for t in targets):
+            writers.append(pid)
+    for pid in writers:
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        if parent not in writers:
             return pid
-    raise AssertionError("no export process found")
+    raise AssertionError("no process writes partial files")
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +176,16 @@ def test_ctrl_c_during_a_snakemake_export_then_rerun_incomplete(tmp_path, checkp
 
 
 def test_job_killed_by_sigkill_under_snakemake_then_rerun(tmp_path, checkpoint, reference):
-    """What the OOM killer or a scheduler's hard limit does: SIGKILL to the job process only."""
+    """What the OOM killer or a scheduler's hard limit does: SIGKILL to the process writing, only
+    (with the job server, its worker: killing the job's own process makes the server stop the
+    worker with SIGTERM, which cleans up, test_job_server.py)."""
     workdir = workdir_for(tmp_path / "w", checkpoint)
     results = os.path.join(workdir, "results/big")
     proc = subprocess.Popen(snakemake_cmd(), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         wait_for_parts(results, proc)
-        os.kill(export_process(proc.pid), signal.SIGKILL)
+        os.kill(writer_process(proc.pid, os.path.realpath(results)), signal.SIGKILL)
         assert proc.wait() != 0  # the run fails ...
     finally:
         if proc.poll() is None:
