@@ -36,7 +36,7 @@ from ..safe_io import parse_json, read_capped
 from ..sources.base import Source
 from . import numerics
 from .forward import KVCache, classify, hidden_states
-from .weights import SourceWeights
+from .weights import ResidentWeights, SourceWeights
 
 RECIPES = ("sampled", "random", "text", "file")
 DEFAULT_SEQS, DEFAULT_LEN, DEFAULT_SEED = 8, 32, 0
@@ -218,7 +218,7 @@ def sampled_tokens(source: Source, seqs: int = DEFAULT_SEQS, length: int = DEFAU
     bos = cfg.bos_id if cfg.bos_id is not None else BOS if cfg.vocab_size > BOS else 0
     rng = np.random.default_rng(seed)
     tok = np.full((seqs, 1), bos, dtype=np.int64)
-    weights = SourceWeights(source)
+    weights = ResidentWeights(SourceWeights(source))  # every step multiplies every weight again
     cache = KVCache()  # each step computes the new position only
     progress = Progress(length - 1, "sample evaluation tokens", unit="tok", quiet=quiet)
     try:

@@ -74,6 +74,41 @@ class LazyWeights(Mapping):
         return rows[inverse.reshape(ids.shape)]
 
 
+# What ResidentWeights may keep: the float64 blocks of a stories15M-sized model (~120 MB), a bounded
+# part of a larger one. verify's memory request (workflow/rules/common.smk) leaves room for it.
+RESIDENT_BYTES = 192 << 20
+
+
+class ResidentWeights(LazyWeights):
+    """`inner`'s blocks, once read, kept as float64 up to `budget` bytes; beyond it read as before.
+
+    For token-by-token sampling (eval_tokens.py), which multiplies every weight once per generated
+    token: without it each of the 31 steps read the whole model from the checkpoint and widened
+    it to float64 again (half of the sampling's CPU at the 15M shape). The values are the same
+    float32 numbers widened exactly, so every product is the same; memory stays bounded by the
+    budget, whatever the model's size."""
+
+    def __init__(self, inner: LazyWeights, budget: int = RESIDENT_BYTES):
+        self.inner = inner
+        self.config = inner.config
+        self.group_size = inner.group_size
+        self._blocks: dict[tuple[str, int, int], np.ndarray] = {}
+        self._left = budget
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        key = (self._resolve(name), start, stop)
+        kept = self._blocks.get(key)
+        if kept is not None:
+            return kept
+        rows = self.inner.read_rows(name, start, stop)
+        if 2 * rows.nbytes <= self._left:
+            rows = rows.astype(np.float64)
+            rows.flags.writeable = False
+            self._blocks[key] = rows
+            self._left -= rows.nbytes
+        return rows
+
+
 class BinWeights(LazyWeights):
     """The weights of an opened output (formats.output.Output), dequantized on access; valid
     while it is open."""
