@@ -185,6 +185,19 @@ def test_the_correct_file_passes_with_the_q8_fields_recorded(untied_v2, consumer
     assert CCheckResult.from_json(result.to_json()) == result
 
 
+@pytest.mark.parametrize("mode", ["f32", "q8"])
+def test_the_consumer_s_binary_logits_are_its_printed_ones(untied_v2, consumer, mode):
+    """What c_check reads (--logits binary) is, bit for bit, what the consumer prints for a person."""
+    import subprocess
+
+    tokens = ["1", "7", "3", "12"]
+    binary = consumer.logits(untied_v2, [int(t) for t in tokens], mode)
+    text = subprocess.run([consumer.exe, "--mode", mode, untied_v2, *tokens], capture_output=True, text=True, check=True)
+    printed = np.array([line.split() for line in text.stdout.splitlines()], dtype=np.float64).astype(np.float32)
+    assert binary.shape == printed.shape and binary.shape[0] == len(tokens)
+    assert np.array_equal(binary.view(np.uint32), printed.view(np.uint32))
+
+
 @pytest.mark.parametrize("edit,where", [
     (swap_tensors("layers.0.attention.wq", "layers.1.attention.wq"), "layer 0, attention output"),
     (swap_tensors("layers.1.feed_forward.w1", "layers.1.feed_forward.w3"), "layer 1, ffn hidden"),

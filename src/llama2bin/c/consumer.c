@@ -7,7 +7,7 @@
  * every position. It shares no code with llama2bin's Python reader, so agreement between
  * the two proves the file is consumable from C, not merely self-consistent.
  *
- * usage: consumer [--mode f32|q8] [--dump PATH] [--theta X | --rope tables] FILE.bin TOKEN...
+ * usage: consumer [--mode f32|q8] [--dump PATH] [--theta X | --rope tables] [--logits text|binary] FILE.bin TOKEN...
  *   --mode f32  float32 arithmetic; Q8_0 weights are dequantized (q * scale) as they are used
  *   --mode q8   (v1/v2 only) runq.c's arithmetic: activations are quantized to Q8_0 with the
  *               file's group size before every matmul, products are summed as int32 per group
@@ -21,7 +21,9 @@
  *     3 ffn hidden before w2 (hidden_dim) - and last the final norm before the classifier (dim);
  *     each site as float32 x[n] (the values before quantization), float32 scales[n / group_size],
  *     int8 q[n]. Native byte order (the machine that runs the check reads it).
- * stdout: one line per position, vocab_size logits printed with %.9g (exact for float32).
+ * stdout: one line per position, vocab_size logits printed with %.9g (exact for float32);
+ *   with --logits binary, the same float32 values raw, vocab_size per position, native byte order
+ *   (what checks/ccheck.py reads: printing and parsing 1M numbers per file cost more than the forward).
  *   --theta X   RoPE computed at base X (default 10000, run.c/runq.c's; 500000 is the Llama 3 ports')
  *   --rope tables  (v0 only) RoPE read from the file's freqs_cos/freqs_sin, as the ports that read
  *               the tables do (pair j of a head at position pos: freqs_cos[pos * head_size / 2 + j])
@@ -232,10 +234,20 @@ static void forward(const Model *m, State *s, int q8, int token, int pos) {
 int main(int argc, char **argv) {
     int arg = 1, mode = -1; /* -1: the format's default; 0: f32; 1: q8 */
     const char *dump_path = NULL;
+    int binary = 0;
     while (arg + 1 < argc && (strcmp(argv[arg], "--mode") == 0 || strcmp(argv[arg], "--dump") == 0 ||
-                              strcmp(argv[arg], "--theta") == 0 || strcmp(argv[arg], "--rope") == 0)) {
+                              strcmp(argv[arg], "--theta") == 0 || strcmp(argv[arg], "--rope") == 0 ||
+                              strcmp(argv[arg], "--logits") == 0)) {
         if (strcmp(argv[arg], "--dump") == 0)
             dump_path = argv[arg + 1];
+        else if (strcmp(argv[arg], "--logits") == 0) {
+            if (strcmp(argv[arg + 1], "binary") == 0)
+                binary = 1;
+            else if (strcmp(argv[arg + 1], "text") != 0) {
+                fprintf(stderr, "consumer: --logits is text or binary, not %s\n", argv[arg + 1]);
+                return 2;
+            }
+        }
         else if (strcmp(argv[arg], "--theta") == 0) {
             char *end;
             g_theta = strtof(argv[arg + 1], &end);
@@ -261,7 +273,8 @@ int main(int argc, char **argv) {
         arg += 2;
     }
     if (argc - arg < 2) {
-        fprintf(stderr, "usage: consumer [--mode f32|q8] [--dump PATH] [--theta X | --rope tables] FILE.bin TOKEN...\n");
+        fprintf(stderr, "usage: consumer [--mode f32|q8] [--dump PATH] [--theta X | --rope tables] [--logits text|binary] "
+                        "FILE.bin TOKEN...\n");
         return 2;
     }
     g_path = argv[arg];
@@ -291,8 +304,13 @@ int main(int argc, char **argv) {
         if (*end || end == argv[arg + pos] || token < 0 || token >= m.p.vocab_size)
             die("token %s is not an id below vocab_size %d", argv[arg + pos], m.p.vocab_size);
         forward(&m, &s, mode, (int)token, pos);
-        for (int i = 0; i < m.p.vocab_size; i++) printf(i ? " %.9g" : "%.9g", s.logits[i]);
-        putchar('\n');
+        if (binary) {
+            if (fwrite(s.logits, sizeof s.logits[0], (size_t)m.p.vocab_size, stdout) != (size_t)m.p.vocab_size)
+                die("cannot write the logits");
+        } else {
+            for (int i = 0; i < m.p.vocab_size; i++) printf(i ? " %.9g" : "%.9g", s.logits[i]);
+            putchar('\n');
+        }
     }
     fprintf(stderr, "consumer: %s: v%d, dim %d, %d layers, %d/%d heads, vocab %d, %s classifier, %s arithmetic\n", g_path,
             m.version, m.p.dim, m.p.n_layers, m.p.n_heads, m.p.n_kv_heads, m.p.vocab_size, m.shared ? "shared" : "separate",

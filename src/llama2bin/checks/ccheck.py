@@ -101,15 +101,16 @@ class Consumer:
         extra = ["--dump", dump] if dump else []
         if rope is not None:
             extra += rope.consumer_args()
-        proc = subprocess.run([self.exe, "--mode", arithmetic, *extra, bin_path, *map(str, tokens)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([self.exe, "--mode", arithmetic, "--logits", "binary", *extra, bin_path, *map(str, tokens)],
+                              capture_output=True)
+        stderr = proc.stderr.decode("utf-8", "replace").strip()
         if proc.returncode != 0:
-            reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
+            reason = stderr.splitlines()[-1] if stderr else f"exit status {proc.returncode}"
             raise Llama2binError(f"{bin_path}: the C consumer refused it: {reason}")
-        rows = [np.array(line.split(), dtype=np.float64).astype(np.float32) for line in proc.stdout.splitlines()]
-        if len(rows) != len(tokens) or len({r.size for r in rows}) != 1:
-            raise Llama2binError(f"{bin_path}: the C consumer printed {len(rows)} logit rows for {len(tokens)} tokens")
-        return np.stack(rows)
+        logits = np.frombuffer(proc.stdout, dtype=np.float32)  # raw float32, native order: the values exactly
+        if not tokens or logits.size % len(tokens):
+            raise Llama2binError(f"{bin_path}: the C consumer wrote {logits.size} logits for {len(tokens)} tokens")
+        return logits.reshape(len(tokens), -1)
 
     def dump_path(self) -> str:
         """Where a run's --dump goes: inside the private directory (one run at a time)."""
