@@ -93,26 +93,37 @@ def _worker_of(srv: JobServer, timeout: float = 30.0) -> int:
 
 def _gone(pid: int, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(") ")[1].startswith("Z"):  # reaped any moment now
                     return True
         except FileNotFoundError:
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.02)
-    return False
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    """A model whose evaluation-token sampling takes the worker several CPU seconds (stopped long before)."""
+    from conftest import CheckpointFactory
+
+    folder = tmp_path_factory.mktemp("wide")
+    return CheckpointFactory(str(folder))("llama2c", dim=512, n_heads=8, n_layers=4, vocab_size=32000)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_a_stopped_job_stops_its_worker(server, tmp_path, how):
+def test_a_stopped_job_stops_its_worker(server, tmp_path, wide_model, how):
     """SIGTERM to the job's process is relayed to the worker; a job process killed outright
     (it cannot relay anything) is noticed by the server, which stops the worker."""
     srv, ledger = server
-    fifo = tmp_path / "blocks.bin"
-    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes: a job that never ends
-    proc = _cli("inspect", str(fifo), env_value=srv.env)
+    proc = _cli("eval-tokens", "--checkpoint", wide_model, "--eval-seqs", "64", "--eval-len", "32",
+                str(tmp_path / "tokens.json"), env_value=srv.env)
     worker = _worker_of(srv)
+    time.sleep(0.5)
+    assert not _gone(worker, timeout=0), "the worker ended before it was stopped: give it more work"
     proc.send_signal(getattr(signal, how))
     proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -120,4 +131,5 @@ def test_a_stopped_job_stops_its_worker(server, tmp_path, how):
     deadline = time.monotonic() + 30
     while not _ledger_rows(ledger) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [r[0] for r in _ledger_rows(ledger)] == ["inspect"]
+    assert [r[0] for r in _ledger_rows(ledger)] == ["eval-tokens"]
+    assert not (tmp_path / "tokens.json").exists()

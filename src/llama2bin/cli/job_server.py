@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import os
 import selectors
@@ -143,6 +144,12 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
         return
     for name in PRELOAD:
         importlib.import_module(name)
+    with contextlib.suppress(Exception):  # v0's cos/sin (MKL): loaded once here, not by every v0 job
+        from ..torch_cpu_trig import cos_sin_backend
+
+        cos_sin_backend()
+    # What the workers inherit stays out of their garbage collections: fewer pages copied on write
+    gc.freeze()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
