@@ -128,9 +128,9 @@ def run_batch(n: int = 20, shape: str = "15M", cores: int = 4, work: str | None 
 
 
 def run_batches(repeats: int, n: int = 20, shape: str = "15M", cores: int = 4, work: str | None = None,
-                core_only: bool = False, job_server: bool = True) -> dict:
+                core_only: bool = False, job_server: bool = True, cache: str | None = None) -> dict:
     """`repeats` fresh runs; wall and CPU are their medians, the rule table the median run's."""
-    runs = [run_batch(n, shape, cores, work, core_only=core_only, job_server=job_server) for _ in range(repeats)]
+    runs = [run_batch(n, shape, cores, work, cache, core_only=core_only, job_server=job_server) for _ in range(repeats)]
     middle = sorted(runs, key=lambda r: r["cpu"])[len(runs) // 2]
     return {**middle, "wall": statistics.median(r["wall"] for r in runs),
             "cpu": statistics.median(r["cpu"] for r in runs), "repeats": repeats,

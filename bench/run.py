@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", help="Markdown report (default bench/results.md; smoke: WORK/results.md)")
     p.add_argument("--json", help="also write the raw numbers here")
     p.add_argument("--batch", type=int, metavar="N", help="also run N copies of the 15M checkpoint through Snakemake "
-                   "(bench/batch.py, --cores 4)")
+                   "(bench/batch.py, --cores 4), with the functional and C checks off and on, --repeats runs each")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -487,9 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch:
         import batch
 
-        log(f"batch: {args.batch} x 15M through snakemake --cores 4")
-        batch_md = batch.render(batch.run_batch(args.batch, "15M", 4, os.path.join(args.work, "batch"),
-                                                os.path.join(args.work, "cache")))
+        parts = []
+        for core_only in (True, False):  # the two scenarios: checks off, then every check on
+            log(f"batch: {args.batch} x 15M through snakemake --cores 4{' (checks off)' if core_only else ''}, "
+                f"{args.repeats} run(s)")
+            parts.append(batch.render(batch.run_batches(args.repeats, args.batch, "15M", 4,
+                                                        os.path.join(args.work, "batch"), core_only=core_only,
+                                                        cache=os.path.join(args.work, "cache"))))
+        batch_md = "\n".join(parts)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     shutil.rmtree(os.path.join(out_dir, "cp"), ignore_errors=True)
 
