@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -142,7 +143,13 @@ class ModelConfig:
         return inv_freq(self.rope_theta, self.head_size, self.rope_scaling)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Canonical name -> shape for every weight of the model, `output` only when unshared."""
+        """Canonical name -> shape for every weight of the model, `output` only when unshared (a
+        fresh dict each call: the forward and the checks ask thousands of times per model, so it is
+        built once per config and copied)."""
+        return dict(self._shapes)
+
+    @cached_property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
         kv_dim = self.n_kv_heads * self.head_size
         per_layer = {
             "attention_norm": (self.dim,),
