@@ -82,7 +82,25 @@ static void quantize_vec(QVec *out, const float *x, int n, int gs) {
 /* out[d] = W[d, n] @ x[n]. For Q8_0 weights in f32 mode each weight is dequantized to
  * q * scale (a float32 product, exactly what the Python reader returns) before the multiply. */
 static void matvec_f32(float *out, const Weight *w, const float *x, int n, int d, int gs) {
-    for (int i = 0; i < d; i++) {
+    int i = 0;
+    if (w->f) {
+        /* Four rows at a time, each summed in run.c's order (j = 0, 1, ...): the same bits as one
+         * row at a time, but four independent chains of additions instead of one, which the CPU
+         * overlaps (a float add waits for the previous one otherwise): a quarter less time for a 15M
+         * v0, measured, where reading the weights is the rest. */
+        for (; i + 4 <= d; i += 4) {
+            const float *w0 = w->f + (size_t)i * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            for (int j = 0; j < n; j++) {
+                a0 += w0[j] * x[j];
+                a1 += w1[j] * x[j];
+                a2 += w2[j] * x[j];
+                a3 += w3[j] * x[j];
+            }
+            out[i] = a0, out[i + 1] = a1, out[i + 2] = a2, out[i + 3] = a3;
+        }
+    }
+    for (; i < d; i++) {
         float acc = 0.0f;
         size_t row = (size_t)i * n;
         if (w->f) {
