@@ -21,11 +21,14 @@ costs more than the whole check of a small model). The two give the same bits (t
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..formats.q8_0 import ABS_MASK, Scratch, block_elems, group_scales_into
+from ..sources.base import RawTensor, TensorRef
 
 # Why 2**-15 proves q: with |fl(q*s) - w| < s * (0.5 - 2**-15) and |q| <= 128, the real |w/s - q|
 # is below 0.5 - 2**-16 (fl(q*s) is off by at most 128 * 2**-24 * s, the subtraction is exact or
@@ -62,6 +65,33 @@ def load_compiled() -> bool:
         return False
     q8_chunk_jit.warm_up()
     return True
+
+
+def stats_of_mapped_source(ref: TensorRef, start: int, stop: int, q: np.ndarray, scales: np.ndarray,
+                           group_size: int, edges: np.ndarray) -> ChunkStats | None:
+    """The compiled check of rows [start, stop) of a float32 or bfloat16 checkpoint tensor read as
+    its bits straight from the page cache (q8_chunk_jit.chunk_stats_bits); None for any other
+    tensor (read it with read_rows_into). Why: reading 2 bytes per bfloat16 weight into a buffer
+    and widening it to 4 costs more than the compiled check of it (measured at 1.1B: 0.8 s of
+    preadv and 0.8 s of widening). Unmapped before returning: RSS stays at a chunk."""
+    if not isinstance(ref, RawTensor) or ref.dtype not in ("F32", "BF16"):
+        return None
+    from .q8_chunk_jit import chunk_stats_bits
+
+    dtype, shift = (np.uint32, 0) if ref.dtype == "F32" else (np.uint16, 16)
+    itemsize = np.dtype(dtype).itemsize
+    count = (stop - start) * ref.cols
+    first = ref.offset + start * ref.cols * itemsize
+    fd = ref.pool.fd(ref.path)
+    if count == 0 or os.fstat(fd).st_size < first + count * itemsize:
+        return None  # truncated: read_rows_into says so in its own words (a mapping would SIGBUS)
+    base = first - first % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, first + count * itemsize - base, access=mmap.ACCESS_READ, offset=base) as mapped:
+        bits = np.frombuffer(mapped, dtype, count, first - base)
+        try:
+            return chunk_stats_bits(bits, shift, q, scales, group_size, edges)
+        finally:
+            del bits  # the mapping closes only when no array uses it
 
 
 def chunk_stats(w: np.ndarray, q: np.ndarray, scales: np.ndarray, group_size: int, edges: np.ndarray,

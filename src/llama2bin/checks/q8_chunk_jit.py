@@ -33,15 +33,24 @@ u = np.uint64
 
 
 def chunk_stats_jit(w: np.ndarray, q: np.ndarray, scales: np.ndarray, group_size: int, edges: np.ndarray) -> ChunkStats:
+    """q8_chunk.chunk_stats_numpy of float32 source values `w`, compiled."""
+    return chunk_stats_bits(w.view(np.uint32), 0, q, scales, group_size, edges)
+
+
+def chunk_stats_bits(src: np.ndarray, shift: int, q: np.ndarray, scales: np.ndarray, group_size: int,
+                     edges: np.ndarray) -> ChunkStats:
+    """The same of source values given as bits: float32 (uint32, shift 0) or bfloat16 (uint16,
+    shift 16), e.g. mapped straight from the checkpoint (no copy, no widening pass)."""
     step = block_elems(group_size)
-    ngroups = w.size // group_size
+    ngroups = src.size // group_size
     gmax = np.empty(ngroups, np.float64)
     hist = np.zeros(len(edges) + 1, np.int64)
-    block = np.empty(min(step, w.size), np.float32)
+    w = np.empty(min(step, src.size), np.float32)
+    d = np.empty_like(w)
     sums = np.zeros(2, np.float64)
     found = np.empty(2, np.int64)
-    kernel(w, w.view(np.uint32), q, scales, scales.view(np.uint32), group_size, step, edges, gmax, hist,
-           block, block.view(np.uint32), sums, found)
+    kernel(src, shift, q, scales, scales.view(np.uint32), group_size, step, edges, gmax, hist, w, w.view(np.uint32),
+           d, d.view(np.uint32), sums, found)
     if found[0] >= 0 or found[1] >= 0:
         return ChunkStats(int(found[0]), np.empty(0), 0.0, 0.0, np.empty(0, np.int64), 0.0, int(found[1]))
     out = hist[1 : len(edges)].copy()
@@ -51,8 +60,9 @@ def chunk_stats_jit(w: np.ndarray, q: np.ndarray, scales: np.ndarray, group_size
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) here, once, before the workers fork: not in each."""
-    w = np.zeros(64, np.float32)
-    chunk_stats_jit(w, np.zeros(64, np.int8), np.zeros(1, np.float32), 64, np.array([0.0, 1.0]))
+    q, scales, edges = np.zeros(64, np.int8), np.zeros(1, np.float32), np.array([0.0, 1.0])
+    chunk_stats_bits(np.zeros(64, np.uint32), 0, q, scales, 64, edges)  # float32 sources
+    chunk_stats_bits(np.zeros(64, np.uint16), 16, q, scales, 64, edges)  # bfloat16 sources
 
 
 @inline
@@ -127,13 +137,17 @@ def pairwise_sq2(a: Any, a0: Any, c: Any, c0: Any, n: Any, frames: Any, values: 
 
 
 @njit
-def kernel(w: Any, wbits: Any, q: Any, s: Any, sbits: Any, group_size: int, block: int, edges: Any, gmax: Any,
-           hist: Any, d: Any, dbits: Any, sums: Any, found: Any) -> None:
-    """found[0]: the first group whose scale differs, found[1]: the first element whose q
-    differs (-1: none). After a wrong q only the scales are checked (a wrong scale anywhere in
-    the chunk is what it reports first, as the numpy path does)."""
-    gs, step, total = u(group_size), u(block), u(w.size)
+def kernel(src: Any, shift: int, q: Any, s: Any, sbits: Any, group_size: int, block: int, edges: Any, gmax: Any,
+           hist: Any, w: Any, wbits: Any, d: Any, dbits: Any, sums: Any, found: Any) -> None:
+    """`src`: the source values' bits, float32 (uint32, `shift` 0) or bfloat16 (uint16, `shift`
+    16: its float32 is the bits shifted up), copied block by block into `w` (L2-sized), so a
+    bfloat16 checkpoint is widened where it is used, not into a chunk-sized buffer first.
+    found[0]: the first group whose scale differs, found[1]: the first element whose q differs
+    (-1: none). After a wrong q only the scales are checked (a wrong scale anywhere in the
+    chunk is what it reports first, as the numpy path does)."""
+    gs, step, total = u(group_size), u(block), u(src.size)
     mask = np.uint32(0x7FFFFFFF)
+    up = np.uint32(shift)
     nedges = edges.size
     last = edges[nedges - 1]
     q8max = np.float32(127.0)
@@ -149,12 +163,15 @@ def kernel(w: Any, wbits: Any, q: Any, s: Any, sbits: Any, group_size: int, bloc
     pair = np.empty(2, np.float64)
     for b in range(u(0), total, step):
         n = min(step, total - b)
+        for k in range(n):
+            wbits[k] = np.uint32(src[b + k]) << up
         for g in range(b // gs, (b + n) // gs):
-            lo = g * gs
+            lo = g * gs  # in the chunk (q)
+            lb = lo - b  # in the block (w, d)
             # the scale: max |w| on the bit patterns (formats/q8_0.group_absmax_bits) / 127
-            m = wbits[lo] & mask
+            m = wbits[lb] & mask
             for j in range(u(1), gs):
-                v = wbits[lo + j] & mask
+                v = wbits[lb + j] & mask
                 m = v if v > m else m
             one_bits[0] = m
             one[0] = one[0] / q8max
@@ -165,12 +182,11 @@ def kernel(w: Any, wbits: Any, q: Any, s: Any, sbits: Any, group_size: int, bloc
                 continue
             # the error in float32, as the numpy path: q*s rounded, then - w
             sg = s[g]
-            lo_d = lo - b
             for j in range(gs):
-                d[lo_d + j] = np.float32(q[lo + j]) * sg - w[lo + j]
-            e = dbits[lo_d] & mask
+                d[lb + j] = np.float32(q[lo + j]) * sg - w[lb + j]
+            e = dbits[lb] & mask
             for j in range(u(1), gs):
-                v = dbits[lo_d + j] & mask
+                v = dbits[lb + j] & mask
                 e = v if v > e else e
             one_bits[0] = e
             x = np.float64(one[0])
@@ -181,8 +197,8 @@ def kernel(w: Any, wbits: Any, q: Any, s: Any, sbits: Any, group_size: int, bloc
                 # formats/q8_0.quantize_into does, and compare q for q (q8_chunk.first_wrong_q)
                 div = sg if sg != 0 else np.float32(1.0)
                 for j in range(gs):
-                    t = np.rint(w[lo + j] / div)
-                    if not (np.isfinite(w[lo + j]) and abs(t) <= q8max and np.float32(q[lo + j]) == t):
+                    t = np.rint(w[lb + j] / div)
+                    if not (np.isfinite(w[lb + j]) and abs(t) <= q8max and np.float32(q[lo + j]) == t):
                         wrong_q = np.int64(lo + j)
                         break
                 if wrong_q >= 0:
@@ -197,7 +213,7 @@ def kernel(w: Any, wbits: Any, q: Any, s: Any, sbits: Any, group_size: int, bloc
             if x == last:
                 hist[nedges] += 1
         if wrong_q < 0:
-            pairwise_sq2(d, u(0), w, b, n, frames, values, pair)
+            pairwise_sq2(d, u(0), w, u(0), n, frames, values, pair)
             sq_err += pair[0]
             sq_ref += pair[1]
     sums[0] = sq_err

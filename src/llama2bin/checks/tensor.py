@@ -9,9 +9,11 @@ they cannot vouch for), or, carried over from a Q8_0 source, its very q and scal
 error statistics are collected on the way; they are what the quantization-error reports show.
 
 Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool), block by
-block in reused buffers (for big models in one compiled pass, q8_chunk_jit.py); meanwhile a side process computes the file's sha256 and the parent
-v0's rope tables (formats/rope.py). Tensors are read with preadv (TensorRef), not through a
-memory map, so RSS stays at a few chunks per process whatever the tensor size.
+block in reused buffers (for big models in one compiled pass, q8_chunk_jit.py); meanwhile a side
+process computes the file's sha256 and the parent v0's rope tables (formats/rope.py). Tensors
+are read with preadv (TensorRef), or, for the compiled pass, a chunk of a float32 or bfloat16
+checkpoint mapped and unmapped again (q8_chunk.stats_of_mapped_source), so RSS stays at a few
+chunks per process whatever the tensor size.
 
 The weights' fingerprint (`weights_sha256`) is taken over the bytes each chunk reads - float32
 values, or Q8_0 q and scales - tensor by tensor in canonical order, so v1 and v2 (the same q
@@ -295,8 +297,12 @@ def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Sc
         carried = _check_carried(t, ref_t, start, stop, q, scales)
         carried.digest = digest
         return carried
-    ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
-    stats = q8_chunk.chunk_stats(ref, q, scales, gs, _HIST_EDGES, scratch, compiled=_compiled_kernel)
+    stats = q8_chunk.stats_of_mapped_source(ref_t, start, stop, q, scales, gs, _HIST_EDGES) if _compiled_kernel else None
+    ref = None
+    if stats is None or stats.wrong_q >= 0:  # (the failure message needs the values)
+        ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
+    if stats is None:
+        stats = q8_chunk.chunk_stats(ref, q, scales, gs, _HIST_EDGES, scratch, compiled=_compiled_kernel)
     if stats.bad_scale >= 0:
         return _ChunkResult(f"tensor {t.name}: scale of group {stats.bad_scale + first // gs} differs from a fresh "
                             "quantization", digest=digest)
@@ -304,7 +310,7 @@ def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Sc
         element = stats.wrong_q
         # beyond scale/2: the message verify always gave; within it, a rounding tie broken the other way
         what = (f"element {first + element} dequantizes beyond scale/2 of the source"
-                if q8_chunk.beyond_half_scale(ref, q, scales, gs, element)
+                if ref is not None and q8_chunk.beyond_half_scale(ref, q, scales, gs, element)
                 else f"q of element {first + element} differs from a fresh quantization")
         return _ChunkResult(f"tensor {t.name}: {what}", digest=digest)
     return _ChunkResult(n=count, max_abs_err=stats.max_abs_err, sq_err=stats.sq_err, sq_ref=stats.sq_ref,
