@@ -156,6 +156,7 @@ def kernel(src: Any, shift: int, q: Any, s: Any, sbits: Any, group_size: int, bl
     proven = 0.5 - 2.0**-15  # q8_chunk._PROVEN
     flt_min = np.float64(np.finfo(np.float32).tiny)
     wrong_q = -1
+    hb = 0  # the histogram bin of the previous group
     sq_err = 0.0
     sq_ref = 0.0
     frames = np.empty((128, 3), np.uint64)  # depth <= log2(n / 128) + 1; two frames per level
@@ -196,20 +197,27 @@ def kernel(src: Any, shift: int, q: Any, s: Any, sbits: Any, group_size: int, bl
                 # not vouched for by the error bound: quantize the group again, as
                 # formats/q8_0.quantize_into does, and compare q for q (q8_chunk.first_wrong_q)
                 div = sg if sg != 0 else np.float32(1.0)
-                for j in range(gs):
+                wrong = False
+                for j in range(gs):  # no early exit: this loop vectorizes
                     t = np.rint(w[lb + j] / div)
-                    if not (np.isfinite(w[lb + j]) and abs(t) <= q8max and np.float32(q[lo + j]) == t):
-                        wrong_q = np.int64(lo + j)
-                        break
-                if wrong_q >= 0:
+                    wrong |= not (np.isfinite(w[lb + j]) and abs(t) <= q8max and np.float32(q[lo + j]) == t)
+                if wrong:
+                    for j in range(gs):
+                        t = np.rint(w[lb + j] / div)
+                        if not (np.isfinite(w[lb + j]) and abs(t) <= q8max and np.float32(q[lo + j]) == t):
+                            wrong_q = np.int64(lo + j)
+                            break
                     continue
-            # np.searchsorted(edges, x, side="right"); NaN sorts after every edge
-            k = nedges
+            # np.searchsorted(edges, x, side="right"), starting from the previous group's bin
+            # (neighbouring groups' errors are alike: ~2 comparisons); NaN sorts after every edge
             if x == x:
-                k = 0
-                while k < nedges and edges[k] <= x:
-                    k += 1
-            hist[k if k < nedges else 0] += 1  # beyond the last edge: not kept, like bin 0
+                while hb < nedges and edges[hb] <= x:
+                    hb += 1
+                while hb > 0 and edges[hb - 1] > x:
+                    hb -= 1
+                hist[hb if hb < nedges else 0] += 1  # beyond the last edge: not kept, like bin 0
+            else:
+                hist[0] += 1
             if x == last:
                 hist[nedges] += 1
         if wrong_q < 0:
