@@ -199,18 +199,19 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
         tasks += [(name, start, stop) for start, stop in row_chunks(ref, align)]
     last_chunk = {name: i for i, (name, _, _) in enumerate(tasks)}
     total = sum(output.tensors[name].numel for name in checked)
-    global _compiled_kernel
     quantized = sum(output.tensors[n].numel for n in checked if output.tensors[n].encoding == TensorEncoding.Q8_0)
-    _compiled_kernel = quantized >= COMPILED_KERNEL_MIN_WEIGHTS and q8_chunk.load_compiled()
-
     def job(task: tuple[str, int, int]) -> _ChunkResult:
         name, start, stop = task
         got = output.tensors[name]
         return _CHUNK_CHECKS[got.encoding](got, source.tensor(name), start, stop, process_scratch())
 
+    global _compiled_kernel
     with contextlib.ExitStack() as stack:
+        # the file's hash first (a process: a thread would fight for the GIL): it runs while numba
+        # loads and the workers start
+        digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))
+        _compiled_kernel = quantized >= COMPILED_KERNEL_MIN_WEIGHTS and q8_chunk.load_compiled()
         pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(output.size)))
-        digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))  # a process: a thread would fight for the GIL
         # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
         # fallback without MKL) may hang there if this process used it before
         progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
