@@ -61,9 +61,12 @@ def load_compiled() -> bool:
     without numba. Call it before forking workers, so that they inherit the compiled code."""
     try:
         from . import q8_chunk_jit
+
+        q8_chunk_jit.warm_up()
     except ImportError:
         return False
-    q8_chunk_jit.warm_up()
+    except Exception:  # numba there but unusable (no writable cache location, an LLVM error): numpy
+        return False
     return True
 
 
