@@ -4,6 +4,7 @@ path's verdicts and statistics bit for bit. Every wrong byte fails, naming its t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -27,6 +28,12 @@ from synth import SHAPES, ensure  # noqa: E402
 EDGES = np.array(HIST_EDGES)
 HAS_NUMBA = q8_chunk.load_compiled()
 PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed"))]
+
+
+def test_the_kernel_loads_wherever_numba_is_installed() -> None:
+    """load_compiled() falls back to numpy when numba cannot work; that must not hide a kernel
+    that stopped compiling (and the compiled-path tests below would then skip)."""
+    assert HAS_NUMBA == (importlib.util.find_spec("numba") is not None)
 
 
 def _check(out: str, kind: str, src: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> TensorCheckResult:
