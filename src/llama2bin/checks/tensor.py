@@ -3,15 +3,17 @@
 Any output (formats.output.Output: a .bin, an hf directory) is checked the same way: its header
 against the source's config (the output's own `header_failures`), then every tensor, dispatched
 on the encoding the output stores it in (`_CHUNK_CHECKS`): float32 must be bit-identical to the
-float32 source; Q8_0 tensors must carry the scales a fresh quantization gives and dequantize
-within scale/2 (plus float32 rounding) of the source, or, carried over from a Q8_0 source, its
-very q and scales. Per-tensor error statistics are collected on the way; they are what the
-quantization-error reports show.
+float32 source; Q8_0 tensors must carry the very scales and q the writer computes from the
+source (q8_chunk.py: decided from the error statistics, quantizing again only the few groups
+they cannot vouch for), or, carried over from a Q8_0 source, its very q and scales. Per-tensor
+error statistics are collected on the way; they are what the quantization-error reports show.
 
 Speed: tensors are compared in row chunks by worker processes (parallel.ForkPool), block by
-block in reused buffers; meanwhile a side process computes the file's sha256 and the parent
-v0's rope tables (formats/rope.py). Tensors are read with preadv (TensorRef), not through a
-memory map, so RSS stays at a few chunks per process whatever the tensor size.
+block in reused buffers (for big models in one compiled pass, q8_chunk_jit.py); meanwhile a side
+process computes the file's sha256 and the parent v0's rope tables (formats/rope.py). Tensors
+are read with preadv (TensorRef), or, for the compiled pass, a chunk of a float32 or bfloat16
+checkpoint mapped and unmapped again (q8_chunk.stats_of_mapped_source), so RSS stays at a few
+chunks per process whatever the tensor size.
 
 The weights' fingerprint (`weights_sha256`) is taken over the bytes each chunk reads - float32
 values, or Q8_0 q and scales - tensor by tensor in canonical order, so v1 and v2 (the same q
@@ -33,8 +35,7 @@ import numpy as np
 
 from ..formats import json_version
 from ..formats.output import Output
-from ..formats.q8_0 import ABS_MASK as _ABS_MASK
-from ..formats.q8_0 import Scratch, group_scales_into, process_scratch
+from ..formats.q8_0 import Scratch, process_scratch
 from ..formats.rope import rope_chunks, rope_json
 from ..model import ModelConfig
 from ..parallel import ForkedCall, ForkPool, default_workers
@@ -42,13 +43,8 @@ from ..progress import Progress
 from ..rope_freqs import RopeScaling
 from ..safe_io import open_regular
 from ..sources.base import Source, TensorEncoding, TensorRef, row_chunks
-from . import numerics
+from . import numerics, q8_chunk
 from .result_json import RopeTablesJson, SourceJson, SourceQuantizedJson
-
-# |q*s - w| <= s/2 holds exactly in real arithmetic; float32 rounding of w/s and of q*s adds
-# at most 127 * 2**-24 * s each. 2**-16 * s covers both with margin and is far below the
-# error of a single flipped q (>= s/2 beyond the bound).
-_Q8_SLACK = 2.0**-16
 
 # Per-group max errors are summarised in these log-spaced histogram bins (for reports).
 _HIST_EDGES = np.array([0.0, *numerics.powers_of_ten(-36, 0, 4)])
@@ -175,8 +171,13 @@ class _ChunkResult:
     digest: bytes = b""  # sha256 of the chunk's bytes (float32 values, or q then scales)
 
 
-# Elements per block in a Q8_0 chunk: its temporaries (two float64 of 512 KiB) stay in L2.
+# Elements per block of a float32 comparison: its temporaries stay in L2.
 _VERIFY_BLOCK = 1 << 16
+
+# Q8_0 weights to check (a model's, in all) from which the compiled kernel (q8_chunk_jit) repays
+# importing numba (~0.4 s): ~2 ns less per weight, so from ~200M weights on; below, numpy.
+COMPILED_KERNEL_MIN_WEIGHTS = 1 << 28
+_compiled_kernel = False  # set before the workers fork, which inherit it
 
 
 def _check_tensors(output: Output, source: Source, result: TensorCheckResult, workers: int | None,
@@ -198,15 +199,19 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
         tasks += [(name, start, stop) for start, stop in row_chunks(ref, align)]
     last_chunk = {name: i for i, (name, _, _) in enumerate(tasks)}
     total = sum(output.tensors[name].numel for name in checked)
-
+    quantized = sum(output.tensors[n].numel for n in checked if output.tensors[n].encoding == TensorEncoding.Q8_0)
     def job(task: tuple[str, int, int]) -> _ChunkResult:
         name, start, stop = task
         got = output.tensors[name]
         return _CHUNK_CHECKS[got.encoding](got, source.tensor(name), start, stop, process_scratch())
 
+    global _compiled_kernel
     with contextlib.ExitStack() as stack:
+        # the file's hash first (a process: a thread would fight for the GIL): it runs while numba
+        # loads and the workers start
+        digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))
+        _compiled_kernel = quantized >= COMPILED_KERNEL_MIN_WEIGHTS and q8_chunk.load_compiled()
         pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(output.size)))
-        digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))  # a process: a thread would fight for the GIL
         # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
         # fallback without MKL) may hang there if this process used it before
         progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)
@@ -280,8 +285,8 @@ def _check_f32(got: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch:
 
 
 def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Scratch) -> _ChunkResult:
-    """Rows [start, stop) of a Q8_0 tensor: scales of a fresh quantization, every value within
-    scale/2 of the source (or, carried over from a Q8_0 source, its very q and scales)."""
+    """Rows [start, stop) of a Q8_0 tensor: the writer's scales and q (q8_chunk.py says how that is
+    decided without quantizing again), or, carried over from a Q8_0 source, its very q and scales."""
     first, count = start * ref_t.cols, (stop - start) * ref_t.cols
     gs = t.group_size
     assert gs
@@ -293,51 +298,24 @@ def _check_q8(t: TensorRef, ref_t: TensorRef, start: int, stop: int, scratch: Sc
         carried = _check_carried(t, ref_t, start, stop, q, scales)
         carried.digest = digest
         return carried
-    ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
-    fresh = scratch.get("fresh", count // gs, np.float32)
-    group_scales_into(ref, gs, fresh, scratch)
-    if not np.array_equal(scales.view(np.uint32), fresh.view(np.uint32)):
-        bad = int(np.flatnonzero(scales.view(np.uint32) != fresh.view(np.uint32))[0]) + first // gs
-        return _ChunkResult(f"tensor {t.name}: scale of group {bad} differs from a fresh quantization", digest=digest)
-    out = _ChunkResult(n=count, digest=digest)
-    step = max(1, _VERIFY_BLOCK // gs) * gs
-    diff = scratch.get("diff", min(step, count), np.float32)
-    d64, ref64 = scratch.get("d64", diff.size, np.float64), scratch.get("ref64", diff.size, np.float64)
-    squares = scratch.get("squares", diff.size, np.float64)
-    gmax_bits = scratch.get("gmax", count // gs, np.uint32)  # per-group max |error|, as float32 bits
-    for b in range(0, count, step):
-        w = ref[b : b + step]
-        n, g0, g1 = w.size, b // gs, (b + w.size) // gs
-        d = diff[:n]
-        np.copyto(d, q[b : b + n], casting="unsafe")
-        np.multiply(d.reshape(-1, gs), scales[g0:g1, None], out=d.reshape(-1, gs))  # dequantized
-        # q*s - w is exact in float32 here: with the scales checked equal to a fresh quantization,
-        # q*s and w are within a factor 2 of each other (Sterbenz) or q is 0, for any q that
-        # rounding w/s can give. So the float32 difference is the float64 one the statistics use.
-        np.subtract(d, w, out=d)
-        np.copyto(d64[:n], d)
-        np.copyto(ref64[:n], w)
-        # squares summed pairwise (np.sum), not by einsum or BLAS: the same bits on every machine
-        out.sq_err += float(np.sum(np.multiply(d64[:n], d64[:n], out=squares[:n])))
-        out.sq_ref += float(np.sum(np.multiply(ref64[:n], ref64[:n], out=squares[:n])))
-        # the bit patterns of non-negative floats order like their values
-        bits = np.bitwise_and(d.view(np.uint32), _ABS_MASK, out=d.view(np.uint32))
-        np.maximum.reduce(bits.reshape(-1, gs), axis=1, out=gmax_bits[g0:g1])
-    gmax = gmax_bits.view(np.float32).astype(np.float64)
-    bound = scales.astype(np.float64) * (0.5 + _Q8_SLACK)
-    over = gmax > bound
-    if over.any():
-        g = int(np.flatnonzero(over)[0])
-        err = np.abs(q[g * gs : (g + 1) * gs].astype(np.float32) * scales[g] - ref[g * gs : (g + 1) * gs])
-        j = int(np.flatnonzero(err.astype(np.float64) > bound[g])[0])
-        return _ChunkResult(f"tensor {t.name}: element {first + g * gs + j} dequantizes beyond scale/2 of the source",
-                            digest=digest)
-    # np.histogram's bins, without its per-call sort: [e_i, e_i+1), the last bin closed
-    counts = np.bincount(np.searchsorted(_HIST_EDGES, gmax, side="right"), minlength=len(_HIST_EDGES) + 1)
-    out.hist = counts[1 : len(_HIST_EDGES)].astype(np.int64)
-    out.hist[-1] += int(np.count_nonzero(gmax == _HIST_EDGES[-1]))
-    out.max_abs_err = float(gmax.max())
-    return out
+    stats = q8_chunk.stats_of_mapped_source(ref_t, start, stop, q, scales, gs, _HIST_EDGES) if _compiled_kernel else None
+    ref = None
+    if stats is None or stats.wrong_q >= 0:  # (the failure message needs the values)
+        ref = ref_t.read_rows_into(start, stop, scratch.get("ref", count, np.float32)).reshape(-1)
+    if stats is None:
+        stats = q8_chunk.chunk_stats(ref, q, scales, gs, _HIST_EDGES, scratch, compiled=_compiled_kernel)
+    if stats.bad_scale >= 0:
+        return _ChunkResult(f"tensor {t.name}: scale of group {stats.bad_scale + first // gs} differs from a fresh "
+                            "quantization", digest=digest)
+    if stats.wrong_q >= 0:
+        element = stats.wrong_q
+        # beyond scale/2: the message verify always gave; within it, a rounding tie broken the other way
+        what = (f"element {first + element} dequantizes beyond scale/2 of the source"
+                if ref is not None and q8_chunk.beyond_half_scale(ref, q, scales, gs, element)
+                else f"q of element {first + element} differs from a fresh quantization")
+        return _ChunkResult(f"tensor {t.name}: {what}", digest=digest)
+    return _ChunkResult(n=count, max_abs_err=stats.max_abs_err, sq_err=stats.sq_err, sq_ref=stats.sq_ref,
+                        hist=stats.hist, digest=digest)
 
 
 def _check_carried(t: TensorRef, ref_t: TensorRef, start: int, stop: int, q: np.ndarray, scales: np.ndarray) -> _ChunkResult:
