@@ -13,6 +13,7 @@ compares them); without numba installed the numpy path runs, said only at debug 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import warnings
@@ -22,9 +23,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Values quantized by one export from which the kernel pays for numba's ~0.5 s of import and
-# loading: it saves ~3.4 ns of CPU per value (numpy 3.9 ns incl. bf16 widening, kernel 0.45 ns),
-# spread over 2 worker processes, so ~1.7 ns of wall time per value (bench/issue21.md).
+# Values quantized by one export from which the kernel pays for numba's ~0.3-0.4 s of import and
+# loading, which the parent spends alone before forking: measured (bench/issue21.md), a 307M HF
+# bf16 model exports in about the same wall time either way (less CPU with the kernel), 110M
+# llama2.c float32 0.3 s slower with it, 1.1B several times faster.
 MIN_ELEMENTS = 300_000_000
 
 ENV_SWITCH = "LLAMA2BIN_Q8_KERNEL"
@@ -69,6 +71,10 @@ def _load() -> bool:
         return True
     # numba reads NUMBA_CACHE_DIR when it is imported; a user's own setting wins.
     os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache_dir())
+    # numba's import makes ~10^6 objects: the cyclic collector would run dozens of times over them
+    # (~0.05 s, measured with perf); nothing made here is garbage.
+    gc_was_on = gc.isenabled()
+    gc.disable()
     try:
         with warnings.catch_warnings():
             # an unwritable cache only costs a compile per process: not worth a warning
@@ -79,6 +85,9 @@ def _load() -> bool:
     except Exception as e:  # not installed, or an install that cannot load: numpy gives the same bytes
         log.debug("compiled Q8_0 kernel not available (%s: %s): quantizing with numpy", type(e).__name__, e)
         return False
+    finally:
+        if gc_was_on:
+            gc.enable()
     _kernel = q8_0_kernel
     return True
 
