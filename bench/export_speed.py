@@ -78,16 +78,21 @@ def render(rows: list[Row], args: argparse.Namespace, load: tuple[str, str]) -> 
         *[f"- {k}: {v}" for k, v in machine().items()],
         f"- load average before / after: {load[0]} / {load[1]} (2 shared cores: other work inflates wall times)",
         "",
+        "*export / cp* is the ratio of the medians; *paired* the median of each run's own ratio (an export and",
+        "the copy of its output run back to back, so they share the machine's load of that moment).",
+        "",
         "| model | shape | quantizer | output MB | export s | export CPU s | peak MiB | cp s | cp+sync s "
-        "| export / cp | export / cp+sync |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| export / cp | export / cp+sync | paired / cp | paired / cp+sync |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         wall, cp, cps = r.median("export"), r.median("cp"), r.median("cp_sync")
+        paired_cp = statistics.median(e.wall / c for e, c in zip(r.export, r.cp, strict=True))
+        paired_cps = statistics.median(e.wall / c for e, c in zip(r.export, r.cp_sync, strict=True))
         lines.append(
             f"| {r.model} | {SHAPES[r.model].describe()} | {r.path} | {r.out_bytes / 1e6:.1f} | {fmt(wall)} "
             f"| {fmt(r.median('export', 'cpu'))} | {r.median('export', 'rss_mib'):.0f} | {fmt(cp)} | {fmt(cps)} "
-            f"| {fmt(wall / cp, 1)} | {fmt(wall / cps, 1)} |"
+            f"| {fmt(wall / cp, 1)} | {fmt(wall / cps, 1)} | {fmt(paired_cp, 1)} | {fmt(paired_cps, 1)} |"
         )
     lines += ["", "Every run (export s / cp s / cp+sync s):", ""]
     for r in rows:
