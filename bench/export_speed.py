@@ -16,6 +16,7 @@ to --results (default bench/export_speed.md) and stdout.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import statistics
@@ -37,6 +38,7 @@ class Row:
     model: str
     path: str  # a PATHS key
     out_bytes: int = 0
+    sha256: str = ""  # of the output (the untimed first export): the same for every quantizer
     export: list[Run] = field(default_factory=list)
     cp: list[float] = field(default_factory=list)
     cp_sync: list[float] = field(default_factory=list)
@@ -82,8 +84,8 @@ def render(rows: list[Row], args: argparse.Namespace, load: tuple[str, str]) -> 
         "the copy of its output run back to back, so they share the machine's load of that moment).",
         "",
         "| model | shape | quantizer | output MB | export s | export CPU s | peak MiB | cp s | cp+sync s "
-        "| export / cp | export / cp+sync | paired / cp | paired / cp+sync |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| export / cp | export / cp+sync | paired / cp | paired / cp+sync | output sha256 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         wall, cp, cps = r.median("export"), r.median("cp"), r.median("cp_sync")
@@ -92,7 +94,7 @@ def render(rows: list[Row], args: argparse.Namespace, load: tuple[str, str]) -> 
         lines.append(
             f"| {r.model} | {SHAPES[r.model].describe()} | {r.path} | {r.out_bytes / 1e6:.1f} | {fmt(wall)} "
             f"| {fmt(r.median('export', 'cpu'))} | {r.median('export', 'rss_mib'):.0f} | {fmt(cp)} | {fmt(cps)} "
-            f"| {fmt(wall / cp, 1)} | {fmt(wall / cps, 1)} | {fmt(paired_cp, 1)} | {fmt(paired_cps, 1)} |"
+            f"| {fmt(wall / cp, 1)} | {fmt(wall / cps, 1)} | {fmt(paired_cp, 1)} | {fmt(paired_cps, 1)} | {r.sha256[:16]} |"
         )
     lines += ["", "Every run (export s / cp s / cp+sync s):", ""]
     for r in rows:
@@ -124,10 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         ckpts[name] = ensure(SHAPES[name], os.path.join(args.work, "cache"))
     rows = {(m, q): Row(m, q) for m in args.models for q in args.paths}
     # One untimed export per model and quantizer first: numba's on-disk cache is filled (a first
-    # compile is ~1 s, once per machine), and every timed run starts from the same state.
+    # compile is ~1 s, once per machine), every timed run starts from the same state, and the
+    # outputs' hashes show that both quantizers wrote the same bytes.
     for (model, _), row in rows.items():
         warm(ckpts[model])
-        one_export(Row(row.model, row.path), ckpts[model], os.path.join(out_dir, f"{model}.v2.bin"), copy_dir)
+        out = os.path.join(out_dir, f"{model}.v2.bin")
+        one_export(Row(row.model, row.path), ckpts[model], out, copy_dir)
+        with open(out, "rb") as f:
+            row.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     for rep in range(args.repeats):
         for (model, _), row in rows.items():
