@@ -3,8 +3,8 @@
 Why compiled: numpy runs each step (bf16 widening, |w|, per-group max, scale, division, rounding,
 int8 cast, error) as its own pass over memory, ~10 passes per element; here each group of
 `group_size` values is loaded once from the source bytes (bf16 or float32 bit patterns) and
-every step runs on it while it is in registers/L1. Measured on the 1.1B export: ~4x less CPU
-for the quantization (bench/issue21.md).
+every step runs on it while it is in registers/L1: 0.45 ns per value against numpy's 3.9 (bf16
+widening included), and on a 1.1B export 0.7 CPU s against 4.0 (bench/issue21.md).
 
 Never imported directly: formats/q8_fast.py imports it only for work big enough to repay
 numba's import (~0.3-0.5 s), with NUMBA_CACHE_DIR set first, and falls back to numpy when numba
