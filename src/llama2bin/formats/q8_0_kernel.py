@@ -62,7 +62,7 @@ def _as_bits(typingctx, value):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def quantize_groups(src, shift, group_size, q_out, s_out):  # type: ignore[no-untyped-def]
+def quantize_groups(src: np.ndarray, shift: np.uint32, group_size: int, q_out: np.ndarray, s_out: np.ndarray) -> np.uint32:
     """Quantize the float32 values whose bit patterns are `src << shift` (uint16 bf16 with
     shift 16, or uint32 float32 bits with shift 0): q into q_out (int8, src.size), scales into
     s_out (float32, src.size // group_size). Returns the bit pattern of the largest
