@@ -79,6 +79,12 @@ SHAPES: dict[str, Shape] = {
     "110M": Shape("110M", "llama2c", 768, 12, 12, 12, 32000, _llama2c_hidden(768), 1024),
     # TinyLlama-1.1B: GQA, untied lm_head, bf16, sharded safetensors
     "1.1B": Shape("1.1B", "hf", 2048, 22, 32, 4, 32000, 5632, 2048, shards=3),
+    # TinyLlama's shapes with 4 of its 22 layers (307M params): near where the compiled quantizer
+    # starts to pay for numba's import (formats/q8_fast.py MIN_ELEMENTS)
+    "1.1B-4L": Shape("1.1B-4L", "hf", 2048, 4, 32, 4, 32000, 5632, 2048, shards=1),
+    # Llama 2 70B's tensor shapes (GQA 64/8 heads, ffn 28672), only 2 of its 80 layers so it fits:
+    # the export's per-tensor costs at the largest shapes people convert (2.2B params, 4.5 GB bf16)
+    "70B-2L": Shape("70B-2L", "hf", 8192, 2, 64, 8, 32000, 28672, 4096, shards=2),
 }
 
 

@@ -59,6 +59,10 @@ class ChunkStats:
 def load_compiled() -> bool:
     """Import the numba kernel and compile it (from numba's cache after the first run); False
     without numba. Call it before forking workers, so that they inherit the compiled code."""
+    from ..formats.q8_fast import numba_cache_dir
+
+    # numba reads NUMBA_CACHE_DIR when it is imported; a user's own setting wins (as for export's kernel)
+    os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache_dir())
     try:
         from . import q8_chunk_jit
 

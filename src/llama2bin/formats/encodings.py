@@ -17,7 +17,8 @@ from enum import StrEnum
 import numpy as np
 
 from ..errors import Llama2binError
-from ..sources.base import TensorEncoding, TensorRef
+from ..sources.base import TensorEncoding, TensorRef, to_float32
+from . import q8_fast
 from .q8_0 import Scratch, all_finite, quantize_into
 
 
@@ -41,6 +42,7 @@ class Chunk:
         self.scratch, self.where = scratch, where
         self.max_error = 0.0  # the seed's measure: largest |w - q*scale| of this chunk's quantizations
         self._values: np.ndarray | None = None
+        self._bf16: np.ndarray | None = None  # the stored bf16 bits, when the compiled quantizer read them
         self._q8: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._finite = False  # known finite: a quantization or the source's checked scales said so
         if tensor.encoding == TensorEncoding.Q8_0:
@@ -61,7 +63,10 @@ class Chunk:
         """The float32 values, flat (a Q8_0 source's dequantized ones)."""
         if self._values is None:
             buf = self.scratch.get("values", self.count, np.float32)
-            self._values = self.tensor.read_rows_into(self.start, self.stop, buf).reshape(-1)
+            if self._bf16 is not None:  # already read for the compiled quantizer: widen, do not read again
+                self._values = to_float32(self._bf16, "BF16", buf)
+            else:
+                self._values = self.tensor.read_rows_into(self.start, self.stop, buf).reshape(-1)
         return self._values
 
     def q8(self, group_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +75,13 @@ class Chunk:
         if group_size not in self._q8:
             q = self.scratch.get(f"q{group_size}", self.count, np.int8)
             s = self.scratch.get(f"s{group_size}", self.count // group_size, np.float32)
-            err = quantize_into(self.values, group_size, q, s, self.scratch)
+            if q8_fast.loaded() and self._values is None and self._bf16 is None:
+                # the compiled kernel widens bf16 in its own pass: read the stored bits, not float32
+                self._bf16 = self.tensor.read_bf16_into(self.start, self.stop, self.scratch.get("bf16", self.count, np.uint16))
+            if self._bf16 is not None:
+                err = q8_fast.quantize_bits(self._bf16, group_size, q, s)
+            else:
+                err = quantize_into(self.values, group_size, q, s, self.scratch)
             if err is None:
                 raise Llama2binError(f"{self.where}: tensor {self.tensor.name} contains NaN or Inf")
             self.max_error = max(self.max_error, err)

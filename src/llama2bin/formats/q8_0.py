@@ -4,7 +4,8 @@ scale = max|w| / 127 in float32; q = round-half-even(w / scale) as int8. The see
 0 by 0 for an all-zero group; we define that group as scale 0, q 0 (its x86 output).
 
 `quantize` is the plain reference. `quantize_into` is what the writer runs: the same
-arithmetic, bit for bit, done block by block in caller-owned buffers. Why: numpy's
+arithmetic, bit for bit, by the compiled kernel for big exports (q8_fast, q8_0_kernel), else
+by `quantize_into_numpy`, block by block in caller-owned buffers. Why blocks: numpy's
 temporaries for a 16 MiB chunk are fresh pages every call (page faults and cache misses
 cost more than the arithmetic), and a float `max(axis=1)` over 64-element rows is 3x slower
 than the same reduction on the values' bit patterns. Blocks of BLOCK_ELEMS keep every
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..constants import DEFAULT_GROUP_SIZE, Q8_MAX
 from ..errors import Llama2binError
+from . import q8_fast
 
 _Q8_MAX = np.float32(Q8_MAX)
 
@@ -121,7 +123,16 @@ def group_scales_into(w: np.ndarray, group_size: int, out: np.ndarray, scratch: 
 def quantize_into(w: np.ndarray, group_size: int, q_out: np.ndarray, s_out: np.ndarray, scratch: Scratch) -> float | None:
     """`quantize(w)` written into q_out (int8, w.size) and s_out (float32, w.size // group_size),
     bit-identical to it; returns `max_group_error` of the result, or None (outputs undefined)
-    if w holds NaN or Inf."""
+    if w holds NaN or Inf. The compiled kernel does it when this process loaded it (q8_fast:
+    big exports), else `quantize_into_numpy`."""
+    if q8_fast.loaded() and w.dtype == np.float32 and w.ndim == 1 and w.flags.c_contiguous:
+        return q8_fast.quantize_bits(w.view(np.uint32), group_size, q_out, s_out)
+    return quantize_into_numpy(w, group_size, q_out, s_out, scratch)
+
+
+def quantize_into_numpy(w: np.ndarray, group_size: int, q_out: np.ndarray, s_out: np.ndarray,
+                        scratch: Scratch) -> float | None:
+    """`quantize_into` in numpy, block by block: the reference the compiled kernel is tested against."""
     step = block_elems(group_size)
     worst = np.float32(0)
     for start in range(0, w.size, step):

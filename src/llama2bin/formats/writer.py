@@ -11,7 +11,8 @@ q/scale regions and v2's interleaved ones cost the same. Peak memory is a few ch
 worker process, independent of model and tensor size.
 
 Speed: chunks are read, converted, quantized (formats.q8_0.quantize_into, block by block in
-reused buffers) and written by worker processes (parallel.ForkPool: the GIL makes threads
+reused buffers; for big exports the compiled kernel of q8_fast, one pass from the stored bf16
+bits) and written by worker processes (parallel.ForkPool: the GIL makes threads
 useless for this), each writing its own chunks at their offsets and handing them to the
 kernel for writeback at once (so the fsync at commit finds little left to do); v0's rope
 tables (formats/rope.py: milliseconds, no torch) are computed by the parent meanwhile.
@@ -33,6 +34,7 @@ from ..errors import Llama2binError
 from ..parallel import ForkPool, default_workers
 from ..progress import Progress
 from ..sources.base import Source, row_chunks
+from . import q8_fast
 from .encodings import CODECS, Chunk, Encoding
 from .group_size import plan_group_sizes
 from .layout import ROPE_COS, ROPE_SIN, Layout
@@ -181,6 +183,8 @@ def _stream_tensors(source: Source, layouts: dict[int, Layout], workers: int | N
     quantized = {task.tensor for task in tasks if any(CODECS[w.encoding].quantizes for w in task.writes)}
     max_errors = {name: 0.0 for name in source.config.shapes() if name in quantized}
     total = 4 * sum(source.tensor(n).numel for n in source.config.shapes())
+    # Before the fork, so that the workers inherit the compiled quantizer (when it pays off).
+    q8_fast.prepare(sum(source.tensor(n).numel for n in quantized))
 
     def chunk_job(task: ChunkTask) -> tuple[int, float]:
         """Encode the chunk once per section encoding (each Q8_0 group size quantized once) and

@@ -122,6 +122,12 @@ class TensorRef(ABC):
         may or may not share memory with `out`. The default simply calls read_rows."""
         return self.read_rows(start, stop)
 
+    def read_bf16_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray | None:
+        """Rows [start, stop) as their stored bfloat16 bit patterns (uint16, flat, in `out` when it
+        is used), or None if the tensor is not stored as bfloat16. The compiled quantizer widens
+        them itself, in the same pass (formats/q8_fast.py); read_rows_into gives their values."""
+        return None
+
     def read_q8(self, start: int, stop: int, q_out: np.ndarray | None = None,
                 s_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows [start, stop) of a Q8_0 tensor as stored: (int8 q, float32 scales), flat; the
@@ -201,6 +207,15 @@ class RawTensor(TensorRef):
         if self.dtype != "F32":
             to_float32(raw, self.dtype, dst)
         return dst.reshape(stop - start, cols)
+
+    def read_bf16_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray | None:
+        if self.dtype != "BF16":
+            return None
+        raw = out[: (stop - start) * self.cols]
+        got = os.preadv(self.pool.fd(self.path), [raw], self.offset + 2 * start * self.cols)
+        if got != 2 * raw.size:
+            raise Llama2binError(f"{self.path}: tensor {self.name} is truncated (file too short)")
+        return raw
 
     def identity(self) -> Any:
         return None if self.key is None else (self.path, self.key, self.offset)
