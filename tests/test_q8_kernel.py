@@ -345,7 +345,7 @@ def test_the_compiled_kernel_is_cached_under_the_llama2bin_cache(tmp_path):
 
 
 def test_the_numba_cache_is_beside_the_c_consumer_cache(monkeypatch):
-    from llama2bin.checks.ccheck import cache_dir
+    from llama2bin.native import cache_dir
 
     for env in ({"LLAMA2BIN_CACHE_DIR": "/x/y"}, {"XDG_CACHE_HOME": "/xdg"}, {}):
         for key in ("LLAMA2BIN_CACHE_DIR", "XDG_CACHE_HOME"):

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..formats.q8_0 import ABS_MASK, Scratch, block_elems, group_scales_into
 from ..sources.base import RawTensor, TensorRef
+from .q8_stats import ChunkStats
 
 # Why 2**-15 proves q: with |fl(q*s) - w| < s * (0.5 - 2**-15) and |q| <= 128, the real |w/s - q|
 # is below 0.5 - 2**-16 (fl(q*s) is off by at most 128 * 2**-24 * s, the subtraction is exact or
@@ -41,19 +41,6 @@ _FLT_MIN = float(np.finfo(np.float32).tiny)
 # A wrong q beyond this bound is reported as dequantizing beyond scale/2 (the message verify has
 # always given); a wrong q inside it (a rounding tie broken the other way) as differing.
 _Q8_SLACK = 2.0**-16
-
-
-@dataclass
-class ChunkStats:
-    """What the arithmetic found in one chunk; `bad_scale` >= 0 means nothing else is valid."""
-
-    bad_scale: int  # first group (in the chunk) whose scale is not the source's absmax / 127, or -1
-    gmax: np.ndarray  # float64 per group: largest |fl(q*s) - w|
-    sq_err: float  # sum over blocks of the pairwise float64 sum of (q*s - w)**2
-    sq_ref: float  # the same of w**2
-    hist: np.ndarray  # int64 per histogram bin: groups whose gmax falls in [e_i, e_i+1), last closed
-    max_abs_err: float
-    wrong_q: int = -1  # first element (in the chunk) whose q is not the writer's; nothing else valid then
 
 
 def load_compiled() -> bool:
