@@ -225,14 +225,14 @@ def _finish(job: _Job, selector: selectors.BaseSelector, jobs: list[_Job], log) 
     selector.unregister(job.pidfd)
     os.close(job.pidfd)
     jobs.remove(job)
+    if log is not None:  # before the job's process hears it ended: its row is there when the job is done
+        row = (job.command, f"{time.monotonic() - job.started:.3f}", f"{usage.ru_utime:.3f}", f"{usage.ru_stime:.3f}",
+               f"{usage.ru_maxrss / 1024:.1f}")
+        log.write("\t".join(row) + "\n")
     with contextlib.suppress(OSError):
         job.conn.setblocking(True)
         job.conn.sendall(f"exit {_status_code(status)}\n".encode())
     job.conn.close()
-    if log is not None:
-        row = (job.command, f"{time.monotonic() - job.started:.3f}", f"{usage.ru_utime:.3f}", f"{usage.ru_stime:.3f}",
-               f"{usage.ru_maxrss / 1024:.1f}")
-        log.write("\t".join(row) + "\n")
 
 
 @dataclass
