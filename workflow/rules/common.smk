@@ -66,7 +66,7 @@ def start_job_server():
         from llama2bin.job_client import ENV
 
         os.makedirs("logs", exist_ok=True)
-        server = JobServer.start("logs/job_server.tsv")
+        server = JobServer.start("logs/job_server.tsv", wait=False)
         _job_server.append(server)
         os.environ[ENV] = server.env
 

@@ -47,11 +47,17 @@ from dataclasses import dataclass
 from ..job_client import HEADER, MAX_REQUEST, decode_request
 
 # Imported once in the server, before any worker is forked: what the pipeline's commands use.
+# (found by diffing sys.modules around each command of a pipeline run)
 PRELOAD = (
     "numpy", "llama2bin.cli", "llama2bin.cli.export", "llama2bin.cli.verify", "llama2bin.cli.report",
     "llama2bin.cli.tools", "llama2bin.cli.fetch", "llama2bin.checks.verification", "llama2bin.formats.writer",
-    "llama2bin.report", "llama2bin.report.plots", "matplotlib.figure", "matplotlib.backends.backend_agg",
+    "llama2bin.sources.llama2c", "llama2bin.sources.hf", "llama2bin.sources.meta",
+    "llama2bin.report", "llama2bin.report.plots", "llama2bin.report.html", "llama2bin.report.markdown",
+    "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.pyplot",
 )
+# BLAS on one thread in the server, so in every worker: llama2bin's checks pin it to one thread
+# anyway (numerics.blas_threads), and setting it per job (threadpoolctl) cost each job its scan.
+BLAS_ENV = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 LEDGER_COLUMNS = ("command", "s", "cpu_user_s", "cpu_sys_s", "max_rss_mb")
 _PR_SET_PDEATHSIG = 1
 
@@ -108,11 +114,6 @@ def _run_worker(request: dict, fds: list[int], listener: socket.socket, jobs: li
         os.environ.clear()
         os.environ.update(request["env"])
         tempfile.tempdir = None  # recomputed from the job's TMPDIR
-        blas = request["env"].get("OPENBLAS_NUM_THREADS", "")
-        if blas.isdigit() and int(blas) > 0:  # what Snakemake gives a job of `threads:` (read at numpy's import)
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=int(blas), user_api="blas")
         sys.argv = ["llama2bin", *request["argv"]]
         from . import main
 
@@ -142,8 +143,13 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         return
+    os.environ.update(BLAS_ENV)  # before numpy's import, which reads them
     for name in PRELOAD:
         importlib.import_module(name)
+    with contextlib.suppress(Exception):  # PIL registers its image plugins on first use: here, once
+        from PIL import Image
+
+        Image.init()
     with contextlib.suppress(Exception):  # v0's cos/sin (MKL): loaded once here, not by every v0 job
         from ..torch_cpu_trig import cos_sin_backend
 
@@ -244,15 +250,17 @@ class JobServer:
     env: str
 
     @classmethod
-    def start(cls, ledger: str | None) -> JobServer:
-        """Start a server for this process's jobs; returns once it listens (or has failed: then the
-        jobs simply run on their own)."""
+    def start(cls, ledger: str | None, wait: bool = True) -> JobServer:
+        """Start a server for this process's jobs; with `wait`, return once it listens (or has
+        failed: then the jobs simply run on their own). Without, at once: jobs that start before it
+        listens run on their own, as with no server (the workflow's first jobs, the fetch records,
+        import no numpy anyway), instead of Snakemake waiting ~0.5 s for the server's imports."""
         directory = tempfile.mkdtemp(prefix="llama2bin-jobs-")  # 0700: only this user reaches the socket
         path = os.path.join(directory, "socket")
         proc = subprocess.Popen([sys.executable, "-m", "llama2bin.cli.job_server", path, ledger or "", str(os.getpid())],
                                 stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
+        while wait and not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         return cls(proc, directory, f"{os.getpid()}:{path}")
 
