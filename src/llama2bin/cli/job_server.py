@@ -99,6 +99,7 @@ def _run_worker(request: dict, fds: list[int], listener: socket.socket, jobs: li
     """In the forked child: become the job's process and run its command; never returns."""
     code = 1
     try:
+        signal.set_wakeup_fd(-1)  # the server's, not the job's
         os.setpgid(0, 0)  # a group of its own: the client's relayed signals reach its children too
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -164,10 +165,15 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
     listener.listen(64)
     jobs: list[_Job] = []
     stopping = []
+    # SIGTERM wakes the loop at once (the signal's byte on a socket it watches), not at select's timeout
+    wake_read, wake_write = socket.socketpair()
+    wake_write.setblocking(False)
+    signal.set_wakeup_fd(wake_write.fileno())
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs; Snakemake then stops the server
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
+    selector.register(wake_read, selectors.EVENT_READ)
     log = open(ledger, "a", buffering=1, encoding="utf-8") if ledger else None
     if log is not None and log.tell() == 0:
         log.write("\t".join(LEDGER_COLUMNS) + "\n")
@@ -176,6 +182,8 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
             for key, _ in selector.select(timeout=1.0):
                 if key.fileobj is listener:
                     _accept(listener, selector, jobs)
+                elif key.fileobj is wake_read:
+                    wake_read.recv(64)
                 else:
                     job: _Job = key.data
                     if key.fileobj is job.conn:  # the job process went away (or wrote): stop its worker
