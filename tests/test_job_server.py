@@ -70,6 +70,19 @@ def test_the_working_directory_and_environment_are_the_job_s(server, tmp_path):
     assert len(_ledger_rows(ledger)) == 1
 
 
+def test_a_large_environment_reaches_the_worker_whole(server, tmp_path):
+    """A request bigger than a socket buffer (1 MB of environment): the server reads it whole and
+    runs it (a truncated one would be refused, and the job would run on its own: no ledger row)."""
+    srv, ledger = server
+    os.symlink(os.path.join(DATA, "tiny_a.v2.bin"), tmp_path / "here.bin")
+    big = {f"BIG{i}": "x" * 100_000 for i in range(10)}  # 1 MB: exec takes up to 128 KB a variable
+    env = {k: v for k, v in os.environ.items() if k != ENV} | {ENV: srv.env} | big
+    proc = subprocess.run([sys.executable, "-m", "llama2bin", "inspect", "here.bin"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(_ledger_rows(ledger)) == 1
+
+
 def test_a_process_outside_the_server_s_tree_runs_its_own_command(server):
     srv, ledger = server
     path = srv.env.split(":", 1)[1]
