@@ -199,6 +199,9 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
             with contextlib.suppress(OSError):
                 os.killpg(job.pid, signal.SIGTERM)
         listener.close()
+        with contextlib.suppress(OSError):  # also when Snakemake died without stopping it (PDEATHSIG)
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
         if log is not None:
             log.close()
 
