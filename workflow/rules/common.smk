@@ -61,7 +61,14 @@ _job_server = []
 
 
 def start_job_server():
-    if config["job_server"] and workflow.local_exec and workflow.is_main_process:
+    # Linux only: the server watches its workers through pidfds, the client its ancestry in /proc
+    linux = sys.platform.startswith("linux")
+    if (
+        config["job_server"]
+        and linux
+        and workflow.local_exec
+        and workflow.is_main_process
+    ):
         from llama2bin.cli.job_server import JobServer
         from llama2bin.job_client import ENV
 
