@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
@@ -52,3 +53,14 @@ def pwned(*folders) -> list[str]:
 
 __all__ = ["DATA", "ROOT", "SHELL_SYNTAX", "hidden_dim_for", "preset_args", "preset_arrays", "pwned", "run_cli",
            "save_llama2c"]
+
+
+def flipped_copy(src: str, dst: str | os.PathLike, offset: int, mask: int = 0x01) -> str:
+    """A copy of `src` at `dst` with the byte at `offset` XORed with `mask`: one wrong bit."""
+    shutil.copy(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([b ^ mask]))
+    return str(dst)

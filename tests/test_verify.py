@@ -2,11 +2,10 @@
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
-from helpers import DATA, run_cli
+from helpers import DATA, flipped_copy, run_cli
 
 from llama2bin.checks.tensor import check_tensors
 from llama2bin.formats.families import open_output
@@ -43,23 +42,13 @@ def test_all_zero_groups_have_zero_scale():
         assert np.isfinite(t.read_all()).all()
 
 
-def _flip(src: str, dst, offset: int, mask: int = 0x01) -> str:
-    shutil.copy(src, dst)
-    with open(dst, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)[0]
-        f.seek(offset)
-        f.write(bytes([b ^ mask]))
-    return str(dst)
-
-
 @pytest.mark.parametrize("version,where", [(0, "values"), (1, "values"), (2, "values"), (1, "scales"), (2, "scales")])
 def test_one_flipped_byte_in_a_weight_fails(tmp_path, version, where):
     golden = os.path.join(DATA, f"tiny_a.v{version}.bin")
     with BinFile(golden) as bf:
         t = bf.tensors["layers.1.attention.wk"]
         offset = (t.offset if where == "values" else t.scales_offset) + 13
-    bad = _flip(golden, tmp_path / "bad.bin", offset)
+    bad = flipped_copy(golden, tmp_path / "bad.bin", offset)
     proc = run_cli("verify", bad, "--checkpoint", os.path.join(DATA, "tiny_a.pt"), "--json", str(tmp_path / "r.json"))
     assert proc.returncode == 1
     assert "layers.1.attention.wk" in proc.stderr and "FAILED" in proc.stderr
@@ -72,7 +61,7 @@ def test_flipped_rope_byte_fails(tmp_path):
     with BinFile(golden) as bf:
         offset = bf.tensors["freqs_sin"].offset + 4
     with open_source("llama2c", os.path.join(DATA, "tiny_a.pt")) as src:
-        with open_output(_flip(golden, tmp_path / "bad.bin", offset)) as bad:
+        with open_output(flipped_copy(golden, tmp_path / "bad.bin", offset)) as bad:
             result = check_tensors(bad, src, quiet=True)
     assert result.failures == ["freqs_sin: rotary table differs from llama2.c's at rope_theta 10000"]
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import sys
 
 import numpy as np
 import pytest
-from helpers import DATA, ROOT
+from helpers import DATA, ROOT, flipped_copy
 
 from llama2bin.checks import q8_chunk, tensor
 from llama2bin.checks.tensor import HIST_EDGES, TensorCheckResult, check_tensors
@@ -112,16 +111,6 @@ def test_every_tie_is_checked_exactly() -> None:
         assert q8_chunk.chunk_stats_numpy(w, other, s, gs, EDGES, Scratch()).wrong_q == i
 
 
-def _flip(src: str, dst: str, offset: int, mask: int = 0x01) -> str:
-    shutil.copy(src, dst)
-    with open(dst, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)[0]
-        f.seek(offset)
-        f.write(bytes([b ^ mask]))
-    return dst
-
-
 @pytest.mark.parametrize("compiled", PATHS)
 def test_the_paths_agree_on_good_files(compiled: bool, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """The compiled path (mapped float32 .pt rows; bfloat16 safetensors rows widened in the
@@ -154,16 +143,16 @@ def test_a_flipped_byte_in_any_tensor_fails(compiled: bool, version: int, monkey
     for name, offset, numel, scales_offset, gs in sections:
         if scales_offset is None:  # float32
             element = int(rng.integers(numel))
-            bad = _flip(golden, str(tmp_path / "bad.bin"), offset + 4 * element + 2)
+            bad = flipped_copy(golden, str(tmp_path / "bad.bin"), offset + 4 * element + 2)
             want = f"tensor {name}: element {element} differs from the float32 source"
         else:
             element = int(rng.integers(numel))
-            bad = _flip(golden, str(tmp_path / "bad.bin"), offset + element)
+            bad = flipped_copy(golden, str(tmp_path / "bad.bin"), offset + element)
             result = _check(bad, "llama2c", ckpt, compiled, monkeypatch)
             assert len(result.failures) == 1 and result.failures[0].startswith(f"tensor {name}: "), result.failures
             assert result.failures == _check(bad, "llama2c", ckpt, False, monkeypatch).failures
             group = int(rng.integers(numel // gs))
-            bad = _flip(golden, str(tmp_path / "bad.bin"), scales_offset + 4 * group + 1)
+            bad = flipped_copy(golden, str(tmp_path / "bad.bin"), scales_offset + 4 * group + 1)
             want = f"tensor {name}: scale of group {group} differs from a fresh quantization"
         result = _check(bad, "llama2c", ckpt, compiled, monkeypatch)
         assert result.failures == [want]
@@ -178,6 +167,6 @@ def test_a_q_in_an_all_zero_group_must_be_zero(compiled: bool, monkeypatch: pyte
         t = bf.tensors["tok_embeddings"]
         element = 3 * t.cols + 5
         assert not t.read_q8(3, 4)[1].any()
-        bad = _flip(golden, str(tmp_path / "bad.bin"), t.offset + element)
+        bad = flipped_copy(golden, str(tmp_path / "bad.bin"), t.offset + element)
     result = _check(bad, "llama2c", os.path.join(DATA, "tiny_b.pt"), compiled, monkeypatch)
     assert result.failures == [f"tensor tok_embeddings: q of element {element} differs from a fresh quantization"]

@@ -81,12 +81,14 @@ def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np
 _thread_local = threading.local()
 
 
-def _raw_buffer(nbytes: int) -> np.ndarray:
-    """This thread's reusable byte buffer for storage that needs converting (no page faults per read)."""
-    buf = getattr(_thread_local, "raw", None)
-    if buf is None or buf.size < nbytes:
-        buf = _thread_local.raw = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
-    return buf[:nbytes]
+def thread_buffer(name: str, n: int, dtype: type) -> np.ndarray:
+    """This thread's reusable buffer `name` of at least `n` elements (no page faults per read):
+    storage that needs converting, whole heads of rows to un-permute."""
+    buf = getattr(_thread_local, name, None)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = np.empty(max(n, 1 << 20), dtype=dtype)
+        setattr(_thread_local, name, buf)
+    return buf[:n]
 
 
 class TensorRef(ABC):
@@ -200,7 +202,7 @@ class RawTensor(TensorRef):
         # preadv fills the buffer straight from the page cache: one copy, no mmap'd pages
         # accumulating in this process's RSS. float32 lands in `out` directly; other dtypes
         # go through this thread's reusable raw buffer and are widened into `out`.
-        raw = dst.view(np.uint8) if self.dtype == "F32" else _raw_buffer(count * itemsize)
+        raw = dst.view(np.uint8) if self.dtype == "F32" else thread_buffer("raw", count * itemsize, np.uint8)
         got = os.preadv(self.pool.fd(self.path), [raw], self.offset + start * cols * itemsize)
         if got != raw.size:
             raise Llama2binError(f"{self.path}: tensor {self.name} is truncated (file too short)")

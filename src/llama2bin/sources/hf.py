@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from ..constants import DEFAULT_MAX_SEQ_LEN
 from ..errors import Llama2binError
 from ..model import ModelConfig, canonical_name, hf_name
 from ..rope_freqs import RopeScaling
-from .base import FilePool, RawTensor, Source, TensorEncoding, TensorRef, check_tensors, tensors_equal
+from .base import FilePool, RawTensor, Source, TensorEncoding, TensorRef, check_tensors, tensors_equal, thread_buffer
 from .policy import (
     bool_field,
     int_field,
@@ -91,24 +90,13 @@ class HfRotaryRef(TensorRef):
         hd, cols = self.head_size, self.cols
         first_head, end_head = start // hd, -(-stop // hd)
         heads = end_head - first_head
-        block = self.src.read_bf16_into(first_head * hd, end_head * hd, _heads_buffer(heads * hd * cols))
+        block = self.src.read_bf16_into(first_head * hd, end_head * hd, thread_buffer("heads", heads * hd * cols, np.uint16))
         assert block is not None
         canonical = block.reshape(heads, 2, hd // 2, cols).transpose(0, 2, 1, 3).reshape(heads * hd, cols)
         offset = first_head * hd
         dst = out[: (stop - start) * cols]
         np.copyto(dst.reshape(stop - start, cols), canonical[start - offset : stop - offset])
         return dst
-
-
-_thread_local = threading.local()
-
-
-def _heads_buffer(n: int) -> np.ndarray:
-    """This thread's reusable uint16 buffer for whole heads of stored rows (no page faults per chunk)."""
-    buf = getattr(_thread_local, "heads", None)
-    if buf is None or buf.size < n:
-        buf = _thread_local.heads = np.empty(max(n, 1 << 20), dtype=np.uint16)
-    return buf[:n]
 
 
 def _field(cfg: dict[str, Any], path: str, name: str) -> Any:
