@@ -27,7 +27,7 @@ from synth import SHAPES, ensure  # noqa: E402
 
 # (label, substring of cProfile's "file:function", cumulative time instead of own time)
 STEPS = [
-    ("numba import + load (parent, once)", "q8_fast.py:_load", True),
+    ("numba import + load (parent, once)", "q8_fast.py:load", True),
     ("compiled kernel: widen, max, scale, divide, round, cast, error", "quantize_groups", False),
     ("numpy quantize_into (own time)", "quantize_into_numpy", False),
     ("numpy reductions (per-group max, error max)", "'reduce'", False),

@@ -357,8 +357,12 @@ def test_the_numba_cache_is_beside_the_c_consumer_cache(monkeypatch):
 
 def test_the_size_rule_and_its_override(monkeypatch):
     monkeypatch.delenv(q8_fast.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(q8_fast, "_kernel", None)  # not loaded in this process
     assert not q8_fast.wanted(q8_fast.MIN_ELEMENTS - 1) and q8_fast.wanted(q8_fast.MIN_ELEMENTS)
+    monkeypatch.setattr(q8_fast, "_kernel", object())  # loaded already (a job server's worker): any size
+    assert q8_fast.wanted(1)
     monkeypatch.setenv(q8_fast.ENV_SWITCH, "numpy")
     assert not q8_fast.wanted(10**12)
+    monkeypatch.setattr(q8_fast, "_kernel", None)
     monkeypatch.setenv(q8_fast.ENV_SWITCH, "numba")
     assert q8_fast.wanted(0)

@@ -38,6 +38,7 @@ def test_the_kernel_loads_wherever_numba_is_installed() -> None:
 def _check(out: str, kind: str, src: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> TensorCheckResult:
     """check_tensors in this process (threads=1), on the compiled kernel or on numpy."""
     monkeypatch.setattr(tensor, "COMPILED_KERNEL_MIN_WEIGHTS", 0 if compiled else 1 << 62)
+    monkeypatch.setattr(q8_chunk, "compiled_loaded", lambda: compiled)  # loaded above: numpy only when asked
     with open_source(kind, src) as source, open_output(out) as output:
         return check_tensors(output, source, quiet=True, threads=1)
 
@@ -170,3 +171,24 @@ def test_a_q_in_an_all_zero_group_must_be_zero(compiled: bool, monkeypatch: pyte
         bad = flipped_copy(golden, str(tmp_path / "bad.bin"), t.offset + element)
     result = _check(bad, "llama2c", os.path.join(DATA, "tiny_b.pt"), compiled, monkeypatch)
     assert result.failures == [f"tensor tok_embeddings: q of element {element} differs from a fresh quantization"]
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_a_kernel_already_loaded_checks_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below the size rule, numpy checks, unless the kernel is loaded already (the job server loads
+    it once for its workers): then the kernel checks even a tiny model, with numpy's result."""
+    calls = []
+    real = q8_chunk.stats_of_mapped_source
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(q8_chunk, "stats_of_mapped_source", counting)
+    out, src = os.path.join(DATA, "tiny_a.v2.bin"), os.path.join(DATA, "tiny_a.pt")
+    monkeypatch.setattr(tensor, "COMPILED_KERNEL_MIN_WEIGHTS", 1 << 62)
+    with open_source("llama2c", src) as source, open_output(out) as output:
+        loaded = check_tensors(output, source, quiet=True, threads=1)
+    assert q8_chunk.compiled_loaded() and calls  # HAS_NUMBA loaded it at import
+    calls.clear()
+    assert loaded.to_json() == _check(out, "llama2c", src, False, monkeypatch).to_json() and not calls

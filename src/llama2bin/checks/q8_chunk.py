@@ -43,10 +43,23 @@ _FLT_MIN = float(np.finfo(np.float32).tiny)
 _Q8_SLACK = 2.0**-16
 
 
+_compiled_ready = False  # the kernel is loaded in this process (inherited by forked workers)
+
+
+def compiled_loaded() -> bool:
+    """Whether the compiled kernel is already loaded here (e.g. by the job server before it forked
+    this worker): then it costs nothing, whatever the model's size."""
+    return _compiled_ready
+
+
 def load_compiled() -> bool:
     """Import the numba kernel and compile it (from numba's cache after the first run); False
     without numba. Call it before forking workers, so that they inherit the compiled code."""
+    global _compiled_ready
     from ..formats.q8_fast import numba_cache_dir
+
+    if _compiled_ready:
+        return True
 
     # numba reads NUMBA_CACHE_DIR when it is imported; a user's own setting wins (as for export's kernel)
     os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache_dir())
@@ -58,6 +71,7 @@ def load_compiled() -> bool:
         return False
     except Exception:  # numba there but unusable (no writable cache location, an LLVM error): numpy
         return False
+    _compiled_ready = True
     return True
 
 

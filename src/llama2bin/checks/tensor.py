@@ -175,7 +175,8 @@ class _ChunkResult:
 _VERIFY_BLOCK = 1 << 16
 
 # Q8_0 weights to check (a model's, in all) from which the compiled kernel (q8_chunk_jit) repays
-# importing numba (~0.4 s): ~2 ns less per weight, so from ~200M weights on; below, numpy.
+# importing numba (~0.4 s): ~2 ns less per weight, so from ~200M weights on; below, numpy, unless
+# the kernel is loaded already (a job server's worker inherits it), when it costs nothing.
 COMPILED_KERNEL_MIN_WEIGHTS = 1 << 28
 _compiled_kernel = False  # set before the workers fork, which inherit it
 
@@ -210,7 +211,8 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
         # the file's hash first (a process: a thread would fight for the GIL): it runs while numba
         # loads and the workers start
         digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))
-        _compiled_kernel = quantized >= COMPILED_KERNEL_MIN_WEIGHTS and q8_chunk.load_compiled()
+        _compiled_kernel = ((quantized >= COMPILED_KERNEL_MIN_WEIGHTS or q8_chunk.compiled_loaded())
+                            and q8_chunk.load_compiled())
         pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(output.size)))
         # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
         # fallback without MKL) may hang there if this process used it before

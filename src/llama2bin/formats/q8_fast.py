@@ -46,11 +46,12 @@ def numba_cache_dir() -> str:
 
 def wanted(elements: int) -> bool:
     """Whether quantizing `elements` values should use the compiled kernel (before knowing if numba
-    is there): LLAMA2BIN_Q8_KERNEL if set, else the size rule."""
+    is there): LLAMA2BIN_Q8_KERNEL if set, else the size rule, which a kernel already loaded in
+    this process (the job server's workers inherit it) always meets: it then costs nothing."""
     choice = os.environ.get(ENV_SWITCH, "").strip().lower()
     if choice in ("numpy", "numba"):
         return choice == "numba"
-    return elements >= MIN_ELEMENTS
+    return elements >= MIN_ELEMENTS or _kernel is not None
 
 
 def prepare(elements: int) -> bool:
@@ -59,11 +60,14 @@ def prepare(elements: int) -> bool:
     whether the kernel is used. Call before forking workers, so that they inherit the decision
     and the loaded code."""
     global _use
-    _use = wanted(elements) and _load()
+    _use = wanted(elements) and load()
     return _use
 
 
-def _load() -> bool:
+def load() -> bool:
+    """Import numba and load the compiled kernel into this process (compiling it into the cache the
+    first time); False without a usable numba. `prepare` calls it when the size rule says so; the
+    job server calls it once at start, for every export its workers run."""
     global _kernel
     if _kernel is not None:
         return True
