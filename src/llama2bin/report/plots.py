@@ -18,6 +18,7 @@ and no "Software" or date metadata in the file. Two renders of one report are by
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,19 +83,29 @@ def _rel_err_panel(ax: Any, tensors: list[TensorStats], n_layers: int) -> None:
         ax.plot([n_layers], [ends["output"]], marker="D", linestyle="none", color="dimgray", label="classifier")
     last = n_layers if "output" in ends else n_layers - 1  # "cls" only for a separate classifier
     ticks = list(range(-1, last + 1))
-    if n_layers > 16:  # keep the axis legible for deep models
-        keep = set(range(0, n_layers, max(1, n_layers // 8))) | {-1, last}
-        ticks = [t for t in ticks if t in keep]
+    if n_layers > 8:  # keep the axis legible for deep models: ~8 labels, none touching the ends
+        step = math.ceil(n_layers / 6)
+        ticks = [-1, *(t for t in range(step, last, step) if last - t > step // 2), last]
     labels = ["emb" if t == -1 else "cls" if t == n_layers else str(t) for t in ticks]
     ax.set_xticks(ticks, labels)
     values = [v for points in by_kind.values() for v in points.values()] + list(ends.values())
     if max(values) >= 10 * min(values):
         ax.set_yscale("log")
+        # short labels (0.01, 0.02, 0.05): matplotlib's "6×10^-2" minor labels do not fit the margin
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_minor_formatter(lambda v, _: f"{v:.3g}" if f"{v:.1e}"[0] in "25" else "")
+        ax.set_ylabel("‖w−ŵ‖ / ‖w‖")
     else:  # Q8_0 errors usually lie within one decade, where a log axis shows one or two ticks
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        _label_with_power(ax, "‖w−ŵ‖ / ‖w‖", math.floor(math.log10(max(values))))
     ax.set_xlabel("layer")
-    ax.set_ylabel("‖w−ŵ‖ / ‖w‖")
     ax.grid(True, which="major", linewidth=0.3)
+
+
+def _label_with_power(ax: Any, label: str, power: int) -> None:
+    """Y tick labels divided by 10**power, which the axis label states: not matplotlib's "1e-3"
+    offset above the axis, where the panel title is."""
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v / 10.0**power:.6g}")
+    ax.set_ylabel(f"{label} (×10$^{{{power}}}$)")
 
 
 def _log_hist_panel(ax: Any, counts: list[int], edges: list[float], xlabel: str, first_label: str) -> None:
@@ -107,7 +118,10 @@ def _log_hist_panel(ax: Any, counts: list[int], edges: list[float], xlabel: str,
     ax.stairs(counts_arr[lo:hi], shown[lo : hi + 1], fill=True, alpha=0.7)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
+    if counts_arr.max() >= 1e6:  # seven digits and more: a power of ten in the label
+        _label_with_power(ax, "count", math.floor(math.log10(counts_arr.max())))
+    else:
+        ax.set_ylabel("count")
     ax.grid(True, which="major", linewidth=0.3)
     if counts_arr[0] > 0:
         ax.annotate(first_label, xy=(np.sqrt(shown[0] * shown[1]), counts_arr[0]), ha="center", va="bottom")
@@ -159,13 +173,27 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _draw(plt: Any, size: tuple[float, float], draw: Callable[[Any], None]) -> bytes:
-    fig = plt.figure(figsize=size, layout="constrained")
+def _draw(plt: Any, size: tuple[float, float], draw: Callable[[Any], None], layout: str | None = "constrained") -> bytes:
+    fig = plt.figure(figsize=size, layout=layout)
     try:
         draw(fig)
         return _png(fig)
     finally:
         plt.close(fig)
+
+
+# A model figure's rows have one fixed geometry (inches, at 10-point text), sized for the widest
+# labels the panels get (six-digit counts, "1e-3"-style offsets, log-axis powers). Not matplotlib's
+# constrained layout: measuring every label to place the axes was half of a report's CPU time
+# (bench/issue21.md), and fixed panels line up from one model's figure to the next.
+_ROW_IN = 3.9
+_LEFT_IN, _RIGHT_IN, _GAP_IN = 0.8, 0.1, 0.95  # y label and tick labels left of each panel
+_TOP_IN, _BOTTOM_IN = 0.6, 0.86  # row title and panel titles above; ticks, x label and legend below
+_ROW_GRID = {
+    "left": _LEFT_IN / _WIDTH_IN, "right": 1 - _RIGHT_IN / _WIDTH_IN,
+    "top": 1 - _TOP_IN / _ROW_IN, "bottom": _BOTTOM_IN / _ROW_IN,
+    "wspace": _GAP_IN / ((_WIDTH_IN - _LEFT_IN - _RIGHT_IN - 2 * _GAP_IN) / 3),
+}
 
 
 class FigureRow(TypedDict):
@@ -185,17 +213,17 @@ def render_model_png(model: str, rows: list[FigureRow], n_layers: int, group_err
         def draw(fig: Any) -> None:
             subfigs = fig.subfigures(len(rows), 1, squeeze=False)[:, 0]
             for sub, row in zip(subfigs, rows, strict=True):
-                sub.suptitle(f"{model}: {row['title']}", fontsize=11, fontweight="bold")
-                axes = sub.subplots(1, 3)
+                sub.suptitle(f"{model}: {row['title']}", fontsize=11, fontweight="bold", y=1 - 0.1 / _ROW_IN)
+                axes = sub.subplots(1, 3, gridspec_kw=_ROW_GRID)
                 _rel_err_panel(axes[0], row["tensors"], n_layers)
                 hists = [t.group_err_hist for t in row["tensors"] if t.group_err_hist]
                 _group_err_panel(axes[1], hists, group_err_edges)
                 _kld_panel(axes[2], row["functional"])
                 handles, labels = axes[0].get_legend_handles_labels()
-                sub.legend(handles, labels, loc="outside lower center", ncol=min(9, len(labels)), frameon=False,
-                           handlelength=1.5, columnspacing=1.0)
+                sub.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=min(9, len(labels)),
+                           frameon=False, handlelength=1.5, columnspacing=1.0)
 
-        return _draw(plt, (_WIDTH_IN, 3.9 * len(rows)), draw)
+        return _draw(plt, (_WIDTH_IN, _ROW_IN * len(rows)), draw, layout=None)
 
 
 # Quality axes of the trade-off figure, best measure first: (report key, axis label, log scale).
