@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import assert_refused
@@ -10,7 +12,7 @@ from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 
 import llama2bin
 from llama2bin.checks.ccheck import find_compiler
-from llama2bin.cli import main
+from llama2bin.cli import BLAS_THREAD_VARIABLES, main
 from llama2bin.cli.export import split_versions_and_outputs
 from llama2bin.formats.reader import BinFile
 
@@ -93,3 +95,21 @@ def test_a_shared_back_off_is_said_once_and_quantized_once(tmp_path):
     for out, v in zip(outs, ("1", "2"), strict=True):
         with open(out, "rb") as f, open(os.path.join(DATA, f"tiny_b.v{v}.bin"), "rb") as g:
             assert f.read() == g.read()
+
+
+def test_the_program_starts_no_blas_threads_unless_asked():
+    """`python -m llama2bin` sets BLAS to one thread before numpy's import (OpenBLAS's spinning
+    pool cost every command 0.06 CPU s and llama2bin never uses it); a user's setting wins."""
+    probe = ("import os, sys\n"
+             "from llama2bin.cli import BLAS_THREAD_VARIABLES, main\n"
+             "main(['inspect', sys.argv[1]])\n"
+             "from threadpoolctl import threadpool_info\n"
+             "print([os.environ.get(n) for n in BLAS_THREAD_VARIABLES],"
+             " sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}))\n")
+    golden = os.path.join(os.path.dirname(__file__), "data", "tiny_a.v0.bin")
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", probe, golden], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "['1', '1', '1'] [1]"
+    out = subprocess.run([sys.executable, "-c", probe, golden], env={**env, "OPENBLAS_NUM_THREADS": "2"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "['2', '1', '1'] [2]"

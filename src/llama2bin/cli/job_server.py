@@ -45,6 +45,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..job_client import HEADER, MAX_REQUEST, decode_request
+from . import BLAS_THREAD_VARIABLES
 
 # Imported once in the server, before any worker is forked: what the pipeline's commands use.
 # (found by diffing sys.modules around each command of a pipeline run)
@@ -57,7 +58,7 @@ PRELOAD = (
 )
 # BLAS on one thread in the server, so in every worker: llama2bin's checks pin it to one thread
 # anyway (numerics.blas_threads), and setting it per job (threadpoolctl) cost each job its scan.
-BLAS_ENV = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+BLAS_ENV = {name: "1" for name in BLAS_THREAD_VARIABLES}
 LEDGER_COLUMNS = ("command", "s", "cpu_user_s", "cpu_sys_s", "max_rss_mb")
 _PR_SET_PDEATHSIG = 1
 
