@@ -139,7 +139,12 @@ print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "wall": wall, "maxr
 
 
 def measure(cmd: list[str]) -> Run:
-    """Run cmd as a child process: wall time, peak memory of its process tree, CPU time."""
+    """Run cmd as a child process: wall time, peak memory of its process tree, CPU time.
+
+    Every run starts with nothing left to write back (os.sync, untimed): otherwise a command that
+    syncs its output, as llama2bin does, also waits for the disk to take what the command before
+    it left dirty (the seed's export.py never syncs its 438 MB at 110M, and the runs alternate)."""
+    os.sync()
     proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
     *messages, last = proc.stderr.rstrip("\n").split("\n") or [""]
     try:
