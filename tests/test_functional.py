@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -453,6 +454,54 @@ def test_figures_are_byte_identical_render_to_render(models, tmp_path):
         second = render_model_png(*args)
     assert first == second and first.startswith(b"\x89PNG")
     assert b"Software" not in first and b"Matplotlib" not in first
+
+
+def _deep_model_rows(n_layers: int, spread: float, groups: int) -> list[dict]:
+    """Figure rows at real proportions: Llama 3.2 1B's 16 layers or deeper, a log or a linear error
+    axis (`spread`: largest / smallest relative error), billions of Q8_0 groups in one bin."""
+    from llama2bin.checks.tensor import TensorStats
+    from llama2bin.model import LAYER_MATRICES
+
+    rng = np.random.default_rng(n_layers)
+    hist = [0] * (len(HIST_EDGES) - 1)
+    hist[5], hist[6], hist[9] = groups, groups // 3, 7
+    tensors = [TensorStats(f"layers.{i}.{kind}", [1, 1], "q8_0", 32, rel_err=float(3e-3 * spread ** rng.random()),
+                           group_err_hist=hist) for i in range(n_layers) for kind in LAYER_MATRICES]
+    tensors += [TensorStats("tok_embeddings", [1, 1], "q8_0", 32, rel_err=3e-3, group_err_hist=hist),
+                TensorStats("output", [1, 1], "q8_0", 32, rel_err=6e-3, group_err_hist=hist)]
+    return [{"title": f"v{v}: a title as long as a real one (Q8_0, group size 32, 8.50 bits/weight)",
+             "tensors": tensors, "functional": None} for v in (1, 2)]
+
+
+@pytest.mark.parametrize(("n_layers", "spread", "groups"), [(6, 1.02, 250_000), (16, 1.3, 9_000_000),
+                                                            (22, 30.0, 640_000_000), (80, 1000.0, 123_456)])
+def test_model_figure_panels_and_labels_do_not_overlap(n_layers, spread, groups, monkeypatch):
+    """The figure's fixed geometry (no layout engine measures the labels): at real shapes every
+    panel with its tick labels, axis labels and title stays inside the figure and clear of its
+    neighbours, no tick label touches the next, and no "1e-3" offset sits under a panel title."""
+    from llama2bin.report import plots
+
+    boxes: list[list] = []
+    real_png = plots._png
+
+    def measuring(fig):
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+            assert all(a.x1 < b.x0 for a, b in itertools.pairwise(ticks)), [t.get_text() for t in ax.get_xticklabels()]
+            assert not ax.yaxis.get_offset_text().get_text() and not ax.xaxis.get_offset_text().get_text()
+        boxes.append([ax.get_tightbbox(renderer) for ax in fig.axes])
+        return real_png(fig)
+
+    monkeypatch.setattr(plots, "_png", measuring)
+    png = plots.render_model_png("Llama-shaped", _deep_model_rows(n_layers, spread, groups), n_layers, HIST_EDGES)
+    width, height = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
+    (panels,) = boxes
+    assert len(panels) == 6
+    for box in panels:
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, box
+    for a, b in itertools.pairwise(panels):
+        assert not a.overlaps(b), (a, b)
 
 
 def test_reports_embed_the_figure_and_the_functional_table(models, tmp_path):

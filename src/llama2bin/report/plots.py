@@ -183,9 +183,9 @@ def _draw(plt: Any, size: tuple[float, float], draw: Callable[[Any], None], layo
 
 
 # A model figure's rows have one fixed geometry (inches, at 10-point text), sized for the widest
-# labels the panels get (six-digit counts, "1e-3"-style offsets, log-axis powers). Not matplotlib's
-# constrained layout: measuring every label to place the axes was half of a report's CPU time
-# (bench/issue21.md), and fixed panels line up from one model's figure to the next.
+# labels the panels get: six-digit counts (beyond, and for the errors, a power of ten goes into the
+# axis label). Not matplotlib's constrained layout: measuring every label to place the axes was
+# half of a report's CPU time (bench/issue21.md), and fixed panels line up from figure to figure.
 _ROW_IN = 3.9
 _LEFT_IN, _RIGHT_IN, _GAP_IN = 0.8, 0.1, 0.95  # y label and tick labels left of each panel
 _TOP_IN, _BOTTOM_IN = 0.6, 0.86  # row title and panel titles above; ticks, x label and legend below
