@@ -56,23 +56,11 @@ def load_compiled() -> bool:
     """Import the numba kernel and compile it (from numba's cache after the first run); False
     without numba. Call it before forking workers, so that they inherit the compiled code."""
     global _compiled_ready
-    from ..formats.q8_fast import numba_cache_dir
+    if not _compiled_ready:
+        from ..formats.q8_fast import import_compiled
 
-    if _compiled_ready:
-        return True
-
-    # numba reads NUMBA_CACHE_DIR when it is imported; a user's own setting wins (as for export's kernel)
-    os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache_dir())
-    try:
-        from . import q8_chunk_jit
-
-        q8_chunk_jit.warm_up()
-    except ImportError:
-        return False
-    except Exception:  # numba there but unusable (no writable cache location, an LLVM error): numpy
-        return False
-    _compiled_ready = True
-    return True
+        _compiled_ready = import_compiled(__package__ + ".q8_chunk_jit", lambda jit: jit.warm_up()) is not None
+    return _compiled_ready
 
 
 def stats_of_mapped_source(ref: TensorRef, start: int, stop: int, q: np.ndarray, scales: np.ndarray,

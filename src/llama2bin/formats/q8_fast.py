@@ -14,9 +14,11 @@ compares them); without numba installed the numpy path runs, said only at debug 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -69,8 +71,16 @@ def load() -> bool:
     first time); False without a usable numba. `prepare` calls it when the size rule says so; the
     job server calls it once at start, for every export its workers run."""
     global _kernel
-    if _kernel is not None:
-        return True
+    if _kernel is None:
+        _kernel = import_compiled(__package__ + ".q8_0_kernel", _warm_up)
+    return _kernel is not None
+
+
+def import_compiled(module: str, warm_up: Callable[[ModuleType], None]) -> ModuleType | None:
+    """Import a numba kernel module and run `warm_up` on it (compiling, or loading numba's cache),
+    in this process, so that forked workers inherit the machine code; None when numba is not
+    installed or cannot work here (numpy then gives the same results). The one way both kernels
+    load: export's quantizer (q8_0_kernel) and verify's check (checks/q8_chunk_jit)."""
     # numba reads NUMBA_CACHE_DIR when it is imported; a user's own setting wins.
     os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache_dir())
     # numba's import makes ~10^6 objects: the cyclic collector would run dozens of times over them
@@ -81,17 +91,15 @@ def load() -> bool:
         with warnings.catch_warnings():
             # an unwritable cache only costs a compile per process: not worth a warning
             warnings.simplefilter("ignore")
-            from . import q8_0_kernel
-
-            _warm_up(q8_0_kernel)
-    except Exception as e:  # not installed, or an install that cannot load: numpy gives the same bytes
-        log.debug("compiled Q8_0 kernel not available (%s: %s): quantizing with numpy", type(e).__name__, e)
-        return False
+            kernel = importlib.import_module(module)
+            warm_up(kernel)
+    except Exception as e:  # not installed, or an install that cannot load (no cache location, LLVM)
+        log.debug("compiled kernel %s not available (%s: %s): numpy instead", module, type(e).__name__, e)
+        return None
     finally:
         if gc_was_on:
             gc.enable()
-    _kernel = q8_0_kernel
-    return True
+    return kernel
 
 
 def _warm_up(kernel: ModuleType) -> None:
