@@ -98,7 +98,7 @@ def test_a_shared_back_off_is_said_once_and_quantized_once(tmp_path):
 
 
 def test_the_program_starts_no_blas_threads_unless_asked():
-    """`python -m llama2bin` sets BLAS to one thread before numpy's import (OpenBLAS's spinning
+    """The program's main() sets BLAS to one thread before numpy's import (OpenBLAS's spinning
     pool cost every command 0.06 CPU s and llama2bin never uses it); a user's setting wins."""
     probe = ("import os, sys\n"
              "from llama2bin.cli import BLAS_THREAD_VARIABLES, main\n"
