@@ -201,6 +201,7 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
     last_chunk = {name: i for i, (name, _, _) in enumerate(tasks)}
     total = sum(output.tensors[name].numel for name in checked)
     quantized = sum(output.tensors[n].numel for n in checked if output.tensors[n].encoding == TensorEncoding.Q8_0)
+
     def job(task: tuple[str, int, int]) -> _ChunkResult:
         name, start, stop = task
         got = output.tensors[name]

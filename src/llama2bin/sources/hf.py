@@ -73,29 +73,32 @@ class HfRotaryRef(TensorRef):
         self.encoding = src.encoding  # the permutation moves rows, the values stay as stored
         self.head_size = head_size
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
+    def _heads(self, start: int, stop: int) -> tuple[int, int]:
+        """The stored rows of the heads that canonical rows [start, stop) fall in: [first, end)."""
         hd = self.head_size
-        first_head, end_head = start // hd, -(-stop // hd)
-        block = self.src.read_rows(first_head * hd, end_head * hd)
-        heads, cols = end_head - first_head, block.shape[1]
+        return start // hd * hd, -(-stop // hd) * hd
+
+    def _canonical(self, block: np.ndarray, first: int, start: int, stop: int) -> np.ndarray:
+        """Canonical rows [start, stop), a view of `block`: the stored rows of whole heads from `first`."""
+        hd, cols = self.head_size, self.cols
+        heads = block.size // (hd * cols)
         canonical = block.reshape(heads, 2, hd // 2, cols).transpose(0, 2, 1, 3).reshape(heads * hd, cols)
-        offset = first_head * hd
-        return np.ascontiguousarray(canonical[start - offset : stop - offset])
+        return canonical[start - first : stop - first]
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        first, end = self._heads(start, stop)
+        return np.ascontiguousarray(self._canonical(self.src.read_rows(first, end), first, start, stop))
 
     def read_bf16_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray | None:
         """The heads' stored bf16 rows, permuted into `out` as 2-byte values (half the bytes the
         float32 permute of read_rows moves)."""
         if self.src.encoding != TensorEncoding.BF16:
             return None
-        hd, cols = self.head_size, self.cols
-        first_head, end_head = start // hd, -(-stop // hd)
-        heads = end_head - first_head
-        block = self.src.read_bf16_into(first_head * hd, end_head * hd, thread_buffer("heads", heads * hd * cols, np.uint16))
+        first, end = self._heads(start, stop)
+        block = self.src.read_bf16_into(first, end, thread_buffer("heads", (end - first) * self.cols, np.uint16))
         assert block is not None
-        canonical = block.reshape(heads, 2, hd // 2, cols).transpose(0, 2, 1, 3).reshape(heads * hd, cols)
-        offset = first_head * hd
-        dst = out[: (stop - start) * cols]
-        np.copyto(dst.reshape(stop - start, cols), canonical[start - offset : stop - offset])
+        dst = out[: (stop - start) * self.cols]
+        np.copyto(dst.reshape(stop - start, self.cols), self._canonical(block, first, start, stop))
         return dst
 
 
