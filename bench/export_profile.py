@@ -22,7 +22,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import warm  # noqa: E402
+from run import load_average, warm  # noqa: E402
 from synth import SHAPES, ensure  # noqa: E402
 
 # (label, substring of cProfile's "file:function", cumulative time instead of own time)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     warm(ckpt)
     runs: dict[str, list[dict]] = {"numba": [], "numpy": []}
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load_average()
     for _ in range(args.repeats):
         for quantizer, results in runs.items():
             if os.path.exists(out):
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.run([sys.executable, "-c", _CHILD, out, ckpt, json.dumps(STEPS)], env=env,
                                   capture_output=True, text=True, check=True)
             results.append(json.loads(proc.stdout.splitlines()[-1]))
-    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_after = load_average()
     os.unlink(out)
 
     def med(quantizer: str, key: str) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import Run, llama2bin_cmd, machine, measure, remove, timed, warm  # noqa: E402
+from run import Run, llama2bin_cmd, load_average, machine_lines, measure, remove, timed, warm  # noqa: E402
 from synth import SHAPES, ensure  # noqa: E402
 
 # How each export quantizes: the value of LLAMA2BIN_Q8_KERNEL (formats/q8_fast.py).
@@ -77,8 +77,7 @@ def render(rows: list[Row], args: argparse.Namespace, load: tuple[str, str]) -> 
         "`cp` copies that export's output right after it; `cp+sync` adds `sync` of the copy: the like-for-like "
         "floor, since the export fsyncs its output before the atomic rename.",
         "",
-        *[f"- {k}: {v}" for k, v in machine().items()],
-        f"- load average before / after: {load[0]} / {load[1]} (2 shared cores: other work inflates wall times)",
+        *machine_lines(load),
         "",
         "*export / cp* is the ratio of the medians; *paired* the median of each run's own ratio (an export and",
         "the copy of its output run back to back, so they share the machine's load of that moment).",
@@ -134,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         one_export(Row(row.model, row.path), ckpts[model], out, copy_dir)
         with open(out, "rb") as f:
             row.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load_average()
     for rep in range(args.repeats):
         for (model, _), row in rows.items():
             warm(ckpts[model])  # the other model's runs may have pushed it out of the page cache
             one_export(row, ckpts[model], os.path.join(out_dir, f"{model}.v2.bin"), copy_dir)
             log(f"  [{rep + 1}/{args.repeats}] {model} {row.path}: export {row.export[-1].wall:.2f} s "
                 f"({row.export[-1].cpu:.2f} CPU s), cp {row.cp[-1]:.2f} s, cp+sync {row.cp_sync[-1]:.2f} s")
-    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_after = load_average()
     for model in args.models:
         remove([os.path.join(out_dir, f"{model}.v2.bin")])
     shutil.rmtree(copy_dir, ignore_errors=True)

@@ -362,6 +362,17 @@ def machine() -> dict[str, str]:
     return info
 
 
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as the reports print them before and after a run."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine_lines(load: tuple[str, str], info: dict[str, str] | None = None) -> list[str]:
+    """A report's machine description: `machine()` (or `info`), then the load before / after."""
+    return [*[f"- {k}: {v}" for k, v in (info or machine()).items()],
+            f"- load average before / after: {load[0]} / {load[1]} (other work on this shared machine inflates wall times)"]
+
 def fmt(x: float, digits: int = 2) -> str:
     return "—" if x != x else f"{x:.{digits}f}"
 
@@ -384,8 +395,7 @@ def render(rows: list[Row], baselines: dict[str, Run], info: dict[str, str], arg
         "",
         "## Machine",
         "",
-        *[f"- {k}: {v}" for k, v in info.items()],
-        f"- load average before / after: {load[0]} / {load[1]} (other work on this shared machine inflates wall times)",
+        *machine_lines(load, info),
         "",
         "## Export",
         "",
@@ -485,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load_average()
     rows: list[Row] = []
     for name in [] if args.versus_only else models:
         shape = SHAPES[name]
@@ -518,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         os.path.join(args.work, "batch"), core_only=core_only,
                                                         cache=os.path.join(args.work, "cache"))))
         batch_md = "\n".join(parts)
-    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_after = load_average()
     shutil.rmtree(os.path.join(out_dir, "cp"), ignore_errors=True)
 
     report = render(rows, baselines, machine(), args, (load_before, load_after), batch_md, rope, seed_rows)
