@@ -20,6 +20,7 @@ No compiler: the check is skipped with a visible notice (an error with require_c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ from ..native import find_compiler as find_compiler  # the check's compiler: re-
 from .eval_tokens import random_tokens
 from .forward import F32, Q8, bin_logits
 from .q8_forcing import TeacherForcing, read_dump
+from .weights import BinWeights, row_blocks
 
 # Flags the consumer is built with; -ffp-contract=off keeps compilers from fusing a*b+c into
 # FMAs, so C and numpy round the same products (retried without it for compilers that lack it).
@@ -213,11 +215,54 @@ def resolve_arithmetic(bf: BinFile, arithmetic: str) -> str:
     return arithmetic
 
 
+def weights_key(bf: BinFile) -> str:
+    """sha256 of everything the Python forward (forward.bin_logits) reads from an opened file: its
+    config, group size, every tensor's stored values (q and scales, or float32) in canonical
+    order, and v0's rope tables. Two files with the same key give the same Python logits bit for
+    bit, whatever their layout or header (a v1 and a v2 of one model)."""
+    h = hashlib.sha256(f"{bf.config!r}\0{bf.group_size}".encode())
+    weights = BinWeights(bf)
+    for name, shape in bf.config.shapes().items():
+        t = weights.tensor(name)
+        h.update(f"\0{name}\0{t.encoding.value}\0{t.group_size}\0".encode())
+        for start, stop in row_blocks(shape[0] if len(shape) > 1 else 1, shape[-1]):
+            if t.group_size:
+                q, s = t.read_q8(start, stop)
+                h.update(q)
+                h.update(s)
+            else:
+                h.update(t.read_rows(start, stop))
+    for table in bf.rope_tables() or ():
+        h.update(table.read_rows(0, table.rows))
+    return h.hexdigest()
+
+
+class PythonSide:
+    """The Python logits of one c-check run's files, kept by what they are computed from
+    (`weights_key`, tokens, RoPE and config, and for teacher forcing the C run's dump): a v1 and
+    a v2 of one model hold the same q and scales, so the second file's forwards are the first's,
+    bit for bit, and are not run again. The C consumer still runs on every file."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, Any] = {}
+
+    def key(self, path: str) -> str:
+        with BinFile(path) as bf:
+            return weights_key(bf)
+
+    def get(self, key: tuple, compute: Any) -> Any:
+        if key not in self._kept:
+            self._kept[key] = compute()
+        return self._kept[key]
+
+
 def c_check(bin_path: str, consumer: Consumer | None, tokens: list[int] | None = None,
-            arithmetic: str = "auto", target: TargetSpec | None = None) -> CCheckResult:
+            arithmetic: str = "auto", target: TargetSpec | None = None,
+            python_side: PythonSide | None = None) -> CCheckResult:
     """Run the C consumer on `bin_path` and compare with the Python reference; `consumer` None
     records a skipped check (no compiler). With a `target`, both run that program's arithmetic:
-    its RoPE (base or tables) and, for `auto`, its activations."""
+    its RoPE (base or tables) and, for `auto`, its activations. `python_side`: shared by the
+    files of one run, so files with equal weights share their Python forwards."""
     if os.path.isdir(bin_path):
         raise Llama2binError(f"{bin_path}: is a directory (the C check reads .bin files)")
     rope = ProgramRope.of(target) if target is not None else None
@@ -237,7 +282,7 @@ def c_check(bin_path: str, consumer: Consumer | None, tokens: list[int] | None =
         result.skipped = "no C compiler found (cc, or $CC)"
         return result
     if arith == Q8:
-        q8_compare(result, consumer, toks, bin_path, rope=rope, python_kwargs=kwargs)
+        q8_compare(result, consumer, toks, bin_path, rope=rope, python_kwargs=kwargs, python_side=python_side)
     else:
         want = bin_logits(bin_path, toks, arithmetic=arith, **kwargs)  # refuses bad tokens with a clear message
         _compare_logits(result, consumer.logits(bin_path, toks, arith, rope=rope), want)
@@ -259,21 +304,30 @@ def _compare_logits(result: CCheckResult, got: np.ndarray, want: np.ndarray) -> 
 
 def q8_compare(result: CCheckResult, consumer: Consumer, toks: list[int], bin_path: str,
                python_path: str | None = None, rope: ProgramRope | None = None,
-               python_kwargs: dict[str, Any] | None = None) -> None:
+               python_kwargs: dict[str, Any] | None = None, python_side: PythonSide | None = None) -> None:
     """One C run on `bin_path` that dumps its quantizations; Python teacher-forced on them (the
     verdict) and once on its own (the untethered deviation, quality only). Python reads
     `python_path` when given (the detection benchmark: a file whose layout Python and C read
     differently, simulated by giving C a corrupted copy), else the same file."""
     python_path = python_path or bin_path
     kwargs = python_kwargs or {}
-    own = bin_logits(python_path, toks, arithmetic=Q8, **kwargs)  # refuses bad tokens with a clear message
+    side = python_side or PythonSide()
+    key = (side.key(python_path) if python_side else python_path, tuple(toks), repr(sorted(kwargs.items())))
+    # refuses bad tokens with a clear message
+    own = side.get((*key, "own"), lambda: bin_logits(python_path, toks, arithmetic=Q8, **kwargs))
     dump = consumer.dump_path()
     try:
         got = consumer.logits(bin_path, toks, Q8, dump=dump, rope=rope)
         with BinFile(python_path) as bf:
             cfg, gs = bf.config, bf.group_size
-        forcing = TeacherForcing(read_dump(dump, cfg, gs, len(toks)), cfg)
-        want = bin_logits(python_path, toks, arithmetic=Q8, q8_hook=forcing, **kwargs)
+        with open(dump, "rb") as f:
+            dumped = hashlib.sha256(f.read()).hexdigest()
+
+        def forced() -> tuple[np.ndarray, TeacherForcing]:
+            forcing = TeacherForcing(read_dump(dump, cfg, gs, len(toks)), cfg)
+            return bin_logits(python_path, toks, arithmetic=Q8, q8_hook=forcing, **kwargs), forcing
+
+        want, forcing = side.get((*key, "forced", dumped), forced)
     finally:
         if os.path.exists(dump):
             os.unlink(dump)

@@ -30,7 +30,7 @@ def _bin_format(path: str) -> str:
 
 
 def cmd_c_check(args: argparse.Namespace) -> int:
-    from ..checks.ccheck import Consumer, c_check, find_compiler
+    from ..checks.ccheck import Consumer, PythonSide, c_check, find_compiler
 
     if args.json and len(args.json) != len(args.files):
         raise Llama2binError(f"{len(args.files)} file(s) but {len(args.json)} --json path(s)")
@@ -44,13 +44,15 @@ def cmd_c_check(args: argparse.Namespace) -> int:
             raise Llama2binError("no C compiler found (cc, or $CC); give one with --cc")
         print("llama2bin: notice: no C compiler found (cc, or $CC): C consumer check SKIPPED", file=sys.stderr)
     consumer = Consumer(compiler) if compiler else None
+    python_side = PythonSide()  # v1 and v2 of one model share their Python forwards
     ok = True
     try:
         for i, path in enumerate(args.files):
             target = next((t for t in targets if t.format == _bin_format(path)), None) if targets else None
             if targets and target is None:
                 raise Llama2binError(f"{path}: none of the targets ({', '.join(args.target)}) reads this file's version")
-            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic, target=target)
+            result = c_check(path, consumer, tokens=args.tokens, arithmetic=args.arithmetic, target=target,
+                             python_side=python_side)
             if args.json:
                 write_atomic(args.json[i], _dump_json(result.to_json()))
             if result.skipped:
