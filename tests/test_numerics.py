@@ -122,3 +122,29 @@ def test_equal_logits_give_zeros_without_a_sign():
     for key in ("max_abs_dlogit", "kld_mean", "kld_max", "delta_ppl", "rms_dp", *stats["kld_percentiles"]):
         value = stats["kld_percentiles"][key] if key.startswith("p") else stats[key]
         assert value == 0 and str(value) == "0.0", key
+
+
+@pytest.mark.parametrize("special", [None, np.inf, -np.inf, np.nan])
+def test_the_same_logits_object_gives_the_statistics_of_an_equal_copy(special):
+    """The functional check passes the reference's own logits for an output proven identical
+    (metrics._add_same_rows skips the file's side): the statistics are those of an equal copy, bit
+    for bit, across blocks of positions and vocabulary, non-finite logits included."""
+    from llama2bin.checks import metrics
+    from llama2bin.checks.metrics import compare_logits
+
+    ref = np.random.default_rng(5).standard_normal((40, 3000)) * 4
+    if special is not None:
+        ref[7, 1234] = special
+    nxt = np.random.default_rng(6).integers(-1, 3000, 40)
+    shortcuts = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics, "_PASS_ELEMENTS", 1 << 12)  # several passes per block
+        mp.setattr(metrics, "BLOCK_ELEMENTS", 1 << 15)  # several blocks per row
+        real = metrics._Positions._add_same_rows
+        mp.setattr(metrics._Positions, "_add_same_rows", lambda self, *a: shortcuts.append(1) or real(self, *a))
+        same = compare_logits(ref, ref, nxt)
+        assert len(shortcuts) > 10
+        calls = len(shortcuts)
+        copy = compare_logits(ref, ref.copy(), nxt)
+        assert len(shortcuts) == calls  # an equal copy takes the full path
+    assert repr(same) == repr(copy)

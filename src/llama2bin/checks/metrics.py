@@ -68,11 +68,15 @@ class _Positions:
     def add(self, start: int, ref: np.ndarray, got: np.ndarray) -> None:
         """Vocabulary entries start .. start + ref.shape[1] of every position (float64 [n, cols]),
         a few rows at a time so that every pass over them runs in cache."""
+        same = got is ref  # the functional check's proven-identical output (functional.py, source_weights)
         ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
         step = max(1, _PASS_ELEMENTS // max(1, ref.shape[1]))
         for first in range(0, ref.shape[0], step):
             rows = slice(first, min(ref.shape[0], first + step))
-            self._add_rows(rows, start, ref[rows], got[rows])
+            if same:
+                self._add_same_rows(rows, start, ref[rows])
+            else:
+                self._add_rows(rows, start, ref[rows], got[rows])
 
     def _buffers(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Two work arrays of `shape`, reused piece after piece (fresh ones come from mmap, whose
@@ -84,33 +88,61 @@ class _Positions:
 
     def _add_rows(self, rows: slice, start: int, x: np.ndarray, y: np.ndarray) -> None:
         """x, y: the reference's and the file's logits of positions `rows`, entries from `start`."""
-        index = np.arange(x.shape[0])
-        best_x, best_y = x.argmax(axis=1), y.argmax(axis=1)
-        top_x, top_y = x[index, best_x], y[index, best_y]  # the rows' maxima
-        for top, arg, best, new in ((self.top_ref, self.arg_ref, best_x, top_x), (self.top_got, self.arg_got, best_y, top_y)):
-            better = new > top[rows]  # ties keep the earlier entry, as argmax over the whole row
-            top[rows] = np.where(better, new, top[rows])
-            arg[rows] = np.where(better, start + best, arg[rows])
-        nxt = self.next[rows]
-        here = np.flatnonzero((nxt >= start) & (nxt < start + x.shape[1]))
-        self.x_next[rows][here], self.y_next[rows][here] = x[here, nxt[here] - start], y[here, nxt[here] - start]
+        top_x = self._tops(rows, start, x, self.top_ref, self.arg_ref, self.x_next)
+        top_y = self._tops(rows, start, y, self.top_got, self.arg_got, self.y_next)
         diff, e = self._buffers(x.shape)
-        np.subtract(x, y, out=diff)
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, which the statistics show
+            np.subtract(x, y, out=diff)
         # np.max, not Python's max: a NaN logit must reach the statistics (and fail a float32 file)
         self.max_abs_logit = float(np.max([self.max_abs_logit, top_x.max(), -x.min()]))
         self.max_abs_dlogit = float(np.max([self.max_abs_dlogit, diff.max(), -diff.min()]))
-        with np.errstate(invalid="ignore"):  # NaN logits (a broken file) give NaN statistics
-            m = np.maximum(self.m_ref[rows], top_x)
-            fade = numerics.exp(self.m_ref[rows] - m)  # earlier sums, rescaled to the new max (0 at first)
-            numerics.exp(np.subtract(x, m[:, None], out=e), out=e)
-            self.s_ref[rows] = self.s_ref[rows] * fade + np.sum(e, axis=1)
+        fade = self._sum_exp(rows, x, top_x, self.m_ref, self.s_ref, e)
+        with np.errstate(invalid="ignore"):  # the KL numerator sum exp(x - m) (x - y), x's exponentials in e
             self.weighted_diff[rows] = self.weighted_diff[rows] * fade + np.sum(np.multiply(e, diff, out=diff), axis=1)
-            self.m_ref[rows] = m
-            m = np.maximum(self.m_got[rows], top_y)
-            fade = numerics.exp(self.m_got[rows] - m)
-            numerics.exp(np.subtract(y, m[:, None], out=e), out=e)
-            self.s_got[rows] = self.s_got[rows] * fade + np.sum(e, axis=1)
-            self.m_got[rows] = m
+        self._sum_exp(rows, y, top_y, self.m_got, self.s_got, e)
+
+    def _add_same_rows(self, rows: slice, start: int, x: np.ndarray) -> None:
+        """`_add_rows(rows, start, x, x)`, the same bits at about half the cost: the file's side
+        would repeat the reference's operations on the same numbers (its max, exponentials, sums
+        and argmax), and x - x is +0.0, which adds +0.0 to the KL numerator. Logits that are not
+        all finite (x - x is NaN there) take the full path."""
+        if not (np.isfinite(x.max()) and np.isfinite(x.min())):
+            self._add_rows(rows, start, x, x.copy())
+            return
+        top_x = self._tops(rows, start, x, self.top_ref, self.arg_ref, self.x_next)
+        _, e = self._buffers(x.shape)
+        self.max_abs_logit = float(np.max([self.max_abs_logit, top_x.max(), -x.min()]))
+        self.max_abs_dlogit = float(np.max([self.max_abs_dlogit, 0.0, -0.0]))
+        fade = self._sum_exp(rows, x, top_x, self.m_ref, self.s_ref, e)
+        self.weighted_diff[rows] = self.weighted_diff[rows] * fade + 0.0
+        self.top_got[rows], self.arg_got[rows] = self.top_ref[rows], self.arg_ref[rows]
+        self.y_next[rows] = self.x_next[rows]
+        self.s_got[rows], self.m_got[rows] = self.s_ref[rows], self.m_ref[rows]
+
+    def _tops(self, rows: slice, start: int, x: np.ndarray, top: np.ndarray, arg: np.ndarray,
+              at_next: np.ndarray) -> np.ndarray:
+        """Update one side's running argmax and next-token logits; return the rows' maxima."""
+        best = x.argmax(axis=1)
+        new = x[np.arange(x.shape[0]), best]
+        better = new > top[rows]  # ties keep the earlier entry, as argmax over the whole row
+        top[rows] = np.where(better, new, top[rows])
+        arg[rows] = np.where(better, start + best, arg[rows])
+        nxt = self.next[rows]
+        here = np.flatnonzero((nxt >= start) & (nxt < start + x.shape[1]))
+        at_next[rows][here] = x[here, nxt[here] - start]
+        return new
+
+    def _sum_exp(self, rows: slice, x: np.ndarray, top: np.ndarray, m_acc: np.ndarray, s_acc: np.ndarray,
+                 e: np.ndarray) -> np.ndarray:
+        """One side's running log-sum-exp (max m_acc, sum s_acc) over x, leaving exp(x - m) in `e`;
+        returns the factor that rescaled the earlier sums to the new max."""
+        with np.errstate(invalid="ignore"):  # NaN logits (a broken file) give NaN statistics
+            m = np.maximum(m_acc[rows], top)
+            fade = numerics.exp(m_acc[rows] - m)  # earlier sums, rescaled to the new max (0 at first)
+            numerics.exp(np.subtract(x, m[:, None], out=e), out=e)
+            s_acc[rows] = s_acc[rows] * fade + np.sum(e, axis=1)
+            m_acc[rows] = m
+        return fade
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(KL divergence, same top, log p_source(next), log p_file(next)) per position; the
@@ -155,8 +187,13 @@ class LogitComparison:
     def add(self, ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray) -> None:
         """Whole rows of logits [n, vocab]."""
         step = block_columns(ref.shape[0])
-        self.add_positions(next_tokens, ((v, ref[:, v : v + step], got[:, v : v + step])
-                                         for v in range(0, ref.shape[1], step)))
+
+        def blocks() -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
+            for v in range(0, ref.shape[1], step):
+                block = ref[:, v : v + step]
+                yield v, block, block if got is ref else got[:, v : v + step]  # the same logits stay one object
+
+        self.add_positions(next_tokens, blocks())
 
     def stats(self) -> dict[str, Any]:
         # + 0.0 turns -0.0 into 0.0: SIMD maxima may pick either zero, and the JSON would show it
@@ -187,8 +224,9 @@ class LogitComparison:
 def compare_logits(ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray | None = None) -> dict[str, Any]:
     """The statistics of `got` against `ref` (logits [..., vocab]) in one call; `next_tokens`
     (one per row, -1 for none) enables perplexity and RMS Δp."""
+    same = got is ref
     ref = ref.reshape(-1, ref.shape[-1])
-    got = got.reshape(-1, got.shape[-1])
+    got = ref if same else got.reshape(-1, got.shape[-1])
     nxt = np.full(ref.shape[0], -1, dtype=np.int64) if next_tokens is None else np.asarray(next_tokens).reshape(-1)
     cmp = LogitComparison()
     cmp.add(ref, got, nxt)
