@@ -30,6 +30,7 @@ and the comparison (two exps, log-softmax of both sides, the KL term: about 40 n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ from ..sources.base import Source
 from . import numerics
 from .eval_tokens import EvalTokens
 from .forward import ARITHMETICS, F32, classify, hidden_states
-from .metrics import KLD_HIST_EDGES, LogitComparison, block_columns
+from .metrics import KLD_HIST_EDGES, LogitComparison, PositionStats, block_columns, position_stats
 from .result_json import EvalSummaryJson, KldPercentilesJson
 from .rope_source import RopeSource
 from .weights import BinWeights, LazyWeights, SourceWeights
@@ -163,9 +164,32 @@ def _output_weights(output: Output, reference: ReferenceModel) -> tuple[LazyWeig
     return BinWeights(output), output.lossy
 
 
+# From this many weights up the functional check runs in several processes (parallel.default_workers:
+# both cores): below it the forks, and every weight read and cut once more per process, cost about
+# what they save, and a batch of small models keeps its cores busy with other jobs anyway.
+PARALLEL_MIN_WEIGHTS = 50_000_000
+
+
+def functional_workers(config: ModelConfig, threads: int | None = None) -> int:
+    """Processes for the functional check of a model of `config` (`threads`: the caller's limit)."""
+    from ..parallel import default_workers
+
+    weights = sum(math.prod(shape) for shape in config.shapes().values())
+    if weights < PARALLEL_MIN_WEIGHTS:
+        return 1
+    return threads if threads is not None else default_workers(4 * weights)
+
+
+def _shares(n: int, workers: int) -> list[tuple[int, int]]:
+    """n sequences in at most `workers` contiguous shares as equal as possible, in order."""
+    k = max(1, min(workers, n))
+    bounds = [n * i // k for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
 def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: str = F32, fp32_rtol: float = FP32_RTOL,
                      quiet: bool = True, file_config: ModelConfig | None = None, rope: RopeSource | None = None,
-                     label: str = "", source_weights: bool = False) -> FunctionalResult:
+                     label: str = "", source_weights: bool = False, workers: int = 1) -> FunctionalResult:
     """Forward the evaluation tokens through the opened `output` and through the source; compare.
 
     By default the file is run with the source's config (what it stores is measured, and a
@@ -179,7 +203,14 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
     forward would then repeat the reference's, operation for operation on the same numbers with
     the same config and deterministic numerics, so the reference's hidden states and logits stand
     for it: the same result, bit for bit (tests/test_functional.py runs both), without the
-    forward (a third of a model's functional check at the stories shapes)."""
+    forward (a third of a model's functional check at the stories shapes).
+
+    `workers` > 1: the sequences are split among that many forked processes (parallel.ForkPool),
+    each running both forwards and the comparison for its share. A position's hidden states,
+    logits and statistics depend on its own sequence only (numerics' exact products are row by
+    row, attention is within a sequence, the vocabulary blocks are the whole batch's), so the
+    result is the one process's, bit for bit (tests/test_functional_parallel.py)."""
+    from ..parallel import ForkPool
     from ..progress import Progress
 
     if arithmetic not in ARITHMETICS:
@@ -194,32 +225,61 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
     # q8 is runq.c's arithmetic: meaningless for float32 files, and not what llama.cpp computes for a
     # GGUF (float16-scaled activation blocks, F16 rows): those run in f32, as the result records
     arith = arithmetic if quantized and output.spec.family.c_consumer else F32
-    layers = len(batches) * cfg.n_layers * ((reference._hidden is None) + (not source_weights))
-    progress = Progress(layers, f"functional check {output.display_name}{label}", unit="layer",
-                        quiet=quiet)
+    # each process takes a contiguous share of every batch's sequences, in order
+    parts = [(b, lo, hi) for b, tok in enumerate(batches) for lo, hi in _shares(len(tok), workers)]
+    parallel = len(parts) > len(batches)
+    what = f"functional check {output.display_name}{label}"
+    if parallel:  # the workers' forwards are not seen layer by layer: a share is a step
+        progress = Progress(len(parts), what, unit="share", quiet=quiet)
+    else:
+        layers = len(batches) * cfg.n_layers * ((reference._hidden is None) + (not source_weights))
+        progress = Progress(layers, what, unit="layer", quiet=quiet)
+
+    def compare(part: tuple[int, int, int]) -> tuple[PositionStats, np.ndarray | None]:
+        """The statistics of one share of a batch, and the source's hidden states when computed here."""
+        b, lo, hi = part
+        tok = batches[b][lo:hi]
+        on_layer = None if parallel else (lambda: progress.update(1))
+        source_hidden = None
+        if reference._hidden is not None:  # rows s*T + t: a share of sequences is a range of rows
+            kept = reference._hidden[b]
+            ref_hidden = numerics.Left(kept.x[lo * tok.shape[1] : hi * tok.shape[1]]) if parallel else kept
+        else:
+            source_hidden = hidden_states(reference.weights, cfg, tok)
+            ref_hidden = numerics.Left(source_hidden)
+        got_hidden = ref_hidden if source_weights else numerics.Left(
+            hidden_states(weights, file_cfg, tok, arithmetic=arith, on_layer=on_layer, rope=rope))
+        # the next token of every position; -1 at the end of a sequence
+        nxt = np.concatenate([tok[:, 1:], np.full((tok.shape[0], 1), -1, dtype=np.int64)], axis=1).reshape(-1)
+        # every position of the share at once, the vocabulary in the whole batch's blocks: the
+        # classifier is read (and cut for numerics.matmul) once per file, its logits never held whole
+        step = block_columns(batches[b].size)
+
+        def blocks() -> Iterator[tuple]:
+            for start in range(0, cfg.vocab_size, step):
+                stop = min(start + step, cfg.vocab_size)
+                want = reference.logits(b, start, stop) if not parallel else classify(
+                    reference.weights, cfg, ref_hidden, vocab=(start, stop))
+                got = want if source_weights else classify(weights, cfg, got_hidden, arithmetic=arith, vocab=(start, stop))
+                yield start, want, got
+
+        return position_stats(nxt, blocks()), source_hidden
+
+    cmp = LogitComparison()
     try:
         with numerics.blas_threads(1):
-            reference.hidden(progress)  # the source's forward, once per model
-            cmp = LogitComparison()
-            vocab = cfg.vocab_size
-            for b, tok in enumerate(batches):
-                got_hidden = reference.hidden()[b] if source_weights else numerics.Left(
-                    hidden_states(weights, file_cfg, tok, arithmetic=arith, on_layer=lambda: progress.update(1), rope=rope))
-                # the next token of every position; -1 at the end of a sequence
-                nxt = np.concatenate([tok[:, 1:], np.full((tok.shape[0], 1), -1, dtype=np.int64)], axis=1).reshape(-1)
-                # every position of the batch at once, the vocabulary in blocks: the classifier is
-                # read (and cut for numerics.matmul) once per file, its logits never held whole
-                step = block_columns(len(nxt))
-
-                def blocks(b: int = b, step: int = step, got_hidden: numerics.Left = got_hidden) -> Iterator[tuple]:
-                    for start in range(0, vocab, step):
-                        stop = min(start + step, vocab)
-                        want = reference.logits(b, start, stop)
-                        got = want if source_weights else classify(weights, cfg, got_hidden, arithmetic=arith,
-                                                                    vocab=(start, stop))
-                        yield start, want, got
-
-                cmp.add_positions(nxt, blocks())
+            if not parallel:
+                reference.hidden(progress)  # the source's forward, once per model, kept for every output
+            made: dict[int, list[np.ndarray]] = {}
+            with ForkPool(parts, compare, workers if parallel else 1) as pool:
+                for (b, _, _), (stats, hidden) in zip(parts, pool.results(), strict=True):
+                    cmp.add_stats(stats)
+                    if hidden is not None:
+                        made.setdefault(b, []).append(hidden)
+                    if parallel:
+                        progress.update(1)
+            if made:  # the source's forward, made by the workers: kept for the model's next outputs
+                reference._hidden = [numerics.Left(np.concatenate(made[b])) for b in range(len(batches))]
     finally:
         progress.close()
     stats = cmp.stats()

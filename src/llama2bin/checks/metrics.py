@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -158,6 +159,28 @@ class _Positions:
         return np.maximum(kld, 0.0), self.arg_ref == self.arg_got, lp_ref, lp_got
 
 
+@dataclass
+class PositionStats:
+    """Per position of a block of positions: KL divergence, same top token, log p of the next
+    token by the reference and the file (positions with a next token only); and the block's
+    largest |logit| and |Δlogit|."""
+
+    kld: np.ndarray
+    same: np.ndarray
+    lp_ref: np.ndarray
+    lp_got: np.ndarray
+    max_abs_logit: float
+    max_abs_dlogit: float
+
+
+def position_stats(next_tokens: np.ndarray, blocks: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> PositionStats:
+    """`LogitComparison.add_positions`'s values for these positions, not yet added."""
+    acc = _Positions(next_tokens)
+    for start, ref, got in blocks:
+        acc.add(start, ref, got)
+    return PositionStats(*acc.finish(), acc.max_abs_logit, acc.max_abs_dlogit)
+
+
 class LogitComparison:
     """Feed the (reference, file) logits of blocks of positions, each position's vocabulary in
     blocks (`add_positions`), or whole rows (`add`); read `stats()`."""
@@ -173,16 +196,18 @@ class LogitComparison:
     def add_positions(self, next_tokens: np.ndarray, blocks: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """Positions with these next tokens (-1: none), their logits as (first vocabulary entry,
         reference [n, cols], file [n, cols]) blocks covering the vocabulary in order."""
-        acc = _Positions(next_tokens)
-        for start, ref, got in blocks:
-            acc.add(start, ref, got)
-        kld, same, lp_ref, lp_got = acc.finish()
-        self._kld.append(kld)
-        self._same.append(same)
-        self._lp_ref.append(lp_ref)
-        self._lp_got.append(lp_got)
-        self.max_abs_logit = float(np.max([self.max_abs_logit, acc.max_abs_logit]))  # NaN stays NaN
-        self.max_abs_dlogit = float(np.max([self.max_abs_dlogit, acc.max_abs_dlogit]))
+        self.add_stats(position_stats(next_tokens, blocks))
+
+    def add_stats(self, part: PositionStats) -> None:
+        """The next positions' values, computed by `position_stats` (here, or in a worker process:
+        a position's values depend on its own logits only, so positions split among processes and
+        added back in order give the statistics of one pass over all of them, bit for bit)."""
+        self._kld.append(part.kld)
+        self._same.append(part.same)
+        self._lp_ref.append(part.lp_ref)
+        self._lp_got.append(part.lp_got)
+        self.max_abs_logit = float(np.max([self.max_abs_logit, part.max_abs_logit]))  # NaN stays NaN
+        self.max_abs_dlogit = float(np.max([self.max_abs_dlogit, part.max_abs_dlogit]))
 
     def add(self, ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray) -> None:
         """Whole rows of logits [n, vocab]."""

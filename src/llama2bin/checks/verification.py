@@ -27,7 +27,7 @@ from ..sources.base import Source
 from .as_run import TargetResult, measure_target
 from .ccheck import CCheckResult, Consumer, c_check
 from .forward import F32
-from .functional import FP32_RTOL, FunctionalResult, QualityLimits, ReferenceModel, functional_check
+from .functional import FP32_RTOL, FunctionalResult, QualityLimits, ReferenceModel, functional_check, functional_workers
 from .gguf_readback import check_gguf_output
 from .llamacpp import llamacpp_check
 from .tensor import TensorCheckResult, check_tensors
@@ -182,7 +182,8 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
                 # (the float32 check of checks/tensor.py): its forward is the reference's
                 same = family_check is None and tensor.passed and not output.lossy
                 result.functional = functional_check(output, reference, arithmetic=arithmetic, fp32_rtol=fp32_rtol,
-                                                     quiet=quiet, source_weights=same)
+                                                     quiet=quiet, source_weights=same,
+                                                     workers=functional_workers(reference.config, threads))
                 if key is not None:
                     functional_memo[key] = copy.deepcopy(result.functional)
             limits = limits or QualityLimits()
