@@ -70,13 +70,15 @@ class TargetResult:
 
 
 def measure_target(output: Output, check: TargetCheck, reference: ReferenceModel | None,
-                   quiet: bool = True) -> TargetResult:
-    """The output's logits as `check.target` computes them, against the source's."""
+                   quiet: bool = True, workers: int = 1) -> TargetResult:
+    """The output's logits as `check.target` computes them, against the source's (`workers`:
+    functional_check's processes)."""
     target = check.target
     functional = None
     if reference is not None:
         arithmetic = target.activations if output.group_size is not None else F32
         functional = functional_check(output, reference, arithmetic=arithmetic, quiet=quiet,
                                       file_config=program_config(target, reference.config),
-                                      rope=program_rope(target, output), label=f" as {target.name} runs it")
+                                      rope=program_rope(target, output), label=f" as {target.name} runs it",
+                                      workers=workers)
     return TargetResult(**check.to_json(), functional=functional)

@@ -193,5 +193,6 @@ def verify_output(path: str, source: Source, *, reference: ReferenceModel | None
             result.c_check = c_check(path, consumer, tokens=tokens)
         if reference is not None and output.spec.family.llamacpp:
             result.llamacpp = llamacpp_check(output, reference.tokens.sequences[0], fp32_rtol)
-        result.targets = [measure_target(output, c, reference, quiet) for c in mine] or None
+        workers = functional_workers(reference.config, threads) if reference is not None else 1
+        result.targets = [measure_target(output, c, reference, quiet, workers) for c in mine] or None
     return result
