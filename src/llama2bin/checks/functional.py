@@ -235,15 +235,18 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
         layers = len(batches) * cfg.n_layers * ((reference._hidden is None) + (not source_weights))
         progress = Progress(layers, what, unit="layer", quiet=quiet)
 
-    def compare(part: tuple[int, int, int]) -> tuple[PositionStats, np.ndarray | None]:
-        """The statistics of one share of a batch, and the source's hidden states when computed here."""
+    def compare(part: tuple[int, int, int]) -> tuple[PositionStats, np.ndarray | None, list[np.ndarray]]:
+        """The statistics of one share of a batch; the source's hidden states and logits blocks
+        when computed here (for the parent to keep: the model's next outputs use them)."""
         b, lo, hi = part
         tok = batches[b][lo:hi]
+        rows = slice(lo * tok.shape[1], hi * tok.shape[1])  # rows s*T + t: a share of sequences is a range of rows
+        source_logits: list[np.ndarray] = []
         on_layer = None if parallel else (lambda: progress.update(1))
         source_hidden = None
-        if reference._hidden is not None:  # rows s*T + t: a share of sequences is a range of rows
+        if reference._hidden is not None:
             kept = reference._hidden[b]
-            ref_hidden = numerics.Left(kept.x[lo * tok.shape[1] : hi * tok.shape[1]]) if parallel else kept
+            ref_hidden = numerics.Left(kept.x[rows]) if parallel else kept
         else:
             source_hidden = hidden_states(reference.weights, cfg, tok)
             ref_hidden = numerics.Left(source_hidden)
@@ -258,12 +261,18 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
         def blocks() -> Iterator[tuple]:
             for start in range(0, cfg.vocab_size, step):
                 stop = min(start + step, cfg.vocab_size)
-                want = reference.logits(b, start, stop) if not parallel else classify(
-                    reference.weights, cfg, ref_hidden, vocab=(start, stop))
+                if not parallel:
+                    want = reference.logits(b, start, stop)
+                elif (kept := reference._logits.get((b, start))) is not None:
+                    want = kept[rows]
+                else:
+                    want = classify(reference.weights, cfg, ref_hidden, vocab=(start, stop))
+                    if reference._cache:
+                        source_logits.append(want)
                 got = want if source_weights else classify(weights, cfg, got_hidden, arithmetic=arith, vocab=(start, stop))
                 yield start, want, got
 
-        return position_stats(nxt, blocks()), source_hidden
+        return position_stats(nxt, blocks()), source_hidden, source_logits
 
     cmp = LogitComparison()
     try:
@@ -271,15 +280,23 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
             if not parallel:
                 reference.hidden(progress)  # the source's forward, once per model, kept for every output
             made: dict[int, list[np.ndarray]] = {}
+            made_logits: dict[int, list[list[np.ndarray]]] = {}
             with ForkPool(parts, compare, workers if parallel else 1) as pool:
-                for (b, _, _), (stats, hidden) in zip(parts, pool.results(), strict=True):
+                for (b, _, _), (stats, hidden, logits) in zip(parts, pool.results(), strict=True):
                     cmp.add_stats(stats)
                     if hidden is not None:
                         made.setdefault(b, []).append(hidden)
+                    if logits:
+                        made_logits.setdefault(b, []).append(logits)
                     if parallel:
                         progress.update(1)
-            if made:  # the source's forward, made by the workers: kept for the model's next outputs
+            # what the workers made of the source's side, kept for the model's next outputs
+            if made:
                 reference._hidden = [numerics.Left(np.concatenate(made[b])) for b in range(len(batches))]
+            step = {b: block_columns(tok.size) for b, tok in enumerate(batches)}
+            for b, shares in made_logits.items():
+                for i, blocks_of_shares in enumerate(zip(*shares, strict=True)):
+                    reference._logits[(b, i * step[b])] = np.concatenate(blocks_of_shares)
     finally:
         progress.close()
     stats = cmp.stats()
