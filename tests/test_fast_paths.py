@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from helpers import DATA, preset_args, preset_arrays, run_cli, save_llama2c
 
+from llama2bin import parallel
 from llama2bin.checks.verification import verify_output
 from llama2bin.errors import Llama2binError
 from llama2bin.formats import q8_0
@@ -97,13 +98,26 @@ def test_forked_workers_write_the_golden_bytes(tmp_path, model):
     assert result.max_errors == in_process.max_errors and result.summary_line() == in_process.summary_line()
 
 
+def _counting_forks(monkeypatch) -> list[int]:  # type: ignore[no-untyped-def]
+    forks: list[int] = []
+    real = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real())
+    return forks
+
+
 @needs_fork
-def test_forked_verification_equals_the_in_process_one(tmp_path):
+def test_forked_verification_equals_the_in_process_one(tmp_path, monkeypatch):
     """Same JSON whatever the worker count: results are merged in file order, never by timing."""
+    monkeypatch.setattr(parallel, "SMALL_WORK_BYTES", 0)  # the tiny files get their workers and hash process
+    forks = _counting_forks(monkeypatch)
     with open_source("llama2c", os.path.join(DATA, "tiny_a.pt")) as src:
         for v in (0, 1, 2):
             golden = os.path.join(DATA, f"tiny_a.v{v}.bin")
-            one, two = (verify_output(golden, src, threads=threads).tensor for threads in (1, 2))
+            forks.clear()
+            one = verify_output(golden, src, threads=1).tensor
+            assert len(forks) == 1  # the hash process
+            two = verify_output(golden, src, threads=2).tensor
+            assert len(forks) == 1 + 3  # and two workers
             assert one.passed and one.to_json() == two.to_json()
             # a corrupted copy: the same first failure, the same statistics of the other tensors
             bad = tmp_path / f"bad{v}.bin"
@@ -113,6 +127,15 @@ def test_forked_verification_equals_the_in_process_one(tmp_path):
             bad.write_bytes(data)
             one, two = (verify_output(str(bad), src, threads=threads).tensor for threads in (1, 2))
             assert not one.passed and one.to_json() == two.to_json()
+
+
+@needs_fork
+def test_a_small_file_is_verified_in_one_process_whatever_threads_allows(monkeypatch):
+    """A fork costs more than comparing a file under parallel.SMALL_WORK_BYTES (and hashing it)."""
+    forks = _counting_forks(monkeypatch)
+    with open_source("llama2c", os.path.join(DATA, "tiny_a.pt")) as src:
+        small = verify_output(os.path.join(DATA, "tiny_a.v2.bin"), src, threads=2).tensor
+    assert small.passed and small.sha256 and forks == []
 
 
 @needs_fork

@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import parallel
 from ..formats import json_version
 from ..formats.output import Output
 from ..formats.q8_0 import Scratch, process_scratch
 from ..formats.rope import rope_chunks, rope_json
 from ..model import ModelConfig
-from ..parallel import ForkedCall, ForkPool, default_workers
+from ..parallel import ForkedCall, ForkPool, workers_for
 from ..progress import Progress
 from ..rope_freqs import RopeScaling
 from ..safe_io import open_regular
@@ -139,7 +140,8 @@ def sha256_file(path: str) -> str:
 
 def check_tensors(output: Output, source: Source, quiet: bool = False, threads: int | None = None) -> TensorCheckResult:
     """Compare the opened `output` with `source`; the result lists every failure (empty = passed).
-    `threads`: worker processes comparing chunks (default: parallel.default_workers)."""
+    `threads`: at most this many worker processes comparing chunks (default: parallel.default_workers;
+    one for a file under parallel.SMALL_WORK_BYTES, whatever `threads` allows)."""
     result = TensorCheckResult(
         file=output.display_name,
         format=output.spec.name,
@@ -211,10 +213,11 @@ def _check_tensors(output: Output, source: Source, result: TensorCheckResult, wo
     with contextlib.ExitStack() as stack:
         # the file's hash first (a process: a thread would fight for the GIL): it runs while numba
         # loads and the workers start
-        digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path))
+        digest = stack.enter_context(ForkedCall(sha256_file, output.hashed_path,
+                                                fork=output.size >= parallel.SMALL_WORK_BYTES))
         _compiled_kernel = ((quantized >= COMPILED_KERNEL_MIN_WEIGHTS or q8_chunk.compiled_loaded())
                             and q8_chunk.load_compiled())
-        pool = stack.enter_context(ForkPool(tasks, job, workers or default_workers(output.size)))
+        pool = stack.enter_context(ForkPool(tasks, job, workers_for(output.size, workers)))
         # v0's rope tables here while the workers run; not in a forked child: torch's OpenMP (the
         # fallback without MKL) may hang there if this process used it before
         progress = Progress(total, f"verify {result.file}", unit="el", quiet=quiet)

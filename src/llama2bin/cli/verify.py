@@ -72,7 +72,8 @@ def add_parsers(sub, add_source_args: Callable[[argparse.ArgumentParser], None])
     add_source_args(p)
     p.add_argument("--json", nargs="+", metavar="FILE", help="write the verification result (one per file)")
     p.add_argument("--threads", type=arg_types.threads, default=None,
-                   help="worker processes comparing tensors (default: min(2, cores); 1 for files under 32 MiB) "
+                   help="at most this many worker processes comparing tensors (default: min(2, cores); files under "
+                        "32 MiB: one) "
                         "and, for models of 50M weights or more, running the functional check's forwards (each "
                         "process a share of the evaluation sequences: the same result, bit for bit)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
