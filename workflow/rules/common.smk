@@ -436,8 +436,11 @@ def export_mem_mb(wildcards, input):
     return 450 if ROPE_TABLES else 400
 
 
+# A functional check of a model from 50M weights runs on two processes (checks/functional.py), each
+# with its blocks of weights and logits, and the source's logits come back to be kept: ~650 MiB
+# at 1.1B (bench/results.md), bounded whatever the size.
 def verify_mem_mb(wildcards, input):
-    return 550 if config["functional"]["enabled"] or ROPE_TABLES else 475
+    return 800 if config["functional"]["enabled"] else 550 if ROPE_TABLES else 475
 
 
 def all_outputs():
