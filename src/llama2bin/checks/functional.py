@@ -156,6 +156,36 @@ class ReferenceModel:
             self._logits[key] = out
         return out
 
+    # A share of a batch's sequences (a worker process of functional_check): rows s*T + t of the
+    # batch's positions, so sequences lo .. hi are the rows lo*T .. hi*T.
+
+    def share_hidden(self, batch: int, tokens: np.ndarray, rows: slice) -> tuple[numerics.Left, np.ndarray | None]:
+        """The hidden states of a share (its `tokens`, its `rows`): kept ones, or computed here and
+        also returned as an array for the parent to `keep`."""
+        if self._hidden is not None:
+            return numerics.Left(self._hidden[batch].x[rows]), None
+        made = hidden_states(self.weights, self.config, tokens)
+        return numerics.Left(made), made
+
+    def share_logits(self, batch: int, rows: slice, hidden: numerics.Left, start: int,
+                     stop: int) -> tuple[np.ndarray, bool]:
+        """A share's logits for entries start .. stop: kept ones, or computed here (True: for the
+        parent to `keep`, as one process would have)."""
+        kept = self._logits.get((batch, start))
+        if kept is not None:
+            return kept[rows], False
+        return classify(self.weights, self.config, hidden, vocab=(start, stop)), self._cache
+
+    def keep(self, hidden: dict[int, list[np.ndarray]], logits: dict[int, list[list[np.ndarray]]]) -> None:
+        """Keep what the shares computed (per batch, in share order): hidden states of every
+        batch, and per batch the logits blocks of each share in vocabulary order."""
+        if hidden:
+            self._hidden = [numerics.Left(np.concatenate(hidden[b])) for b in range(len(self.tokens.batches()))]
+        for b, shares in logits.items():
+            step = block_columns(self.tokens.batches()[b].size)
+            for i, blocks in enumerate(zip(*shares, strict=True)):
+                self._logits[(b, i * step)] = np.concatenate(blocks)
+
 
 def _output_weights(output: Output, reference: ReferenceModel) -> tuple[LazyWeights, bool]:
     """(lazy weights, quantized) of an opened output whose tensors must have the source's shapes."""
@@ -240,16 +270,14 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
         when computed here (for the parent to keep: the model's next outputs use them)."""
         b, lo, hi = part
         tok = batches[b][lo:hi]
-        rows = slice(lo * tok.shape[1], hi * tok.shape[1])  # rows s*T + t: a share of sequences is a range of rows
+        rows = slice(lo * tok.shape[1], hi * tok.shape[1])
         source_logits: list[np.ndarray] = []
         on_layer = None if parallel else (lambda: progress.update(1))
         source_hidden = None
-        if reference._hidden is not None:
-            kept = reference._hidden[b]
-            ref_hidden = numerics.Left(kept.x[rows]) if parallel else kept
+        if parallel:
+            ref_hidden, source_hidden = reference.share_hidden(b, tok, rows)
         else:
-            source_hidden = hidden_states(reference.weights, cfg, tok)
-            ref_hidden = numerics.Left(source_hidden)
+            ref_hidden = reference.hidden()[b]
         got_hidden = ref_hidden if source_weights else numerics.Left(
             hidden_states(weights, file_cfg, tok, arithmetic=arith, on_layer=on_layer, rope=rope))
         # the next token of every position; -1 at the end of a sequence
@@ -261,14 +289,12 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
         def blocks() -> Iterator[tuple]:
             for start in range(0, cfg.vocab_size, step):
                 stop = min(start + step, cfg.vocab_size)
-                if not parallel:
-                    want = reference.logits(b, start, stop)
-                elif (kept := reference._logits.get((b, start))) is not None:
-                    want = kept[rows]
-                else:
-                    want = classify(reference.weights, cfg, ref_hidden, vocab=(start, stop))
-                    if reference._cache:
+                if parallel:
+                    want, made = reference.share_logits(b, rows, ref_hidden, start, stop)
+                    if made:
                         source_logits.append(want)
+                else:
+                    want = reference.logits(b, start, stop)
                 got = want if source_weights else classify(weights, cfg, got_hidden, arithmetic=arith, vocab=(start, stop))
                 yield start, want, got
 
@@ -290,13 +316,7 @@ def functional_check(output: Output, reference: ReferenceModel, *, arithmetic: s
                         made_logits.setdefault(b, []).append(logits)
                     if parallel:
                         progress.update(1)
-            # what the workers made of the source's side, kept for the model's next outputs
-            if made:
-                reference._hidden = [numerics.Left(np.concatenate(made[b])) for b in range(len(batches))]
-            step = {b: block_columns(tok.size) for b, tok in enumerate(batches)}
-            for b, shares in made_logits.items():
-                for i, blocks_of_shares in enumerate(zip(*shares, strict=True)):
-                    reference._logits[(b, i * step[b])] = np.concatenate(blocks_of_shares)
+            reference.keep(made, made_logits)  # what the workers made of the source's side
     finally:
         progress.close()
     stats = cmp.stats()
