@@ -222,3 +222,52 @@ def test_rope_tables_are_single_threaded_and_leave_torch_as_it_was():
         assert np.array_equal(sin.view(np.uint32), torch.sin(angles).numpy().view(np.uint32))
     finally:
         torch.set_num_threads(before)
+
+
+def _bf16_copy(src_dir: str, dst_dir) -> str:  # type: ignore[no-untyped-def]
+    """The HF directory with every float32 tensor cut to bfloat16 (its top 16 bits)."""
+    import shutil
+    import struct
+
+    dst_dir.mkdir()
+    shutil.copy(os.path.join(src_dir, "config.json"), dst_dir / "config.json")
+    with open(os.path.join(src_dir, "model.safetensors"), "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out_header, chunks, offset = {}, [], 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, stop = info["data_offsets"]
+        bf16 = (np.frombuffer(data[start:stop], dtype="<u4") >> 16).astype("<u2").tobytes()
+        out_header[name] = {"dtype": "BF16", "shape": info["shape"], "data_offsets": [offset, offset + len(bf16)]}
+        chunks.append(bf16)
+        offset += len(bf16)
+    blob = json.dumps(out_header).encode()
+    with open(dst_dir / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob + b"".join(chunks))
+    return str(dst_dir)
+
+
+@pytest.mark.parametrize("kind", ["llama2c", "hf", "hf-bf16"])
+def test_sampling_reads_weights_into_reused_buffers_with_the_same_products(tmp_path, kind):
+    """Sampling's plain products over weights not kept resident (read again for every token, into
+    reused buffers; HF q/k un-permuted there, bf16 widened there) give the bits of the kept
+    weights' products and of plain arrays."""
+    from llama2bin.checks.forward import classify, hidden_states
+    from llama2bin.checks.weights import ResidentWeights, SourceWeights
+
+    path = {"llama2c": os.path.join(DATA, "tiny_a.pt"), "hf": os.path.join(DATA, "tiny_hf_untied")}.get(kind)
+    if kind == "hf-bf16":
+        path = _bf16_copy(os.path.join(DATA, "tiny_hf_untied"), tmp_path / "bf16")
+    with open_source("llama2c" if kind == "llama2c" else "hf", path) as src:
+        cfg = src.config
+        tok = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, 5))
+        plain = {name: src.tensor(name).read_all() for name in cfg.shapes()}
+        results = []
+        for weights in (plain, ResidentWeights(SourceWeights(src)), ResidentWeights(SourceWeights(src), budget=0)):
+            hidden = hidden_states(weights, cfg, tok, exact=False)
+            results.append((hidden, classify(weights, cfg, hidden, exact=False)))
+    for hidden, logits in results[1:]:
+        assert np.array_equal(hidden, results[0][0]) and np.array_equal(logits, results[0][1])

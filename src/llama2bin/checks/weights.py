@@ -63,6 +63,12 @@ class LazyWeights(Mapping):
         """Rows [start, stop) as float32 (stop - start, cols); 1-D tensors are one row."""
         raise NotImplementedError
 
+    def read_rows_into(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """`read_rows`, possibly in `out` (a flat float32 buffer of at least (stop - start) * cols
+        elements, reused call after call: no fresh pages to fault in); use the returned array,
+        which may or may not share memory with `out` (float64 when kept so, ResidentWeights)."""
+        return self.read_rows(name, start, stop)
+
     def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
         raise Llama2binError(f"forward: tensor {name} is not Q8_0")
@@ -96,11 +102,14 @@ class ResidentWeights(LazyWeights):
         self._left = budget
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.read_rows_into(name, start, stop, None)
+
+    def read_rows_into(self, name: str, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
         key = (self._resolve(name), start, stop)
         kept = self._blocks.get(key)
         if kept is not None:
             return kept
-        rows = self.inner.read_rows(name, start, stop)
+        rows = self.inner.read_rows(name, start, stop) if out is None else self.inner.read_rows_into(name, start, stop, out)
         if 2 * rows.nbytes <= self._left:
             rows = rows.astype(np.float64)
             rows.flags.writeable = False
@@ -144,6 +153,9 @@ class SourceWeights(LazyWeights):
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         return self.source.tensor(self._resolve(name)).read_rows(start, stop)
+
+    def read_rows_into(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        return self.source.tensor(self._resolve(name)).read_rows_into(start, stop, out).reshape(stop - start, -1)
 
 
 def weights_from_bin(bf: Output) -> dict[str, np.ndarray]:

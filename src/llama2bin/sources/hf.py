@@ -89,6 +89,14 @@ class HfRotaryRef(TensorRef):
         first, end = self._heads(start, stop)
         return np.ascontiguousarray(self._canonical(self.src.read_rows(first, end), first, start, stop))
 
+    def read_rows_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """read_rows, the heads read into this thread's buffer and permuted into `out`."""
+        first, end = self._heads(start, stop)
+        block = self.src.read_rows_into(first, end, thread_buffer("heads_f32", (end - first) * self.cols, np.float32))
+        dst = out[: (stop - start) * self.cols].reshape(stop - start, self.cols)
+        np.copyto(dst, self._canonical(block.reshape(-1), first, start, stop))
+        return dst
+
     def read_bf16_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray | None:
         """The heads' stored bf16 rows, permuted into `out` as 2-byte values (half the bytes the
         float32 permute of read_rows moves)."""
