@@ -45,7 +45,6 @@ import numpy as np
 from ..errors import Llama2binError
 from ..formats.reader import BinFile
 from ..model import ModelConfig, layer_name
-from ..sources.base import thread_buffer
 from . import numerics
 from .rope_source import RopeSource, table_rope
 from .weights import BinWeights, LazyWeights, row_blocks
@@ -143,22 +142,12 @@ class _Linear:
         if not self.lazy:
             return times(np.asarray(self.weights[name], dtype=np.float32)[first:last])
         w: LazyWeights = self.weights  # type: ignore[assignment]
+        if left is None:  # plain products (sampling): the weights' own, block by block
+            return w.plain_product(x, name, first, last)
         cols = w.shape(name)[1]
         out = np.empty((x.shape[0], last - first), dtype=np.float64)
         for start, stop in row_blocks(last - first, cols):
-            if left is not None:
-                out[:, start:stop] = times(w.read_rows(name, first + start, first + stop))
-                continue
-            # plain products (sampling: every weight once per token): read and widen into this
-            # thread's buffers, reused block after block, instead of two fresh arrays a block,
-            # whose page faults cost as much as the copies at 1.1B (the same float64 values)
-            n = (stop - start) * cols
-            rows = w.read_rows_into(name, first + start, first + stop, thread_buffer("lazy_f32", n, np.float32))
-            if rows.dtype != np.float64:
-                wide = thread_buffer("lazy_f64", n, np.float64).reshape(stop - start, cols)
-                np.copyto(wide, rows.reshape(stop - start, cols))
-                rows = wide
-            out[:, start:stop] = x @ rows.T
+            out[:, start:stop] = times(w.read_rows(name, first + start, first + stop))
         return out
 
     def _q8(self, x: np.ndarray, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import Llama2binError
 from ..formats.output import Output
 from ..model import ModelConfig
-from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef
+from ..sources.base import CHUNK_BYTES, Source, TensorEncoding, TensorRef, thread_buffer
 
 
 def row_blocks(rows: int, cols: int, align_rows: int = 1) -> Iterator[tuple[int, int]]:
@@ -72,6 +72,27 @@ class LazyWeights(Mapping):
     def q8_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [start, stop) of a Q8_0 tensor: int8 values (rows, cols), float32 scales (rows, cols / gs)."""
         raise Llama2binError(f"forward: tensor {name} is not Q8_0")
+
+    def plain_product(self, x: np.ndarray, name: str, first: int, last: int) -> np.ndarray:
+        """x @ W[first:last].T in plain float64 BLAS (sampling's products), one row block
+        (`row_blocks`) at a time; every block is its own BLAS call, whoever makes it."""
+        out = np.empty((x.shape[0], last - first), dtype=np.float64)
+        for start, stop in row_blocks(last - first, self.shape(name)[1]):
+            out[:, start:stop] = self.plain_block(x, name, first + start, first + stop)
+        return out
+
+    def plain_block(self, x: np.ndarray, name: str, start: int, stop: int) -> np.ndarray:
+        """x @ W[start:stop].T, the rows read and widened into this thread's buffers, reused block
+        after block, instead of two fresh arrays a block (their page faults cost as much as the
+        copies at 1.1B); the same float64 values either way."""
+        cols = self.shape(name)[1]
+        n = (stop - start) * cols
+        rows = self.read_rows_into(name, start, stop, thread_buffer("lazy_f32", n, np.float32))
+        if rows.dtype != np.float64:
+            wide = thread_buffer("lazy_f64", n, np.float64).reshape(stop - start, cols)
+            np.copyto(wide, rows.reshape(stop - start, cols))
+            rows = wide
+        return x @ rows.T
 
     def gather(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows `ids` (any order, repeats allowed) without reading the rest of the tensor."""

@@ -54,7 +54,10 @@ def _make_eval_tokens(args: argparse.Namespace, source, quiet: bool):  # type: i
     elif args.eval_recipe == "random":
         tokens = et.random_tokens(cfg.vocab_size, cfg.max_seq_len, args.eval_seqs, args.eval_len, args.eval_seed)
     else:
-        tokens = et.sampled_tokens(source, args.eval_seqs, args.eval_len, args.eval_seed, quiet=quiet)
+        from ..checks.functional import functional_workers
+
+        tokens = et.sampled_tokens(source, args.eval_seqs, args.eval_len, args.eval_seed, quiet=quiet,
+                                   workers=functional_workers(cfg, getattr(args, "threads", None)))
     return tokens.check(cfg.vocab_size, cfg.max_seq_len, args.eval_tokens or "evaluation tokens")
 
 
