@@ -59,7 +59,8 @@ def workers_for(total_bytes: int, requested: int | None) -> int:
     return requested if requested is not None else default_workers(total_bytes)
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """In a forked child: be killed when `parent` dies (Linux), or exit now if it already has."""
     try:
         import ctypes
 
@@ -82,6 +83,19 @@ def _read_exact(f: Any, n: int) -> bytes:
     if data is None or len(data) < n:
         raise EOFError
     return data
+
+
+def send_message(fd: int, value: Any) -> None:
+    """`value`, pickled and length-prefixed, written whole to the pipe `fd` (`receive_message` reads it)."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, _LEN.pack(len(data)) + data)
+
+
+def receive_message(f: Any) -> Any:
+    """The next value `send_message` wrote to the pipe `f` (a binary file); EOFError at its end."""
+    (n,) = _LEN.unpack(_read_exact(f, _LEN.size))
+    return pickle.loads(_read_exact(f, n))
+
 
 
 class ForkPool:
@@ -136,7 +150,7 @@ class ForkPool:
     def _work(self, k: int, fd: int, parent: int) -> None:
         status = 1
         try:
-            _die_with_parent(parent)
+            die_with_parent(parent)
             for i in range(k, len(self.tasks), self.workers):
                 try:
                     msg = (True, self.fn(self.tasks[i]))
@@ -225,7 +239,7 @@ class ForkedCall:
                         signal.signal(signal.SIGINT, signal.SIG_IGN)
                         signal.signal(signal.SIGTERM, signal.SIG_DFL)
                         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                        _die_with_parent(parent)
+                        die_with_parent(parent)
                         try:
                             msg = (True, self.fn(*self.args))
                         except BaseException as e:

@@ -13,7 +13,6 @@ here. Where fork is not used, or a product has one block, this process makes it 
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sys
 from typing import Any
@@ -21,18 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import Llama2binError
-from ..parallel import _LEN, _die_with_parent, _read_exact, _write_all, can_fork
+from ..parallel import can_fork, die_with_parent, receive_message, send_message
 from .weights import RESIDENT_BYTES, LazyWeights, ResidentWeights, row_blocks
-
-
-def _send(fd: int, value: Any) -> None:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    _write_all(fd, _LEN.pack(len(data)) + data)
-
-
-def _receive(f: Any) -> Any:
-    (n,) = _LEN.unpack(_read_exact(f, _LEN.size))
-    return pickle.loads(_read_exact(f, n))
 
 
 class SplitWeights(ResidentWeights):
@@ -64,7 +53,7 @@ class SplitWeights(ResidentWeights):
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                    _die_with_parent(parent)
+                    die_with_parent(parent)
                     self._serve(os.fdopen(req_r, "rb"), ans_w)
                 finally:
                     os._exit(0)
@@ -78,25 +67,25 @@ class SplitWeights(ResidentWeights):
     def _serve(self, requests: Any, answers: int) -> None:
         while True:
             try:
-                name, x, blocks = _receive(requests)
+                name, x, blocks = receive_message(requests)
             except EOFError:  # this process is done
                 return
             try:
                 reply: Any = (True, [self.plain_block(x, name, start, stop) for start, stop in blocks])
             except BaseException as e:  # the parent re-raises it
                 reply = (False, e if isinstance(e, Llama2binError) else Llama2binError(f"{type(e).__name__}: {e}"))
-            _send(answers, reply)
+            send_message(answers, reply)
 
     def plain_product(self, x: np.ndarray, name: str, first: int, last: int) -> np.ndarray:
         blocks = [(first + start, first + stop) for start, stop in row_blocks(last - first, self.shape(name)[1])]
         if self._pid < 0 or len(blocks) < 2:
             return super().plain_product(x, name, first, last)
-        _send(self._requests, (name, x, blocks[1::2]))  # the helper's share, asked for first
+        send_message(self._requests, (name, x, blocks[1::2]))  # the helper's share, asked for first
         out = np.empty((x.shape[0], last - first), dtype=np.float64)
         for start, stop in blocks[0::2]:
             out[:, start - first : stop - first] = self.plain_block(x, name, start, stop)
         try:
-            ok, theirs = _receive(self._answers)
+            ok, theirs = receive_message(self._answers)
         except EOFError:
             raise Llama2binError("sampling: the helper process died") from None
         if not ok:
