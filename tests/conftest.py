@@ -53,6 +53,19 @@ def _private_consumer_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ["LLAMA2BIN_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="module")
+def consumer():  # type: ignore[no-untyped-def]
+    """llama2bin's C consumer, built once per test module (into the session's cache); the test is
+    skipped without a C compiler."""
+    from llama2bin.checks.ccheck import Consumer, find_compiler
+
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler (cc or $CC): the C consumer check is skipped")
+    with Consumer(compiler) as built:
+        yield built
+
+
 # ---- refusals ---------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import save_llama2c
 from realistic_models import copy_with, double_scale, swap_tensors
 
-from llama2bin.checks.ccheck import TOLERANCE, CCheckResult, Consumer, c_check, find_compiler, q8_compare
+from llama2bin.checks.ccheck import TOLERANCE, CCheckResult, c_check, q8_compare
 from llama2bin.checks.eval_tokens import random_tokens
 from llama2bin.checks.forward import quantize_activations
 from llama2bin.checks.q8_forcing import SCALE_RTOL, TIE_WINDOW, TeacherForcing, dump_record
@@ -148,15 +148,6 @@ def test_the_bounds_hold_in_float64_too(activations):
 
 
 # ---- real files: C reads one layout, Python another ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def consumer():
-    compiler = find_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler (cc or $CC): the C consumer check is skipped")
-    with Consumer(compiler) as built:
-        yield built
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 from llama2bin.checks import ccheck  # noqa: E402
-from llama2bin.checks.ccheck import Consumer, PythonSide, c_check, find_compiler, weights_key  # noqa: E402
+from llama2bin.checks.ccheck import PythonSide, c_check, weights_key  # noqa: E402
 from llama2bin.demo import write_demo_checkpoint  # noqa: E402
 from llama2bin.formats.reader import BinFile  # noqa: E402
 from llama2bin.formats.source_registry import open_source  # noqa: E402
@@ -28,15 +28,6 @@ def bins(tmp_path_factory):
     with open_source("llama2c", ckpt) as src:
         export(src, [(2, out["v2g"])], group_size=8, quiet=True)
     return out
-
-
-@pytest.fixture(scope="module")
-def consumer():
-    compiler = find_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler (cc or $CC): the C consumer check is skipped")
-    with Consumer(compiler) as built:
-        yield built
 
 
 def _key(path: str) -> str:

@@ -28,7 +28,7 @@ pytest.importorskip("transformers")
 from llama_checkpoints import TOKENS, Spec, canonical_weights, hf_logits, hf_model  # noqa: E402
 
 from llama2bin.checks import forward, weights  # noqa: E402
-from llama2bin.checks.ccheck import TOLERANCE, Consumer, c_check, find_compiler  # noqa: E402
+from llama2bin.checks.ccheck import TOLERANCE, c_check  # noqa: E402
 from llama2bin.checks.eval_tokens import random_tokens, sampled_tokens  # noqa: E402
 from llama2bin.checks.functional import QualityLimits, ReferenceModel, functional_check  # noqa: E402
 from llama2bin.checks.metrics import compare_logits  # noqa: E402
@@ -336,15 +336,6 @@ def test_hf_directory_output_is_verified_functionally(models, tmp_path):
 
 
 # ---- the C consumer -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def consumer():
-    compiler = find_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler (cc or $CC): the C consumer check is skipped")
-    with Consumer(compiler) as built:
-        yield built
 
 
 C_CASES = [(name, v, arith) for name in ("gqa_untied", *DEMOS) for v in (0, 1, "1f", 2) for arith in ("f32", "q8")

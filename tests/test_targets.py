@@ -146,17 +146,6 @@ def test_cli_target_and_version_are_exclusive_and_unknown_targets_are_named(tmp_
         assert f.read() == g.read()  # a target picks the format; the bytes are v0's
 
 
-@pytest.fixture(scope="module")
-def consumer():
-    from llama2bin.checks.ccheck import Consumer, find_compiler
-
-    compiler = find_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler")
-    with Consumer(compiler) as c:
-        yield c
-
-
 @pytest.mark.parametrize("file,target,rope,arithmetic", [
     ("tiny_a.v0.bin", "llama3.c", "theta 500000", "f32"),
     ("tiny_a.v0.bin", "tables", "tables", "f32"),

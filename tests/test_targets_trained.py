@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 from llama3_models import MODELS, sample_tokens, train_hf, transformers_logits  # noqa: E402
 from llama_checkpoints import run  # noqa: E402
 
-from llama2bin.checks.ccheck import Consumer, ProgramRope, find_compiler  # noqa: E402
+from llama2bin.checks.ccheck import Consumer, ProgramRope  # noqa: E402
 
 STEPS = 24
 ATOL = 1e-4  # float32 logits of C and torch on the same weights: sums in another order
@@ -34,15 +34,6 @@ ATOL = 1e-4  # float32 logits of C and torch on the same weights: sums in anothe
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("targets_trained")
     return {name: train_hf(name, str(root / name)) for name in MODELS}
-
-
-@pytest.fixture(scope="module")
-def consumer():
-    compiler = find_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler")
-    with Consumer(compiler) as c:
-        yield c
 
 
 def transformers_greedy(path: str, prompt: list[int], steps: int = STEPS) -> list[int]:
