@@ -97,6 +97,70 @@ def receive_message(f: Any) -> Any:
     return pickle.loads(_read_exact(f, n))
 
 
+def send_outcome(fd: int, fn: Callable[..., Any], *args: Any) -> bool:
+    """Send (True, fn(*args)), or (False, the exception it raised), for `receive_outcome`; an
+    exception that cannot be pickled goes as its text. Returns whether fn succeeded."""
+    try:
+        msg: tuple[bool, Any] = (True, fn(*args))
+    except BaseException as e:  # the receiving side re-raises it
+        msg = (False, e)
+    try:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an exception that cannot be pickled: its text
+        data = pickle.dumps((False, Llama2binError(f"{type(msg[1]).__name__}: {msg[1]}")))
+    _write_all(fd, _LEN.pack(len(data)) + data)
+    return msg[0]
+
+
+def receive_outcome(f: Any) -> Any:
+    """The value `send_outcome` sent, or its exception raised here; EOFError when none came."""
+    ok, value = receive_message(f)
+    if not ok:
+        raise value
+    return value
+
+
+def fork_child(run: Callable[[], None]) -> int:
+    """Fork a child that runs `run()` and exits (status 0 when it returns, 1 when it raises), never
+    returning into this process's code; returns its pid. Standard output is flushed first (the
+    child would print it again), and SIGINT and SIGTERM stay blocked across the fork, so neither
+    can land in the child before it has left this process's code (whose cleanup would delete the
+    outputs); in the child Ctrl-C is ignored (the parent unwinds and kills it), SIGTERM kills, and
+    the death of this process kills it too. Create children before starting any thread."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child
+            status = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                die_with_parent(parent)
+                run()
+                status = 0
+            except BaseException:  # parent gone (broken pipe) or killed: nothing left to tell
+                pass
+            finally:
+                os._exit(status)
+        return pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def reap(pid: int, kill: bool = False) -> None:
+    """Wait for the child `pid`; with `kill`, SIGKILL it first (if it still runs)."""
+    if kill:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.waitpid(pid, 0)
+
+
 
 class ForkPool:
     """`with ForkPool(tasks, fn, workers) as pool: for r in pool.results(): ...`
@@ -116,58 +180,32 @@ class ForkPool:
 
     def __enter__(self) -> ForkPool:
         if self.workers > 1:
-            parent = os.getpid()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # Signals stay blocked across fork, so a Ctrl-C or SIGTERM cannot land in a child
-            # before it has left the parent's code (whose cleanup would delete the outputs).
-            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 for k in range(self.workers):
                     r, w = os.pipe()
-                    pid = os.fork()
-                    if pid == 0:  # worker: never returns
-                        try:
-                            os.close(r)
-                            for other in self._pipes:
-                                other.close()
-                            signal.signal(signal.SIGINT, signal.SIG_IGN)
-                            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                            self._work(k, w, parent)
-                        finally:
-                            os._exit(1)
+                    earlier = list(self._pipes)
+
+                    def work(k: int = k, r: int = r, w: int = w, earlier: list[Any] = earlier) -> None:
+                        os.close(r)
+                        for other in earlier:
+                            other.close()
+                        self._work(k, w)
+
+                    pid = fork_child(work)
                     os.close(w)
                     self._pids.append(pid)
                     self._pipes.append(os.fdopen(r, "rb"))
             except BaseException:
                 self.__exit__(*sys.exc_info())
                 raise
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return self
 
-    def _work(self, k: int, fd: int, parent: int) -> None:
-        status = 1
-        try:
-            die_with_parent(parent)
-            for i in range(k, len(self.tasks), self.workers):
-                try:
-                    msg = (True, self.fn(self.tasks[i]))
-                except BaseException as e:  # sent to the parent, which re-raises it
-                    msg = (False, e)
-                try:
-                    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-                except Exception:  # an exception that cannot be pickled: send its text
-                    data = pickle.dumps((False, Llama2binError(f"{type(msg[1]).__name__}: {msg[1]}")))
-                _write_all(fd, _LEN.pack(len(data)) + data)
-                if not msg[0]:
-                    break
-            status = 0
-        except BaseException:  # parent gone (broken pipe) or killed: nothing left to tell
-            pass
-        finally:
-            os._exit(status)
+    def _work(self, k: int, fd: int) -> None:
+        """Worker k: tasks k, k + W, ... in order, each result sent as it is made; the first
+        failure is sent and ends the worker."""
+        for i in range(k, len(self.tasks), self.workers):
+            if not send_outcome(fd, self.fn, self.tasks[i]):
+                break
 
     def results(self) -> Iterator[Any]:
         if self.workers == 1:
@@ -177,12 +215,9 @@ class ForkPool:
         for i in range(len(self.tasks)):
             pipe = self._pipes[i % self.workers]
             try:
-                (n,) = _LEN.unpack(_read_exact(pipe, _LEN.size))
-                ok, value = pickle.loads(_read_exact(pipe, n))
+                value = receive_outcome(pipe)
             except EOFError:
                 raise Llama2binError(self._death(i % self.workers)) from None
-            if not ok:
-                raise value
             yield value
 
     def _death(self, k: int) -> str:
@@ -199,14 +234,8 @@ class ForkPool:
         for pipe in self._pipes:
             pipe.close()
         for pid in self._pids:
-            if pid <= 0:
-                continue
-            if failed:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            os.waitpid(pid, 0)
+            if pid > 0:
+                reap(pid, kill=failed)
         self._pids, self._pipes = [], []
 
 
@@ -225,60 +254,35 @@ class ForkedCall:
 
     def __enter__(self) -> ForkedCall:
         if self.fork and can_fork():
-            sys.stdout.flush()
-            sys.stderr.flush()
-            parent = os.getpid()
-            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:  # child: never returns
-                    status = 1
-                    try:
-                        os.close(r)
-                        signal.signal(signal.SIGINT, signal.SIG_IGN)
-                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                        die_with_parent(parent)
-                        try:
-                            msg = (True, self.fn(*self.args))
-                        except BaseException as e:
-                            msg = (False, e)
-                        try:
-                            data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-                        except Exception:
-                            data = pickle.dumps((False, Llama2binError(f"{type(msg[1]).__name__}: {msg[1]}")))
-                        _write_all(w, data)
-                        status = 0
-                    finally:
-                        os._exit(status)
-                os.close(w)
-                self._pid, self._pipe = pid, os.fdopen(r, "rb")
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            r, w = os.pipe()
+
+            def call() -> None:
+                os.close(r)
+                send_outcome(w, self.fn, *self.args)
+
+            self._pid = fork_child(call)
+            os.close(w)
+            self._pipe = os.fdopen(r, "rb")
         return self
 
     def result(self) -> Any:
         if self._pid < 0:
             return self.fn(*self.args)
-        data = self._pipe.read()
-        self._pipe.close()
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = -1
-        if not data:
-            raise Llama2binError(f"side process for {getattr(self.fn, '__name__', 'a task')} died (status {status})")
-        ok, value = pickle.loads(data)
-        if not ok:
-            raise value
-        return value
+        try:
+            return receive_outcome(self._pipe)
+        except EOFError:
+            _, status = os.waitpid(self._pid, 0)
+            self._pid = -1
+            raise Llama2binError(f"side process for {getattr(self.fn, '__name__', 'a task')} died (status {status})") from None
+        finally:
+            self._pipe.close()
+            if self._pid > 0:
+                os.waitpid(self._pid, 0)
+                self._pid = -1
 
     def __exit__(self, *exc: object) -> None:
         if self._pid > 0:
-            try:
-                os.kill(self._pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(self._pid, 0)
+            reap(self._pid, kill=True)
             self._pid = -1
         if self._pipe is not None:
             self._pipe.close()

@@ -13,14 +13,12 @@ here. Where fork is not used, or a product has one block, this process makes it 
 from __future__ import annotations
 
 import os
-import signal
-import sys
 from typing import Any
 
 import numpy as np
 
 from ..errors import Llama2binError
-from ..parallel import can_fork, die_with_parent, receive_message, send_message
+from ..parallel import can_fork, fork_child, reap, receive_message, receive_outcome, send_message, send_outcome
 from .weights import RESIDENT_BYTES, LazyWeights, ResidentWeights, row_blocks
 
 
@@ -38,43 +36,28 @@ class SplitWeights(ResidentWeights):
     def __enter__(self) -> SplitWeights:
         if not (self.helper and can_fork()):
             return self
-        sys.stdout.flush()
-        sys.stderr.flush()
-        parent = os.getpid()
         req_r, req_w = os.pipe()
         ans_r, ans_w = os.pipe()
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            pid = os.fork()
-            if pid == 0:  # the helper: never returns
+
+        def serve() -> None:
+            os.close(req_w)
+            os.close(ans_r)
+            requests = os.fdopen(req_r, "rb")
+            while True:
                 try:
-                    os.close(req_w)
-                    os.close(ans_r)
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                    die_with_parent(parent)
-                    self._serve(os.fdopen(req_r, "rb"), ans_w)
-                finally:
-                    os._exit(0)
-            os.close(req_r)
-            os.close(ans_w)
-            self._pid, self._requests, self._answers = pid, req_w, os.fdopen(ans_r, "rb")
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                    name, x, blocks = receive_message(requests)
+                except EOFError:  # this process is done
+                    return
+                send_outcome(ans_w, self._plain_blocks, x, name, blocks)
+
+        self._pid = fork_child(serve)
+        os.close(req_r)
+        os.close(ans_w)
+        self._requests, self._answers = req_w, os.fdopen(ans_r, "rb")
         return self
 
-    def _serve(self, requests: Any, answers: int) -> None:
-        while True:
-            try:
-                name, x, blocks = receive_message(requests)
-            except EOFError:  # this process is done
-                return
-            try:
-                reply: Any = (True, [self.plain_block(x, name, start, stop) for start, stop in blocks])
-            except BaseException as e:  # the parent re-raises it
-                reply = (False, e if isinstance(e, Llama2binError) else Llama2binError(f"{type(e).__name__}: {e}"))
-            send_message(answers, reply)
+    def _plain_blocks(self, x: np.ndarray, name: str, blocks: list[tuple[int, int]]) -> list[np.ndarray]:
+        return [self.plain_block(x, name, start, stop) for start, stop in blocks]
 
     def plain_product(self, x: np.ndarray, name: str, first: int, last: int) -> np.ndarray:
         blocks = [(first + start, first + stop) for start, stop in row_blocks(last - first, self.shape(name)[1])]
@@ -85,11 +68,9 @@ class SplitWeights(ResidentWeights):
         for start, stop in blocks[0::2]:
             out[:, start - first : stop - first] = self.plain_block(x, name, start, stop)
         try:
-            ok, theirs = receive_message(self._answers)
+            theirs = receive_outcome(self._answers)
         except EOFError:
             raise Llama2binError("sampling: the helper process died") from None
-        if not ok:
-            raise theirs
         for (start, stop), part in zip(blocks[1::2], theirs, strict=True):
             out[:, start - first : stop - first] = part
         return out
@@ -98,10 +79,5 @@ class SplitWeights(ResidentWeights):
         if self._pid > 0:
             os.close(self._requests)  # the helper sees EOF and exits
             self._answers.close()
-            if exc[0] is not None:
-                try:
-                    os.kill(self._pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            os.waitpid(self._pid, 0)
+            reap(self._pid, kill=exc[0] is not None)
             self._pid = -1
