@@ -56,3 +56,21 @@ def test_files_with_equal_weights_share_their_python_forwards(bins, consumer, mo
     assert shared == alone  # the same results, field for field
     # own + teacher-forced for v1, none for v2 (same weights, same dump), both again for v2g
     assert calls == [bins[1], bins[1], bins["v2g"], bins["v2g"]]
+
+
+def test_a_single_q8_file_is_not_fingerprinted(bins, consumer, monkeypatch, tmp_path):
+    keyed = []
+    real = ccheck.weights_key
+    monkeypatch.setattr(ccheck, "weights_key", lambda bf: keyed.append(bf.path) or real(bf))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a model")
+    alone = c_check(bins[2], consumer).to_json()
+    # one Q8_0 file among a v0 and files that are not models: nothing to share its forwards with
+    side = PythonSide([bins[0], bins[2], str(junk), str(tmp_path)])
+    assert [c_check(bins[v], consumer, python_side=side).to_json() for v in (0, 2)] == [
+        c_check(bins[0], consumer).to_json(), alone]
+    assert keyed == []
+    side = PythonSide([bins[1], bins[2]])  # two: both fingerprinted, the second shares
+    c_check(bins[1], consumer, python_side=side)
+    assert c_check(bins[2], consumer, python_side=side).to_json() == alone
+    assert sorted(keyed) == sorted([bins[1], bins[2]])

@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
@@ -237,16 +238,35 @@ def weights_key(bf: BinFile) -> str:
     return h.hexdigest()
 
 
+def _is_q8_file(path: str) -> bool:
+    """A readable .bin file of Q8_0 tensors (a directory or an unreadable file: no; c_check says
+    what is wrong with it)."""
+    if os.path.isdir(path):
+        return False
+    try:
+        with BinFile(path) as bf:
+            return bool(bf.group_size)
+    except (OSError, Llama2binError):
+        return False
+
+
 class PythonSide:
     """The Python logits of one c-check run's files, kept by what they are computed from
     (`weights_key`, tokens, RoPE and config, and for teacher forcing the C run's dump): a v1 and
     a v2 of one model hold the same q and scales, so the second file's forwards are the first's,
-    bit for bit, and are not run again. The C consumer still runs on every file."""
+    bit for bit, and are not run again. The C consumer still runs on every file.
 
-    def __init__(self) -> None:
+    `files`: the run's files. Weights are fingerprinted only when two or more of them are Q8_0
+    files (the only ones keyed so; v0 runs an f32 forward of its own): fingerprinting reads every
+    weight (~0.5 s per GB) for a forward a single file could share with nothing."""
+
+    def __init__(self, files: Sequence[str] | None = None) -> None:
         self._kept: dict[tuple, Any] = {}
+        self._fingerprint = files is None or sum(map(_is_q8_file, files)) >= 2
 
     def key(self, path: str) -> str:
+        if not self._fingerprint:
+            return path
         with BinFile(path) as bf:
             return weights_key(bf)
 

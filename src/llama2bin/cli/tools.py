@@ -44,7 +44,7 @@ def cmd_c_check(args: argparse.Namespace) -> int:
             raise Llama2binError("no C compiler found (cc, or $CC); give one with --cc")
         print("llama2bin: notice: no C compiler found (cc, or $CC): C consumer check SKIPPED", file=sys.stderr)
     consumer = Consumer(compiler) if compiler else None
-    python_side = PythonSide()  # v1 and v2 of one model share their Python forwards
+    python_side = PythonSide(args.files)  # v1 and v2 of one model share their Python forwards
     ok = True
     try:
         for i, path in enumerate(args.files):
