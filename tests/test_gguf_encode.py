@@ -8,6 +8,7 @@ weights: test_gguf_trained.py).
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -16,11 +17,25 @@ from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
 from llama2bin.errors import Llama2binError
+from llama2bin.formats import gguf_encode, q8_fast
 from llama2bin.formats.gguf_encode import BLOCK_ELEMS, bf16_bits_into, decode_q8_0, encode_into, encoded_nbytes
 from llama2bin.formats.q8_0 import Scratch
 from llama2bin.sources.gguf_file import GgmlType
 
 REFERENCE = {GgmlType.F32: Q.F32, GgmlType.F16: Q.F16, GgmlType.BF16: Q.BF16, GgmlType.Q8_0: Q.Q8_0}
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+@pytest.fixture(autouse=True, params=["numpy", "numba"])
+def encoder(request, monkeypatch):
+    """Every test runs with both encoders: the numpy passes and the compiled ones (gguf_kernel.py),
+    each against gguf-py; the process-wide choice is restored afterwards."""
+    if request.param == "numba" and not HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv(q8_fast.ENV_SWITCH, request.param)
+    monkeypatch.setattr(gguf_encode, "_use", False)
+    assert gguf_encode.prepare(0) == (request.param == "numba")
+    return request.param
 
 
 def ours(ggml_type: GgmlType, x: np.ndarray) -> bytes:
@@ -53,7 +68,32 @@ def blocks() -> dict[str, np.ndarray]:
     ties = (np.arange(-127 * 2, 127 * 2 + 1) / 2.0)[: 31 * 16].reshape(16, 31)
     cases["ties"] = np.concatenate([np.full((16, 1), 127.0), ties], axis=1)
     cases["odd_length_rows"] = rng.standard_normal((3, 96))
+    # just below a tie: roundf(0.49999997) is 0, where adding 0.5 and truncating would give 1
+    below = np.nextafter((np.arange(31) - 15 + 0.5).astype(np.float32), np.float32(0))
+    cases["near_ties"] = np.concatenate([np.full((1, 1), 127.0), below[None, :]], axis=1)
+    cases["reciprocal_not_quotient"] = _reciprocal_cases()
     return {k: v.astype(np.float32) for k, v in cases.items()}
+
+
+def _reciprocal_cases() -> np.ndarray:
+    """Blocks whose q depends on computing id as 1 / (amax / 127), as ggml does, rather than
+    127 / amax (they differ in the last bit for ~1 amax in 4): each block is its amax, then values
+    that land on either side of a tie depending on which."""
+    half = np.nextafter(np.float32(0.5), np.float32(0))
+    rows = []
+    for amax in np.random.default_rng(5).uniform(0.01, 10, 400).astype(np.float32):
+        ident, other = np.float32(1) / (amax / np.float32(127)), np.float32(127) / amax
+        if ident == other:
+            continue
+        x = np.float32((np.arange(127) + 0.5) / ident)
+        x = np.concatenate([np.nextafter(x, np.float32(0)), x, np.nextafter(x, np.float32(np.inf))])
+        x = x[(x <= amax) & (np.trunc(x * ident + half) != np.trunc(x * other + half))][:31]
+        if x.size == 31:
+            rows.append(np.concatenate([[amax], x]))
+        if len(rows) == 4:
+            break
+    assert len(rows) == 4
+    return np.array(rows)
 
 
 @pytest.mark.parametrize("ggml_type", list(GgmlType), ids=lambda t: t.name)

@@ -8,6 +8,7 @@ only the tensor order differs (see formats/gguf_plan.py).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -17,6 +18,7 @@ from gguf import GGUFReader
 
 from llama2bin.checks.gguf_readback import verify_gguf
 from llama2bin.errors import Llama2binError
+from llama2bin.formats import gguf_encode, q8_fast
 from llama2bin.formats.gguf_plan import GGUF_FILE_TYPES
 from llama2bin.formats.gguf_vocab_hf import hf_sentencepiece_vocab
 from llama2bin.formats.gguf_write import GgufModelInfo, export_gguf, gguf_layout
@@ -141,6 +143,27 @@ def test_export_is_deterministic_and_single_pass_equals_separate(exported, tmp_p
         export_gguf(src, [("gguf-q8_0", str(tmp_path / "b.gguf"))], info(), threads=2, quiet=True)
     a, b = (tmp_path / "a.gguf").read_bytes(), (tmp_path / "b.gguf").read_bytes()
     assert a == b == open(exported["q8_0"], "rb").read()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_compiled_encoders_write_the_converters_bytes(tmp_path, monkeypatch, threads) -> None:
+    """The compiled F16 and Q8_0 encoders (formats/gguf_kernel.py), loaded before the workers fork
+    and used by them, write exactly the converter's tensors, as the numpy encoders do."""
+    monkeypatch.setenv(q8_fast.ENV_SWITCH, "numba")
+    monkeypatch.setattr(gguf_encode, "_use", False)
+
+    def numpy_encoder(*args: object) -> None:
+        raise AssertionError("the numpy encoder ran")
+
+    # the workers inherit these: an export that still succeeds never used the numpy encoders
+    monkeypatch.setattr(gguf_encode, "_encode_q8_0", numpy_encoder)
+    monkeypatch.setattr(gguf_encode, "_encode_f16", numpy_encoder)
+    paths = {t: str(tmp_path / f"tiny.{t}.gguf") for t in ("f16", "q8_0")}
+    with HfSource(CKPT) as src:
+        export_gguf(src, [(f"gguf-{t}", p) for t, p in paths.items()], info(), threads=threads, quiet=True)
+    for t, path in paths.items():
+        assert tensors(path) == tensors(os.path.join(DATA, f"tiny_hf_gqa.{t}.gguf"))
 
 
 def test_non_finite_source_is_refused_without_output(tmp_path) -> None:

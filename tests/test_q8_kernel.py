@@ -366,3 +366,21 @@ def test_the_size_rule_and_its_override(monkeypatch):
     monkeypatch.setattr(q8_fast, "_kernel", None)
     monkeypatch.setenv(q8_fast.ENV_SWITCH, "numba")
     assert q8_fast.wanted(0)
+
+
+def test_gguf_encoders_follow_the_same_rule_with_their_own_kernel(monkeypatch):
+    """GGUF's compiled encoders (formats/gguf_kernel.py) load under the same size rule; what counts
+    as 'already loaded' is their own kernel, not the .bin quantizer's."""
+    from llama2bin.formats import gguf_encode
+
+    monkeypatch.delenv(q8_fast.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(q8_fast, "_kernel", object())  # the .bin quantizer loaded: no say here
+    monkeypatch.setattr(gguf_encode, "_kernel", None)
+    loads = []
+    monkeypatch.setattr(gguf_encode, "load", lambda: loads.append(1) or True)
+    assert not gguf_encode.prepare(q8_fast.MIN_ELEMENTS - 1) and loads == []
+    assert gguf_encode.prepare(q8_fast.MIN_ELEMENTS) and loads == [1]
+    monkeypatch.setattr(gguf_encode, "_kernel", object())  # loaded (a job server's worker): any size
+    assert gguf_encode.prepare(1)
+    monkeypatch.setenv(q8_fast.ENV_SWITCH, "numpy")
+    assert not gguf_encode.prepare(10**12)

@@ -162,16 +162,17 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
-    # The compiled Q8_0 kernels (export's and verify's): loaded once here, so every worker quantizes
+    # The compiled Q8_0 kernels (export's, GGUF's and verify's): loaded once here, so every worker quantizes
     # and checks with them (same bytes as numpy, several times faster) without paying numba's load
     # (~0.4 s), which a small model's job alone would not repay. Without numba: numpy, as before.
     # After listen(): a job arriving meanwhile waits for this (~0.3 s) rather than running on its own.
     with contextlib.suppress(Exception):
         from ..checks import q8_chunk
-        from ..formats import q8_fast
+        from ..formats import gguf_encode, q8_fast
 
         q8_fast.load()
         q8_chunk.load_compiled()
+        gguf_encode.load()
     # What the workers inherit stays out of their garbage collections: fewer pages copied on write
     gc.freeze()
     jobs: list[_Job] = []

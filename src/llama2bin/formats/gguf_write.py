@@ -29,6 +29,7 @@ from ..progress import Progress
 from ..rope_freqs import LLAMA3
 from ..sources.base import Source, row_chunks
 from ..sources.gguf_file import ROPE_FREQS, GgmlType, llama3_rope_factors
+from . import gguf_encode
 from .gguf_encode import encode_into, encoded_nbytes
 from .gguf_header import KV, build_header
 from .gguf_plan import GGUF_FILE_TYPES, metadata_kvs, tensor_plan
@@ -138,6 +139,10 @@ def _stream(
         # Q8_0 sections exist only for rows of whole blocks, so any row range is whole blocks
         tasks += [_ChunkTask(name, a, b, by_type) for a, b in row_chunks(source.tensor(name))]
     total = 4 * sum(source.tensor(n).numel for n in source.config.shapes())
+    # Before the fork, so that the workers inherit the compiled encoders (when they pay off).
+    gguf_encode.prepare(sum(source.tensor(name).numel for name in source.config.shapes()
+                            if {GgmlType.Q8_0, GgmlType.F16} & {sec.ggml_type for layout in layouts.values()
+                                                                for sec in layout.sections_of(name)}))
 
     def chunk_job(task: _ChunkTask) -> int:
         t = source.tensor(task.tensor)

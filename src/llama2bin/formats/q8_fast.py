@@ -46,14 +46,15 @@ def numba_cache_dir() -> str:
     return os.path.join(native.cache_dir(), "numba")
 
 
-def wanted(elements: int) -> bool:
+def wanted(elements: int, loaded: bool | None = None) -> bool:
     """Whether quantizing `elements` values should use the compiled kernel (before knowing if numba
     is there): LLAMA2BIN_Q8_KERNEL if set, else the size rule, which a kernel already loaded in
-    this process (the job server's workers inherit it) always meets: it then costs nothing."""
+    this process (the job server's workers inherit it) always meets: it then costs nothing.
+    `loaded`: whether that kernel is loaded (default: this module's; GGUF's encoders pass theirs)."""
     choice = os.environ.get(ENV_SWITCH, "").strip().lower()
     if choice in ("numpy", "numba"):
         return choice == "numba"
-    return elements >= MIN_ELEMENTS or _kernel is not None
+    return elements >= MIN_ELEMENTS or (_kernel is not None if loaded is None else loaded)
 
 
 def prepare(elements: int) -> bool:
