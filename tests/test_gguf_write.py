@@ -183,3 +183,22 @@ def test_non_finite_source_is_refused_without_output(tmp_path) -> None:
 
 def test_every_format_name_has_a_file_type() -> None:
     assert sorted(GGUF_FILE_TYPES) == ["gguf-bf16", "gguf-f16", "gguf-f32", "gguf-q8_0"]
+
+
+def test_readback_passes_blocks_whose_scale_reciprocal_overflows(tmp_path) -> None:
+    """Values below ~3.7e-37: 1/d overflows, gguf-py and ggml write q = 0 with a zero float16
+    scale, and the file is correct (the read-back bound once called it wrong); a q moved there
+    is still caught."""
+    from llama2bin.checks.gguf_readback import _check_block, _ChunkResult
+    from llama2bin.formats.gguf_encode import encode_into, encoded_nbytes
+    from llama2bin.formats.q8_0 import Scratch
+    from llama2bin.sources.gguf_file import GgmlType
+
+    x = (np.random.default_rng(4).standard_normal(96) * 0.02).astype(np.float32)
+    x[32:64] *= np.float32(1e-37)
+    raw = np.empty(encoded_nbytes(GgmlType.Q8_0, x.size), np.uint8)
+    encode_into(GgmlType.Q8_0, x, raw, Scratch(), "t")
+    assert not raw[34:68].any()
+    assert _check_block(x, raw, GgmlType.Q8_0, _ChunkResult(), []) is None
+    raw[34 + 2 + 5] = 1
+    assert "values differ" in _check_block(x, raw, GgmlType.Q8_0, _ChunkResult(), [])

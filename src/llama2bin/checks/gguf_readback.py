@@ -13,7 +13,9 @@ encoders of formats/gguf_encode.py:
   q equals roundf(x * (1 / d)) in float32 computed with floor (gguf-py's np_roundf idea); every
   value lies within the exact bound of that arithmetic: |x - q*d16| <= d32/2 + |q| * |d32 - d16|
   (q is rounded with the float32 scale d32 while d16 is stored, so "within d/2" alone can fail by
-  up to 127 * 2^-11 * d32: ~6% of d). The worst |x - q*d16| / d16 is reported.
+  up to 127 * 2^-11 * d32: ~6% of d); in a block whose 1/d overflows (max |x| below ~3.7e-37)
+  both references write q = 0 and d16 = 0, so there the bound is max |x|. The worst
+  |x - q*d16| / d16 is reported.
 - metadata: every key of the file against the keys the source implies (type, value, order - the
   order is part of the byte-level parity with the converter), plus the llama.* hyper-parameters
   checked against the source's ModelConfig directly.
@@ -191,6 +193,10 @@ def _check_block(x: np.ndarray, raw: np.ndarray, ggml_type: GgmlType, out: _Chun
         # float16 d is stored: |w - q*d16| <= d32 * (1/2 + 2^-14) + |q| * |d32 - d16|
         bound = d32.astype(np.float64) * (0.5 + 2.0**-14) + np.abs(q).max(axis=1) * np.abs(
             d32.astype(np.float64) - d16.astype(np.float64))
+        with np.errstate(divide="ignore", over="ignore"):
+            flushed = (d32 != 0) & ~np.isfinite(np.float32(1) / d32)
+        if flushed.any():  # 1/d overflowed (max |x| < ~3.7e-37): q = 0 and d16 = 0, so the error is |x|
+            bound = np.where(flushed, np.abs(x.reshape(-1, 32)).max(axis=1).astype(np.float64), bound)
         if (err > bound).any():
             return "a Q8_0 value lies beyond the quantization bound"
         nonzero = d16 != 0
