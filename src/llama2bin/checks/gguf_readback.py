@@ -158,6 +158,21 @@ class _Task:
 
 
 BLOCK = 1 << 16  # values per step: temporaries stay in L2
+# Q8_0 values from which the compiled check (gguf_readback_jit.py) is loaded, as for .bin files
+# (checks/tensor.COMPILED_KERNEL_MIN_WEIGHTS); once loaded (the job server) it is used at any size.
+COMPILED_MIN_VALUES = 1 << 28
+_jit: Any = None  # gguf_readback_jit once loaded in this process (forked workers inherit it)
+_use_jit = False  # set before the workers fork
+
+
+def load_compiled() -> bool:
+    """Import and compile (or load from numba's cache) the compiled Q8_0 check; False without numba."""
+    global _jit
+    if _jit is None:
+        from ..formats.q8_fast import import_compiled
+
+        _jit = import_compiled(__package__ + ".gguf_readback_jit", lambda kernel: kernel.warm_up())
+    return _jit is not None
 
 
 def _check_block(x: np.ndarray, raw: np.ndarray, ggml_type: GgmlType, out: _ChunkResult, gmax: list[np.ndarray]) -> str | None:
@@ -182,6 +197,8 @@ def _check_block(x: np.ndarray, raw: np.ndarray, ggml_type: GgmlType, out: _Chun
         blocks = raw.reshape(-1, 34)
         d16 = np.ascontiguousarray(blocks[:, :2]).view(np.float16).reshape(-1)
         q = np.ascontiguousarray(blocks[:, 2:]).view(np.int8)
+        if _use_jit and (verdict := _jit.check_q8_0(x, q, d16, out, gmax)) is not False:
+            return verdict
         d32, want_d16, want_q = _q8_0_reference(x)
         if not np.array_equal(d16.view(np.uint16), want_d16.view(np.uint16)):
             return "Q8_0 scales differ from a fresh quantization"
@@ -244,6 +261,9 @@ def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: Tens
     (statistics never depend on timing). Returns the worst Q8_0 |w - q*d| / d; sets the weights'
     fingerprint (`weights_sha256`: name, type and the sha256 of each tensor's chunk digests, in
     canonical order, as checks/tensor.py takes it over what it reads)."""
+    global _use_jit
+    q8_values = sum((t.stop - t.start) * source.tensor(t.tensor).cols for t in tasks if t.ggml_type == GgmlType.Q8_0)
+    _use_jit = q8_values > 0 and (q8_values >= COMPILED_MIN_VALUES or _jit is not None) and load_compiled()
     fd = open_regular(path, "GGUF output")
     worst = 0.0
     digests: dict[str, bytes] = {}

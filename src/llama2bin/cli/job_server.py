@@ -167,12 +167,13 @@ def serve(path: str, ledger: str | None, parent: int) -> None:
     # (~0.4 s), which a small model's job alone would not repay. Without numba: numpy, as before.
     # After listen(): a job arriving meanwhile waits for this (~0.3 s) rather than running on its own.
     with contextlib.suppress(Exception):
-        from ..checks import q8_chunk
+        from ..checks import gguf_readback, q8_chunk
         from ..formats import gguf_encode, q8_fast
 
         q8_fast.load()
         q8_chunk.load_compiled()
         gguf_encode.load()
+        gguf_readback.load_compiled()
     # What the workers inherit stays out of their garbage collections: fewer pages copied on write
     gc.freeze()
     jobs: list[_Job] = []
