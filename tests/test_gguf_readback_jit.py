@@ -1,8 +1,10 @@
-"""The compiled Q8_0 read-back check (checks/gguf_readback_jit.py) gives the numpy check's verdicts,
-messages and statistics bit for bit: on crafted blocks (trained-like tails, zero and negative-zero
-blocks, tiny scales, exact rounding ties, an outlier, NaN left to numpy) and their corruptions (a
-q moved by one, a tie broken the other way, a scale bit, a value pushed beyond the bound), and on
-whole GGUF files against the converter's golden output, passing and damaged."""
+"""The compiled read-back checks (checks/gguf_readback_jit.py) give the numpy checks' verdicts,
+messages and statistics bit for bit. Q8_0: crafted blocks (trained-like tails, zero and
+negative-zero blocks, tiny scales, a reciprocal that overflows, exact rounding ties, an outlier,
+NaN left to numpy) and their corruptions (a q moved by one, a tie broken the other way, scale
+bits). F16 and BF16: every magnitude, exact ties, zeros and signs, and their corruptions (one
+ulp, a sign, an inf), NaN/Inf/the top of the range left to numpy. Then whole GGUF files of each
+type against the converter's golden output, passing and damaged."""
 
 from __future__ import annotations
 
@@ -132,14 +134,14 @@ def test_a_non_finite_source_is_left_to_numpy(monkeypatch):
     assert (verdict, dataclasses.astuple(out), [g.tobytes() for g in gmax]) == numpy_result
 
 
-def _verify(path: str, compiled: bool, monkeypatch) -> dict:
+def _verify(path: str, compiled: bool, monkeypatch, fmt: str = "gguf-q8_0") -> dict:
     """verify_gguf with the compiled check forced on (its size rule at 0) or off."""
     with monkeypatch.context() as m:
         m.setattr(gguf_readback, "COMPILED_MIN_VALUES", 0 if compiled else 1 << 62)
         m.setattr(gguf_readback, "_jit", gguf_readback._jit if compiled else None)
         with HfSource(CKPT) as src:
             result = verify_gguf(path, src, gguf_readback.GgufModelInfo(
-                "Tiny_Hf_Gqa", _vocab(src)), "gguf-q8_0", threads=2)
+                "Tiny_Hf_Gqa", _vocab(src)), fmt, threads=2)
         assert gguf_readback._use_jit == compiled
     return result.to_json()
 
@@ -150,17 +152,95 @@ def _vocab(src: HfSource):
     return hf_sentencepiece_vocab(os.path.join(CKPT, "tokenizer.model"), src.config.vocab_size, CKPT)
 
 
-def test_whole_files_give_the_same_result_json(tmp_path, monkeypatch):
-    golden = os.path.join(DATA, "tiny_hf_gqa.q8_0.gguf")
+@pytest.mark.parametrize("kind, at", [("q8_0", 34 * 3 + 2 + 5), ("f16", 2 * 77 + 1), ("bf16", 2 * 77 + 1)])
+def test_whole_files_give_the_same_result_json(tmp_path, monkeypatch, kind, at):
+    golden = os.path.join(DATA, f"tiny_hf_gqa.{kind}.gguf")
     with HfSource(CKPT) as src:
-        layout = gguf_layout("gguf-q8_0", src.config, gguf_readback.GgufModelInfo("Tiny_Hf_Gqa", _vocab(src)))
+        layout = gguf_layout(f"gguf-{kind}", src.config, gguf_readback.GgufModelInfo("Tiny_Hf_Gqa", _vocab(src)))
     sec = next(s for s in layout.sections if s.tensor == "layers.1.feed_forward.w2")
     damaged = str(tmp_path / "bad.gguf")
     shutil.copyfile(golden, damaged)
     with open(damaged, "r+b") as f:
-        f.seek(sec.offset + 34 * 3 + 2 + 5)
+        f.seek(sec.offset + at)
         f.write(b"\x7f")
     for path in (golden, damaged):
-        got = _verify(path, True, monkeypatch)
-        assert got == _verify(path, False, monkeypatch)
+        got = _verify(path, True, monkeypatch, f"gguf-{kind}")
+        assert got == _verify(path, False, monkeypatch, f"gguf-{kind}")
         assert got["passed"] == (path == golden)
+
+
+# ---- F16 and BF16 ------------------------------------------------------------------------------
+
+def _16bit_values(ggml_type: GgmlType) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    x = (rng.standard_t(3, 1 << 15) * 0.02).astype(np.float32)
+    top = 0x477FE000 if ggml_type == GgmlType.F16 else 0x7F7F0000  # below the type's top
+    bits = rng.integers(0, top, 4096, dtype=np.uint32) | (rng.integers(0, 2, 4096, dtype=np.uint32) << 31)
+    x[:4096] = bits.view(np.float32)  # every magnitude the type holds, subnormals included
+    if ggml_type == GgmlType.F16:  # exact midpoints between float16 neighbours (ties), both parities
+        h = np.arange(1, 1000, dtype=np.uint16) * np.uint16(31)  # below 0x7C00 (inf)
+        lo, hi = h.view(np.float16).astype(np.float64), (h + np.uint16(1)).view(np.float16).astype(np.float64)
+        x[4096 : 4096 + h.size] = ((lo + hi) / 2).astype(np.float32)
+        edges = [0.0, -0.0, -1e-10, 1e-10, 65504.0, 65519.99, 2.0**-24, 2.0**-25, 3 * 2.0**-25, -(2.0**-25), 2.0**-14]
+    else:  # exact midpoints between bfloat16 neighbours
+        b = rng.integers(0x0001, 0x7F00, 2000, dtype=np.uint32) << np.uint32(16)
+        x[4096:6096] = (b | np.uint32(0x8000)).view(np.float32)
+        edges = [0.0, -0.0, 1e-45, -1e-45, 3.3e38, float(np.uint32(0x7F7F7FFF).view(np.float32))]
+    x[6100 : 6100 + len(edges)] = np.array(edges, np.float32)
+    return x
+
+
+def _raw16(ggml_type: GgmlType, x: np.ndarray) -> np.ndarray:
+    raw = np.empty(encoded_nbytes(ggml_type, x.size), np.uint8)
+    return encode_into(ggml_type, x, raw, Scratch(), "t").copy()
+
+
+def _check16(ggml_type: GgmlType, x: np.ndarray, raw: np.ndarray, compiled: bool, monkeypatch) -> tuple:
+    with monkeypatch.context() as m:
+        m.setattr(gguf_readback, "_use_jit", compiled)
+        if compiled:  # the numpy references must not run
+            for name in ("_f16_reference", "_bf16_reference"):
+                m.setattr(gguf_readback, name, lambda x: pytest.fail("the numpy check ran"))
+        out = gguf_readback._ChunkResult()
+        verdict = gguf_readback._check_block(x, raw, ggml_type, out, [])
+    return verdict, dataclasses.astuple(out)
+
+
+@pytest.mark.parametrize("ggml_type", [GgmlType.F16, GgmlType.BF16], ids=lambda t: t.name)
+def test_16bit_files_give_the_same_verdicts_and_statistics(monkeypatch, ggml_type):
+    x = _16bit_values(ggml_type)
+    raw = _raw16(ggml_type, x)
+    good = _check16(ggml_type, x, raw, False, monkeypatch)
+    assert good[0] is None and good[1][1] == x.size
+    assert _check16(ggml_type, x, raw, True, monkeypatch) == good
+    h = raw.view(np.uint16)
+    tie = 4096 + 7
+    for i, change in [(5, 1), (5000, 1), (tie, 1), (tie, -1), (6100, 0x8000), (6101, 0x8000), (6102, 0x8000),
+                      (6107, 1), (300, 0x7C00 if ggml_type == GgmlType.F16 else 0x7F80)]:
+        bad = raw.copy()
+        bh = bad.view(np.uint16)
+        bh[i] = (h[i] ^ change) if change in (0x8000, 0x7C00, 0x7F80) else (int(h[i]) + change) % 65536
+        verdict = _check16(ggml_type, x, bad, False, monkeypatch)
+        assert verdict[0] is not None, (i, change)
+        assert _check16(ggml_type, x, bad, True, monkeypatch) == verdict
+
+
+@pytest.mark.parametrize("ggml_type", [GgmlType.F16, GgmlType.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize("value", [np.nan, np.inf, 65520.0, 3.4e38])
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast", "ignore:invalid value encountered")
+def test_16bit_values_numpy_must_judge_are_left_to_it(monkeypatch, ggml_type, value):
+    """NaN, Inf and the top of the range (where the references round to inf or keep the maximum)."""
+    x = _16bit_values(ggml_type)[:4096]
+    raw = _raw16(ggml_type, x)
+    x[9] = value
+    reference = gguf_readback._f16_reference if ggml_type == GgmlType.F16 else gguf_readback._bf16_reference
+    for stored in (raw.view(np.uint16)[9], reference(x[9:10])[0]):  # the file disagrees, or holds what numpy wants
+        raw.view(np.uint16)[9] = stored
+        numpy_result = _check16(ggml_type, x, raw, False, monkeypatch)
+        with monkeypatch.context() as m:
+            m.setattr(gguf_readback, "_use_jit", True)
+            out = gguf_readback._ChunkResult()
+            got = (gguf_readback._check_block(x, raw, ggml_type, out, []), dataclasses.astuple(out))
+            assert repr(got) == repr(numpy_result)  # repr: NaN statistics compare equal
+    assert numpy_result[0] is None or value != 65520.0  # float16 65520 -> inf: numpy accepts the inf it computes
+

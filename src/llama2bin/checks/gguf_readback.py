@@ -109,6 +109,11 @@ def check_metadata(reader: Any, layout: GgufLayout, where: str) -> list[str]:
     return failures
 
 
+def _f16_reference(x: np.ndarray) -> np.ndarray:
+    """float16 bits of float32 `x`: numpy's cast (IEEE round to nearest even)."""
+    return x.astype(np.float16).view(np.uint16)
+
+
 def _bf16_reference(x: np.ndarray) -> np.ndarray:
     """Correctly rounded bfloat16 bits of finite float32 `x`, ties to even, in float64."""
     bits = x.view(np.uint32)
@@ -158,7 +163,7 @@ class _Task:
 
 
 BLOCK = 1 << 16  # values per step: temporaries stay in L2
-# Q8_0 values from which the compiled check (gguf_readback_jit.py) is loaded, as for .bin files
+# F16, BF16 and Q8_0 values from which the compiled check (gguf_readback_jit.py) is loaded, as for .bin files
 # (checks/tensor.COMPILED_KERNEL_MIN_WEIGHTS); once loaded (the job server) it is used at any size.
 COMPILED_MIN_VALUES = 1 << 28
 _jit: Any = None  # gguf_readback_jit once loaded in this process (forked workers inherit it)
@@ -166,7 +171,7 @@ _use_jit = False  # set before the workers fork
 
 
 def load_compiled() -> bool:
-    """Import and compile (or load from numba's cache) the compiled Q8_0 check; False without numba."""
+    """Import and compile (or load from numba's cache) the compiled checks; False without numba."""
     global _jit
     if _jit is None:
         from ..formats.q8_fast import import_compiled
@@ -183,9 +188,12 @@ def _check_block(x: np.ndarray, raw: np.ndarray, ggml_type: GgmlType, out: _Chun
             return "float32 values differ from the source"
         out.n += x.size  # bit-identical: zero error
         return None
+    if _use_jit and ggml_type in (GgmlType.F16, GgmlType.BF16):
+        if (verdict := _jit.check_16bit(ggml_type, x, raw, out)) is not False:
+            return verdict
     if ggml_type == GgmlType.F16:
         got = raw.view(np.float16)
-        if not np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16)):
+        if not np.array_equal(got.view(np.uint16), _f16_reference(x)):
             return "float16 values are not the source rounded to nearest even"
         got = got.astype(np.float32)
     elif ggml_type == GgmlType.BF16:
@@ -262,8 +270,8 @@ def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: Tens
     fingerprint (`weights_sha256`: name, type and the sha256 of each tensor's chunk digests, in
     canonical order, as checks/tensor.py takes it over what it reads)."""
     global _use_jit
-    q8_values = sum((t.stop - t.start) * source.tensor(t.tensor).cols for t in tasks if t.ggml_type == GgmlType.Q8_0)
-    _use_jit = q8_values > 0 and (q8_values >= COMPILED_MIN_VALUES or _jit is not None) and load_compiled()
+    checked = sum((t.stop - t.start) * source.tensor(t.tensor).cols for t in tasks if t.ggml_type != GgmlType.F32)
+    _use_jit = checked > 0 and (checked >= COMPILED_MIN_VALUES or _jit is not None) and load_compiled()
     fd = open_regular(path, "GGUF output")
     worst = 0.0
     digests: dict[str, bytes] = {}

@@ -22,11 +22,13 @@ import numba
 import numpy as np
 
 from ..formats.q8_0_kernel import _as_float
+from ..sources.gguf_file import GgmlType
 from .q8_chunk_jit import pairwise_sq2, u
 
 njit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 OK, Q_DIFFERS, BEYOND_BOUND = 0, 1, 2
+WRONG = Q_DIFFERS  # a 16-bit value that is not the source's rounding
 _ABS_MASK = np.uint32(0x7FFFFFFF)
 _INF_BITS = np.uint32(0x7F800000)
 _Q8_MAX = np.float32(127.0)
@@ -99,6 +101,110 @@ def check_blocks(x: Any, q: Any, d32: Any, d16: Any, diff: Any, err: Any, frames
     return OK
 
 
+FALLBACK = 3  # a value the compiled pass leaves to numpy (NaN, Inf, or float16's values that round to inf)
+_F16_TOP = np.float32(65520.0).view(np.uint32)  # |x| from here rounds to inf as float16
+
+
+@numba.njit(cache=True, inline="always")
+def _f16_value(m: Any) -> float:
+    """The value of float16 magnitude bits m (0x7C00, inf, stands for 2^16: the neighbour that
+    65504 rounds toward)."""
+    if m >= 0x7C00:
+        return 65536.0
+    e, f = m >> 10, m & 0x3FF
+    if e == 0:
+        return float(f) * 2.0**-24
+    return np.float64(_as_float(np.uint32(((e + 112) << 23) | (f << 13))))  # the float32 of equal value
+
+
+@njit
+def check_f16(bits: Any, h: Any, got: Any, diff: Any, frames: Any, values: Any, sums: Any) -> int:
+    """Is every float16 `h` the float32 `bits` rounded to nearest even? Not by converting again:
+    each h must be the float16 whose rounding interval holds x (its neighbours' midpoints, in
+    float64, a tie to the even one), with x's sign. OK with sums = (max |diff|, sum diff^2,
+    sum x^2), else WRONG, or FALLBACK for a value numpy must judge."""
+    n = u(bits.size)
+    wrong = False
+    for i in range(n):
+        if (bits[i] & _ABS_MASK) >= _F16_TOP:
+            return FALLBACK
+    for i in range(n):
+        m = np.int64(h[i] & np.uint16(0x7FFF))
+        a = abs(np.float64(_as_float(bits[i])))
+        v = _f16_value(m)
+        up = (v + _f16_value(m + 1)) / 2.0
+        low = (_f16_value(m - 1) + v) / 2.0 if m > 0 else -1.0
+        even = (m & 1) == 0
+        inside = (a < up or (a == up and even)) and (a > low or (a == low and even))
+        wrong |= m >= 0x7C00 or not inside or (h[i] >> np.uint16(15)) != (bits[i] >> np.uint32(31))
+        got[i] = np.float32(-v if h[i] >> np.uint16(15) else v)
+    if wrong:
+        return WRONG
+    return _sums(bits, got, diff, frames, values, sums)
+
+
+@njit
+def check_bf16(bits: Any, h: Any, got: Any, diff: Any, frames: Any, values: Any, sums: Any) -> int:
+    """Is every bfloat16 `h` gguf_readback._bf16_reference of the float32 `bits` (of the two
+    bfloat16 values around x, the nearer in float64, a tie to the even one)? The same sums."""
+    n = u(bits.size)
+    wrong = False
+    for i in range(n):
+        if (bits[i] & _ABS_MASK) >= _INF_BITS:  # (the top of the range is computed as numpy does)
+            return FALLBACK
+    for i in range(n):
+        low_bits = bits[i] & np.uint32(0xFFFF0000)
+        high_bits = low_bits + np.uint32(0x10000)
+        x = np.float64(_as_float(bits[i]))
+        d_low = abs(x - np.float64(_as_float(low_bits)))
+        d_high = abs(np.float64(_as_float(high_bits)) - x)
+        odd = ((bits[i] >> np.uint32(16)) & np.uint32(1)) == np.uint32(1)
+        want = (high_bits if d_high < d_low or (d_high == d_low and odd) else low_bits) >> np.uint32(16)
+        wrong |= np.uint32(h[i]) != want
+        got[i] = _as_float(np.uint32(h[i]) << np.uint32(16))
+    if wrong:
+        return WRONG
+    return _sums(bits, got, diff, frames, values, sums)
+
+
+@numba.njit(cache=True, inline="always")
+def _sums(bits: Any, got: Any, diff: Any, frames: Any, values: Any, sums: Any) -> int:
+    """gguf_readback._check_block's statistics of `got` against the source, numpy's bits."""
+    n = u(bits.size)
+    top = 0.0
+    x = bits.view(np.float32)
+    for i in range(n):
+        v = np.float64(got[i]) - np.float64(x[i])
+        diff[i] = v
+        top = max(top, abs(v))
+    pair = np.empty(2, np.float64)
+    pairwise_sq2(diff, u(0), x, u(0), n, frames, values, pair)
+    sums[0], sums[1], sums[2] = top, pair[0], pair[1]
+    return OK
+
+
+_MESSAGES = {GgmlType.F16: "float16 values are not the source rounded to nearest even",
+             GgmlType.BF16: "bfloat16 values are not the source correctly rounded"}
+
+
+def check_16bit(ggml_type: GgmlType, x: np.ndarray, raw: np.ndarray, out: Any) -> str | None | bool:
+    """gguf_readback._check_block's F16 and BF16 branches (and its statistics) through the compiled
+    passes; False when they cannot say (a value numpy must judge)."""
+    check = check_f16 if ggml_type == GgmlType.F16 else check_bf16
+    sums = np.zeros(3)
+    status = check(x.view(np.uint32), raw.view(np.uint16), np.empty(x.size, np.float32), np.empty(x.size),
+                   np.empty((128, 3), np.uint64), np.empty((64, 2)), sums)
+    if status == FALLBACK:
+        return False
+    if status == WRONG:
+        return _MESSAGES[ggml_type]
+    out.n += x.size
+    out.max_abs_err = max(out.max_abs_err, float(sums[0]))
+    out.sq_err += float(sums[1])
+    out.sq_ref += float(sums[2])
+    return None
+
+
 def check_q8_0(x: np.ndarray, q: np.ndarray, d16: np.ndarray, out: Any, gmax: list[np.ndarray]) -> str | None | bool:
     """gguf_readback._check_block's Q8_0 branch through the compiled passes: the same verdicts,
     messages and statistics (bit for bit); False when they cannot say (a NaN or Inf): numpy's
@@ -130,5 +236,8 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) here, before the workers fork."""
     bits, d32 = np.zeros(32, np.uint32), np.zeros(1, np.float32)
     block_scales(bits, d32)
+    for check in (check_f16, check_bf16):
+        check(bits, np.zeros(32, np.uint16), np.zeros(32, np.float32), np.zeros(32), np.empty((128, 3), np.uint64),
+              np.empty((64, 2)), np.zeros(3))
     check_blocks(bits.view(np.float32), np.zeros(32, np.int8), d32, d32, np.zeros(32), np.zeros(1),
                  np.empty((128, 3), np.uint64), np.empty((64, 2)), np.zeros(3))
