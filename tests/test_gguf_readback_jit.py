@@ -187,6 +187,8 @@ def _16bit_values(ggml_type: GgmlType) -> np.ndarray:
         x[4096:6096] = (b | np.uint32(0x8000)).view(np.float32)
         edges = [0.0, -0.0, 1e-45, -1e-45, 3.3e38, float(np.uint32(0x7F7F7FFF).view(np.float32))]
     x[6100 : 6100 + len(edges)] = np.array(edges, np.float32)
+    if ggml_type == GgmlType.F16:  # just below the midpoint under a binade's first value (rounds down)
+        x[6200:6203] = [2.0 - 2.0**-11 - 2.0**-20, 1024.0 - 2.0**-2 - 2.0**-10, 2.0**-14 - 2.0**-25 - 2.0**-30]
     return x
 
 
@@ -216,7 +218,8 @@ def test_16bit_files_give_the_same_verdicts_and_statistics(monkeypatch, ggml_typ
     h = raw.view(np.uint16)
     tie = 4096 + 7
     for i, change in [(5, 1), (5000, 1), (tie, 1), (tie, -1), (6100, 0x8000), (6101, 0x8000), (6102, 0x8000),
-                      (6107, 1), (300, 0x7C00 if ggml_type == GgmlType.F16 else 0x7F80)]:
+                      (6107, 1), (6200, 1), (6201, 1), (6202, 1),
+                      (300, 0x7C00 if ggml_type == GgmlType.F16 else 0x7F80)]:
         bad = raw.copy()
         bh = bad.view(np.uint16)
         bh[i] = (h[i] ^ change) if change in (0x8000, 0x7C00, 0x7F80) else (int(h[i]) + change) % 65536

@@ -105,24 +105,13 @@ FALLBACK = 3  # a value the compiled pass leaves to numpy (NaN, Inf, or float16'
 _F16_TOP = np.float32(65520.0).view(np.uint32)  # |x| from here rounds to inf as float16
 
 
-@numba.njit(cache=True, inline="always")
-def _f16_value(m: Any) -> float:
-    """The value of float16 magnitude bits m (0x7C00, inf, stands for 2^16: the neighbour that
-    65504 rounds toward)."""
-    if m >= 0x7C00:
-        return 65536.0
-    e, f = m >> 10, m & 0x3FF
-    if e == 0:
-        return float(f) * 2.0**-24
-    return np.float64(_as_float(np.uint32(((e + 112) << 23) | (f << 13))))  # the float32 of equal value
-
-
 @njit
 def check_f16(bits: Any, h: Any, got: Any, diff: Any, frames: Any, values: Any, sums: Any) -> int:
     """Is every float16 `h` the float32 `bits` rounded to nearest even? Not by converting again:
-    each h must be the float16 whose rounding interval holds x (its neighbours' midpoints, in
-    float64, a tie to the even one), with x's sign. OK with sums = (max |diff|, sum diff^2,
-    sum x^2), else WRONG, or FALLBACK for a value numpy must judge."""
+    each h must have x's sign, and |x| must lie in the stored value's rounding interval, between
+    the midpoints to its neighbours (float64, exact), a midpoint itself only when h is even. OK
+    with sums = (max |diff|, sum diff^2, sum x^2), else WRONG, or FALLBACK for a value numpy must
+    judge (|x| >= 65520, NaN, Inf)."""
     n = u(bits.size)
     wrong = False
     for i in range(n):
@@ -130,12 +119,15 @@ def check_f16(bits: Any, h: Any, got: Any, diff: Any, frames: Any, values: Any, 
             return FALLBACK
     for i in range(n):
         m = np.int64(h[i] & np.uint16(0x7FFF))
+        e, f = m >> 10, m & 0x3FF
+        # from this value to the next: 2^(e - 25), and 2^-24 for subnormals (exact: an integer times 2^-24)
+        step = np.float64(np.int64(1) << (max(e, np.int64(1)) - 1)) * 2.0**-24
+        v = np.float64(f) * step if e == 0 else (np.float64(1024 + f)) * step
+        below = step / 2.0 if (f == 0 and e >= 2) else step  # at a binade's first value, the previous binade's
         a = abs(np.float64(_as_float(bits[i])))
-        v = _f16_value(m)
-        up = (v + _f16_value(m + 1)) / 2.0
-        low = (_f16_value(m - 1) + v) / 2.0 if m > 0 else -1.0
+        up, low = v + step / 2.0, v - below / 2.0
         even = (m & 1) == 0
-        inside = (a < up or (a == up and even)) and (a > low or (a == low and even))
+        inside = (a < up or (a == up and even)) and (a > low or (a == low and even))  # m = 0: low < 0
         wrong |= m >= 0x7C00 or not inside or (h[i] >> np.uint16(15)) != (bits[i] >> np.uint32(31))
         got[i] = np.float32(-v if h[i] >> np.uint16(15) else v)
     if wrong:
