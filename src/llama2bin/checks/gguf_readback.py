@@ -43,6 +43,7 @@ from ..formats.gguf_header import KV
 from ..formats.gguf_plan import GGUF_FILE_TYPES, MATRIX_TYPE
 from ..formats.gguf_write import GgufLayout, GgufModelInfo, gguf_layout
 from ..formats.output import Output
+from ..formats.q8_0 import process_scratch
 from ..parallel import ForkedCall, ForkPool, default_workers
 from ..safe_io import open_regular
 from ..sources.base import Source, row_chunks
@@ -245,7 +246,10 @@ def _check_chunk(task: _Task, source: Source, fd: int, path: str) -> _ChunkResul
     raw = np.empty((task.stop - task.start) * per_row, dtype=np.uint8)
     if os.preadv(fd, [raw], task.offset + task.start * per_row) != raw.size:
         raise Llama2binError(f"{path}: file shrank while being verified")
-    x = np.ascontiguousarray(ref_t.read_rows(task.start, task.stop), dtype=np.float32).reshape(-1)
+    # into this process's reused buffer: a fresh 8 MiB array per chunk is fresh pages to fault in
+    count = (task.stop - task.start) * cols
+    x = np.ascontiguousarray(ref_t.read_rows_into(task.start, task.stop, process_scratch().get("readback_x", count, np.float32)),
+                             dtype=np.float32).reshape(-1)
     out = _ChunkResult(digest=hashlib.sha256(raw).digest())
     gmax: list[np.ndarray] = []
     bytes_per_value = encoded_nbytes(task.ggml_type, 32) / 32
