@@ -163,20 +163,29 @@ class _Linear:
         xq, xs = quantize_activations(x, gs)
         if self.q8_hook is not None:
             xq, xs = self.q8_hook(name, x, xq, xs)
-        out = np.empty((x.shape[0], last - first), dtype=np.float32)
-        for start, stop in row_blocks(last - first, cols):
-            q, s = w.q8_rows(name, first + start, first + stop)
-            qf = q.astype(np.float64)
-            acc = np.zeros((x.shape[0], stop - start), dtype=np.float32)
-            # Integer dot products are exact in float64 (|sum| <= 127 * 127 * gs < 2**53), in any
-            # order; as runq.c's int32 `ival` they become float32, and the scaled group sums are
-            # accumulated in order, as runq.c does.
-            xq64 = xq.astype(np.float64)
-            for g in range(cols // gs):
-                part = slice(g * gs, (g + 1) * gs)
-                ival = (xq64[:, part] @ qf[:, part].T).astype(np.float32)
-                acc += (ival * s[None, :, g]) * xs[:, g, None]
-            out[:, start:stop] = acc
+        n, groups = x.shape[0], cols // gs
+        # Integer dot products of a group are exact in float32 while |sum| <= 127 * 127 * gs < 2**24
+        # (gs up to 1040), in float64 beyond (< 2**53), in any order: as runq.c's int32 `ival`.
+        exact = np.float32 if 127 * 127 * gs < 1 << 24 else np.float64
+        xq_g = xq.astype(exact).reshape(n, groups, gs).transpose(1, 0, 2)  # (groups, n, gs)
+        xs_g = np.ascontiguousarray(xs.T)[:, :, None]  # (groups, n, 1)
+        out = np.empty((n, last - first), dtype=np.float32)
+        # Every group of a step's rows at once (one batched product, not one per group): at least
+        # the rows of a row block, more while the step's (groups, n, rows) terms stay in L2
+        # (measured at 1.1B, 16 positions: 2^16 terms 6.2 s, 2^18 6.4 s, 2^21 7.9 s).
+        step = max(1, (1 << 16) // max(1, groups * n), (1 << 18) // cols)
+        for start in range(first, last, step):
+            stop = min(last, start + step)
+            q, s = w.q8_rows(name, start, stop)
+            qf = q.astype(exact).reshape(stop - start, groups, gs).transpose(1, 2, 0)  # (groups, gs, rows)
+            # each group's integer sum as float32 (runq.c's (float) ival), scaled by both group
+            # scales as runq.c does; the groups' terms are then added in order, as runq.c adds them
+            ival = np.matmul(xq_g, qf).astype(np.float32, copy=False)
+            terms = (ival * np.ascontiguousarray(s.T)[:, None, :]) * xs_g
+            acc = np.zeros((n, stop - start), dtype=np.float32)
+            for g in range(groups):
+                acc += terms[g]
+            out[:, start - first : stop - first] = acc
         return out
 
 
