@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 
 from .errors import Llama2binError
@@ -129,17 +130,28 @@ def fsync_dir(folder: str) -> None:
 def _interruptions_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM held back while a .part file is created and registered for abort: an
     interruption (the KeyboardInterrupt that Ctrl-C and the CLI's SIGTERM handler raise) between
-    mkstemp and the registration would leave the file behind (seen in the SIGTERM test under
-    load). Held back, it is raised right after, with the file registered."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (AttributeError, OSError, ValueError):  # no POSIX signal masks here
-        yield
+    mkstemp and the registration would leave the file behind (the SIGTERM-mid-export test hit it
+    under load). Python runs signal handlers in the main thread, between bytecodes, whichever
+    thread the kernel delivers the signal to; so the handlers, not the signal mask, are swapped
+    for ones that only note the signal, and the original handlers run right after, with the file
+    registered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be changed in the main thread (and only it runs them)
         return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in pending:
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)  # raises, as it would have a moment earlier
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)
 
 
 @contextlib.contextmanager
