@@ -267,6 +267,35 @@ def test_an_interruption_while_a_part_file_is_created_leaves_nothing(tmp_path, m
     assert os.listdir(tmp_path) == []
 
 
+def test_an_interruption_while_an_hf_directory_is_created_leaves_nothing(tmp_path, monkeypatch, checkpoint):
+    """The same window for an hf output's .part directory (tempfile.mkdtemp, then the cleanup's try)."""
+    import tempfile
+
+    from llama2bin.formats import hf_export
+    from llama2bin.formats.source_registry import open_source
+
+    def interrupting_mkdtemp(*args: object, **kwargs: object) -> str:
+        made = real_mkdtemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the directory exists, before it is assigned
+        return made
+
+    def raise_interrupted(*_: object) -> None:
+        raise _Interrupted
+
+    real_mkdtemp = tempfile.mkdtemp
+    out = tmp_path / "out"
+    out.mkdir()
+    with open_source("llama2c", checkpoint) as src:
+        monkeypatch.setattr(hf_export.tempfile, "mkdtemp", interrupting_mkdtemp)
+        previous = signal.signal(signal.SIGTERM, raise_interrupted)
+        try:
+            with pytest.raises(_Interrupted):
+                hf_export.export_hf(src, str(out / "m.hf"), quiet=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    assert os.listdir(out) == []
+
+
 def test_a_live_writers_partial_file_is_never_removed(tmp_path):
     final = str(tmp_path / "x.bin")
     first = AtomicOutput(final)  # still writing: holds the lock on its .part

@@ -127,7 +127,7 @@ def fsync_dir(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def _interruptions_deferred() -> Iterator[None]:
+def interruptions_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM held back while a .part file is created and registered for abort: an
     interruption (the KeyboardInterrupt that Ctrl-C and the CLI's SIGTERM handler raise) between
     mkstemp and the registration would leave the file behind (the SIGTERM-mid-export test hit it
@@ -161,7 +161,7 @@ def atomic_outputs(paths: Iterable[str]) -> Iterator[dict[str, AtomicOutput]]:
     outputs: dict[str, AtomicOutput] = {}
     try:
         for path in paths:
-            with _interruptions_deferred():
+            with interruptions_deferred():
                 outputs[path] = AtomicOutput(path)
         yield outputs
         for out in outputs.values():

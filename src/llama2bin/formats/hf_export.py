@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import check_free_space, fsync_dir
+from ..atomic import check_free_space, fsync_dir, interruptions_deferred
 from ..errors import Llama2binError
 from ..model import ModelConfig, hf_name
 from ..progress import Progress
@@ -96,11 +96,13 @@ def export_hf(source: Source, out_dir: str, quiet: bool = False) -> HfExportResu
     final = os.path.abspath(out_dir)
     check_free_space({final: layout.size})  # keyed by the directory itself: checks (and creates) its parent only
     parent = os.path.dirname(final)
+    tmp = None
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", suffix=".part", dir=parent)
-    except OSError as e:
-        raise Llama2binError(f"{out_dir}: cannot create output: {e.strerror}") from None
-    try:
+        with interruptions_deferred():  # an interruption right after mkdtemp still finds `tmp` set
+            try:
+                tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", suffix=".part", dir=parent)
+            except OSError as e:
+                raise Llama2binError(f"{out_dir}: cannot create output: {e.strerror}") from None
         _write_weights(source, os.path.join(tmp, WEIGHTS_NAME), layout, quiet)
         _write_small(os.path.join(tmp, CONFIG_NAME), config_text.encode())
         umask = os.umask(0)
@@ -109,7 +111,8 @@ def export_hf(source: Source, out_dir: str, quiet: bool = False) -> HfExportResu
         fsync_dir(tmp)
         _replace_dir(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return HfExportResult(out_dir, layout.size)
 
