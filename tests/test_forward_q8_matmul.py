@@ -1,8 +1,8 @@
 """The q8 arithmetic's matmul (checks/forward.py, `_Linear._q8`) is runq.c's, bit for bit: for
 every output, each group's integer dot product as a float32 `ival`, times the weight group's scale,
 times the activation group's scale, added to a float32 sum group after group. Checked against a
-scalar transcription of runq.c's loop, at group sizes from 1 to 1024 (beyond 1040 the integer
-sums leave float32's exact range), for a few and many positions, and with a teacher-forcing hook."""
+scalar transcription of runq.c's loop, at group sizes from 1 to 2048 (beyond 1024 the integer
+sums may leave float32's exact range), for a few and many positions, and with a teacher-forcing hook."""
 
 from __future__ import annotations
 

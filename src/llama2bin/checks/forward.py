@@ -164,9 +164,10 @@ class _Linear:
         if self.q8_hook is not None:
             xq, xs = self.q8_hook(name, x, xq, xs)
         n, groups = x.shape[0], cols // gs
-        # Integer dot products of a group are exact in float32 while |sum| <= 127 * 127 * gs < 2**24
-        # (gs up to 1040), in float64 beyond (< 2**53), in any order: as runq.c's int32 `ival`.
-        exact = np.float32 if 127 * 127 * gs < 1 << 24 else np.float64
+        # Integer dot products of a group are exact in float32 while |sum| <= 128 * 128 * gs <= 2**24
+        # (gs up to 1024, whatever int8 values a file or a hook holds), in float64 beyond (< 2**53),
+        # in any order: as runq.c's int32 `ival`.
+        exact = np.float32 if 128 * 128 * gs <= 1 << 24 else np.float64
         xq_g = xq.astype(exact).reshape(n, groups, gs).transpose(1, 0, 2)  # (groups, n, gs)
         xs_g = np.ascontiguousarray(xs.T)[:, :, None]  # (groups, n, 1)
         out = np.empty((n, last - first), dtype=np.float32)
