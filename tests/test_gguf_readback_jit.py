@@ -137,7 +137,7 @@ def test_a_non_finite_source_is_left_to_numpy(monkeypatch):
 def _verify(path: str, compiled: bool, monkeypatch, fmt: str = "gguf-q8_0") -> dict:
     """verify_gguf with the compiled check forced on (its size rule at 0) or off."""
     with monkeypatch.context() as m:
-        m.setattr(gguf_readback, "COMPILED_MIN_VALUES", 0 if compiled else 1 << 62)
+        m.setattr(gguf_readback, "COMPILED_KERNEL_MIN_WEIGHTS", 0 if compiled else 1 << 62)
         m.setattr(gguf_readback, "_jit", gguf_readback._jit if compiled else None)
         with HfSource(CKPT) as src:
             result = verify_gguf(path, src, gguf_readback.GgufModelInfo(

@@ -161,7 +161,6 @@ def reap(pid: int, kill: bool = False) -> None:
     os.waitpid(pid, 0)
 
 
-
 class ForkPool:
     """`with ForkPool(tasks, fn, workers) as pool: for r in pool.results(): ...`
 

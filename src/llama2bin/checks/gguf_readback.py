@@ -48,7 +48,7 @@ from ..parallel import ForkedCall, ForkPool, default_workers
 from ..safe_io import open_regular
 from ..sources.base import Source, row_chunks
 from ..sources.gguf_file import GgmlType, ValueType
-from .tensor import _HIST_EDGES, TensorCheckResult, TensorStats, sha256_file
+from .tensor import _HIST_EDGES, COMPILED_KERNEL_MIN_WEIGHTS, TensorCheckResult, TensorStats, sha256_file
 
 
 def _field_value(field: Any) -> tuple[list[int], Any]:
@@ -164,9 +164,8 @@ class _Task:
 
 
 BLOCK = 1 << 16  # values per step: temporaries stay in L2
-# F16, BF16 and Q8_0 values from which the compiled check (gguf_readback_jit.py) is loaded, as for .bin files
-# (checks/tensor.COMPILED_KERNEL_MIN_WEIGHTS); once loaded (the job server) it is used at any size.
-COMPILED_MIN_VALUES = 1 << 28
+# The compiled check (gguf_readback_jit.py) is loaded from as many F16, BF16 and Q8_0 values as
+# the .bin check's (COMPILED_KERNEL_MIN_WEIGHTS); once loaded (the job server) it is used at any size.
 _jit: Any = None  # gguf_readback_jit once loaded in this process (forked workers inherit it)
 _use_jit = False  # set before the workers fork
 
@@ -275,7 +274,7 @@ def _compare_tensors(tasks: list[_Task], source: Source, path: str, result: Tens
     canonical order, as checks/tensor.py takes it over what it reads)."""
     global _use_jit
     checked = sum((t.stop - t.start) * source.tensor(t.tensor).cols for t in tasks if t.ggml_type != GgmlType.F32)
-    _use_jit = checked > 0 and (checked >= COMPILED_MIN_VALUES or _jit is not None) and load_compiled()
+    _use_jit = checked > 0 and (checked >= COMPILED_KERNEL_MIN_WEIGHTS or _jit is not None) and load_compiled()
     fd = open_regular(path, "GGUF output")
     worst = 0.0
     digests: dict[str, bytes] = {}

@@ -21,7 +21,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..formats.q8_0_kernel import _as_float
+from ..formats.q8_0_kernel import _ABS_MASK, _INF_BITS, _Q8_MAX, _as_float
 from ..sources.gguf_file import GgmlType
 from .q8_chunk_jit import pairwise_sq2, u
 
@@ -29,9 +29,6 @@ njit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 OK, Q_DIFFERS, BEYOND_BOUND = 0, 1, 2
 WRONG = Q_DIFFERS  # a 16-bit value that is not the source's rounding
-_ABS_MASK = np.uint32(0x7FFFFFFF)
-_INF_BITS = np.uint32(0x7F800000)
-_Q8_MAX = np.float32(127.0)
 _SLACK = 0.5 + 2.0**-14  # gguf_readback's bound: d32 * (1/2 + 2^-14) + |q| * |d32 - d16|
 
 

@@ -27,17 +27,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .q8_0_kernel import _as_bits, _as_float
+from .q8_0_kernel import _ABS_MASK, _INF_BITS, _ONE, _Q8_MAX, _as_bits, _as_float
 
-_ABS_MASK = np.uint32(0x7FFFFFFF)
-_INF_BITS = np.uint32(0x7F800000)
 _F16_OVERFLOW_BITS = np.float32(65520.0).view(np.uint32)  # |x| >= 65520 becomes inf as float16
 _F16_TINY_BITS = np.uint32(0x38800000)  # 2^-14: below it, float16 subnormals
 _F16_REBIAS = np.uint32((127 - 15) << 10)
 _HALF_DOWN = np.nextafter(np.float32(0.5), np.float32(0))  # 0.49999997
-_Q8_MAX = np.float32(127.0)
 _D_OVERFLOW = np.float32(65520.0)
-_ONE = np.float32(1.0)
 _HALF = np.float32(0.5)
 _HALF_BITS = np.float32(0.5).view(np.uint32)
 _INF = np.float32(np.inf)
